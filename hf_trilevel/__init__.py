@@ -1,0 +1,35 @@
+"""hf-trilevel: Vision Transformers that skip redundant examples, tokens and attention connections.
+
+Importing the package registers the TriLevel classes with transformers' Auto classes, so `AutoConfig`,
+`AutoModel` and `AutoModelForImageClassification` resolve `model_type="trilevel_vit"` without remote code.
+Saved checkpoints also carry the code itself and load anywhere with `trust_remote_code=True`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_trilevel_vit import TriLevelViTConfig, default_token_prune_layers
+from .modeling_trilevel_vit import (
+    TriLevelViTForImageClassification,
+    TriLevelViTImageClassifierOutput,
+    TriLevelViTModel,
+    TriLevelViTModelOutput,
+    TriLevelViTPreTrainedModel,
+)
+from .token_reduction import token_schedule
+
+AutoConfig.register(TriLevelViTConfig.model_type, TriLevelViTConfig, exist_ok=True)
+AutoModel.register(TriLevelViTConfig, TriLevelViTModel, exist_ok=True)
+AutoModelForImageClassification.register(TriLevelViTConfig, TriLevelViTForImageClassification, exist_ok=True)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TriLevelViTConfig",
+    "TriLevelViTForImageClassification",
+    "TriLevelViTImageClassifierOutput",
+    "TriLevelViTModel",
+    "TriLevelViTModelOutput",
+    "TriLevelViTPreTrainedModel",
+    "default_token_prune_layers",
+    "token_schedule",
+]

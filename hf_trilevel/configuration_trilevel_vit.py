@@ -1,0 +1,103 @@
+"""Configuration of the TriLevel ViT: a `ViTConfig` plus the token- and attention-level sparsity settings.
+
+This file is part of the remote-code set copied into every saved checkpoint, so it imports only `transformers`
+and the standard library.
+"""
+
+import math
+import numbers
+
+from transformers import ViTConfig
+
+KEEP_RATE_FIELDS = ("token_keep_rate", "attention_keep_rate")
+
+
+def default_token_prune_layers(num_hidden_layers: int) -> list[int]:
+    """Pruning positions at a quarter, half and three quarters of the depth.
+
+    A 12-layer model gets [3, 6, 9] as in Tri-Level E-ViT and EViT; shallower models get the same proportions,
+    so any plain ViT checkpoint loads with defaults (for example 6 layers -> [1, 3, 4]).
+    """
+    return sorted({num_hidden_layers * quarter // 4 for quarter in (1, 2, 3)})
+
+
+def check_keep_rate(name: str, value: object) -> float:
+    """Return `value` as a float, or raise `ValueError` naming `name` unless it is a number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a float in (0, 1], got {value!r} of type {type(value).__name__}.")
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise ValueError(f"`{name}` must be in (0, 1] (1.0 keeps everything), got {value!r}.")
+    return float(value)
+
+
+def check_token_prune_layers(value: object, num_hidden_layers: int) -> list[int]:
+    """Return the pruning layers as a sorted list, or raise `ValueError` naming the field and allowed range."""
+    allowed = (
+        f"distinct integers in [0, {num_hidden_layers - 1}] (0-indexed layers of a {num_hidden_layers}-layer model)"
+    )
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"`token_prune_layers` must be a list of {allowed}, got {value!r}.")
+    for index in value:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(f"`token_prune_layers` must hold {allowed}; {index!r} is not an integer.")
+        if not 0 <= index < num_hidden_layers:
+            raise ValueError(f"`token_prune_layers` must hold {allowed}; {index} is out of range.")
+    if len(set(value)) != len(value):
+        raise ValueError(f"`token_prune_layers` must hold {allowed}; got duplicates in {list(value)}.")
+    return sorted(value)
+
+
+class TriLevelViTConfig(ViTConfig):
+    r"""
+    Configuration of [`TriLevelViTModel`] and [`TriLevelViTForImageClassification`].
+
+    Every field of [`ViTConfig`] keeps its meaning, so a plain ViT/DeiT checkpoint's `config.json` loads as is. With
+    both keep rates at 1.0 the model computes exactly what `ViTModel` computes.
+
+    Args:
+        token_keep_rate (`float`, *optional*, defaults to 1.0):
+            Fraction of the patch tokens kept at each pruning layer, in (0, 1]. It compounds: with 0.7 and three
+            pruning layers, 70%, 49% and 34.3% of the patches remain. Each layer keeps `ceil(n * rate)` of its `n`
+            patch tokens, so at least one patch always survives.
+        token_prune_layers (`list[int]`, *optional*):
+            0-indexed layers after whose attention block tokens are dropped (and the sparse attention mask is
+            rebuilt). Defaults to a quarter, half and three quarters of the depth ([3, 6, 9] for 12 layers).
+        token_fusion (`bool`, *optional*, defaults to `False`):
+            Fuse the dropped tokens into one extra token, weighted by their class-token attention (EViT), instead of
+            discarding them.
+        attention_keep_rate (`float`, *optional*, defaults to 1.0):
+            Fraction of attention connections kept per query row among the kept tokens, in (0, 1]. 1.0 is dense.
+
+    Keep rates may be changed on a live model with `model.set_keep_rates(...)`; layers read them at every forward.
+    """
+
+    model_type = "trilevel_vit"
+
+    token_keep_rate: float = 1.0
+    token_prune_layers: list[int] | None = None
+    token_fusion: bool = False
+    attention_keep_rate: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # A plain ViT/DeiT config.json carries `"model_type": "vit"`, which would shadow ours on the instance; once
+        # loaded into this class the checkpoint is a TriLevel one (and needs our weight-name conversions).
+        vars(self).pop("model_type", None)
+        if self.token_prune_layers is None:
+            self.token_prune_layers = default_token_prune_layers(self.num_hidden_layers)
+        self.check_trilevel_fields()
+
+    def check_trilevel_fields(self) -> None:
+        """Validate the sparsity fields and the geometry they depend on; raise `ValueError` naming the field."""
+        for name in ("num_hidden_layers", "num_attention_heads", "hidden_size", "num_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        for name in KEEP_RATE_FIELDS:
+            setattr(self, name, check_keep_rate(name, getattr(self, name)))
+        self.token_prune_layers = check_token_prune_layers(self.token_prune_layers, self.num_hidden_layers)
+        if not isinstance(self.token_fusion, bool):
+            raise ValueError(f"`token_fusion` must be True or False, got {self.token_fusion!r}.")
+
+
+__all__ = ["TriLevelViTConfig"]

@@ -1,0 +1,124 @@
+"""Token level of Tri-Level E-ViT: score patch tokens, decide which to keep, then apply the decision.
+
+The three steps are separate functions so that a different scorer (a learned selector) or a different decision
+(a per-image adaptive count) can replace one step without touching the others:
+
+    scores = class_token_attention(query, key, scaling)           # score
+    patch_index = select_top_tokens(patch_scores, num_keep)        # decide (no gradient)
+    hidden_states, ... = keep_tokens(hidden_states, patch_index, ...)  # apply
+
+Sequence layout used throughout: position 0 is the class token, then the surviving patch tokens, then (only after a
+fusing pruning layer) one fused token that summarises everything dropped so far.
+
+This file is part of the remote-code set copied into every saved checkpoint: it imports only torch and the standard
+library.
+"""
+
+import math
+
+import torch
+
+
+def num_kept_tokens(num_tokens: int, keep_rate: float) -> int:
+    """`ceil(num_tokens * keep_rate)`, at least 1 and at most `num_tokens`.
+
+    The product is rounded to 6 decimals first so that float noise (100 * 0.7 = 70.00000000000001) does not keep an
+    extra token.
+    """
+    return min(num_tokens, max(1, math.ceil(round(num_tokens * keep_rate, 6))))
+
+
+def token_schedule(num_patches: int, keep_rate: float, num_pruning_layers: int) -> list[int]:
+    """Patch tokens alive after each pruning layer when every pruning layer keeps `keep_rate` of its input."""
+    counts = []
+    for _ in range(num_pruning_layers):
+        num_patches = num_kept_tokens(num_patches, keep_rate)
+        counts.append(num_patches)
+    return counts
+
+
+def class_token_attention(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Head-averaged attention probabilities of the class token over every token.
+
+    Args:
+        query, key: `[batch, heads, tokens, head_dim]`, with the class token at position 0.
+
+    Returns:
+        `[batch, tokens]` in float32, each row summing to 1.
+
+    Only the class token's query row is multiplied with the keys (batch x heads x tokens x head_dim work), so this
+    works with fused attention kernels (sdpa, flash) that never materialise the tokens x tokens matrix.
+    """
+    logits = torch.matmul(query[:, :, :1], key.transpose(-1, -2)) * scaling
+    return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1).squeeze(1)
+
+
+@torch.no_grad()
+def select_top_tokens(patch_scores: torch.Tensor, num_keep: int) -> torch.Tensor:
+    """Indices of the `num_keep` highest-scoring patch tokens of each image, ascending.
+
+    Args:
+        patch_scores: `[batch, patches]`.
+
+    Returns:
+        `[batch, num_keep]` int64 indices into the patch axis. Ascending order keeps surviving tokens in their
+        original relative order, which makes the reported positions easy to read; attention does not depend on it.
+    """
+    top = torch.topk(patch_scores, num_keep, dim=-1, sorted=False).indices
+    return top.sort(dim=-1).values
+
+
+def gather_tokens(states: torch.Tensor, index: torch.Tensor, token_dim: int = 1) -> torch.Tensor:
+    """Select tokens per image along `token_dim` with a `[batch, k]` index; other dims are kept whole."""
+    shape = [1] * states.dim()
+    shape[0], shape[token_dim] = index.shape
+    sizes = list(states.shape)
+    sizes[token_dim] = index.shape[1]
+    return torch.gather(states, token_dim, index.view(shape).expand(sizes))
+
+
+def fuse_dropped_tokens(
+    hidden_states: torch.Tensor, class_attention: torch.Tensor, patch_index: torch.Tensor
+) -> torch.Tensor:
+    """One token per image: the average of every non-kept token, weighted by its class-token attention (EViT).
+
+    Args:
+        hidden_states: `[batch, 1 + patches (+ 1 fused), hidden]`.
+        class_attention: `[batch, 1 + patches (+ 1 fused)]` from `class_token_attention`.
+        patch_index: `[batch, kept]` indices of the kept patches.
+
+    Returns:
+        `[batch, 1, hidden]`. A previous fused token is folded in with its own attention weight, so a single fused
+        token summarises everything dropped at every layer so far.
+    """
+    weights = class_attention[:, 1:].scatter(1, patch_index, 0.0)
+    weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    fused = torch.matmul(weights.to(hidden_states.dtype).unsqueeze(1), hidden_states[:, 1:])
+    return fused
+
+
+def keep_tokens(
+    hidden_states: torch.Tensor,
+    patch_positions: torch.Tensor,
+    patch_index: torch.Tensor,
+    fused_token: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply a keep decision.
+
+    Args:
+        hidden_states: `[batch, 1 + patches (+ 1 fused), hidden]`.
+        patch_positions: `[batch, patches]` original patch index of each current patch token.
+        patch_index: `[batch, kept]` from `select_top_tokens`.
+        fused_token: `[batch, 1, hidden]` to append, or None.
+
+    Returns:
+        `(hidden_states, patch_positions, sequence_index)`: the new sequence `[class, kept patches (, fused)]`, the
+        original positions of the kept patches, and `[batch, 1 + kept]` indices of the class token and kept patches
+        in the old sequence (for gathering per-token state such as queries and keys).
+    """
+    class_index = torch.zeros_like(patch_index[:, :1])
+    sequence_index = torch.cat([class_index, patch_index + 1], dim=1)
+    kept = gather_tokens(hidden_states, sequence_index)
+    if fused_token is not None:
+        kept = torch.cat([kept, fused_token], dim=1)
+    return kept, torch.gather(patch_positions, 1, patch_index), sequence_index
