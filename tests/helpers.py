@@ -1,0 +1,35 @@
+"""Shared builders: tiny models that run in milliseconds on CPU, built locally (the Hub is unreachable here)."""
+
+import torch
+from transformers import ViTConfig, ViTForImageClassification
+
+from hf_trilevel import TriLevelViTConfig, TriLevelViTForImageClassification
+
+TINY_SHAPE = {
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 4,
+    "num_labels": 5,
+}
+
+
+def tiny_config(**overrides) -> TriLevelViTConfig:
+    return TriLevelViTConfig(**{**TINY_SHAPE, **overrides})
+
+
+def tiny_model(seed: int = 0, **overrides) -> TriLevelViTForImageClassification:
+    torch.manual_seed(seed)
+    return TriLevelViTForImageClassification(tiny_config(**overrides)).eval()
+
+
+def tiny_vit(seed: int = 0, **overrides) -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    return ViTForImageClassification(ViTConfig(**{**TINY_SHAPE, **overrides})).eval()
+
+
+def images(batch_size: int = 3, seed: int = 1, size: int = 32) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch_size, 3, size, size, generator=generator)

@@ -1,0 +1,157 @@
+"""Saved folders are self-contained: safetensors weights, config with auto_map, and the code that defines the model."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, ViTImageProcessorPil
+
+from hf_trilevel import TriLevelViTForImageClassification, TriLevelViTModel
+
+from .helpers import images, tiny_model
+
+REMOTE_CODE_FILES = {
+    "configuration_trilevel_vit.py",
+    "modeling_trilevel_vit.py",
+    "token_reduction.py",
+    "sparse_attention.py",
+}
+
+
+def sparse_model() -> TriLevelViTForImageClassification:
+    model = tiny_model(token_keep_rate=0.6, attention_keep_rate=0.4, token_fusion=True)
+    model.config.id2label = {i: f"digit-{i}" for i in range(5)}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    return model
+
+
+@pytest.fixture
+def saved_folder(tmp_path) -> Path:
+    folder = tmp_path / "checkpoint"
+    sparse_model().save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def test_folder_holds_safetensors_config_with_auto_map_and_the_code(saved_folder):
+    files = {path.name for path in saved_folder.iterdir()}
+    assert files >= REMOTE_CODE_FILES
+    assert "model.safetensors" in files and not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    config = json.loads((saved_folder / "config.json").read_text())
+    assert config["model_type"] == "trilevel_vit"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_trilevel_vit.TriLevelViTConfig",
+        "AutoModel": "modeling_trilevel_vit.TriLevelViTModel",
+        "AutoModelForImageClassification": "modeling_trilevel_vit.TriLevelViTForImageClassification",
+    }
+    assert (config["token_keep_rate"], config["attention_keep_rate"], config["token_fusion"]) == (0.6, 0.4, True)
+
+
+def test_remote_code_files_import_siblings_only_relatively(saved_folder):
+    for name in REMOTE_CODE_FILES:
+        source = (saved_folder / name).read_text()
+        assert "hf_trilevel" not in source.replace("hf-trilevel", ""), name
+        assert "from . import" not in source, name
+
+
+def test_round_trip_gives_identical_logits_and_settings(saved_folder):
+    original = sparse_model()
+    loaded = AutoModelForImageClassification.from_pretrained(saved_folder).eval()
+    assert isinstance(loaded, TriLevelViTForImageClassification)
+    assert loaded.config.id2label[3] == "digit-3"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images(2)).logits, original(images(2)).logits, rtol=0, atol=0)
+
+
+def test_base_model_loads_from_a_head_checkpoint(saved_folder):
+    base = AutoModel.from_pretrained(saved_folder)
+    assert isinstance(base, TriLevelViTModel)
+    torch.testing.assert_close(base.embeddings.cls_token, sparse_model().vit.embeddings.cls_token, rtol=0, atol=0)
+
+
+CLEAN_ROOM_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockPackage(importlib.abc.MetaPathFinder):
+        # The package is installed in this environment; a user of a pushed checkpoint has only transformers.
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_trilevel" or name.startswith("hf_trilevel."):
+                raise ImportError("hf_trilevel is deliberately unavailable in this process")
+
+    sys.meta_path.insert(0, BlockPackage())
+    try:
+        import hf_trilevel  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("hf_trilevel is importable; the check would prove nothing")
+
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel, AutoModelForImageClassification, pipeline
+
+    folder, work = sys.argv[1], sys.argv[2]
+    pixel_values = load_file(f"{work}/inputs.safetensors")["pixel_values"]
+    head = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = head(pixel_values).logits
+        hidden = base(pixel_values).last_hidden_state
+    save_file({"logits": logits, "hidden": hidden}, f"{work}/outputs.safetensors")
+    classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
+    predictions = classifier(Image.open(f"{work}/digit.png"))
+    print(json.dumps({
+        "head_module": type(head).__module__,
+        "base_class": type(base).__name__,
+        "labels": [p["label"] for p in predictions],
+        "loaded_modules": sorted(m for m in sys.modules if m.startswith("hf_trilevel")),
+    }))
+    """
+)
+
+
+def test_checkpoint_loads_in_a_clean_process_without_the_package(saved_folder, tmp_path):
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    (work / "load.py").write_text(CLEAN_ROOM_SCRIPT)
+    pixel_values = images(2)
+    save_file({"pixel_values": pixel_values}, work / "inputs.safetensors")
+    Image.fromarray((torch.rand(20, 24, 3) * 255).byte().numpy()).save(work / "digit.png")
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))
+    }
+    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
+
+    completed = subprocess.run(
+        [sys.executable, "-I", "load.py", str(saved_folder), str(work)],
+        cwd=work,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["head_module"].startswith("transformers_modules.")
+    assert report["base_class"] == "TriLevelViTModel"
+    assert report["loaded_modules"] == []
+    assert report["labels"] and set(report["labels"]) <= {f"digit-{i}" for i in range(5)}
+
+    outputs = load_file(work / "outputs.safetensors")
+    original = sparse_model()
+    with torch.no_grad():
+        torch.testing.assert_close(outputs["logits"], original(pixel_values).logits, rtol=0, atol=1e-6)
+        torch.testing.assert_close(outputs["hidden"], original.vit(pixel_values).last_hidden_state, rtol=0, atol=1e-6)
+
+
+def test_config_alone_resolves_through_autoconfig(saved_folder):
+    assert AutoConfig.from_pretrained(saved_folder).token_prune_layers == [1, 2, 3]

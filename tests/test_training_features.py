@@ -1,0 +1,84 @@
+"""Training-time features with sparsity on: gradient checkpointing, bf16 autocast, torch.compile."""
+
+import pytest
+import torch
+
+from .helpers import images, tiny_model
+
+SPARSE = {"token_keep_rate": 0.5, "attention_keep_rate": 0.4, "token_fusion": True}
+
+
+def loss_and_gradients(model, pixel_values, labels):
+    model.zero_grad()
+    loss = model(pixel_values, labels=labels).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    model = tiny_model(**SPARSE).train()
+    pixel_values, labels = images(4), torch.tensor([0, 1, 2, 3])
+    loss, gradients = loss_and_gradients(model, pixel_values, labels)
+    model.gradient_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.vit.layers)
+    checkpointed_loss, checkpointed_gradients = loss_and_gradients(model, pixel_values, labels)
+    torch.testing.assert_close(checkpointed_loss, loss)
+    assert gradients.keys() == checkpointed_gradients.keys()
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(checkpointed_gradients[name], gradient, msg=name)
+
+
+def test_every_trainable_weight_gets_a_gradient_with_sparsity_on():
+    model = tiny_model(**SPARSE).train()
+    _, gradients = loss_and_gradients(model, images(4), torch.tensor([0, 1, 2, 3]))
+    assert set(gradients) == {name for name, _ in model.named_parameters()}
+
+
+def test_bf16_autocast_forward_and_backward_run_with_finite_gradients():
+    model = tiny_model(**SPARSE).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(images(4), labels=torch.tensor([0, 1, 2, 3]))
+    assert outputs.logits.dtype == torch.bfloat16
+    outputs.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_bf16_weights_run_inference():
+    model = tiny_model(**SPARSE).to(torch.bfloat16)
+    with torch.no_grad():
+        logits = model(images(2)).logits  # float32 pixels are cast to the weights' dtype, as in transformers' ViT
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+def test_torch_compile_with_fixed_keep_rates_matches_eager_execution():
+    model = tiny_model(**SPARSE)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images(3)).logits, model(images(3)).logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("pixel_values", "message"),
+    [
+        (images(2).to(torch.uint8), "floating-point tensor"),
+        (images(2)[:, :1], "has 1 channels but the config expects num_channels=3"),
+        (images(2, size=48), "48x48 pixels but the config expects image_size=32x32"),
+        (images(2)[0], "must be a 4-D tensor"),
+        (None, "`pixel_values` is required"),
+    ],
+)
+def test_bad_pixel_values_are_rejected_before_any_layer_runs(pixel_values, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(**SPARSE)(pixel_values)
+
+
+def test_other_resolutions_work_with_interpolated_position_embeddings():
+    model = tiny_model(**SPARSE)
+    with torch.no_grad():
+        outputs = model(images(2, size=48), interpolate_pos_encoding=True, output_kept_token_indices=True)
+    assert outputs.kept_token_indices[0].shape == (2, 72)  # ceil(144 patches * 0.5)
+
+
+def test_unknown_attention_implementation_is_rejected():
+    with pytest.raises(ValueError, match='attn_implementation="no_such_kernel"'):
+        tiny_model(attn_implementation="no_such_kernel")
