@@ -242,6 +242,8 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
 
     def post_init(self):
         super().post_init()
+        # `from_pretrained(..., token_keep_rate=x)` sets config attributes after the config validated itself.
+        self.config.check_trilevel_fields()
         if self.config.attention_keep_rate < 1.0:
             check_masked_attention_implementation(self.config._attn_implementation)
 

@@ -79,3 +79,11 @@ def test_loading_a_vit_folder_reports_no_weight_problems(tmp_path, capsys):
     TriLevelViTForImageClassification.from_pretrained(tmp_path)
     captured = capsys.readouterr()
     assert "MISSING" not in captured.out + captured.err
+
+
+def test_keep_rates_passed_to_from_pretrained_are_applied_and_validated(tmp_path):
+    tiny_vit().save_pretrained(tmp_path)
+    model = TriLevelViTForImageClassification.from_pretrained(tmp_path, token_keep_rate=0.7)
+    assert model.config.token_keep_rate == 0.7
+    with pytest.raises(ValueError, match=r"`token_keep_rate` must be in \(0, 1\]"):
+        TriLevelViTForImageClassification.from_pretrained(tmp_path, token_keep_rate=5.0)
