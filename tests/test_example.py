@@ -1,0 +1,172 @@
+"""The README's main command, `examples/run_image_classification.py`, and the two modules it relies on.
+
+The end-to-end test trains for one epoch on 64 digits, so it checks the plumbing (data -> processor -> Trainer ->
+saved remote-code folder -> pipeline), not the accuracy; the full recipe's accuracy is reported in the README.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import EvalPrediction, pipeline
+
+from hf_trilevel.digits import DIGIT_NAMES, load_digits_dataset
+from hf_trilevel.metrics import compute_metrics
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO_ROOT / "examples" / "run_image_classification.py"
+NUM_DIGITS = 1797
+
+
+def run_example(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, str(EXAMPLE), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_dataset()
+
+
+@pytest.fixture(scope="module")
+def trained_folder(tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("digits-trilevel")
+    result = run_example(
+        "--num_train_epochs", "1",
+        "--max_train_samples", "64",
+        "--max_eval_samples", "32",
+        "--output_dir", str(output_dir),
+        "--disable_tqdm", "True",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "validation accuracy: " in result.stdout
+    return output_dir
+
+
+# --- hf_trilevel.digits ---------------------------------------------------------------------------------------------
+
+
+def test_digits_splits_partition_all_1797_examples(digits):
+    assert set(digits) == {"train", "validation"}
+    assert len(digits["train"]) + len(digits["validation"]) == NUM_DIGITS
+    assert len(digits["validation"]) == pytest.approx(0.2 * NUM_DIGITS, abs=1)
+
+
+def test_digits_split_is_stratified(digits):
+    train_counts = np.bincount(digits["train"]["label"], minlength=10)
+    validation_counts = np.bincount(digits["validation"]["label"], minlength=10)
+    expected = 0.2 * (train_counts + validation_counts)
+    assert np.all(np.abs(validation_counts - expected) <= 1)
+
+
+def test_digits_are_rgb_images_of_the_requested_size_with_digit_labels(digits):
+    example = digits["train"][0]
+    assert example["image"].mode == "RGB"
+    assert example["image"].size == (32, 32)
+    assert digits["train"].features["label"].names == DIGIT_NAMES
+    assert load_digits_dataset(image_size=16)["validation"][0]["image"].size == (16, 16)
+
+
+def test_digits_images_are_upscaled_smoothly_not_as_blocks(digits):
+    pixels = np.asarray(digits["train"][0]["image"].convert("L"))
+    assert len(np.unique(pixels)) > 17  # nearest-neighbour upscaling would keep the 17 ink levels at most
+
+
+def test_digits_split_is_deterministic_for_a_seed():
+    first, second = load_digits_dataset(seed=3), load_digits_dataset(seed=3)
+    for split in ("train", "validation"):
+        assert first[split]["label"] == second[split]["label"]
+        assert np.array_equal(np.asarray(first[split][5]["image"]), np.asarray(second[split][5]["image"]))
+    assert load_digits_dataset(seed=4)["validation"]["label"] != first["validation"]["label"]
+
+
+@pytest.mark.parametrize("validation_fraction", [0.0, 1.0, -0.1, 0.001, float("nan"), "0.2"])
+def test_digits_reject_a_validation_fraction_outside_the_allowed_range(validation_fraction):
+    with pytest.raises(ValueError, match="validation_fraction"):
+        load_digits_dataset(validation_fraction=validation_fraction)
+
+
+@pytest.mark.parametrize("image_size", [4, 2048, 32.0])
+def test_digits_reject_a_bad_image_size(image_size):
+    with pytest.raises(ValueError, match="image_size"):
+        load_digits_dataset(image_size=image_size)
+
+
+def test_digits_reject_a_negative_seed():
+    with pytest.raises(ValueError, match="seed"):
+        load_digits_dataset(seed=-1)
+
+
+# --- hf_trilevel.metrics --------------------------------------------------------------------------------------------
+
+
+def crafted_logits() -> tuple[np.ndarray, np.ndarray]:
+    """Four examples over 10 classes: top-1 right for the first two; the third's label ranks 5th, the fourth's 6th."""
+    ranking = np.arange(10, 0, -1, dtype=np.float32)  # class 0 highest, class 9 lowest
+    logits = np.stack([np.roll(ranking, shift) for shift in (0, 3, 0, 0)])
+    labels = np.array([0, 3, 4, 5])
+    return logits, labels
+
+
+def test_metrics_give_top1_and_top5_accuracy_of_crafted_logits():
+    logits, labels = crafted_logits()
+    metrics = compute_metrics(EvalPrediction(predictions=logits, label_ids=labels))
+    assert metrics == {"accuracy": pytest.approx(0.5), "top5_accuracy": pytest.approx(0.75)}
+
+
+def test_metrics_take_the_logits_from_tuple_predictions():
+    logits, labels = crafted_logits()
+    extra = np.zeros((4, 7), dtype=np.float32)
+    metrics = compute_metrics(EvalPrediction(predictions=(logits, extra), label_ids=labels))
+    assert metrics["accuracy"] == pytest.approx(0.5)
+
+
+def test_metrics_skip_top5_with_five_classes_or_fewer():
+    logits = np.eye(5, dtype=np.float32)
+    metrics = compute_metrics(EvalPrediction(predictions=logits, label_ids=np.array([0, 1, 2, 3, 0])))
+    assert metrics == {"accuracy": pytest.approx(0.8)}
+
+
+# --- examples/run_image_classification.py ---------------------------------------------------------------------------
+
+
+def test_example_saves_a_self_contained_model_folder(trained_folder):
+    for name in ("model.safetensors", "modeling_trilevel_vit.py", "configuration_trilevel_vit.py"):
+        assert (trained_folder / name).is_file(), name
+    config = json.loads((trained_folder / "config.json").read_text())
+    assert "AutoModelForImageClassification" in config["auto_map"]
+    assert config["id2label"] == {str(index): name for index, name in enumerate(DIGIT_NAMES)}
+    assert config["token_keep_rate"] < 1.0 and config["attention_keep_rate"] < 1.0
+    processor = json.loads((trained_folder / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": config["image_size"], "width": config["image_size"]}
+
+
+def test_example_folder_holds_no_pickles(trained_folder):
+    assert not [path.name for path in trained_folder.iterdir() if path.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+    assert json.loads((trained_folder / "training_args.json").read_text())["num_train_epochs"] == 1
+
+
+def test_example_writes_validation_accuracy(trained_folder):
+    for name in ("eval_results.json", "all_results.json"):
+        results = json.loads((trained_folder / name).read_text())
+        assert 0.0 <= results["eval_accuracy"] <= 1.0
+
+
+def test_example_folder_classifies_a_digit_through_the_pipeline(trained_folder, digits):
+    classifier = pipeline("image-classification", model=str(trained_folder), trust_remote_code=True)
+    predictions = classifier(digits["validation"][0]["image"], top_k=3)
+    assert len(predictions) == 3
+    assert all(prediction["label"] in DIGIT_NAMES for prediction in predictions)
+
+
+def test_example_rejects_a_bad_keep_rate_before_training(tmp_path):
+    result = run_example("--token_keep_rate", "1.5", "--output_dir", str(tmp_path))
+    assert result.returncode != 0
+    assert "token_keep_rate" in result.stderr
+    assert not (tmp_path / "model.safetensors").exists()
