@@ -247,11 +247,17 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
         if self.config.attention_keep_rate < 1.0:
             check_masked_attention_implementation(self.config._attn_implementation)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # transformers writes only the saved class and its config into `auto_map`; add the rest so that AutoModel,
-        # AutoConfig and AutoModelForImageClassification all resolve from any TriLevel checkpoint.
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """Save like transformers does, with two differences that keep TriLevel checkpoints self-consistent.
+
+        * `auto_map` gets every Auto class (transformers writes only the saved class and its config), so
+          AutoConfig, AutoModel and AutoModelForImageClassification all resolve from any TriLevel checkpoint.
+        * Weights keep the names they have in memory (`save_original_format=False`). transformers would otherwise
+          write ViT's v4 names, which `from_pretrained` renames back but `Trainer(resume_from_checkpoint=...)`
+          (a plain `load_state_dict`) does not, so a resumed run would silently restart from random weights.
+        """
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
 
 def check_pixel_values(pixel_values: torch.Tensor | None, config: TriLevelViTConfig, interpolate: bool) -> None:

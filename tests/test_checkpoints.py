@@ -54,6 +54,14 @@ def test_folder_holds_safetensors_config_with_auto_map_and_the_code(saved_folder
     assert (config["token_keep_rate"], config["attention_keep_rate"], config["token_fusion"]) == (0.6, 0.4, True)
 
 
+def test_saved_weights_keep_their_in_memory_names(saved_folder):
+    # Trainer(resume_from_checkpoint=...) loads model.safetensors with a plain load_state_dict.
+    model = sparse_model()
+    saved = load_file(saved_folder / "model.safetensors")
+    assert set(saved) == set(model.state_dict())
+    assert model.load_state_dict(saved, strict=True)
+
+
 def test_remote_code_files_import_siblings_only_relatively(saved_folder):
     for name in REMOTE_CODE_FILES:
         source = (saved_folder / name).read_text()
