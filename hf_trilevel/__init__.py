@@ -7,7 +7,9 @@ Saved checkpoints also carry the code itself and load anywhere with `trust_remot
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from .callbacks import ExamplePruningCallback, KeepRateScheduleCallback
 from .configuration_trilevel_vit import TriLevelViTConfig, default_token_prune_layers
+from .data_pruning import ForgettingPolicy, LossPolicy, NoPruning, PruningPolicy
 from .modeling_trilevel_vit import (
     TriLevelViTForImageClassification,
     TriLevelViTImageClassifierOutput,
@@ -16,6 +18,7 @@ from .modeling_trilevel_vit import (
     TriLevelViTPreTrainedModel,
 )
 from .token_reduction import token_schedule
+from .trainer import ExamplePruningTrainerMixin, TriLevelTrainer
 
 AutoConfig.register(TriLevelViTConfig.model_type, TriLevelViTConfig, exist_ok=True)
 AutoModel.register(TriLevelViTConfig, TriLevelViTModel, exist_ok=True)
@@ -24,6 +27,14 @@ AutoModelForImageClassification.register(TriLevelViTConfig, TriLevelViTForImageC
 __version__ = "0.1.0"
 
 __all__ = [
+    "ExamplePruningCallback",
+    "ExamplePruningTrainerMixin",
+    "ForgettingPolicy",
+    "KeepRateScheduleCallback",
+    "LossPolicy",
+    "NoPruning",
+    "PruningPolicy",
+    "TriLevelTrainer",
     "TriLevelViTConfig",
     "TriLevelViTForImageClassification",
     "TriLevelViTImageClassifierOutput",

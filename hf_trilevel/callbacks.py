@@ -1,0 +1,182 @@
+"""Trainer callbacks: example-level pruning and the token keep-rate warm-up.
+
+Both are passed as `Trainer(callbacks=[...])`. Example pruning also needs per-example losses and a sampler, which the
+stock `Trainer` cannot hand to a callback, so it runs under `hf_trilevel.TriLevelTrainer` (a drop-in `Trainer`);
+the keep-rate schedule works with any `Trainer`.
+"""
+
+import logging
+import math
+
+import torch.distributed as dist
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .configuration_trilevel_vit import check_keep_rate
+from .data_pruning import POLICIES, ExamplePruner, PrunedEpochSampler, PruningPolicy
+
+logger = logging.getLogger(__name__)
+
+
+def build_policy(policy: str | PruningPolicy, **settings) -> PruningPolicy:
+    """A policy object from its name and settings, with errors that name the bad argument."""
+    if isinstance(policy, PruningPolicy):
+        if settings:
+            raise ValueError(f"pass settings to the policy object itself, not alongside it: {sorted(settings)}.")
+        return policy
+    if policy not in POLICIES:
+        raise ValueError(f"`policy` must be one of {sorted(POLICIES)} or a PruningPolicy, got {policy!r}.")
+    try:
+        return POLICIES[policy](**settings)
+    except TypeError as error:
+        raise ValueError(f"unknown setting for the {policy!r} example pruning policy: {error}.") from None
+
+
+class ExamplePruningCallback(TrainerCallback):
+    """Prune the training set by example importance; every rank takes the same decision.
+
+    Policies:
+        `"forgetting"` (Tri-Level E-ViT): keep `keep_fraction` of the data; at swap epochs replace the
+            `swap_fraction` least-forgotten kept examples by random removed ones. Settings: `keep_fraction=0.8`,
+            `swap_fraction=0.05`, `swap_epochs=None` (every tenth of training until half-way).
+        `"loss"` (InfoBatch-style, unbiased): each pruned epoch skip `prune_ratio` of the lowest-loss half of the
+            data and up-weight the rest of that half; full data for the final `full_data_fraction` of epochs.
+            Settings: `prune_ratio=0.5`, `full_data_fraction=0.125`, `well_learned_fraction=0.5`.
+        `"none"`: every example every epoch.
+        A `PruningPolicy` instance: your own policy.
+
+    Use with `TriLevelTrainer` and `TrainingArguments(remove_unused_columns=False)`. Each epoch logs
+    `example_pruning/kept`, `.../kept_fraction` and `.../digest` (a fingerprint of the kept set) to the log history.
+    Pruning state is saved with every checkpoint (safetensors + JSON) and restored on `resume_from_checkpoint`.
+
+    Args:
+        policy: a policy name or object.
+        seed: seed of every pruning decision; default: the run's `TrainingArguments.seed`.
+        **settings: the policy's settings listed above.
+    """
+
+    def __init__(self, policy: str | PruningPolicy = "forgetting", seed: int | None = None, **settings):
+        self.policy = build_policy(policy, **settings)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"`seed` must be a non-negative integer or None, got {seed!r}.")
+        self.seed = seed
+        self.pruner: ExamplePruner | None = None
+
+    def setup(self, args: TrainingArguments, num_examples: int, device) -> ExamplePruner:
+        """Called by the trainer before it builds the train dataloader: check the run, plan every epoch."""
+        if args.remove_unused_columns:
+            raise ValueError(
+                "ExamplePruningCallback needs `TrainingArguments(remove_unused_columns=False)`: the trainer adds an "
+                "`example_index` to each batch, which `remove_unused_columns=True` would drop."
+            )
+        if args.max_steps is not None and args.max_steps > 0:
+            raise ValueError(
+                f"ExamplePruningCallback plans epochs, so set `num_train_epochs` and leave `max_steps` unset "
+                f"(got max_steps={args.max_steps}); the planned max_steps is then exact."
+            )
+        if args.num_train_epochs != int(args.num_train_epochs) or args.num_train_epochs < 1:
+            raise ValueError(
+                "ExamplePruningCallback needs a whole number of epochs >= 1, got "
+                f"num_train_epochs={args.num_train_epochs}."
+            )
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and args.world_size == 1:
+            raise ValueError(
+                f"torch.distributed runs {dist.get_world_size()} processes but the Trainer is not distributed, so "
+                "every process would train its own copy on all the data. On machines without GPUs pass "
+                "`use_cpu=True` (`--use_cpu`) to TrainingArguments for DDP over gloo."
+            )
+        self.pruner = ExamplePruner(self.policy, self.seed if self.seed is not None else args.seed)
+        self.pruner.begin(num_examples, int(args.num_train_epochs), device)
+        return self.pruner
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        sampler = getattr(getattr(train_dataloader, "batch_sampler", None), "sampler", None)
+        inner = getattr(getattr(train_dataloader, "batch_sampler", None), "batch_sampler", None)
+        samplers = {type(sampler), type(getattr(inner, "sampler", None))}
+        if self.pruner is None or PrunedEpochSampler not in samplers:
+            raise RuntimeError(
+                "ExamplePruningCallback needs per-example losses and its own sampler, which the stock Trainer cannot "
+                "provide: use `hf_trilevel.TriLevelTrainer` (a drop-in replacement for `transformers.Trainer`)."
+            )
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.pruner.end_epoch(self.pruner.plan_epoch)
+
+
+def cosine_keep_rate(
+    step: int, total_steps: int, target: float, warmup_fraction: float, decay_fraction: float
+) -> float:
+    """Keep rate at `step`: 1.0 during warm-up, then a cosine from 1.0 down to `target`, then `target`."""
+    warmup_steps = warmup_fraction * total_steps
+    decay_steps = max(decay_fraction * total_steps, 1.0)
+    progress = min(max((step - warmup_steps) / decay_steps, 0.0), 1.0)
+    return target + (1.0 - target) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class KeepRateScheduleCallback(TrainerCallback):
+    """Token keep-rate warm-up (Tri-Level E-ViT / EViT): train dense first, then drop tokens gradually.
+
+    The rate is 1.0 for the first `warmup_fraction` of the optimizer steps, then follows a per-step cosine down to
+    the target over the next `decay_fraction` of the steps, and stays there (paper: 10 and 100 of 300 epochs, the
+    defaults). Evaluation and saved checkpoints always see the target: the scheduled rate is applied only between
+    `on_step_begin` and `on_step_end`.
+
+    Args:
+        target_token_keep_rate: final rate in (0, 1]; default: the model's `config.token_keep_rate`.
+        warmup_fraction: share of training at rate 1.0, in [0, 1).
+        decay_fraction: share of training spent decaying, in (0, 1]; `warmup_fraction + decay_fraction <= 1`.
+
+    Each distinct rate is a distinct token count, so a `torch.compile`d model recompiles as the rate moves; compile
+    after the warm-up or accept the recompiles.
+    """
+
+    def __init__(
+        self,
+        target_token_keep_rate: float | None = None,
+        warmup_fraction: float = 10 / 300,
+        decay_fraction: float = 100 / 300,
+    ):
+        if target_token_keep_rate is not None:
+            target_token_keep_rate = check_keep_rate("target_token_keep_rate", target_token_keep_rate)
+        for name, value, low_ok in (
+            ("warmup_fraction", warmup_fraction, True),
+            ("decay_fraction", decay_fraction, False),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not ((0 <= value < 1) if low_ok else (0 < value <= 1))
+            ):
+                allowed = "[0, 1)" if low_ok else "(0, 1]"
+                raise ValueError(f"`{name}` must be in {allowed}, got {value!r}.")
+        if warmup_fraction + decay_fraction > 1 + 1e-9:
+            raise ValueError(
+                f"`warmup_fraction + decay_fraction` must be <= 1, got {warmup_fraction} + {decay_fraction}."
+            )
+        self.target_token_keep_rate = target_token_keep_rate
+        self.warmup_fraction = float(warmup_fraction)
+        self.decay_fraction = float(decay_fraction)
+        self._target: float | None = None
+        self._total_steps = 0
+
+    def rate_at(self, step: int) -> float:
+        return cosine_keep_rate(step, self._total_steps, self._target, self.warmup_fraction, self.decay_fraction)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None or not hasattr(model, "set_keep_rates"):
+            raise ValueError(
+                "KeepRateScheduleCallback needs a TriLevel model (one with `set_keep_rates`), got "
+                f"{type(model).__name__}."
+            )
+        self._target = self.target_token_keep_rate or model.config.token_keep_rate
+        self._total_steps = state.max_steps
+        model.set_keep_rates(token_keep_rate=self._target)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        model.set_keep_rates(token_keep_rate=self.rate_at(state.global_step))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        model.set_keep_rates(token_keep_rate=self._target)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs and self._target is not None:
+            logs["token_keep_rate"] = round(self.rate_at(state.global_step), 4)

@@ -1,0 +1,254 @@
+"""The smallest `Trainer` extension that lets `ExamplePruningCallback` work.
+
+The stock `Trainer` hands callbacks neither the batch nor the loss, builds its own sampler, and assumes every epoch
+has the same number of steps. Example pruning needs per-example losses, a sampler that serves the kept set, and
+epochs whose (planned) sizes differ. `ExamplePruningTrainerMixin` adds exactly that and nothing else; without an
+`ExamplePruningCallback` among the callbacks it behaves like the class it is mixed into.
+"""
+
+import json
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .callbacks import ExamplePruningCallback
+from .data_pruning import ExamplePruner, PrunedEpochSampler
+
+EXAMPLE_INDEX = "example_index"
+STATE_TENSORS = "example_pruning.safetensors"
+STATE_METADATA = "example_pruning.json"
+EPOCH_BUFFERS = "example_pruning_epoch_rank{rank}.safetensors"
+
+
+class IndexedDataset(Dataset):
+    """A view of a dataset whose items also carry their position, the key of every per-example statistic.
+
+    Works with `datasets.Dataset` (including `set_transform` / `with_transform` pipelines, fetched a batch at a
+    time through `__getitems__`) and with any map-style torch dataset of dicts.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], EXAMPLE_INDEX: index}
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        fetch_many = getattr(self.dataset, "__getitems__", None)
+        items = fetch_many(indices) if fetch_many is not None else [self.dataset[i] for i in indices]
+        return [{**item, EXAMPLE_INDEX: index} for item, index in zip(items, indices, strict=True)]
+
+
+class IndexCollator:
+    """Runs the user's collator on the features without `example_index`, then adds the indices as a tensor."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, features: list[dict]) -> dict:
+        indices = torch.tensor([feature[EXAMPLE_INDEX] for feature in features], dtype=torch.long)
+        batch = self.collator([{k: v for k, v in f.items() if k != EXAMPLE_INDEX} for f in features])
+        batch[EXAMPLE_INDEX] = indices
+        return batch
+
+
+class ExamplePruningTrainerMixin:
+    """Per-example losses, the pruning sampler, planned epoch lengths and resumable pruning state for a Trainer."""
+
+    def _example_pruning_callback(self) -> ExamplePruningCallback | None:
+        callbacks = [cb for cb in self.callback_handler.callbacks if isinstance(cb, ExamplePruningCallback)]
+        if len(callbacks) > 1:
+            raise ValueError("pass at most one ExamplePruningCallback to the trainer.")
+        return callbacks[0] if callbacks else None
+
+    @property
+    def example_pruner(self) -> ExamplePruner | None:
+        callback = self._example_pruning_callback()
+        return callback.pruner if callback is not None else None
+
+    # -- data: indexed examples, served by the pruning sampler ------------------------------------------------
+    def get_train_dataloader(self):
+        callback = self._example_pruning_callback()
+        if callback is None:
+            return super().get_train_dataloader()
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        if "label" not in _column_names(self.train_dataset) and "labels" not in _column_names(self.train_dataset):
+            raise ValueError(
+                "ExamplePruningCallback needs a labelled training set (a `label` or `labels` column): statistics "
+                f"are per-example losses and correctness; found columns {_column_names(self.train_dataset)}."
+            )
+        callback.setup(self.args, len(self.train_dataset), self.args.device)
+        user_collator = self.data_collator
+        self.data_collator = IndexCollator(user_collator)
+        try:
+            return self._get_dataloader(
+                dataset=IndexedDataset(self.train_dataset),
+                description="Training",
+                batch_size=self._train_batch_size,
+                sampler_fn=self._get_train_sampler,
+                is_training=True,
+            )
+        finally:
+            self.data_collator = user_collator
+
+    def _get_train_sampler(self, train_dataset=None):
+        pruner = self.example_pruner
+        if pruner is None:
+            return super()._get_train_sampler(train_dataset)
+        return PrunedEpochSampler(pruner)
+
+    # -- exact step counts for epochs of planned, possibly different, sizes ------------------------------------
+    def set_initial_training_values(self, args, dataloader):
+        values = super().set_initial_training_values(args, dataloader)
+        pruner = self.example_pruner
+        if pruner is None:
+            return values
+        _, _, num_examples, _, total_batch_size, _, _ = values
+        sampler = _pruning_sampler(dataloader)
+        batches = []
+        for epoch in range(len(pruner.sizes)):
+            sampler.measured_epoch = epoch
+            batches.append(len(dataloader))
+        sampler.measured_epoch = None
+        accumulation = args.gradient_accumulation_steps
+        self._planned_update_steps = [math.ceil(b / accumulation) for b in batches]
+        max_steps = sum(self._planned_update_steps)
+        return (
+            len(pruner.sizes),
+            self._planned_update_steps[0],
+            num_examples,
+            sum(pruner.sizes),
+            total_batch_size,
+            batches[0],
+            max_steps,
+        )
+
+    def _run_epoch(self, *args, **kwargs):
+        pruner = self.example_pruner
+        if pruner is not None:
+            epoch = kwargs["epoch"]
+            if pruner.plan_epoch != epoch:
+                raise RuntimeError(f"example pruning planned epoch {pruner.plan_epoch}, but epoch {epoch} is starting.")
+            batches = len(kwargs["train_dataloader"])
+            kwargs["steps_in_epoch"] = batches
+            kwargs["num_update_steps_per_epoch"] = math.ceil(batches / self.args.gradient_accumulation_steps)
+            summary = pruner.summary()
+            self.log({f"example_pruning/{key}": value for key, value in summary.items()})
+        return super()._run_epoch(*args, **kwargs)
+
+    # -- per-example losses ------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pruner = self.example_pruner
+        if pruner is None or EXAMPLE_INDEX not in inputs:
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        example_index = inputs.pop(EXAMPLE_INDEX)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        # The same loss the model computes for single-label classification (sum over the batch divided by
+        # num_items_in_batch when the Trainer counts items, so gradient accumulation stays exact), kept per example.
+        per_example = F.cross_entropy(
+            logits.float(), labels, reduction="none", label_smoothing=self.args.label_smoothing_factor
+        )
+        if model.training:
+            pruner.statistics.record(example_index, per_example.detach(), logits.detach().argmax(-1) == labels)
+        weights = pruner.loss_weights(example_index.to(per_example.device))
+        if weights is not None:
+            per_example = per_example * weights
+        loss = per_example.sum() / num_items_in_batch if num_items_in_batch is not None else per_example.mean()
+        return (loss, outputs) if return_outputs else loss
+
+    # -- resumable state ---------------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        pruner = self.example_pruner
+        if pruner is None:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        tensors = pruner.state_tensors()
+        epoch_keys = [f"statistics.{name}" for name in pruner.statistics.EPOCH]
+        save_file(
+            {k: tensors[k] for k in epoch_keys},
+            os.path.join(folder, EPOCH_BUFFERS.format(rank=self.args.process_index)),
+        )
+        if self.args.should_save:
+            save_file({k: v for k, v in tensors.items() if k not in epoch_keys}, os.path.join(folder, STATE_TENSORS))
+            with open(os.path.join(folder, STATE_METADATA), "w") as file:
+                json.dump(pruner.state_metadata(), file, indent=2)
+
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ):
+        epochs_trained, steps_into_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        pruner = self.example_pruner
+        if pruner is None or resume_from_checkpoint is None or self.state.global_step == 0:
+            return epochs_trained, steps_into_epoch
+        self._load_pruning_state(pruner, resume_from_checkpoint)
+        remaining = self.state.global_step
+        epoch = 0
+        while epoch < len(self._planned_update_steps) and remaining >= self._planned_update_steps[epoch]:
+            remaining -= self._planned_update_steps[epoch]
+            epoch += 1
+        if self.args.ignore_data_skip:
+            remaining = 0
+        return epoch, remaining * self.args.gradient_accumulation_steps
+
+    def _load_pruning_state(self, pruner: ExamplePruner, checkpoint: str) -> None:
+        metadata_path = os.path.join(checkpoint, STATE_METADATA)
+        if not os.path.isfile(metadata_path):
+            raise ValueError(
+                f"{checkpoint} has no example pruning state ({STATE_METADATA}); it was not saved by a run with "
+                "ExamplePruningCallback, so the pruning decisions cannot be resumed."
+            )
+        with open(metadata_path) as file:
+            metadata = json.load(file)
+        tensors = load_file(os.path.join(checkpoint, STATE_TENSORS))
+        # Epoch buffers are summed over ranks at the epoch's end, so the saved ranks' buffers, summed into rank 0,
+        # resume correctly on any number of processes.
+        buffers = [
+            load_file(os.path.join(checkpoint, name))
+            for name in sorted(os.listdir(checkpoint))
+            if name.startswith("example_pruning_epoch_rank")
+        ]
+        for key in (f"statistics.{name}" for name in pruner.statistics.EPOCH):
+            total = sum(buffer[key] for buffer in buffers)
+            tensors[key] = total if self.args.process_index == 0 else torch.zeros_like(total)
+        pruner.load_state(tensors, metadata)
+
+
+def _column_names(dataset) -> list[str]:
+    names = getattr(dataset, "column_names", None)
+    if names is not None:
+        return list(names)
+    first = dataset[0]
+    return list(first) if isinstance(first, dict) else []
+
+
+def _pruning_sampler(dataloader) -> PrunedEpochSampler:
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    for candidate in (
+        getattr(batch_sampler, "sampler", None),
+        getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None),
+    ):
+        if isinstance(candidate, PrunedEpochSampler):
+            return candidate
+    raise RuntimeError("the train dataloader does not use the example pruning sampler.")
+
+
+class TriLevelTrainer(ExamplePruningTrainerMixin, Trainer):
+    """`transformers.Trainer` plus what `ExamplePruningCallback` needs; a drop-in replacement."""

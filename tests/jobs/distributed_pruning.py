@@ -1,0 +1,94 @@
+"""Run by tests/test_distributed_pruning.py under `torchrun --nproc_per_node 2`: train with example pruning on
+two gloo processes and write, per rank, what each epoch served and what the pruning state looked like."""
+
+import hashlib
+import json
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers import TrainingArguments
+
+from hf_trilevel import ExamplePruningCallback, TriLevelTrainer, TriLevelViTConfig, TriLevelViTForImageClassification
+from hf_trilevel.data_pruning import digest
+from hf_trilevel.digits import load_digits_dataset
+from hf_trilevel.trainer import EXAMPLE_INDEX
+
+
+def to_pixels(batch):
+    images = [torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1 for im in batch["image"]]
+    return {"pixel_values": torch.stack(images), "labels": batch["label"]}
+
+
+def collate(features):
+    return {
+        "pixel_values": torch.stack([f["pixel_values"] for f in features]),
+        "labels": torch.tensor([f["labels"] for f in features]),
+    }
+
+
+class RecordingTrainer(TriLevelTrainer):
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training:
+            epoch = self.example_pruner.plan_epoch
+            self.served.setdefault(epoch, []).extend(inputs[EXAMPLE_INDEX].tolist())
+            self.plans[epoch] = self.example_pruner.plan.indices.tolist()
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+def run(policy: str, output_dir: str, dataset) -> dict:
+    torch.manual_seed(0)
+    config = TriLevelViTConfig(
+        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=10, token_keep_rate=0.5,
+    )  # fmt: skip
+    callback = ExamplePruningCallback(policy, **({"swap_epochs": [1, 2]} if policy == "forgetting" else {}))
+    trainer = RecordingTrainer(
+        model=TriLevelViTForImageClassification(config),
+        args=TrainingArguments(
+            output_dir=output_dir,
+            num_train_epochs=4,
+            per_device_train_batch_size=16,
+            learning_rate=1e-3,
+            report_to="none",
+            remove_unused_columns=False,
+            save_strategy="no",
+            disable_tqdm=True,
+            dataloader_pin_memory=False,
+            seed=0,
+            use_cpu=True,  # use_cpu: DDP over gloo on GPU-less machines
+        ),
+        train_dataset=dataset,
+        data_collator=collate,
+        callbacks=[callback],
+    )
+    trainer.served, trainer.plans = {}, {}
+    trainer.train()
+    statistics = callback.pruner.statistics
+    parameters = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    return {
+        "world_size": dist.get_world_size(),
+        "parallel_mode": str(trainer.args.parallel_mode),
+        "parameters": hashlib.sha1(parameters.numpy().tobytes()).hexdigest(),
+        "served": trainer.served,
+        "plans": trainer.plans,
+        "digests": [h["example_pruning/digest"] for h in trainer.state.log_history if "example_pruning/digest" in h],
+        "statistics": digest(statistics.forgetting_events) + digest(statistics.presentations),
+        "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+    }
+
+
+def main(output_dir: str) -> None:
+    dataset = load_digits_dataset(image_size=16)["train"].select(range(128)).with_transform(to_pixels)
+    report = {policy: run(policy, f"{output_dir}/{policy}", dataset) for policy in ("forgetting", "loss")}
+    rank = dist.get_rank()
+    with open(f"{output_dir}/rank{rank}.json", "w") as file:
+        json.dump(report, file)
+    dist.barrier()
+    dist.destroy_process_group()  # without it gloo processes sometimes abort at exit
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,193 @@
+"""Example-level pruning logic on crafted statistics: who goes, who comes back, and the unbiased rescaling."""
+
+import pytest
+import torch
+
+from hf_trilevel import ExamplePruningCallback, ForgettingPolicy, KeepRateScheduleCallback, LossPolicy
+from hf_trilevel.callbacks import cosine_keep_rate
+from hf_trilevel.data_pruning import EpochPlan, ExamplePruner, ExampleStatistics, PrunedEpochSampler, digest
+
+
+def statistics_after(epochs: list[tuple[list[int], list[float], list[bool]]], num_examples: int = 6):
+    statistics = ExampleStatistics(num_examples)
+    for indices, losses, correct in epochs:
+        statistics.record(torch.tensor(indices), torch.tensor(losses), torch.tensor(correct))
+        statistics.end_epoch()
+    return statistics
+
+
+def test_forgetting_events_count_correct_to_incorrect_flips():
+    statistics = statistics_after(
+        [
+            ([0, 1, 2, 3], [0.1] * 4, [True, True, False, True]),
+            ([0, 1, 2, 3], [0.1] * 4, [False, True, True, True]),
+            ([0, 1, 2, 3], [0.1] * 4, [True, False, False, True]),
+            ([0, 1, 2, 3], [0.1] * 4, [False, True, True, True]),
+        ]
+    )
+    assert statistics.forgetting_events[:4].tolist() == [2, 1, 1, 0]
+    assert statistics.presentations.tolist() == [4, 4, 4, 4, 0, 0]
+
+
+def test_never_learned_examples_rank_as_most_forgettable_and_unseen_ones_do_not():
+    statistics = statistics_after([([0, 1, 2], [1.0, 1.0, 1.0], [True, False, True])] * 2)
+    scores = statistics.forgetting_scores()
+    assert scores[1] == float("inf")
+    assert scores[0] == scores[2] == 0 and scores[5] == 0
+
+
+def test_an_example_seen_twice_in_an_epoch_counts_once_with_its_mean_loss():
+    statistics = statistics_after([([0, 0, 1], [1.0, 3.0, 0.5], [True, True, False])])
+    assert statistics.last_loss[:2].tolist() == [2.0, 0.5]
+    assert statistics.presentations[:2].tolist() == [1, 1]
+
+
+def test_recording_is_vectorised_on_the_statistics_device():
+    statistics = ExampleStatistics(4)
+    statistics.record(torch.tensor([3, 1]), torch.tensor([0.5, 0.25]), torch.tensor([True, False]))
+    assert statistics.epoch_seen.tolist() == [0, 1, 0, 1]
+    assert statistics.epoch_loss_sum.tolist() == [0, 0.25, 0, 0.5]
+
+
+def test_forgetting_keeps_a_fixed_fraction_drawn_with_the_seed():
+    policy = ForgettingPolicy(keep_fraction=0.8)
+    policy.prepare(100, 10)
+    first = policy.plan_epoch(0, None, ExampleStatistics(100), 100, seed=7)
+    again = policy.plan_epoch(0, None, ExampleStatistics(100), 100, seed=7)
+    other = policy.plan_epoch(0, None, ExampleStatistics(100), 100, seed=8)
+    assert len(first.indices) == 80 and torch.equal(first.indices, again.indices)
+    assert not torch.equal(first.indices, other.indices)
+    assert torch.all(first.indices[1:] > first.indices[:-1])
+
+
+def test_forgetting_swap_removes_the_least_forgotten_and_restores_removed_ones():
+    policy = ForgettingPolicy(keep_fraction=0.6, swap_fraction=0.2, swap_epochs=[1])
+    policy.prepare(10, 4)
+    statistics = ExampleStatistics(10)
+    statistics.forgetting_events = torch.tensor([5, 0, 3, 0, 4, 2, 0, 0, 0, 0], dtype=torch.int32)
+    statistics.presentations = torch.ones(10, dtype=torch.int32)
+    statistics.ever_correct = torch.ones(10, dtype=torch.bool)
+    previous = EpochPlan(torch.tensor([0, 1, 2, 3, 4, 5]))
+    plan = policy.plan_epoch(1, previous, statistics, 10, seed=0)
+    assert len(plan.indices) == 6
+    kept = set(plan.indices.tolist())
+    assert {1, 3}.isdisjoint(kept)  # the two kept examples never forgotten leave
+    assert {0, 2, 4, 5} <= kept  # the forgotten ones stay
+    assert len(kept & {6, 7, 8, 9}) == 2  # as many return from the removed pool
+    assert policy.plan_epoch(2, plan, statistics, 10, seed=0) is plan  # no swap outside swap epochs
+
+
+def test_forgetting_default_swap_epochs_scale_the_papers_schedule():
+    assert ForgettingPolicy().resolved_swap_epochs(300) == [30, 60, 90, 120, 150]
+    assert ForgettingPolicy().resolved_swap_epochs(10) == [1, 2, 3, 4, 5]
+
+
+def test_loss_policy_plans_sizes_before_training():
+    policy = LossPolicy(prune_ratio=0.5, full_data_fraction=0.25)
+    assert policy.epoch_sizes(100, 8) == [100, 75, 75, 75, 75, 75, 100, 100]
+
+
+def test_loss_policy_drops_only_well_learned_examples_and_rescales_the_rest_unbiasedly():
+    policy = LossPolicy(prune_ratio=0.5, full_data_fraction=0.125)
+    policy.prepare(8, 8)
+    statistics = ExampleStatistics(8)
+    statistics.last_loss = torch.tensor([0.1, 5.0, 0.2, 4.0, 0.3, 3.0, 0.4, 2.0])
+    plan = policy.plan_epoch(1, None, statistics, 8, seed=3)
+    well_learned = {0, 2, 4, 6}
+    dropped = set(range(8)) - set(plan.indices.tolist())
+    assert len(dropped) == 2 and dropped <= well_learned
+    weights = dict(zip(plan.indices.tolist(), plan.loss_weights.tolist(), strict=True))
+    assert all(weights[i] == 2.0 for i in well_learned - dropped) and all(weights[i] == 1.0 for i in {1, 3, 5, 7})
+    # Unbiased: the expected total weight of every example is 1 (drop probability 1/2, kept weight 2).
+    expected_weight = torch.zeros(8)
+    for seed in range(400):
+        plan = policy.plan_epoch(1, None, statistics, 8, seed=seed)
+        expected_weight[plan.indices] += plan.loss_weights
+    torch.testing.assert_close(expected_weight / 400, torch.ones(8), atol=0.12, rtol=0)
+
+
+def test_loss_policy_uses_all_data_first_and_last():
+    policy = LossPolicy()
+    policy.prepare(10, 8)
+    statistics = ExampleStatistics(10)
+    for epoch in (0, 7):
+        plan = policy.plan_epoch(epoch, None, statistics, 10, seed=0)
+        assert plan.indices.tolist() == list(range(10)) and plan.loss_weights is None
+
+
+def test_pruner_weights_lookup_and_state_round_trip():
+    pruner = ExamplePruner(LossPolicy(), seed=0)
+    pruner.begin(8, 8)
+    pruner.statistics.last_loss = torch.arange(8.0)
+    pruner.advance_to(1)
+    weights = pruner.loss_weights(torch.tensor([0, 7]))
+    assert weights.tolist()[1] == 1.0 and weights.tolist()[0] in (1.0, 2.0)
+    restored = ExamplePruner(LossPolicy(), seed=0)
+    restored.begin(8, 8)
+    restored.load_state(pruner.state_tensors(), pruner.state_metadata())
+    assert torch.equal(restored.plan.indices, pruner.plan.indices) and restored.plan_epoch == 1
+    assert digest(restored.plan.indices) == digest(pruner.plan.indices)
+
+
+def test_resuming_with_other_settings_is_refused():
+    pruner = ExamplePruner(ForgettingPolicy(keep_fraction=0.8), seed=0)
+    pruner.begin(10, 4)
+    other = ExamplePruner(ForgettingPolicy(keep_fraction=0.5), seed=0)
+    other.begin(10, 4)
+    with pytest.raises(ValueError, match="policy"):
+        other.load_state(pruner.state_tensors(), pruner.state_metadata())
+
+
+def test_sampler_serves_a_seeded_permutation_of_the_kept_set():
+    pruner = ExamplePruner(ForgettingPolicy(keep_fraction=0.5), seed=1)
+    pruner.begin(20, 4)
+    sampler = PrunedEpochSampler(pruner)
+    order = list(sampler)
+    assert len(sampler) == 10 and sorted(order) == pruner.plan.indices.tolist()
+    assert order == list(PrunedEpochSampler(pruner)) and order != sorted(order)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"policy": "random"}, "`policy` must be one of"),
+        ({"policy": "forgetting", "keep_fraction": 0.0}, r"`keep_fraction` must be in \(0, 1\]"),
+        ({"policy": "forgetting", "keep_fraction": 1.5}, r"`keep_fraction` must be in \(0, 1\]"),
+        ({"policy": "forgetting", "swap_fraction": -1}, "`swap_fraction`"),
+        ({"policy": "forgetting", "swap_epochs": [0, 3]}, "`swap_epochs` must be a list of epoch numbers >= 1"),
+        ({"policy": "loss", "prune_ratio": 1.0}, r"`prune_ratio` must be in \(0, 1\)"),
+        ({"policy": "loss", "full_data_fraction": 0}, "`full_data_fraction`"),
+        ({"policy": "loss", "keep_fraction": 0.5}, "unknown setting for the 'loss'"),
+        ({"policy": "none", "seed": -1}, "`seed` must be a non-negative integer"),
+    ],
+)
+def test_bad_callback_settings_are_rejected_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ExamplePruningCallback(**kwargs)
+
+
+def test_swap_epochs_beyond_training_are_rejected_when_training_is_planned():
+    pruner = ExamplePruner(ForgettingPolicy(swap_epochs=[2, 12]), seed=0)
+    with pytest.raises(ValueError, match=r"`swap_epochs` \[12\] are beyond training.*\[1, 9\]"):
+        pruner.begin(100, 10)
+
+
+def test_cosine_keep_rate_warms_up_then_decays_to_the_target():
+    rates = [cosine_keep_rate(step, 100, 0.5, 0.1, 0.5) for step in (0, 10, 35, 60, 99)]
+    assert rates[0] == rates[1] == 1.0
+    assert rates[2] == pytest.approx(0.75)
+    assert rates[3] == rates[4] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target_token_keep_rate": 0.0}, "target_token_keep_rate"),
+        ({"warmup_fraction": 1.0}, r"`warmup_fraction` must be in \[0, 1\)"),
+        ({"decay_fraction": 0.0}, r"`decay_fraction` must be in \(0, 1\]"),
+        ({"warmup_fraction": 0.6, "decay_fraction": 0.6}, "must be <= 1"),
+    ],
+)
+def test_bad_schedule_settings_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        KeepRateScheduleCallback(**kwargs)

@@ -1,0 +1,56 @@
+"""A real 2-process run (torchrun, gloo on CPU): every rank takes the same pruning decisions, and the ranks'
+batches split each epoch's kept set between them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+JOB = Path(__file__).parent / "jobs" / "distributed_pruning.py"
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> list[dict]:
+    output = tmp_path_factory.mktemp("distributed")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    completed = subprocess.run(
+        [*command, str(JOB), str(output)], capture_output=True, text=True, timeout=300, env=environment
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
+    return [json.loads((output / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.parametrize("policy", ["forgetting", "loss"])
+def test_both_ranks_take_identical_decisions(reports, policy):
+    first, second = (report[policy] for report in reports)
+    assert first["world_size"] == second["world_size"] == 2
+    assert first["parallel_mode"] == second["parallel_mode"] == "ParallelMode.DISTRIBUTED"
+    assert first["parameters"] == second["parameters"]  # gradients were synchronised (real DDP)
+    assert first["digests"] == second["digests"] and len(first["digests"]) == 4
+    assert first["plans"] == second["plans"]
+    assert first["statistics"] == second["statistics"]
+
+
+@pytest.mark.parametrize("policy", ["forgetting", "loss"])
+def test_ranks_batches_cover_the_kept_set_and_overlap_only_to_even_out_the_last_batch(reports, policy):
+    first, second = (report[policy] for report in reports)
+    for epoch, plan in first["plans"].items():
+        served_first, served_second = first["served"][epoch], second["served"][epoch]
+        assert sorted(set(served_first) | set(served_second)) == plan
+        # accelerate repeats a few examples so that both ranks get equal, full batches (even_batches=True).
+        padding = len(served_first) + len(served_second) - len(plan)
+        assert 0 <= padding < 2 * 16 and len(set(served_first) & set(served_second)) <= padding
+
+
+@pytest.mark.parametrize("policy", ["forgetting", "loss"])
+def test_distributed_step_counts_are_exact(reports, policy):
+    for report in reports:
+        assert report[policy]["global_step"] == report[policy]["max_steps"]
+    # 128 examples, 2 ranks x 16 per batch: forgetting keeps 102 -> 7 batches -> 4 steps a rank per epoch.
+    assert reports[0]["forgetting"]["max_steps"] == 4 * 4
+    # loss keeps 128, 96, 96, 128 over 4 epochs -> 4 + 3 + 3 + 4 steps a rank.
+    assert reports[0]["loss"]["max_steps"] == 14
