@@ -138,14 +138,14 @@ def benchmark_inference(
     return results
 
 
-def environment() -> dict[str, str | int]:
+def environment(device: str = "cpu") -> dict[str, str | int]:
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "processor": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
     }
 
 

@@ -6,6 +6,7 @@ and the standard library.
 
 import math
 import numbers
+from dataclasses import dataclass
 
 from transformers import ViTConfig
 
@@ -38,13 +39,42 @@ def check_token_prune_layers(value: object, num_hidden_layers: int) -> list[int]
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
         raise ValueError(f"`token_prune_layers` must be a list of {allowed}, got {value!r}.")
     for index in value:
-        if isinstance(index, bool) or not isinstance(index, int):
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
             raise ValueError(f"`token_prune_layers` must hold {allowed}; {index!r} is not an integer.")
         if not 0 <= index < num_hidden_layers:
-            raise ValueError(f"`token_prune_layers` must hold {allowed}; {index} is out of range.")
+            raise ValueError(
+                f"`token_prune_layers` must hold {allowed}; {index} is out of range (if you changed "
+                "`num_hidden_layers`, pass `token_prune_layers` for the new depth too)."
+            )
     if len(set(value)) != len(value):
         raise ValueError(f"`token_prune_layers` must hold {allowed}; got duplicates in {list(value)}.")
-    return sorted(value)
+    return sorted(int(index) for index in value)
+
+
+@dataclass(frozen=True)
+class SparsitySettings:
+    """The token- and attention-level settings one forward pass uses, read from the config once.
+
+    Layers take this as an argument instead of reading the config, so a gradient-checkpointing recompute uses the
+    settings of its own forward even if `set_keep_rates` ran in between (dense and sparse passes of one batch).
+    """
+
+    token_keep_rate: float
+    attention_keep_rate: float
+    token_fusion: bool
+    token_prune_layers: tuple[int, ...]
+
+    @classmethod
+    def from_config(cls, config: "TriLevelViTConfig") -> "SparsitySettings":
+        """Validated settings; catches values assigned to the config directly, which bypass its constructor."""
+        if not isinstance(config.token_fusion, bool):
+            raise ValueError(f"`token_fusion` must be True or False, got {config.token_fusion!r}.")
+        return cls(
+            check_keep_rate("token_keep_rate", config.token_keep_rate),
+            check_keep_rate("attention_keep_rate", config.attention_keep_rate),
+            config.token_fusion,
+            tuple(check_token_prune_layers(config.token_prune_layers, config.num_hidden_layers)),
+        )
 
 
 class TriLevelViTConfig(ViTConfig):
@@ -63,10 +93,11 @@ class TriLevelViTConfig(ViTConfig):
             0-indexed layers after whose attention block tokens are dropped (and the sparse attention mask is
             rebuilt). Defaults to a quarter, half and three quarters of the depth ([3, 6, 9] for 12 layers).
         token_fusion (`bool`, *optional*, defaults to `False`):
-            Fuse the dropped tokens into one extra token, weighted by their class-token attention (EViT), instead of
-            discarding them.
+            Fuse the dropped tokens into one extra token (their mean weighted by class-token attention, EViT-style)
+            instead of discarding them.
         attention_keep_rate (`float`, *optional*, defaults to 1.0):
-            Fraction of attention connections kept per query row among the kept tokens, in (0, 1]. 1.0 is dense.
+            Fraction of the patch connections kept per query row among the kept tokens, in (0, 1]; the class (and
+            fused) token's connections are always kept. 1.0 is dense.
 
     Keep rates may be changed on a live model with `model.set_keep_rates(...)`; layers read them at every forward.
     """
@@ -87,6 +118,15 @@ class TriLevelViTConfig(ViTConfig):
             self.token_prune_layers = default_token_prune_layers(self.num_hidden_layers)
         self.check_trilevel_fields()
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # Loading a plain ViT/DeiT checkpoint into TriLevel classes is a supported conversion, not a mismatch:
+        # present its config as ours so transformers does not warn that the model types differ.
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == "vit":
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
     def check_trilevel_fields(self) -> None:
         """Validate the sparsity fields and the geometry they depend on; raise `ValueError` naming the field."""
         for name in ("num_hidden_layers", "num_attention_heads", "hidden_size", "num_channels"):
@@ -100,4 +140,4 @@ class TriLevelViTConfig(ViTConfig):
             raise ValueError(f"`token_fusion` must be True or False, got {self.token_fusion!r}.")
 
 
-__all__ = ["TriLevelViTConfig"]
+__all__ = ["SparsitySettings", "TriLevelViTConfig"]

@@ -48,7 +48,7 @@ def layer_costs(config: TriLevelViTConfig) -> list[LayerCost]:
                     fused = 1
                 patches = kept
             if config.attention_keep_rate < 1.0:
-                flops += 2 * (1 + patches) ** 2 * hidden  # connection scores among the kept tokens
+                flops += 2 * (1 + patches) * tokens * hidden  # kept queries against the layer's keys
         mlp_tokens = 1 + patches + fused
         flops += 2 * 2 * mlp_tokens * hidden * intermediate
         costs.append(LayerCost(tokens, mlp_tokens, flops))

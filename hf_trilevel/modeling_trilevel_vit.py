@@ -18,35 +18,38 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import transformers
 from torch import nn
-from transformers.conversion_mapping import (
-    get_checkpoint_conversion_mapping,
-    register_checkpoint_conversion_mapping,
-)
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.vit.modeling_vit import (
-    ViTAttention,
-    ViTEmbeddings,
-    ViTMLP,
-    ViTPooler,
-    ViTPreTrainedModel,
-    eager_attention_forward,
-)
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_trilevel_vit import TriLevelViTConfig, check_keep_rate
-from .sparse_attention import (
-    additive_attention_mask,
-    check_masked_attention_implementation,
-    sparse_attention_mask,
-)
+try:  # transformers 5 internals this file builds on; they move between major versions
+    from transformers.conversion_mapping import (
+        get_checkpoint_conversion_mapping,
+        register_checkpoint_conversion_mapping,
+    )
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.vit.modeling_vit import (
+        ViTAttention,
+        ViTEmbeddings,
+        ViTMLP,
+        ViTPooler,
+        ViTPreTrainedModel,
+        eager_attention_forward,
+    )
+    from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+    from transformers.utils.output_capturing import capture_outputs
+except ImportError as error:
+    raise ImportError(
+        f"The TriLevel ViT code needs transformers 5 (tested with 5.23); this environment has "
+        f"{transformers.__version__}. Install `transformers>=5,<6` to load this checkpoint. ({error})"
+    ) from error
+
+from .configuration_trilevel_vit import SparsitySettings, TriLevelViTConfig, check_keep_rate
+from .sparse_attention import check_masked_attention_implementation, sparse_attention_mask
 from .token_reduction import (
     class_token_attention,
     fuse_dropped_tokens,
-    gather_tokens,
     keep_tokens,
     num_kept_tokens,
     select_top_tokens,
@@ -66,6 +69,10 @@ AUTO_MAP = {
 @dataclass
 class TriLevelViTModelOutput(BaseModelOutputWithPooling):
     r"""
+    Sequences shrink at each pruning layer: `last_hidden_state` and `hidden_states` hold the class token, the surviving
+    patch tokens and, with `token_fusion=True`, one fused token last. `hidden_states[i][:, 1:]` is therefore one longer
+    than `kept_token_indices` after fusion; pool over `[:, 1 : 1 + kept]` to average patch tokens only.
+
     kept_token_indices (`tuple[torch.LongTensor]`, *optional*, returned with `output_kept_token_indices=True`):
         One `[batch, kept]` tensor per pruning layer (in `config.token_prune_layers` order): the original patch
         positions (0-indexed, row-major over the patch grid) of the patch tokens alive after that layer, ascending.
@@ -119,15 +126,10 @@ class TriLevelViTAttention(ViTAttention):
 
 
 class TriLevelViTLayer(GradientCheckpointingLayer):
-    """A ViT layer; at a pruning layer, tokens and attention connections are reduced between attention and MLP.
-
-    Keep rates are read from the config at every forward (not copied at init) so that `set_keep_rates` and keep-rate
-    schedules take effect on the next forward without rebuilding the model.
-    """
+    """A ViT layer; at a pruning layer, tokens and attention connections are reduced between attention and MLP."""
 
     def __init__(self, config: TriLevelViTConfig, layer_idx: int):
         super().__init__()
-        self.config = config
         self.layer_idx = layer_idx
         self.attention = TriLevelViTAttention(config)
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -135,22 +137,21 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         self.mlp = ViTMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    @property
-    def is_pruning_layer(self) -> bool:
-        return self.layer_idx in self.config.token_prune_layers
-
     def forward(
         self,
         hidden_states: torch.Tensor,
         patch_positions: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        *,
+        sparsity: SparsitySettings,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """
         Args:
-            hidden_states: `[batch, tokens, hidden]`, class token first.
+            hidden_states: `[batch, tokens, hidden]`, class token first (and a fused token last, after fusion).
             patch_positions: `[batch, patches]` original position of each patch token in `hidden_states[:, 1:]`.
-            attention_mask: the mask built by the last pruning layer, in the backend's format, or None (dense).
+            attention_mask: the additive mask built by the last pruning layer, or None (dense).
+            sparsity: this forward's settings, passed by keyword so a checkpointing recompute reuses them.
 
         Returns:
             `(hidden_states, patch_positions, attention_mask)`, reduced if this is a pruning layer.
@@ -160,8 +161,10 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         hidden_states, _, (query, key) = self.attention(hidden_states, attention_mask, **kwargs)
         hidden_states = self.dropout(hidden_states) + residual
 
-        if self.is_pruning_layer:
-            hidden_states, patch_positions, attention_mask = self.reduce(hidden_states, patch_positions, query, key)
+        if self.layer_idx in sparsity.token_prune_layers:
+            hidden_states, patch_positions, attention_mask = self.reduce(
+                hidden_states, patch_positions, query, key, attention_mask, sparsity
+            )
 
         residual = hidden_states
         hidden_states = self.layernorm_after(hidden_states)
@@ -170,34 +173,44 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         return hidden_states, patch_positions, attention_mask
 
     def reduce(
-        self, hidden_states: torch.Tensor, patch_positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        patch_positions: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        sparsity: SparsitySettings,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Drop tokens (token level), then build the connection mask among the survivors (attention level)."""
-        token_keep_rate = self.config.token_keep_rate
-        attention_keep_rate = self.config.attention_keep_rate
         num_patches = patch_positions.shape[1]
-        num_keep = num_kept_tokens(num_patches, token_keep_rate)
+        num_keep = num_kept_tokens(num_patches, sparsity.token_keep_rate)
+        # Class and patch tokens that survive, as positions in this layer's sequence (an earlier fused token, if
+        # any, is last and is handled as a summary token, not a candidate).
+        sequence_index = torch.arange(1 + num_patches, device=hidden_states.device).expand(hidden_states.shape[0], -1)
 
         if num_keep < num_patches:
-            class_attention = class_token_attention(query, key, self.attention.scaling)
+            # Scores only decide which tokens stay, unless fusion also uses them as weights.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and sparsity.token_fusion):
+                class_attention = class_token_attention(query, key, self.attention.scaling)
             patch_index = select_top_tokens(class_attention[:, 1 : 1 + num_patches], num_keep)
-            fused = None
-            if self.config.token_fusion:
-                fused = fuse_dropped_tokens(hidden_states, class_attention, patch_index)
+            fused = fuse_dropped_tokens(hidden_states, class_attention, patch_index) if sparsity.token_fusion else None
             hidden_states, patch_positions, sequence_index = keep_tokens(
                 hidden_states, patch_positions, patch_index, fused
             )
-            query = gather_tokens(query, sequence_index, token_dim=2)
-            key = gather_tokens(key, sequence_index, token_dim=2)
-        else:
-            # Nothing dropped: an earlier fused token (if any) stays last and has no query or key to score.
-            query, key = query[:, :, : 1 + num_patches], key[:, :, : 1 + num_patches]
 
-        if attention_keep_rate >= 1.0:
+        if sparsity.attention_keep_rate >= 1.0:
             return hidden_states, patch_positions, None
-        has_fused_token = hidden_states.shape[1] > 1 + patch_positions.shape[1]
-        mask = sparse_attention_mask(query, key, self.attention.scaling, attention_keep_rate, has_fused_token)
-        return hidden_states, patch_positions, additive_attention_mask(mask, hidden_states.dtype)
+        mask = sparse_attention_mask(
+            query,
+            key,
+            self.attention.scaling,
+            sparsity.attention_keep_rate,
+            sequence_index,
+            attention_mask,
+            has_trailing_summary_token=hidden_states.shape[1] > 1 + patch_positions.shape[1],
+            dtype=query.dtype,
+        )
+        return hidden_states, patch_positions, mask
 
 
 class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
@@ -214,6 +227,10 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
 
     def set_keep_rates(self, token_keep_rate: float | None = None, attention_keep_rate: float | None = None) -> None:
         """Change the token and/or attention keep rates; the next forward uses them. No reload, no new weights.
+
+        The rates live in `model.config`, as every transformers setting does, so models built from the same config
+        object (e.g. `Cls(model.config)` for an EMA or teacher copy) change together; build copies from
+        `copy.deepcopy(model.config)` to set them apart.
 
         Raises `ValueError` (and changes nothing) if a rate is outside (0, 1], or if attention sparsity is asked of
         an attention implementation that cannot apply a mask.
@@ -288,10 +305,9 @@ def check_pixel_values(pixel_values: torch.Tensor | None, config: TriLevelViTCon
 class TriLevelViTModel(TriLevelViTPreTrainedModel):
     """The TriLevel ViT encoder: `ViTModel` with token and attention sparsity at `config.token_prune_layers`."""
 
-    def __init__(self, config: TriLevelViTConfig, add_pooling_layer: bool = True):
+    def __init__(self, config: TriLevelViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
         super().__init__(config)
-        self.config = config
-        self.embeddings = ViTEmbeddings(config)
+        self.embeddings = ViTEmbeddings(config, use_mask_token=use_mask_token)
         self.layers = nn.ModuleList([TriLevelViTLayer(config, index) for index in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = ViTPooler(config) if add_pooling_layer else None
@@ -305,6 +321,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         output_kept_token_indices: bool | None = None,
         **kwargs,
@@ -312,24 +329,37 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         r"""
         pixel_values (`torch.FloatTensor` of shape `[batch, channels, height, width]`):
             Normalised images, as the image processor returns them.
+        bool_masked_pos (`torch.BoolTensor` of shape `[batch, patches]`, *optional*):
+            Patches replaced by the mask token (only if the model was built with `use_mask_token=True`).
         output_kept_token_indices (`bool`, *optional*):
             Also return, per pruning layer, the original positions of the surviving patches.
         """
+        if kwargs.get("attention_mask") is not None:
+            raise ValueError(
+                "`attention_mask` is not supported: the TriLevel ViT builds its own attention masks among the tokens "
+                "it keeps. Drop the argument (images have no padding tokens to mask)."
+            )
+        kwargs.pop("attention_mask", None)
         check_pixel_values(pixel_values, self.config, bool(interpolate_pos_encoding))
-        if self.config.attention_keep_rate < 1.0:
+        sparsity = SparsitySettings.from_config(self.config)
+        if sparsity.attention_keep_rate < 1.0:
             check_masked_attention_implementation(self.config._attn_implementation)
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
 
-        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden_states = self.embeddings(
+            pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
+        )
         batch_size, num_tokens = hidden_states.shape[:2]
         patch_positions = torch.arange(num_tokens - 1, device=hidden_states.device).expand(batch_size, -1)
         attention_mask = None
         kept_token_indices = []
         for layer in self.layers:
             hidden_states, patch_positions, attention_mask = layer(
-                hidden_states, patch_positions, attention_mask, **kwargs
+                hidden_states, patch_positions, attention_mask, sparsity=sparsity, **kwargs
             )
-            if output_kept_token_indices and layer.is_pruning_layer:
+            if attention_mask is not None:
+                attention_mask = attention_mask.detach()  # reentrant checkpointing marks outputs as requiring grad
+            if output_kept_token_indices and layer.layer_idx in sparsity.token_prune_layers:
                 kept_token_indices.append(patch_positions)
 
         sequence_output = self.layernorm(hidden_states)

@@ -14,7 +14,7 @@ and the standard library.
 
 import torch
 
-from .token_reduction import num_kept_tokens
+from .token_reduction import gather_tokens, num_kept_tokens
 
 MASKED_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
@@ -33,37 +33,28 @@ def check_masked_attention_implementation(attn_implementation: str | None) -> No
 def select_connections(
     connection_scores: torch.Tensor, keep_rate: float, has_trailing_summary_token: bool
 ) -> torch.Tensor:
-    """Boolean mask keeping the top `ceil(tokens * keep_rate)` connections of every query row.
+    """Boolean mask keeping, in every query row, the top `ceil(patches * keep_rate)` patch connections.
 
     Args:
-        connection_scores: `[batch, tokens, tokens]`, query rows by key columns; the class token is at index 0.
-        keep_rate: fraction of each row to keep, in (0, 1].
+        connection_scores: `[batch, tokens, tokens]`, query rows by key columns, laid out as
+            `[class, patches..., (fused)]`.
+        keep_rate: fraction of each row's patch connections to keep, in (0, 1].
         has_trailing_summary_token: whether the last token is a fused summary token (treated like the class token).
 
     Returns:
-        `[batch, tokens, tokens]` bool, True where attention is allowed. Summary columns are part of each row's
-        budget and always chosen, so an ordinary row keeps exactly `max(k, number of summary tokens)` entries;
-        summary rows are kept whole.
+        `[batch, tokens, tokens]` bool, True where attention is allowed. As in Tri-Level E-ViT, summary columns are
+        always kept on top of the patch budget, so an ordinary row keeps `ceil(patches * keep_rate)` patch entries
+        plus the summary entries; summary rows are kept whole.
     """
     num_tokens = connection_scores.shape[-1]
-    num_keep = num_kept_tokens(num_tokens, keep_rate)
+    num_patches = num_tokens - 1 - int(has_trailing_summary_token)
+    num_keep = num_kept_tokens(num_patches, keep_rate)
     summary = [0, num_tokens - 1] if has_trailing_summary_token else [0]
-    scores = connection_scores.clone()
-    scores[..., summary] = float("inf")
-    keep_index = torch.topk(scores, num_keep, dim=-1, sorted=False).indices
-    mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, keep_index, True)
+    patch_index = torch.topk(connection_scores[..., 1 : 1 + num_patches], num_keep, dim=-1, sorted=False).indices
+    mask = torch.zeros_like(connection_scores, dtype=torch.bool).scatter_(-1, patch_index + 1, True)
+    mask[..., summary] = True
     mask[:, summary, :] = True
     return mask
-
-
-def connection_scores(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Head-averaged attention probabilities among the given tokens, `[batch, tokens, tokens]` float32.
-
-    Args:
-        query, key: `[batch, heads, tokens, head_dim]`.
-    """
-    logits = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1)
 
 
 def sparse_attention_mask(
@@ -71,28 +62,33 @@ def sparse_attention_mask(
     key: torch.Tensor,
     scaling: float,
     keep_rate: float,
+    sequence_index: torch.Tensor,
+    previous_mask: torch.Tensor | None,
     has_trailing_summary_token: bool,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Mask for the layers that follow a pruning layer, `[batch, 1, tokens, tokens]` bool.
+    """Additive mask for the layers that follow a pruning layer, `[batch, 1, tokens, tokens]` in `dtype`.
+
+    The scores are the pruning layer's own attention, as it was computed: under its incoming mask and normalised over
+    all its tokens, averaged over heads, then restricted to the kept tokens' rows and columns (Tri-Level E-ViT).
+    A connection masked in one interval therefore scores about zero and stays masked in the next.
 
     Args:
-        query, key: `[batch, heads, tokens, head_dim]` of the kept class and patch tokens, as computed in the pruning
-            layer. A fused token, if `has_trailing_summary_token`, has no query or key yet; it is added as a last
-            row and column that are always kept.
+        query, key: `[batch, heads, tokens, head_dim]` of the pruning layer, before tokens were dropped.
+        sequence_index: `[batch, kept]` positions of the kept class and patch tokens in that layer's sequence.
+        previous_mask: the additive mask the pruning layer's attention used, `[batch, 1, tokens, tokens]`, or None.
+        has_trailing_summary_token: whether the new sequence ends with a fused token. It has no query or key yet;
+            its row and column are always kept.
+        dtype: the attention's compute dtype (the query's), so the kernels never cast the mask.
     """
     with torch.no_grad():
-        scores = connection_scores(query, key, scaling)
+        rows = gather_tokens(query, sequence_index, token_dim=2)
+        logits = torch.matmul(rows, key.transpose(-1, -2)) * scaling
+        if previous_mask is not None:
+            logits = logits + gather_tokens(previous_mask, sequence_index, token_dim=2)
+        probabilities = logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1)
+        scores = gather_tokens(probabilities, sequence_index, token_dim=2)
         if has_trailing_summary_token:
             scores = torch.nn.functional.pad(scores, (0, 1, 0, 1))
-        return select_connections(scores, keep_rate, has_trailing_summary_token).unsqueeze(1)
-
-
-def additive_attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Turn a boolean keep-mask into the additive mask both `eager` and `sdpa` apply: 0 where kept, the dtype's most
-    negative value elsewhere.
-
-    Done once per pruning layer and reused by the following layers: handed a boolean mask, sdpa would convert it to
-    this form again in every layer (measured on CPU: about 3% of a DeiT-Tiny forward).
-    """
-    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-    return additive.masked_fill_(~mask, torch.finfo(dtype).min)
+        keep = select_connections(scores, keep_rate, has_trailing_summary_token).unsqueeze(1)
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)

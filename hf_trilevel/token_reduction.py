@@ -80,7 +80,12 @@ def gather_tokens(states: torch.Tensor, index: torch.Tensor, token_dim: int = 1)
 def fuse_dropped_tokens(
     hidden_states: torch.Tensor, class_attention: torch.Tensor, patch_index: torch.Tensor
 ) -> torch.Tensor:
-    """One token per image: the average of every non-kept token, weighted by its class-token attention (EViT).
+    """One token per image: the average of every non-kept token, weighted by its class-token attention.
+
+    Like EViT, the dropped tokens are summarised by their class-token attention. Unlike EViT, whose fused token is
+    the unnormalised attention-weighted sum (its norm shrinks with the attention the dropped tokens got), this is
+    the weighted mean, so the fused token stays on the scale of a token; and an earlier fused token is folded into
+    the new one rather than competing with patches for a place.
 
     Args:
         hidden_states: `[batch, 1 + patches (+ 1 fused), hidden]`.

@@ -1,4 +1,4 @@
-"""Attention level: top-k connections per query row, summary tokens kept whole, one mask per pruning interval."""
+"""Attention level: top-k patch connections per query row, summary tokens kept whole, one mask per interval."""
 
 import pytest
 import torch
@@ -7,6 +7,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from hf_trilevel.modeling_trilevel_vit import TriLevelViTAttention
 from hf_trilevel.sparse_attention import select_connections, sparse_attention_mask
+from hf_trilevel.token_reduction import num_kept_tokens
 
 from .helpers import images, tiny_model
 
@@ -15,31 +16,38 @@ def random_scores(batch: int, tokens: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, tokens, tokens, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize(("tokens", "rate", "budget"), [(10, 0.3, 3), (33, 0.5, 17), (9, 0.1, 1)])
-def test_every_row_keeps_its_budget_with_the_class_column_included(tokens, rate, budget):
+@pytest.mark.parametrize(("tokens", "rate", "patch_budget"), [(11, 0.3, 3), (33, 0.5, 16), (9, 0.1, 1)])
+def test_every_row_keeps_its_patch_budget_plus_the_class_column(tokens, rate, patch_budget):
     mask = select_connections(random_scores(2, tokens), rate, has_trailing_summary_token=False)
     assert torch.all(mask[:, 0, :])  # class row whole
     assert torch.all(mask[:, :, 0])  # class column in every row
-    assert torch.all(mask[:, 1:].sum(-1) == max(budget, 1))
+    assert torch.all(mask[:, 1:, 1:].sum(-1) == patch_budget)  # ceil(patches * rate) patch columns per row
 
 
-def test_kept_connections_are_the_highest_scoring_ones():
-    scores = random_scores(1, 8)
+def test_kept_connections_are_the_highest_scoring_patches():
+    scores = random_scores(1, 9)
     mask = select_connections(scores, 0.5, has_trailing_summary_token=False)
-    for row in range(1, 8):
-        patch_scores = scores[0, row, 1:]
-        expected = set((patch_scores.topk(3).indices + 1).tolist()) | {0}
+    for row in range(1, 9):
+        expected = set((scores[0, row, 1:].topk(4).indices + 1).tolist()) | {0}
         assert set(mask[0, row].nonzero().flatten().tolist()) == expected
 
 
 def test_fused_summary_token_keeps_its_row_and_column():
     generator = torch.Generator().manual_seed(0)
-    query, key = torch.randn(2, 2, 9, 4, generator=generator), torch.randn(2, 2, 9, 4, generator=generator)
-    mask = sparse_attention_mask(query, key, 0.5, 0.3, has_trailing_summary_token=True)
-    assert mask.shape == (2, 1, 10, 10) and mask.dtype == torch.bool
-    assert torch.all(mask[:, 0, -1, :]) and torch.all(mask[:, 0, :, -1])
-    assert torch.all(mask[:, 0, 0, :]) and torch.all(mask[:, 0, :, 0])
-    assert torch.all(mask[:, 0, 1:-1].sum(-1) == 3)  # ceil(10 * 0.3) with both summary columns in the budget
+    query, key = torch.randn(2, 2, 12, 4, generator=generator), torch.randn(2, 2, 12, 4, generator=generator)
+    kept = torch.tensor([[0, 1, 3, 4, 6, 7, 8, 9, 11]] * 2)  # class + 8 patches survive
+    mask = sparse_attention_mask(query, key, 0.5, 0.3, kept, None, has_trailing_summary_token=True, dtype=torch.float32)
+    keep = mask[:, 0] == 0
+    assert mask.shape == (2, 1, 10, 10) and mask.dtype == torch.float32
+    assert torch.all(keep[:, -1, :]) and torch.all(keep[:, :, -1])
+    assert torch.all(keep[:, 0, :]) and torch.all(keep[:, :, 0])
+    assert torch.all(keep[:, 1:-1, 1:-1].sum(-1) == 3)  # ceil(8 * 0.3)
+
+
+def test_mask_dtype_follows_the_attention_compute_dtype():
+    query = key = torch.randn(1, 2, 5, 4, dtype=torch.bfloat16)
+    mask = sparse_attention_mask(query, key, 0.5, 0.5, torch.arange(5)[None], None, False, dtype=torch.bfloat16)
+    assert mask.dtype == torch.bfloat16 and mask.max() == 0 and mask.min() == torch.finfo(torch.bfloat16).min
 
 
 def record_attention_masks(model) -> list:
@@ -58,11 +66,57 @@ def test_one_mask_is_built_per_pruning_layer_and_reused_until_the_next(token_kee
     with torch.no_grad():
         model(images(2))
     assert masks[0] is None and masks[1] is None  # dense up to and including the first pruning layer's attention
-    assert masks[2] is masks[3]  # built at layer 1, used by layers 2 and 3
-    assert masks[4] is masks[5] and masks[4] is not masks[3]  # rebuilt at layer 3
+    assert masks[2].data_ptr() == masks[3].data_ptr()  # built at layer 1, reused (not copied) by layers 2 and 3
+    assert masks[4].data_ptr() == masks[5].data_ptr() and masks[4].data_ptr() != masks[3].data_ptr()  # rebuilt
+    if token_keep_rate == 1.0:
+        # Same tokens, same budget, and layer 3's attention gives masked pairs ~0: the same connections win again.
+        assert torch.equal(masks[4], masks[3])
     tokens_after = [1 + n for n in ([64, 64] if token_keep_rate == 1.0 else [39, 24])]
     assert masks[2].shape == (2, 1, tokens_after[0], tokens_after[0])
     assert masks[4].shape == (2, 1, tokens_after[1], tokens_after[1])
+
+
+def float64_model(**overrides):
+    return tiny_model(attn_implementation="eager", **overrides).double()
+
+
+def test_model_keeps_the_patches_the_class_token_attends_to_most():
+    # Checked against the attention weights the eager kernel itself returns, not against our scoring code.
+    model = float64_model(token_keep_rate=0.5, token_prune_layers=[1, 2])
+    with torch.no_grad():
+        outputs = model(images(3).double(), output_attentions=True, output_kept_token_indices=True)
+    first = outputs.attentions[1][:, :, 0, 1:].mean(1).topk(32).indices.sort().values
+    assert torch.equal(outputs.kept_token_indices[0], first)
+    survivors = outputs.attentions[2][:, :, 0, 1:].mean(1).topk(16).indices
+    second = torch.gather(outputs.kept_token_indices[0], 1, survivors).sort().values
+    assert torch.equal(outputs.kept_token_indices[1], second)
+
+
+def expected_keep_mask(attention: torch.Tensor, sequence_index: torch.Tensor, rate: float) -> torch.Tensor:
+    """Top patch connections of the given layer's head-averaged attention among the kept tokens, class whole."""
+    averaged = attention.mean(1)
+    rows = torch.stack([averaged[b][sequence_index[b]][:, sequence_index[b]] for b in range(len(averaged))])
+    patches = rows.shape[-1] - 1
+    top = rows[:, :, 1:].topk(num_kept_tokens(patches, rate), dim=-1).indices + 1
+    keep = torch.zeros_like(rows, dtype=torch.bool).scatter_(-1, top, True)
+    keep[:, :, 0] = True
+    keep[:, 0, :] = True
+    return keep
+
+
+def test_model_masks_follow_the_pruning_layers_own_attention():
+    model = float64_model(num_hidden_layers=5, token_keep_rate=0.5, attention_keep_rate=0.3, token_prune_layers=[1, 3])
+    masks = record_attention_masks(model)
+    with torch.no_grad():
+        outputs = model(images(2).double(), output_attentions=True, output_kept_token_indices=True)
+    class_token = torch.zeros(2, 1, dtype=torch.long)
+    first_kept = torch.cat([class_token, outputs.kept_token_indices[0] + 1], 1)
+    assert torch.equal(masks[2][:, 0] == 0, expected_keep_mask(outputs.attentions[1], first_kept, 0.3))
+    # Second interval: scores come from layer 3's attention, which ran under the first mask, so masked pairs
+    # (probability 0) can only come back if a row had too few unmasked candidates.
+    survivors = torch.stack([torch.searchsorted(a, b) for a, b in zip(*outputs.kept_token_indices, strict=True)])
+    second_kept = torch.cat([class_token, survivors + 1], 1)
+    assert torch.equal(masks[4][:, 0] == 0, expected_keep_mask(outputs.attentions[3], second_kept, 0.3))
 
 
 def test_masked_attention_weights_are_renormalised_over_kept_connections():
@@ -72,24 +126,25 @@ def test_masked_attention_weights_are_renormalised_over_kept_connections():
     dense_layers, sparse_layers = attentions[:2], attentions[2:]  # first pruning layer is 1
     assert all(torch.all(weights > 0) for weights in dense_layers)
     for weights in sparse_layers:
-        tokens = weights.shape[-1]
+        patches = weights.shape[-1] - 1
         torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
         nonzero = (weights > 0).sum(-1)
-        assert torch.all(nonzero[:, :, 0] == tokens)  # class row whole
-        assert torch.all(nonzero[:, :, 1:] == -(-tokens * 3 // 10))  # ceil(tokens * 0.3)
+        assert torch.all(nonzero[:, :, 0] == patches + 1)  # class row whole
+        assert torch.all(nonzero[:, :, 1:] == num_kept_tokens(patches, 0.3) + 1)  # patch budget + class column
 
 
 @pytest.mark.parametrize("token_fusion", [False, True])
 def test_sdpa_and_eager_compute_the_same_sparse_model(token_fusion):
-    pixel_values = images(3)
+    pixel_values = images(3).double()
     outputs = []
     for implementation in ("eager", "sdpa"):
         model = tiny_model(
             token_keep_rate=0.6, attention_keep_rate=0.3, token_fusion=token_fusion, attn_implementation=implementation
-        )
+        ).double()
         with torch.no_grad():
             outputs.append(model(pixel_values).logits)
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    # float64 keeps token and connection choices away from ties; eager still runs its softmax in float32.
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-6, atol=1e-7)
 
 
 def test_attention_sparsity_changes_the_output_and_dense_rate_restores_it():
@@ -109,7 +164,8 @@ def attention_without_masks():
         return sdpa_attention_forward(module, query, key, value, None, **kwargs)
 
     AttentionInterface.register("test_no_mask", forward_without_mask)
-    return "test_no_mask"
+    yield "test_no_mask"
+    AttentionInterface._global_mapping.pop("test_no_mask", None)
 
 
 def test_attention_sparsity_on_a_backend_that_cannot_mask_is_rejected_early(attention_without_masks):

@@ -19,13 +19,26 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     model = tiny_model(**SPARSE).train()
     pixel_values, labels = images(4), torch.tensor([0, 1, 2, 3])
     loss, gradients = loss_and_gradients(model, pixel_values, labels)
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     assert all(layer.gradient_checkpointing for layer in model.vit.layers)
     checkpointed_loss, checkpointed_gradients = loss_and_gradients(model, pixel_values, labels)
     torch.testing.assert_close(checkpointed_loss, loss)
     assert gradients.keys() == checkpointed_gradients.keys()
     for name, gradient in gradients.items():
         torch.testing.assert_close(checkpointed_gradients[name], gradient, msg=name)
+
+
+def test_checkpointed_dense_and_sparse_passes_of_one_batch_backpropagate_together():
+    # SaiT-style training: a sparse and a dense pass of the same batch, one backward. The recompute of each
+    # checkpointed layer must use the rates of its own forward, not the rates set afterwards.
+    model = tiny_model(token_keep_rate=0.5, attention_keep_rate=0.4).train()
+    model.activation_checkpointing_enable()
+    pixel_values, labels = images(2), torch.tensor([0, 1])
+    sparse_loss = model(pixel_values, labels=labels).loss
+    with model.keep_rates(token_keep_rate=1.0, attention_keep_rate=1.0):
+        dense_loss = model(pixel_values, labels=labels).loss
+    (sparse_loss + dense_loss).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_every_trainable_weight_gets_a_gradient_with_sparsity_on():
@@ -77,6 +90,43 @@ def test_other_resolutions_work_with_interpolated_position_embeddings():
     with torch.no_grad():
         outputs = model(images(2, size=48), interpolate_pos_encoding=True, output_kept_token_indices=True)
     assert outputs.kept_token_indices[0].shape == (2, 72)  # ceil(144 patches * 0.5)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("token_keep_rate", 1.5, r"`token_keep_rate` must be in \(0, 1\]"),
+        ("token_keep_rate", "0.5", "`token_keep_rate` must be a float"),
+        ("attention_keep_rate", 0.0, r"`attention_keep_rate` must be in \(0, 1\]"),
+        ("token_prune_layers", [1, 20], "20 is out of range"),
+        ("token_fusion", "yes", "`token_fusion` must be True or False"),
+    ],
+)
+def test_values_assigned_to_the_config_directly_are_checked_at_the_next_forward(field, value, message):
+    model = tiny_model()
+    setattr(model.config, field, value)
+    with pytest.raises(ValueError, match=message):
+        model(images(1))
+
+
+def test_masked_patches_are_supported_like_vit_model():
+    from hf_trilevel import TriLevelViTModel
+
+    from .helpers import tiny_config
+
+    torch.manual_seed(0)
+    model = TriLevelViTModel(tiny_config(token_keep_rate=0.5), use_mask_token=True).eval()
+    masked = torch.zeros(2, 64, dtype=torch.bool)
+    masked[:, :32] = True
+    with torch.no_grad():
+        plain = model(images(2)).last_hidden_state
+        with_mask = model(images(2), bool_masked_pos=masked).last_hidden_state
+    assert not torch.allclose(plain, with_mask)
+
+
+def test_an_attention_mask_argument_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="`attention_mask` is not supported"):
+        tiny_model()(images(1), attention_mask=torch.ones(1, 65))
 
 
 def test_unknown_attention_implementation_is_rejected():
