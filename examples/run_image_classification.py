@@ -38,13 +38,18 @@ from datasets import DatasetDict
 from PIL import Image
 from transformers import (
     HfArgumentParser,
-    Trainer,
     TrainingArguments,
     ViTImageProcessorPil,
     set_seed,
 )
 
-from hf_trilevel import TriLevelViTConfig, TriLevelViTForImageClassification
+from hf_trilevel import (
+    ExamplePruningCallback,
+    KeepRateScheduleCallback,
+    TriLevelTrainer,
+    TriLevelViTConfig,
+    TriLevelViTForImageClassification,
+)
 from hf_trilevel.digits import load_digits_dataset
 from hf_trilevel.metrics import compute_metrics
 
@@ -95,6 +100,61 @@ class DataArguments:
     )
 
 
+@dataclass
+class PruningArguments:
+    """Example-level pruning and the token keep-rate warm-up."""
+
+    example_pruning: str = field(
+        default="none",
+        metadata={
+            "help": "Drop training examples by importance: none, forgetting (Tri-Level E-ViT) or loss (InfoBatch).",
+            "choices": ["none", "forgetting", "loss"],
+        },
+    )
+    keep_fraction: float = field(default=0.8, metadata={"help": "forgetting: share of the data kept every epoch."})
+    swap_fraction: float = field(
+        default=0.05, metadata={"help": "forgetting: share of the data swapped in and out at each swap epoch."}
+    )
+    swap_epochs: list[int] | None = field(
+        default=None,
+        metadata={"help": "forgetting: epochs that start with a swap; default every tenth until half-way."},
+    )
+    prune_ratio: float = field(
+        default=0.5, metadata={"help": "loss: share of the lowest-loss half skipped each pruned epoch, in (0, 1)."}
+    )
+    full_data_fraction: float = field(
+        default=0.125, metadata={"help": "loss: final share of the epochs trained on all the data."}
+    )
+    keep_rate_schedule: bool = field(
+        default=False, metadata={"help": "Warm token_keep_rate up from 1.0 to its target (per-step cosine)."}
+    )
+    keep_rate_warmup_fraction: float = field(
+        default=10 / 300, metadata={"help": "Share of training at token_keep_rate 1.0 before the decay starts."}
+    )
+    keep_rate_decay_fraction: float = field(
+        default=100 / 300, metadata={"help": "Share of training over which the rate decays to its target."}
+    )
+
+
+def build_callbacks(pruning_args: PruningArguments) -> list:
+    """The example-pruning and keep-rate callbacks the arguments ask for (settings are validated here)."""
+    callbacks = []
+    if pruning_args.example_pruning == "forgetting":
+        settings = {"keep_fraction": pruning_args.keep_fraction, "swap_fraction": pruning_args.swap_fraction}
+        callbacks.append(ExamplePruningCallback("forgetting", swap_epochs=pruning_args.swap_epochs, **settings))
+    elif pruning_args.example_pruning == "loss":
+        settings = {"prune_ratio": pruning_args.prune_ratio, "full_data_fraction": pruning_args.full_data_fraction}
+        callbacks.append(ExamplePruningCallback("loss", **settings))
+    if pruning_args.keep_rate_schedule:
+        callbacks.append(
+            KeepRateScheduleCallback(
+                warmup_fraction=pruning_args.keep_rate_warmup_fraction,
+                decay_fraction=pruning_args.keep_rate_decay_fraction,
+            )
+        )
+    return callbacks
+
+
 # The tuned recipe; transformers' own defaults (lr 5e-5, 3 epochs, checkpoints every 500 steps) suit fine-tuning,
 # not training a small ViT from scratch. Any flag given on the command line wins.
 TRAINING_DEFAULTS = {
@@ -119,7 +179,7 @@ TRAINING_DEFAULTS = {
 
 def build_parser() -> HfArgumentParser:
     """The three argument groups, with `TRAINING_DEFAULTS` replacing transformers' defaults for unset flags."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, PruningArguments, TrainingArguments))
     parser.set_defaults(**TRAINING_DEFAULTS)
     return parser
 
@@ -277,8 +337,9 @@ def replace_pickled_training_arguments(training_args: TrainingArguments) -> None
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = build_parser()
     try:  # every bad setting stops here, before training, with a message naming the argument (exit status 2)
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        model_args, data_args, pruning_args, training_args = parser.parse_args_into_dataclasses(args=argv)
         check_arguments(model_args, data_args, training_args)
+        callbacks = build_callbacks(pruning_args)
         digits = build_datasets(model_args, data_args)
         config = build_config(model_args, digits["train"].features["label"].names)
     except ValueError as error:
@@ -291,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     datasets = attach_transforms(digits, image_processor, augment)
     print(describe(model.config, model.num_parameters(), datasets))
 
-    trainer = Trainer(
+    trainer = TriLevelTrainer(  # a transformers.Trainer that can also feed ExamplePruningCallback
         model=model,
         args=training_args,
         train_dataset=datasets["train"],
@@ -299,10 +360,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=collate,
         processing_class=image_processor,  # save_model() then also writes preprocessor_config.json
         compute_metrics=compute_metrics,
+        callbacks=callbacks,
     )
     train_result = trainer.train()
     trainer.save_model()
     replace_pickled_training_arguments(training_args)
+    pruner = trainer.example_pruner
+    if pruner is not None:
+        train_result.metrics["examples_seen"] = sum(pruner.sizes)
+        train_result.metrics["example_fraction_seen"] = sum(pruner.sizes) / (len(pruner.sizes) * pruner.num_examples)
     trainer.save_metrics("train", train_result.metrics)
 
     metrics = trainer.evaluate()
@@ -314,4 +380,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # Without this, gloo processes of a multi-process run intermittently abort at exit (SIGABRT).
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

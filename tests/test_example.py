@@ -170,3 +170,37 @@ def test_example_rejects_a_bad_keep_rate_before_training(tmp_path):
     assert result.returncode != 0
     assert "token_keep_rate" in result.stderr
     assert not (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected_kept"),
+    [("forgetting", [96, 96, 96, 96]), ("loss", [120, 90, 90, 120])],
+)
+def test_example_prunes_examples_and_warms_up_keep_rates(tmp_path, policy, expected_kept):
+    result = run_example(
+        "--example_pruning", policy,
+        "--keep_rate_schedule",
+        "--keep_rate_warmup_fraction", "0.25",
+        "--keep_rate_decay_fraction", "0.5",
+        "--num_train_epochs", "4",
+        "--max_train_samples", "120",
+        "--max_eval_samples", "32",
+        "--per_device_train_batch_size", "30",
+        "--logging_steps", "1",
+        "--output_dir", str(tmp_path),
+        "--disable_tqdm", "True",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    kept = [int(line.split("'example_pruning/kept': ")[1].split(",")[0]) for line in result.stdout.splitlines()
+            if "'example_pruning/kept'" in line]  # fmt: skip
+    assert kept == expected_kept
+    train_results = json.loads((tmp_path / "train_results.json").read_text())
+    assert train_results["examples_seen"] == sum(expected_kept)
+    assert "'token_keep_rate': '1'" in result.stdout and "'token_keep_rate': '0.7'" in result.stdout
+
+
+def test_example_rejects_bad_pruning_settings_before_training(tmp_path):
+    result = run_example("--example_pruning", "forgetting", "--keep_fraction", "0", "--output_dir", str(tmp_path))
+    assert result.returncode != 0
+    assert "keep_fraction" in result.stderr
+    assert not (tmp_path / "model.safetensors").exists()
