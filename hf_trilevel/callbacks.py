@@ -5,7 +5,6 @@ stock `Trainer` cannot hand to a callback, so it runs under `hf_trilevel.TriLeve
 the keep-rate schedule works with any `Trainer`.
 """
 
-import logging
 import math
 
 import torch.distributed as dist
@@ -13,8 +12,6 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from .configuration_trilevel_vit import check_keep_rate
 from .data_pruning import POLICIES, ExamplePruner, PrunedEpochSampler, PruningPolicy
-
-logger = logging.getLogger(__name__)
 
 
 def build_policy(policy: str | PruningPolicy, **settings) -> PruningPolicy:

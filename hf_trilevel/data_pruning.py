@@ -71,11 +71,6 @@ class ExampleStatistics:
         self.epoch_loss_sum = torch.zeros(self.num_examples, device=self.device)
         self.epoch_correct_sum = torch.zeros(self.num_examples, device=self.device)
 
-    def to(self, device: torch.device | str) -> "ExampleStatistics":
-        for name in self.RUNNING + self.EPOCH:
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
     def record(self, example_index: torch.Tensor, loss: torch.Tensor, correct: torch.Tensor) -> None:
         """Add one batch: `[batch]` dataset indices, per-example losses and correctness (any device)."""
         example_index = example_index.to(self.device, torch.long)
