@@ -184,9 +184,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         """Drop tokens (token level), then build the connection mask among the survivors (attention level)."""
         num_patches = patch_positions.shape[1]
         num_keep = num_kept_tokens(num_patches, sparsity.token_keep_rate)
-        # Class and patch tokens that survive, as positions in this layer's sequence (an earlier fused token, if
-        # any, is last and is handled as a summary token, not a candidate).
-        sequence_index = torch.arange(1 + num_patches, device=hidden_states.device).expand(hidden_states.shape[0], -1)
+        sequence_index = None  # positions of the surviving class and patch tokens in this layer's sequence
 
         if num_keep < num_patches:
             # Scores only decide which tokens stay, unless fusion also uses them as weights.
@@ -200,6 +198,8 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
 
         if sparsity.attention_keep_rate >= 1.0:
             return hidden_states, patch_positions, None
+        if sequence_index is None:  # nothing dropped; an earlier fused token (last) is a summary, not a candidate
+            sequence_index = torch.arange(1 + num_patches, device=hidden_states.device).expand(len(hidden_states), -1)
         mask = sparse_attention_mask(
             query,
             key,
