@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     image_processor = build_image_processor(model_args.image_size)
     augment = RandomAffine(training_args.seed) if data_args.augment else None
     datasets = attach_transforms(digits, image_processor, augment)
-    print(describe(model.config, model.num_parameters(), datasets))
+    if training_args.process_index == 0:
+        print(describe(model.config, model.num_parameters(), datasets))
 
     trainer = TriLevelTrainer(  # a transformers.Trainer that can also feed ExamplePruningCallback
         model=model,
@@ -373,9 +374,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     metrics = trainer.evaluate()
     trainer.save_metrics("eval", metrics)
-    top5 = f"  (top-5: {metrics['eval_top5_accuracy']:.4f})" if "eval_top5_accuracy" in metrics else ""
-    print(f"\nvalidation accuracy: {metrics['eval_accuracy']:.4f}{top5}")
-    print(f"saved model, image processor and metrics to {training_args.output_dir}")
+    if trainer.is_world_process_zero():
+        top5 = f"  (top-5: {metrics['eval_top5_accuracy']:.4f})" if "eval_top5_accuracy" in metrics else ""
+        print(f"\nvalidation accuracy: {metrics['eval_accuracy']:.4f}{top5}")
+        print(f"saved model, image processor and metrics to {training_args.output_dir}")
     return metrics
 
 
