@@ -11,7 +11,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .configuration_trilevel_vit import check_keep_rate
-from .data_pruning import POLICIES, ExamplePruner, PrunedEpochSampler, PruningPolicy
+from .data_pruning import POLICIES, ExamplePruner, PruningPolicy, find_pruning_sampler
 
 
 def build_policy(policy: str | PruningPolicy, **settings) -> PruningPolicy:
@@ -86,10 +86,7 @@ class ExamplePruningCallback(TrainerCallback):
         return self.pruner
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        sampler = getattr(getattr(train_dataloader, "batch_sampler", None), "sampler", None)
-        inner = getattr(getattr(train_dataloader, "batch_sampler", None), "batch_sampler", None)
-        samplers = {type(sampler), type(getattr(inner, "sampler", None))}
-        if self.pruner is None or PrunedEpochSampler not in samplers:
+        if self.pruner is None or find_pruning_sampler(train_dataloader) is None:
             raise RuntimeError(
                 "ExamplePruningCallback needs per-example losses and its own sampler, which the stock Trainer cannot "
                 "provide: use `hf_trilevel.TriLevelTrainer` (a drop-in replacement for `transformers.Trainer`)."

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 from transformers import ViTConfig
 
-KEEP_RATE_FIELDS = ("token_keep_rate", "attention_keep_rate")
-
 
 def default_token_prune_layers(num_hidden_layers: int) -> list[int]:
     """Pruning positions at a quarter, half and three quarters of the depth.
@@ -99,7 +97,7 @@ class TriLevelViTConfig(ViTConfig):
             Fraction of the patch connections kept per query row among the kept tokens, in (0, 1]; the class (and
             fused) token's connections are always kept. 1.0 is dense.
 
-    Keep rates may be changed on a live model with `model.set_keep_rates(...)`; layers read them at every forward.
+    Keep rates may be changed on a live model with `model.set_keep_rates(...)`; each forward reads them once.
     """
 
     model_type = "trilevel_vit"
@@ -133,11 +131,9 @@ class TriLevelViTConfig(ViTConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        for name in KEEP_RATE_FIELDS:
-            setattr(self, name, check_keep_rate(name, getattr(self, name)))
-        self.token_prune_layers = check_token_prune_layers(self.token_prune_layers, self.num_hidden_layers)
-        if not isinstance(self.token_fusion, bool):
-            raise ValueError(f"`token_fusion` must be True or False, got {self.token_fusion!r}.")
+        settings = SparsitySettings.from_config(self)
+        self.token_keep_rate, self.attention_keep_rate = settings.token_keep_rate, settings.attention_keep_rate
+        self.token_prune_layers = list(settings.token_prune_layers)
 
 
 __all__ = ["SparsitySettings", "TriLevelViTConfig"]

@@ -458,3 +458,15 @@ class PrunedEpochSampler(Sampler[int]):
         generator = keyed_generator(self.pruner.seed, self.pruner.plan_epoch, _SALT_ORDER)
         order = plan.indices[torch.randperm(len(plan.indices), generator=generator)]
         return iter(order.tolist())
+
+
+def find_pruning_sampler(dataloader) -> PrunedEpochSampler | None:
+    """The `PrunedEpochSampler` behind a train dataloader, whether or not accelerate wrapped its batch sampler."""
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    for candidate in (
+        getattr(batch_sampler, "sampler", None),
+        getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None),
+    ):
+        if isinstance(candidate, PrunedEpochSampler):
+            return candidate
+    return None

@@ -18,7 +18,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .callbacks import ExamplePruningCallback
-from .data_pruning import ExamplePruner, PrunedEpochSampler
+from .data_pruning import ExamplePruner, PrunedEpochSampler, find_pruning_sampler
 
 EXAMPLE_INDEX = "example_index"
 STATE_TENSORS = "example_pruning.safetensors"
@@ -114,7 +114,7 @@ class ExamplePruningTrainerMixin:
         if pruner is None:
             return values
         _, _, num_examples, _, total_batch_size, _, _ = values
-        sampler = _pruning_sampler(dataloader)
+        sampler = find_pruning_sampler(dataloader)
         batches = []
         for epoch in range(len(pruner.sizes)):
             sampler.measured_epoch = epoch
@@ -237,17 +237,6 @@ def _column_names(dataset) -> list[str]:
         return list(names)
     first = dataset[0]
     return list(first) if isinstance(first, dict) else []
-
-
-def _pruning_sampler(dataloader) -> PrunedEpochSampler:
-    batch_sampler = getattr(dataloader, "batch_sampler", None)
-    for candidate in (
-        getattr(batch_sampler, "sampler", None),
-        getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None),
-    ):
-        if isinstance(candidate, PrunedEpochSampler):
-            return candidate
-    raise RuntimeError("the train dataloader does not use the example pruning sampler.")
 
 
 class TriLevelTrainer(ExamplePruningTrainerMixin, Trainer):
