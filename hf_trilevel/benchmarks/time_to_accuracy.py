@@ -1,0 +1,251 @@
+"""`hf-trilevel bench train --time-to-accuracy`: train dense ViT and TriLevel settings on the bundled digits.
+
+Every run uses one recipe (model shape, optimizer, schedule, epochs, seed, batch order) and differs only in the
+sparsity asked for: dense runs are transformers' `ViTForImageClassification` under the stock `Trainer`; TriLevel runs
+are `TriLevelViTForImageClassification` with the same initial weights, under `TriLevelTrainer` when example pruning
+is on. Runs go one after another, never side by side. The clock counts training only: each epoch's time is taken
+between the epoch's begin and end callbacks, before the per-epoch evaluation. Reported per run: accuracy after the
+last epoch, the best accuracy, training time, and the training time until validation accuracy first reached
+`--target-accuracy`.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import (
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from ..callbacks import ExamplePruningCallback
+from ..cli import CommandError
+from ..configuration_trilevel_vit import TriLevelViTConfig
+from ..digits import load_digits_dataset
+from ..metrics import compute_metrics
+from ..modeling_trilevel_vit import TriLevelViTForImageClassification
+from ..trainer import TriLevelTrainer
+from .options import Setting, settings
+from .report import check_writable, environment, markdown_table, write_json
+
+# The digits recipe of examples/run_image_classification.py: a small ViT on 32x32 images with 4x4 patches.
+DIGITS_SHAPE = {"image_size": 32, "patch_size": 4, "hidden_size": 128, "num_hidden_layers": 6,
+                "num_attention_heads": 4, "intermediate_size": 256, "num_labels": 10}  # fmt: skip
+RECIPE = {"learning_rate": 1e-3, "weight_decay": 0.05, "warmup_steps": 0.1, "lr_scheduler_type": "cosine",
+          "per_device_train_batch_size": 64, "per_device_eval_batch_size": 256}  # fmt: skip
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_seconds: float  # cumulative, training only
+    accuracy: float
+
+
+@dataclass
+class AccuracyRun:
+    """One training run: its curve and the figures drawn from it."""
+
+    setting: str
+    token_keep_rate: float
+    attention_keep_rate: float
+    example_keep_fraction: float
+    final_accuracy: float
+    best_accuracy: float
+    train_seconds: float
+    seconds_to_target: float | None
+    curve: list[EpochRecord] = field(default_factory=list)
+
+
+class TrainingClock(TrainerCallback):
+    """Training seconds per epoch (evaluation excluded) and the accuracy evaluated after each epoch.
+
+    With `label`, each evaluation also prints one progress line on stderr (the Trainer's own printer is removed).
+    """
+
+    def __init__(self, label: str | None = None) -> None:
+        self.label = label
+        self.train_seconds = 0.0
+        self.curve: list[EpochRecord] = []
+        self._epoch_start: float | None = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.train_seconds += time.perf_counter() - self._epoch_start
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and "eval_accuracy" in metrics:
+            record = EpochRecord(round(state.epoch or 0), self.train_seconds, metrics["eval_accuracy"])
+            self.curve.append(record)
+            if self.label is not None:
+                print(
+                    f"{self.label}: epoch {record.epoch}/{round(args.num_train_epochs)}, accuracy "
+                    f"{record.accuracy:.2%}, {record.train_seconds:.1f} s training",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+
+def digits_tensors(image_size: int, max_train_samples: int | None) -> tuple[Dataset, Dataset]:
+    """The digits splits as normalised float tensors, computed once so every run sees identical inputs."""
+    digits = load_digits_dataset(image_size)
+
+    def to_tensors(split: Dataset) -> Dataset:
+        pixels = np.stack([np.asarray(image, dtype=np.float32) for image in split["image"]])
+        pixels = (pixels / 255.0 - 0.5) / 0.5  # ViT's default normalisation, mean = std = 0.5
+        data = {"pixel_values": pixels.transpose(0, 3, 1, 2), "labels": np.asarray(split["label"])}
+        return Dataset.from_dict(data).with_format("torch")
+
+    train = digits["train"]
+    if max_train_samples is not None:
+        train = train.select(range(min(max_train_samples, len(train))))
+    return to_tensors(train), to_tensors(digits["validation"])
+
+
+def train_once(
+    setting: Setting,
+    example_keep_fraction: float,
+    args: argparse.Namespace,
+    shape: dict,
+    data: tuple,
+    label: str | None = None,
+) -> AccuracyRun:
+    train, validation = data
+    dense = setting == Setting() and example_keep_fraction == 1.0
+    torch.manual_seed(args.seed)
+    reference = ViTForImageClassification(ViTConfig(**shape))
+    if dense:
+        model = reference
+        name = "dense ViT (transformers)"
+    else:
+        model = TriLevelViTForImageClassification(TriLevelViTConfig(**shape, **asdict(setting)))
+        model.load_state_dict(reference.state_dict())
+        name = setting.name + (f", examples {example_keep_fraction:g}" if example_keep_fraction < 1.0 else "")
+    clock = TrainingClock(label)
+    callbacks: list[TrainerCallback] = [clock]
+    if example_keep_fraction < 1.0:
+        callbacks.append(ExamplePruningCallback("forgetting", keep_fraction=example_keep_fraction))
+    with tempfile.TemporaryDirectory() as output_dir:
+        training_args = TrainingArguments(
+            output_dir=output_dir, num_train_epochs=args.epochs, seed=args.seed, eval_strategy="epoch",
+            save_strategy="no", logging_strategy="no", report_to="none", remove_unused_columns=False,
+            use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16", fp16=args.dtype == "float16",
+            disable_tqdm=True, dataloader_pin_memory=False, **RECIPE,
+        )  # fmt: skip
+        trainer_class = TriLevelTrainer if example_keep_fraction < 1.0 else Trainer
+        trainer = trainer_class(
+            model=model, args=training_args, train_dataset=train, eval_dataset=validation,
+            compute_metrics=compute_metrics, callbacks=callbacks,
+        )  # fmt: skip
+        trainer.remove_callback(PrinterCallback)  # progress comes from `clock`, one line per epoch
+        trainer.train()
+    accuracies = [record.accuracy for record in clock.curve]
+    reached = [record.train_seconds for record in clock.curve if record.accuracy >= args.target_accuracy]
+    return AccuracyRun(
+        name, setting.token_keep_rate, setting.attention_keep_rate, example_keep_fraction, accuracies[-1],
+        max(accuracies), clock.train_seconds, reached[0] if reached else None, clock.curve,
+    )  # fmt: skip
+
+
+def format_runs(runs: list[AccuracyRun], target: float) -> str:
+    dense = runs[0]
+    rows = []
+    for run in runs:
+        to_target = "not reached" if run.seconds_to_target is None else f"{run.seconds_to_target:.1f} s"
+        speedup_to_target = (
+            f"{dense.seconds_to_target / run.seconds_to_target:.2f}x"
+            if run.seconds_to_target and dense.seconds_to_target
+            else "n/a"
+        )
+        rows.append(
+            {
+                "setting": run.setting,
+                "final accuracy": f"{run.final_accuracy:.2%}",
+                "best accuracy": f"{run.best_accuracy:.2%}",
+                "train time": f"{run.train_seconds:.1f} s",
+                "speedup": f"{dense.train_seconds / run.train_seconds:.2f}x",
+                f"time to {target:.0%}": to_target,
+                "speedup to target": speedup_to_target,
+            }
+        )
+    return markdown_table(rows)
+
+
+def add_time_to_accuracy_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "time to accuracy (--time-to-accuracy: bundled digits, 6-layer ViT on 32x32 images with 4x4 patches; the "
+        "shape options above replace this shape's fields; --example-keep-fractions below 1 use forgetting pruning)"
+    )
+    group.add_argument("--time-to-accuracy", action="store_true", help="train on the digits instead of timing steps")
+    group.add_argument("--epochs", type=int, default=30)
+    group.add_argument("--target-accuracy", type=float, default=0.95, help="in (0, 1]")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--max-train-samples", type=int, default=None, help="train on fewer digits (quick runs)")
+
+
+def run_time_to_accuracy(args: argparse.Namespace) -> int:
+    shape = dict(DIGITS_SHAPE)
+    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        if getattr(args, name) is not None:
+            shape[name] = getattr(args, name)
+    trilevel_settings = settings(args)
+    _check(args, shape)
+    check_writable(args.json)
+    data = digits_tensors(shape["image_size"], args.max_train_samples)
+    runs = []
+    fractions = list(dict.fromkeys(args.example_keep_fractions))
+    plan = [(Setting(), 1.0)] + [
+        (setting, fraction)
+        for setting in trilevel_settings
+        for fraction in fractions
+        if not (setting == Setting() and fraction == 1.0)
+    ]
+    for index, (setting, fraction) in enumerate(plan):
+        label = None if args.no_progress else f"run {index + 1}/{len(plan)} ({setting.name}, examples {fraction:g})"
+        runs.append(train_once(setting, fraction, args, shape, data, label))
+    print(
+        f"digits ({len(data[0])} train / {len(data[1])} validation images), {shape['num_hidden_layers']} layers, "
+        f"hidden {shape['hidden_size']}, {args.epochs} epochs, seed {args.seed}, {args.device} {args.dtype}"
+    )
+    print(format_runs(runs, args.target_accuracy))
+    if args.json:
+        payload = {
+            "command": "train --time-to-accuracy",
+            "arguments": {k: v for k, v in vars(args).items() if k not in ("run", "parser")},
+            "shape": shape,
+            "recipe": RECIPE,
+            "environment": environment(torch.device(args.device)),
+            "runs": [asdict(run) for run in runs],
+        }
+        write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _check(args: argparse.Namespace, shape: dict) -> None:
+    if args.device not in ("cpu", "cuda"):
+        raise CommandError(f"--device must be cpu or cuda with --time-to-accuracy, got {args.device!r}.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda was given, but torch sees no CUDA GPU on this machine.")
+    if args.epochs < 1:
+        raise CommandError(f"--epochs must be a positive integer, got {args.epochs}.")
+    if not 0.0 < args.target_accuracy <= 1.0:
+        raise CommandError(f"--target-accuracy must be in (0, 1], got {args.target_accuracy:g}.")
+    if args.max_train_samples is not None and args.max_train_samples < 10:
+        raise CommandError(f"--max-train-samples must be at least 10, got {args.max_train_samples}.")
+    for fraction in args.example_keep_fractions:
+        if not 0.0 < fraction <= 1.0:
+            raise CommandError(f"--example-keep-fractions values must be in (0, 1], got {fraction:g}.")
+    if shape["hidden_size"] % shape["num_attention_heads"]:
+        raise CommandError("--num-attention-heads must divide --hidden-size.")

@@ -1,0 +1,278 @@
+"""`hf-trilevel bench train`: training steps/s and epoch time of TriLevel settings against dense transformers ViT.
+
+    hf-trilevel bench train --preset deit-tiny --batch-size 64 --keep-rates 1 0.7 0.5 --example-keep-fractions 1 0.8
+    hf-trilevel bench train --time-to-accuracy            # dense vs TriLevel on the bundled digits, same recipe
+
+A step is what `Trainer` does per batch: forward with labels, backward, AdamW step, zero the gradients. Weights stay
+in float32; `--dtype bfloat16|float16` trains under autocast, as mixed-precision training does. Dense ViT and the
+TriLevel model start from the same weights, each with its own optimizer, and are timed in interleaved rounds.
+
+The epoch projection multiplies the measured step time by the steps one epoch needs when example pruning keeps a
+fraction of the data (`--example-keep-fractions`) of a data set of `--dataset-size` images (ImageNet-1k by default).
+Its FLOPs limit is the step's FLOPs limit divided by the kept fraction. Training FLOPs are taken as three times the
+forward FLOPs (forward, and backward to activations and weights), so a step's limit equals the forward limit.
+"""
+
+import argparse
+import contextlib
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..cli import CommandError
+from ..flops import flops_speedup_limit, forward_flops
+from .options import (
+    DENSE_NAME,
+    ModelShape,
+    RunTarget,
+    Setting,
+    add_setting_arguments,
+    add_shape_arguments,
+    add_target_arguments,
+    build_models,
+    model_shape,
+    run_target,
+    settings,
+    trilevel_config,
+)
+from .report import check_writable, environment, markdown_table, mib, write_json
+from .timing import interleaved_times, peak_memory_bytes, print_progress
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+@dataclass
+class StepResult:
+    """One setting's median training step."""
+
+    setting: str
+    token_keep_rate: float
+    attention_keep_rate: float
+    token_fusion: bool
+    median_seconds: float
+    steps_per_second: float
+    speedup: float
+    flops_limit: float
+    fraction_of_limit: float
+    train_gflops_per_image: float
+    peak_memory_bytes: int | None
+    seconds: list[float] | None = None
+
+
+@dataclass
+class EpochProjection:
+    """Time per epoch for one token setting at one example-level kept fraction."""
+
+    setting: str
+    example_keep_fraction: float
+    steps_per_epoch: int
+    epoch_seconds: float
+    speedup: float
+    flops_limit: float
+    fraction_of_limit: float
+
+
+def _training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    target: RunTarget,
+    before: Callable[[], None] = lambda: None,
+) -> Callable[[], None]:
+    autocast = (
+        torch.autocast(target.device.type, dtype=target.dtype)
+        if target.dtype != torch.float32
+        else contextlib.nullcontext()
+    )
+
+    def step() -> None:
+        before()
+        with autocast:
+            loss = model(pixel_values=pixel_values, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def benchmark_training_steps(
+    shape: ModelShape,
+    trilevel_settings: list[Setting],
+    target: RunTarget,
+    batch_size: int = 64,
+    repeats: int = 9,
+    warmup: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+    measure_memory: bool = True,
+) -> list[StepResult]:
+    """Median training-step time of dense ViT and every TriLevel setting; the first result is the dense model."""
+    dense, trilevel = build_models(shape, target, cast_weights=False)
+    dense.train()
+    trilevel.train()
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(batch_size, 3, shape.image_size, shape.image_size, generator=generator)
+    labels = torch.randint(0, shape.num_labels, (batch_size,), generator=generator)
+    pixel_values, labels = pixel_values.to(target.device), labels.to(target.device)
+    dense_model, trilevel_model = (torch.compile(m) if target.compile else m for m in (dense, trilevel))
+    # No weight decay and a tiny lr: timing must not depend on how far training has moved the weights.
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-6, weight_decay=0.0) for m in (dense, trilevel)]
+
+    def configure(setting: Setting) -> Callable[[], None]:
+        def apply() -> None:
+            trilevel.set_keep_rates(setting.token_keep_rate, setting.attention_keep_rate)
+            trilevel.config.token_fusion = setting.token_fusion
+
+        return apply
+
+    runs = {DENSE_NAME: _training_step(dense_model, optimizers[0], pixel_values, labels, target)}
+    for setting in trilevel_settings:
+        runs[setting.name] = _training_step(
+            trilevel_model, optimizers[1], pixel_values, labels, target, configure(setting)
+        )
+    times = interleaved_times(runs, repeats, warmup, target.device, progress)
+    memory = {name: None for name in runs}
+    if measure_memory and not (target.compile and target.device.type != "cuda"):
+        memory = {name: peak_memory_bytes(run, target.device) for name, run in runs.items()}
+
+    dense_median = statistics.median(times[DENSE_NAME])
+    results = []
+    for name, setting in [(DENSE_NAME, Setting()), *((s.name, s) for s in trilevel_settings)]:
+        config = trilevel_config(shape, setting)
+        median = statistics.median(times[name])
+        speedup, limit = dense_median / median, flops_speedup_limit(config)
+        results.append(
+            StepResult(
+                setting=name,
+                **asdict(setting),
+                median_seconds=median,
+                steps_per_second=1 / median,
+                speedup=speedup,
+                flops_limit=limit,
+                fraction_of_limit=speedup / limit,
+                train_gflops_per_image=3 * forward_flops(config) / 1e9,
+                peak_memory_bytes=memory[name],
+                seconds=times[name],
+            )
+        )
+    return results
+
+
+def project_epochs(
+    steps: list[StepResult], example_keep_fractions: list[float], dataset_size: int, batch_size: int
+) -> list[EpochProjection]:
+    """Epoch time for every (token setting, kept fraction), against dense ViT on all the data."""
+    dense_epoch = math.ceil(dataset_size / batch_size) * steps[0].median_seconds
+    projections = []
+    for step in steps:
+        for fraction in example_keep_fractions:
+            num_steps = math.ceil(math.ceil(dataset_size * fraction) / batch_size)
+            seconds = num_steps * step.median_seconds
+            limit = step.flops_limit / fraction
+            speedup = dense_epoch / seconds
+            projections.append(
+                EpochProjection(step.setting, fraction, num_steps, seconds, speedup, limit, speedup / limit)
+            )
+    return projections
+
+
+def format_steps(results: list[StepResult]) -> str:
+    return markdown_table(
+        [
+            {
+                "setting": r.setting,
+                "ms / step": f"{r.median_seconds * 1e3:.1f}",
+                "steps/s": f"{r.steps_per_second:.2f}",
+                "speedup": f"{r.speedup:.2f}x",
+                "FLOPs limit": f"{r.flops_limit:.2f}x",
+                "of limit": f"{r.fraction_of_limit:.0%}",
+                "peak MiB": mib(r.peak_memory_bytes),
+            }
+            for r in results
+        ]
+    )
+
+
+def format_epochs(projections: list[EpochProjection]) -> str:
+    return markdown_table(
+        [
+            {
+                "setting": p.setting,
+                "examples kept": f"{p.example_keep_fraction:.0%}",
+                "steps / epoch": f"{p.steps_per_epoch:,}",
+                "epoch time": _duration(p.epoch_seconds),
+                "speedup": f"{p.speedup:.2f}x",
+                "FLOPs limit": f"{p.flops_limit:.2f}x",
+                "of limit": f"{p.fraction_of_limit:.0%}",
+            }
+            for p in projections
+        ]
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_shape_arguments(parser)
+    add_setting_arguments(parser, keep_rates=[1.0, 0.7, 0.5], attention=[1.0])
+    add_target_arguments(parser, batch_size=64)
+    group = parser.add_argument_group("epoch projection")
+    group.add_argument("--example-keep-fractions", type=float, nargs="+", default=[1.0, 0.8], metavar="FRACTION",
+                       help="share of the data each epoch trains on after example pruning, each in (0, 1]")  # fmt: skip
+    group.add_argument("--dataset-size", type=int, default=IMAGENET_TRAIN_IMAGES, help="training images per epoch")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    # Imported here so the time-to-accuracy options sit in the same `--help`.
+    from .time_to_accuracy import add_time_to_accuracy_arguments
+
+    add_time_to_accuracy_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.time_to_accuracy:
+        from .time_to_accuracy import run_time_to_accuracy
+
+        return run_time_to_accuracy(args)
+    shape = model_shape(args)
+    trilevel_settings = settings(args)
+    target = run_target(args, trilevel_settings)
+    for fraction in args.example_keep_fractions:
+        if not 0.0 < fraction <= 1.0:
+            raise CommandError(f"--example-keep-fractions values must be in (0, 1], got {fraction:g}.")
+    if args.dataset_size < 1:
+        raise CommandError(f"--dataset-size must be a positive integer, got {args.dataset_size}.")
+    check_writable(args.json)
+    progress = None if args.no_progress else print_progress("bench train")
+    steps = benchmark_training_steps(
+        shape, trilevel_settings, target, args.batch_size, args.repeats, args.warmup, progress, not args.no_memory
+    )
+    projections = project_epochs(steps, args.example_keep_fractions, args.dataset_size, args.batch_size)
+    print(
+        f"{shape.name}: training steps (forward + backward + AdamW), {target.device.type} {args.dtype}"
+        f"{' autocast' if target.dtype != torch.float32 else ''}, {target.attn_implementation}, batch "
+        f"{args.batch_size}, median of {args.repeats} interleaved rounds"
+    )
+    print(format_steps(steps))
+    print(f"\nepoch of {args.dataset_size:,} images at batch {args.batch_size}:")
+    print(format_epochs(projections))
+    if args.json:
+        payload = {
+            "command": "train",
+            "arguments": {k: v for k, v in vars(args).items() if k not in ("run", "parser")},
+            "shape": asdict(shape),
+            "environment": environment(target.device),
+            "steps": [asdict(r) for r in steps],
+            "epochs": [asdict(p) for p in projections],
+        }
+        write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    return 0
