@@ -18,12 +18,17 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .callbacks import ExamplePruningCallback
+from .configuration_trilevel_vit import TriLevelViTConfig
 from .data_pruning import ExamplePruner, PrunedEpochSampler, find_pruning_sampler
+from .model_card import trainer_model_card
 
 EXAMPLE_INDEX = "example_index"
 STATE_TENSORS = "example_pruning.safetensors"
 STATE_METADATA = "example_pruning.json"
 EPOCH_BUFFERS = "example_pruning_epoch_rank{rank}.safetensors"
+MODEL_CARD_NAME = "README.md"
+TRAINING_ARGS_PICKLE = "training_args.bin"  # what transformers writes
+TRAINING_ARGS_JSON = "training_args.json"  # what we write instead
 
 
 class IndexedDataset(Dataset):
@@ -240,4 +245,69 @@ def _column_names(dataset) -> list[str]:
 
 
 class TriLevelTrainer(ExamplePruningTrainerMixin, Trainer):
-    """`transformers.Trainer` plus what `ExamplePruningCallback` needs; a drop-in replacement."""
+    """`transformers.Trainer` plus what `ExamplePruningCallback` needs and TriLevel model cards; a drop-in."""
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save as `Trainer` does, but write the training arguments as `training_args.json`, not a pickle.
+
+        `Trainer._save` adds `training_args.bin` (`torch.save`) to every saved folder and checkpoint, and
+        `push_to_hub` uploads it. Nothing a user loads or pushes should need unpickling; resuming never reads it.
+        """
+        super()._save(output_dir, state_dict=state_dict)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            pickled = os.path.join(folder, TRAINING_ARGS_PICKLE)
+            if os.path.isfile(pickled):
+                os.remove(pickled)
+            with open(os.path.join(folder, TRAINING_ARGS_JSON), "w") as file:
+                file.write(self.args.to_json_string())
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Write the TriLevel model card, `README.md`, into `args.output_dir` (main process only).
+
+        Same signature as `transformers.Trainer.create_model_card`, which `push_to_hub` calls before uploading, so
+        the pushed card is this one: Hub metadata with the measured accuracy in `model-index`, the checkpoint's
+        sparsity settings, FLOPs against dense, training time, example-pruning settings, usage and citations (see
+        `hf_trilevel.model_card`). `dataset_tags` / `dataset` name the evaluation data (Hub id / readable name);
+        without them a `datasets` builder name is used if there is one. `tasks` is accepted for compatibility:
+        the card is always for image classification. A model that is not a TriLevel one gets transformers' card.
+        """
+        if not self.is_world_process_zero():
+            return
+        if not isinstance(getattr(self.accelerator.unwrap_model(self.model), "config", None), TriLevelViTConfig):
+            super().create_model_card(
+                language=language,
+                license=license,
+                tags=tags,
+                model_name=model_name,
+                finetuned_from=finetuned_from,
+                tasks=tasks,
+                dataset_tags=dataset_tags,
+                dataset=dataset,
+                dataset_args=dataset_args,
+            )
+            return
+        card = trainer_model_card(
+            self,
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
+            dataset_args=dataset_args,
+        )
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        card.save(os.path.join(self.args.output_dir, MODEL_CARD_NAME))

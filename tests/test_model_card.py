@@ -1,0 +1,266 @@
+"""Model cards: Hub metadata that huggingface_hub parses, settings and numbers, citations, and the Trainer hook."""
+
+import json
+import re
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+from transformers import TrainingArguments, ViTImageProcessorPil
+
+from hf_trilevel import ExamplePruningCallback, KeepRateScheduleCallback, TriLevelTrainer
+from hf_trilevel.flops import flops_speedup_limit, forward_flops
+from hf_trilevel.metrics import compute_metrics
+from hf_trilevel.model_card import TEMPLATE_NAME, build_model_card, write_model_card
+
+from .helpers import tiny_config, tiny_model
+from .random_images import RandomImages, collate
+
+METRICS = {"eval_accuracy": 0.875, "eval_top5_accuracy": 0.99, "train_runtime": 42.0, "epoch": 3.0}
+
+
+def saved_card(tmp_path, config=None, metrics=METRICS, **kwargs) -> ModelCard:
+    """Build, write and read back a card, as the Hub and users see it."""
+    card = build_model_card(config or tiny_config(token_keep_rate=0.5), metrics, model_name="tiny", **kwargs)
+    card.save(tmp_path / "README.md")
+    return ModelCard.load(tmp_path / "README.md")
+
+
+def test_metadata_parses_with_the_required_hub_fields(tmp_path):
+    card = saved_card(tmp_path, dataset="tester/digits", dataset_name="Digits")
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "image-classification"
+    assert data["license"] == "apache-2.0"
+    assert {"trilevel-vit", "vision", "image-classification"} <= set(data["tags"])
+    assert data["datasets"] == ["tester/digits"]
+    assert data["metrics"] == ["accuracy"]
+    assert data["model-index"][0]["name"] == "tiny"
+
+
+def test_model_index_records_the_measured_top1_and_top5(tmp_path):
+    results = saved_card(tmp_path, dataset="tester/digits", dataset_name="Digits").data.eval_results
+    by_metric = {result.metric_type: result for result in results}
+    assert by_metric["accuracy"].metric_value == 0.875
+    assert by_metric["top_5_accuracy"].metric_value == 0.99
+    for result in results:
+        assert (result.task_type, result.dataset_type, result.dataset_name) == (
+            "image-classification",
+            "tester/digits",
+            "Digits",
+        )
+        assert result.dataset_split == "validation"
+
+
+def test_without_a_dataset_the_accuracy_is_recorded_against_custom_data_and_no_dataset_is_linked(tmp_path):
+    card = saved_card(tmp_path)
+    assert "datasets" not in card.data.to_dict()
+    assert card.data.eval_results[0].dataset_type == "custom"
+
+
+def test_an_unevaluated_run_gets_no_model_index_and_says_so(tmp_path):
+    card = saved_card(tmp_path, metrics={"train_runtime": 10.0})
+    assert card.data.eval_results is None
+    assert "model-index" not in card.data.to_dict()
+    assert "No accuracy was measured" in card.text
+
+
+def test_body_shows_the_settings_of_this_checkpoint(tmp_path):
+    config = tiny_config(token_keep_rate=0.5, token_fusion=True, attention_keep_rate=0.4, token_prune_layers=[1, 3])
+    text = saved_card(tmp_path, config=config).text
+    assert "| `token_keep_rate` | 0.5 |" in text
+    assert "| `token_prune_layers` | [1, 3] |" in text
+    assert "| `token_fusion` | True |" in text
+    assert "| `attention_keep_rate` | 0.4 |" in text
+    assert "| patch tokens kept after each pruning layer | 32 → 16 of 64 |" in text  # ceil(64 * .5), ceil(32 * .5)
+    assert "fused into one extra token" in text
+
+
+def test_body_shows_flops_against_dense_and_the_flops_speedup_limit(tmp_path):
+    config = tiny_config(token_keep_rate=0.5)
+    text = saved_card(tmp_path, config=config).text
+    dense = tiny_config(token_keep_rate=1.0)
+    assert f"| forward FLOPs per image (this setting) | {forward_flops(config) / 1e6:.2f} MFLOPs |" in text
+    assert f"| forward FLOPs per image, dense (keep rates 1.0) | {forward_flops(dense) / 1e6:.2f} MFLOPs |" in text
+    assert f"| FLOPs speedup limit | {flops_speedup_limit(config):.2f}x |" in text
+    assert "| top-1 accuracy | 87.50% |" in text and "| top-5 accuracy | 99.00% |" in text
+    assert "| training time | 42.0 s |" in text
+
+
+def test_measured_speedup_appears_only_when_it_was_measured(tmp_path):
+    measured = {**METRICS, "measured_speedup": 1.63, "measured_speedup_setup": "CPU, batch 32"}
+    assert (
+        "| measured inference speedup over dense | 1.63x (CPU, batch 32) |"
+        in saved_card(tmp_path, metrics=measured).text
+    )
+    assert "| measured inference speedup over dense | not measured" in saved_card(tmp_path).text
+
+
+def test_example_pruning_settings_and_the_fraction_seen_are_described(tmp_path):
+    training = {
+        "num_train_epochs": 3,
+        "example_pruning": {"policy": "forgetting", "keep_fraction": 0.8, "swap_fraction": 0.05, "swap_epochs": None},
+    }
+    card = saved_card(tmp_path, metrics={**METRICS, "example_fraction_seen": 0.8}, training=training)
+    assert "data-pruning" in card.data.tags
+    assert "the `forgetting` policy (keep_fraction=0.8, swap_fraction=0.05, swap_epochs=None)" in card.text
+    assert "| training examples seen (share of epochs x data) | 80.0% |" in card.text
+    assert "trained on all its examples" not in card.text
+    assert "trained on all its examples" in saved_card(tmp_path).text
+
+
+def test_a_fine_tuned_checkpoint_names_its_base_model(tmp_path):
+    card = saved_card(tmp_path, finetuned_from="facebook/deit-tiny-patch16-224")
+    assert card.data.to_dict()["base_model"] == "facebook/deit-tiny-patch16-224"
+    assert "Fine-tuned from [facebook/deit-tiny-patch16-224]" in card.text
+    assert "Fine-tuned from" not in saved_card(tmp_path).text
+
+
+def test_usage_loads_with_remote_code_and_a_pipeline(tmp_path):
+    text = saved_card(tmp_path, model_id="tester/tiny").text
+    assert 'AutoModelForImageClassification.from_pretrained("tester/tiny", trust_remote_code=True)' in text
+    assert 'pipeline("image-classification", model="tester/tiny", trust_remote_code=True)' in text
+
+
+def test_citations_name_the_three_papers_in_well_formed_bibtex(tmp_path):
+    text = saved_card(tmp_path).text
+    bibtex = text.split("```bibtex\n", 1)[1].split("```", 1)[0]
+    entries = re.split(r"\n(?=@)", bibtex.strip())
+    assert len(entries) == 3
+    for entry in entries:
+        assert entry.count("{") == entry.count("}")
+        assert all(f"{field}" in entry for field in ("title", "author", "year", "eprint"))
+    assert "Peeling the Onion" in entries[0] and "2211.10801" in entries[0] and "AAAI" in entries[0]
+    assert "Chasing Sparsity in Vision Transformers" in entries[1] and "Neural Information Processing" in entries[1]
+    assert (
+        "SaiT: Sparse Vision Transformers through Adaptive Token Pruning" in entries[2] and "2210.05832" in entries[2]
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"metrics": {"eval_accuracy": 98.6}}, "`accuracy` must be a fraction in \\[0, 1\\]"),
+        ({"metrics": {"measured_speedup": 0.0}}, "`measured_speedup` must be > 0"),
+        ({"metrics": {"example_fraction_seen": 1.5}}, "`example_fraction_seen` must be in \\(0, 1\\]"),
+        ({"model_name": " "}, "`model_name` must be a non-empty string"),
+        ({"training": {"epochs": 3}}, "`training` has unknown keys \\['epochs'\\]"),
+        ({"training": {"example_pruning": "forgetting"}}, "must be a policy's config\\(\\) dict"),
+        ({"config": {"token_keep_rate": 0.5}}, "`config` must be a TriLevelViTConfig"),
+    ],
+)
+def test_bad_inputs_raise_errors_naming_the_argument(kwargs, message):
+    arguments = {"config": tiny_config(), "metrics": METRICS, "model_name": "tiny", **kwargs}
+    config, metrics = arguments.pop("config"), arguments.pop("metrics")
+    with pytest.raises(ValueError, match=message):
+        build_model_card(config, metrics, **arguments)
+
+
+def test_the_template_ships_inside_the_package():
+    template = files("hf_trilevel").joinpath(TEMPLATE_NAME)
+    assert template.is_file()
+    assert "${card_data}" in template.read_text(encoding="utf-8")
+    # setuptools puts only .py files into a wheel unless told otherwise; an installed package must render cards too.
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    package_data = pyproject.get("tool", {}).get("setuptools", {}).get("package-data", {})
+    assert TEMPLATE_NAME in package_data.get("hf_trilevel", []), (
+        'add `[tool.setuptools.package-data] hf_trilevel = ["model_card_template.md"]` to pyproject.toml'
+    )
+
+
+def test_write_model_card_reads_a_saved_folder_and_its_result_files(tmp_path):
+    tiny_model(token_keep_rate=0.5).save_pretrained(tmp_path)
+    (tmp_path / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.5, "epoch": 2.0}))
+    (tmp_path / "train_results.json").write_text(json.dumps({"train_runtime": 300.0, "epoch": 2.0}))
+    (tmp_path / "training_args.json").write_text(json.dumps({"num_train_epochs": 2, "learning_rate": 0.001}))
+    card = ModelCard.load(write_model_card(tmp_path, model_name="saved", dataset="tester/digits"))
+    assert card.data.eval_results[0].metric_value == 0.5
+    assert "| training time | 5.0 min |" in card.text
+    assert "| epochs | 2 |" in card.text and "| peak learning rate | 0.001 |" in card.text
+    assert "| `token_keep_rate` | 0.5 |" in card.text
+
+
+# -- TriLevelTrainer.create_model_card ---------------------------------------------------------------------------------
+
+
+def pruning_trainer(output_dir) -> TriLevelTrainer:
+    return TriLevelTrainer(
+        model=tiny_model(token_keep_rate=0.5),
+        args=TrainingArguments(
+            output_dir=str(output_dir),
+            num_train_epochs=2,
+            per_device_train_batch_size=4,
+            learning_rate=1e-3,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            dataloader_pin_memory=False,
+            remove_unused_columns=False,
+            seed=0,
+        ),
+        train_dataset=RandomImages(16, seed=0),
+        eval_dataset=RandomImages(8, seed=1),
+        data_collator=collate,
+        processing_class=ViTImageProcessorPil(size={"height": 32, "width": 32}),
+        compute_metrics=compute_metrics,
+        callbacks=[
+            ExamplePruningCallback("forgetting", keep_fraction=0.75, swap_fraction=0.125),
+            KeepRateScheduleCallback(warmup_fraction=0.25, decay_fraction=0.5),
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A two-epoch run with example pruning; a stale eval_results.json from an 'earlier run' sits in its folder."""
+    output_dir = tmp_path_factory.mktemp("card-run")
+    (output_dir / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.123}))
+    trainer = pruning_trainer(output_dir)
+    trainer.train()
+    metrics = trainer.evaluate()
+    trainer.create_model_card(dataset_tags="tester/random-images", dataset="Random images")
+    return trainer, metrics, ModelCard.load(output_dir / "README.md")
+
+
+def test_trainer_card_records_this_runs_accuracy_not_a_stale_result_file(trained):
+    _, metrics, card = trained
+    assert card.data.eval_results[0].metric_value == pytest.approx(metrics["eval_accuracy"])
+    assert metrics["eval_accuracy"] != 0.123
+    assert card.data.to_dict()["datasets"] == ["tester/random-images"]
+
+
+def test_trainer_card_describes_example_pruning_the_keep_rate_schedule_and_the_fraction_seen(trained):
+    trainer, _, card = trained
+    pruner = trainer.example_pruner
+    fraction = sum(pruner.sizes) / (len(pruner.sizes) * pruner.num_examples)
+    assert fraction < 1.0
+    assert f"| training examples seen (share of epochs x data) | {100 * fraction:.1f}% |" in card.text
+    assert "the `forgetting` policy (keep_fraction=0.75, swap_fraction=0.125" in card.text
+    assert (
+        "| token keep-rate warm-up | target_token_keep_rate=0.5, warmup_fraction=0.25, decay_fraction=0.5 |"
+        in card.text
+    )
+    assert "| training examples | 16 |" in card.text
+    assert "| epochs | 2 |" in card.text
+    assert f"| parameters | {trainer.model.num_parameters():,} |" in card.text
+
+
+def test_trainer_card_with_only_a_readable_dataset_name_links_no_hub_dataset(tmp_path):
+    trainer = pruning_trainer(tmp_path)
+    trainer.create_model_card(dataset="My photos")
+    card = ModelCard.load(tmp_path / "README.md")
+    assert "datasets" not in card.data.to_dict()
+    assert "the `validation` split of My photos" in card.text
+
+
+def test_trainer_card_is_written_by_the_main_process_only(tmp_path, monkeypatch):
+    trainer = pruning_trainer(tmp_path)
+    monkeypatch.setattr(trainer, "is_world_process_zero", lambda: False)
+    trainer.create_model_card()
+    assert not (tmp_path / "README.md").exists()
+    monkeypatch.undo()
+    trainer.create_model_card()
+    assert (tmp_path / "README.md").exists()

@@ -1,0 +1,189 @@
+"""`hf-trilevel visualize`: the kept-patch grid, the operating-point curve and JSON, and usage errors (exit 2)."""
+
+import json
+import sys
+
+import datasets.config
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import ViTForImageClassification, ViTImageProcessorPil
+
+from hf_trilevel.cli import main
+from hf_trilevel.digits import load_digits_dataset
+from hf_trilevel.visualize import DROPPED_ALPHA, DROPPED_VEIL, kept_patch_masks, render_kept_tokens
+
+from .helpers import tiny_model
+
+NUM_EXAMPLES = 48
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random-init tiny TriLevel model for the 10 digits, saved with its image processor (keep rate 0.5).
+
+    A wide initialisation makes its predictions vary from image to image and with the keep rate (a default-initialised
+    tiny model predicts one class for every digit), so accuracies at different keep rates tell them apart.
+    """
+    folder = tmp_path_factory.mktemp("visualize") / "model"
+    tiny_model(token_keep_rate=0.5, num_labels=10, initializer_range=1.0).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def run_cli(*argv: str) -> int:
+    return main(["visualize", *argv])
+
+
+# -- pure functions ----------------------------------------------------------------------------------------------------
+
+
+def test_kept_patch_masks_mark_exactly_the_kept_positions():
+    kept = (torch.tensor([[0, 1, 5], [2, 3, 4]]), torch.tensor([[5], [2]]))
+    masks = kept_patch_masks(kept, grid=(2, 3))
+    assert masks.shape == (2, 2, 2, 3)
+    np.testing.assert_array_equal(masks[0, 0], [[True, True, False], [False, False, True]])
+    np.testing.assert_array_equal(masks[1, 0], [[False, False, True], [True, True, False]])
+    np.testing.assert_array_equal(masks[0, 1], [[False, False, False], [False, False, True]])
+    np.testing.assert_array_equal(masks[1, 1], [[False, False, True], [False, False, False]])
+
+
+def test_kept_patch_masks_reject_positions_outside_the_grid():
+    with pytest.raises(ValueError, match="outside the 2x2 patch grid"):
+        kept_patch_masks((torch.tensor([[4]]),), grid=(2, 2))
+
+
+def test_rendered_grid_has_the_documented_size():
+    images = [Image.new("RGB", (32, 32), (255, 255, 255))] * 2
+    masks = np.ones((2, 3, 8, 8), dtype=bool)
+    grid = render_kept_tokens(images, masks, patch_size=4, scale=2, gap=4, label_height=16)
+    # 4 columns (input + 3 layers) of 64 px and 5 gaps; a 16 px title band, 2 rows of 64 px and 3 gaps.
+    assert grid.size == (4 * 64 + 5 * 4, 16 + 2 * 64 + 3 * 4)
+
+
+def test_dropped_patches_are_veiled_and_kept_patches_untouched():
+    white = Image.new("RGB", (8, 8), (255, 255, 255))
+    masks = np.array([[[[True, False], [False, True]]]])  # one image, one layer, 2x2 grid of 4-pixel patches
+    grid = np.asarray(render_kept_tokens([white], masks, patch_size=4, scale=2, gap=3, label_height=10))
+    top, left = 10 + 3, 3 + 16 + 3  # the layer column starts after the input cell (8 px x scale 2) and two gaps
+    veiled = np.rint((1 - DROPPED_ALPHA) * 255 + DROPPED_ALPHA * np.array(DROPPED_VEIL))
+    np.testing.assert_array_equal(grid[top + 1, left + 1], [255, 255, 255])  # patch (0, 0): kept
+    np.testing.assert_array_equal(grid[top + 1, left + 9], veiled)  # patch (0, 1): dropped
+    np.testing.assert_array_equal(grid[top + 9, left + 1], veiled)  # patch (1, 0): dropped
+    np.testing.assert_array_equal(grid[top + 15, left + 15], [255, 255, 255])  # patch (1, 1): kept
+    np.testing.assert_array_equal(grid[top + 9, 3 + 9], [255, 255, 255])  # the input column is never veiled
+
+
+# -- kept-tokens command -----------------------------------------------------------------------------------------------
+
+
+def test_kept_tokens_writes_a_grid_of_images_by_pruning_layers(checkpoint, tmp_path):
+    output = tmp_path / "grid.png"
+    assert (
+        run_cli("kept-tokens", "--model", str(checkpoint), "--images", "3", "--scale", "2", "--output", str(output))
+        == 0
+    )
+    # tiny model: 32x32 inputs, 3 pruning layers -> 4 columns of 64 px; 3 rows of 64 px; gaps of 4, titles of 14.
+    assert Image.open(output).size == (4 * 64 + 5 * 4, 14 + 3 * 64 + 4 * 4)
+
+
+def test_kept_tokens_reads_an_image_folder(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))  # not the user's cache
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        Image.new("RGB", (20, 24), (200, 10, 10)).save(tmp_path / "images" / label / "0.png")
+    output = tmp_path / "grid.png"
+    argv = ["--model", str(checkpoint), "--data", "imagefolder", "--data-dir", str(tmp_path / "images")]
+    assert run_cli("kept-tokens", *argv, "--images", "2", "--scale", "1", "--output", str(output)) == 0
+    assert Image.open(output).size == (4 * 32 + 5 * 4, 14 + 2 * 32 + 3 * 4)
+
+
+# -- operating-points command ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def operating_points(checkpoint, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("points")
+    argv = ["operating-points", "--model", str(checkpoint), "--keep-rates", "1.0", "0.7", "0.5"]
+    argv += ["--max-examples", str(NUM_EXAMPLES), "--batch-size", "8", "--repeats", "1", "--warmup", "0"]
+    assert run_cli(*argv, "--device", "cpu", "--output", str(folder / "curve.png")) == 0
+    return folder
+
+
+def test_operating_points_writes_a_png_and_one_json_entry_per_keep_rate(operating_points):
+    with Image.open(operating_points / "curve.png") as image:
+        assert image.format == "PNG" and image.size[0] > 100
+    report = json.loads((operating_points / "curve.json").read_text())
+    assert [point["token_keep_rate"] for point in report["points"]] == [1.0, 0.7, 0.5]
+    assert report["num_examples"] == NUM_EXAMPLES and report["batch_size"] == 8
+    for point in report["points"]:
+        assert point["images_per_second"] > 0 and 0 <= point["accuracy"] <= 1
+    limits = [point["flops_speedup_limit"] for point in report["points"]]
+    assert limits[0] == 1.0 and limits[0] < limits[1] < limits[2]
+
+
+def test_keep_rate_one_has_the_accuracy_of_dense_vit_on_the_same_weights(operating_points, checkpoint):
+    report = json.loads((operating_points / "curve.json").read_text())
+    validation = load_digits_dataset(image_size=32)["validation"].select(range(NUM_EXAMPLES))
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
+    pixel_values = processor([image.convert("RGB") for image in validation["image"]], return_tensors="pt")
+    vit = ViTForImageClassification.from_pretrained(checkpoint).eval()  # transformers' own ViT, no sparsity code
+    with torch.no_grad():
+        predictions = vit(**pixel_values).logits.argmax(-1)
+    dense_accuracy = float((predictions == torch.tensor(list(validation["label"]))).float().mean())
+    assert report["points"][0]["accuracy"] == pytest.approx(dense_accuracy)
+    # Meaningful only if the keep rate changes predictions: otherwise any rate would pass the check above.
+    assert len({point["accuracy"] for point in report["points"]}) > 1
+
+
+# -- usage errors ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["kept-tokens", "--images", "0"], "--images must be in [1, 64]"),
+        (["kept-tokens", "--scale", "x"], "--scale must be an integer"),
+        (["kept-tokens", "--output", "grid.jpg"], "--output must be a .png file"),
+        (["kept-tokens", "--data", "imagefolder"], "--data imagefolder needs --data-dir"),
+        (["kept-tokens", "--split", "test"], "--split 'test' is not in the data"),
+        (["operating-points", "--keep-rates", "1.0", "1.5"], "--keep-rates must be a number in (0, 1]"),
+        (["operating-points", "--keep-rates", "0.5", "0.5"], "--keep-rates must be distinct"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message_naming_the_argument(checkpoint, tmp_path, capsys, argv, message):
+    command, options = argv[0], argv[1:]
+    defaults = {"--model": str(checkpoint), "--output": str(tmp_path / "out.png")}
+    for flag, value in defaults.items():
+        if flag not in options:
+            options += [flag, value]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(command, *options)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_without_an_image_processor_is_a_usage_error(tmp_path, capsys):
+    tiny_model().save_pretrained(tmp_path / "bare")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("kept-tokens", "--model", str(tmp_path / "bare"), "--output", str(tmp_path / "grid.png"))
+    assert exit_info.value.code == 2
+    assert "has no preprocessor_config.json" in capsys.readouterr().err
+
+
+def test_missing_model_folder_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("kept-tokens", "--model", str(tmp_path / "nowhere"), "--output", str(tmp_path / "grid.png"))
+    assert exit_info.value.code == 2
+    assert "--model must be a saved checkpoint folder" in capsys.readouterr().err
+
+
+def test_operating_points_without_matplotlib_asks_for_the_viz_extra(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("operating-points", "--model", str(checkpoint), "--output", str(tmp_path / "curve.png"))
+    assert exit_info.value.code == 2
+    assert "pip install 'hf-trilevel[viz]'" in capsys.readouterr().err
+    assert not (tmp_path / "curve.png").exists()
