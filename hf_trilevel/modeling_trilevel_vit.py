@@ -158,13 +158,14 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         """
         residual = hidden_states
         hidden_states = self.layernorm_before(hidden_states)
-        hidden_states, _, (query, key) = self.attention(hidden_states, attention_mask, **kwargs)
+        hidden_states, _, query_key = self.attention(hidden_states, attention_mask, **kwargs)
         hidden_states = self.dropout(hidden_states) + residual
 
         if self.layer_idx in sparsity.token_prune_layers:
             hidden_states, patch_positions, attention_mask = self.reduce(
-                hidden_states, patch_positions, query, key, attention_mask, sparsity
+                hidden_states, patch_positions, *query_key, attention_mask, sparsity
             )
+        del query_key  # as large as the hidden states twice over: free them before the MLP's wide activations
 
         residual = hidden_states
         hidden_states = self.layernorm_after(hidden_states)

@@ -130,3 +130,16 @@ def test_memory_tracker_counts_live_tensors_once():
     assert tracker.current == 8000
     del view, second, third
     assert tracker.current == 0
+
+
+def test_memory_tracker_keeps_a_storage_while_a_view_of_it_lives():
+    weight = torch.ones(100)
+    with TensorMemoryTracker() as tracker:
+        same = weight.to(torch.float32)  # no copy: not new memory
+        base = weight * 2  # 400 bytes
+        view = base[:10]
+        del base
+        assert tracker.current == 400  # the view still holds the storage
+        del view
+    assert tracker.current == 0 and tracker.peak == 400
+    assert same is weight or same.data_ptr() == weight.data_ptr()

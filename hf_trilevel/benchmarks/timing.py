@@ -72,32 +72,43 @@ class TensorMemoryTracker(TorchDispatchMode):
     """Peak bytes of tensors created inside the block and alive at the same time, on any device.
 
     CPU allocators keep no peak statistics, so this counts at the tensor level: every op output that owns its
-    storage (not a view, not an in-place result) is added when created and subtracted when freed. Tensors that
-    existed before the block (weights, inputs) are not counted, so the figure is the extra memory a forward or a
-    training step needs: activations, temporaries and, under autograd, what is saved for backward.
+    storage is added when created and subtracted when the last tensor using that storage (views included) is freed.
+    Tensors that existed before the block (weights, inputs) and their aliases are not counted, so the figure is the
+    extra memory a forward or a training step needs: activations, temporaries and, under autograd, what is saved
+    for backward.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.current = 0
         self.peak = 0
-        self._live: dict[int, int] = {}  # storage address -> bytes, for storages created inside the block
+        # storage address -> [bytes, live tensors using it], for storages created inside the block
+        self._live: dict[int, list[int]] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        output = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        inputs = {t.untyped_storage().data_ptr() for t in _tensors([*args, *kwargs.values()])}
         for tensor in _tensors(output):
             storage = tensor.untyped_storage()
             address = storage.data_ptr()
-            if tensor._is_view() or address in self._live or storage.device.type == "meta":
-                continue  # a view or an in-place result: no new memory
-            self._live[address] = storage.nbytes()
-            self.current += storage.nbytes()
-            self.peak = max(self.peak, self.current)
+            if address in self._live:  # a view or in-place result of a tracked storage: it lives while any user does
+                self._live[address][1] += 1
+            elif address in inputs or storage.device.type == "meta":
+                continue  # an alias of memory that existed before the block (`.to` a dtype it has, a view of a weight)
+            else:
+                self._live[address] = [storage.nbytes(), 1]
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
             weakref.finalize(tensor, self._release, address)
         return output
 
     def _release(self, address: int) -> None:
-        self.current -= self._live.pop(address, 0)
+        entry = self._live[address]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self._live[address]
 
 
 def _tensors(output: object) -> Iterable[torch.Tensor]:
