@@ -30,7 +30,7 @@ SETTINGS = {
 def run(name: str, seed: int, output: Path) -> dict:
     folder = output / f"{name.split()[0]}-{abs(hash(name)) % 10_000}-seed{seed}"
     command = [sys.executable, str(EXAMPLE), *SETTINGS[name], "--seed", str(seed), "--output_dir", str(folder)]
-    command += ["--eval_strategy", "no", "--disable_tqdm", "True"]
+    command += ["--eval_strategy", "no", "--disable_tqdm", "True", "--overwrite_output_dir"]  # reruns replace runs
     subprocess.run(command, check=True, capture_output=True, text=True)
     train = json.loads((folder / "train_results.json").read_text())
     evaluation = json.loads((folder / "eval_results.json").read_text())

@@ -1,32 +1,69 @@
-"""The README's main command, `examples/run_image_classification.py`, and the two modules it relies on.
+"""The README's main command, `examples/run_image_classification.py` on the bundled digits, and `hf_trilevel.digits`.
 
 The end-to-end test trains for one epoch on 64 digits, so it checks the plumbing (data -> processor -> Trainer ->
-saved remote-code folder -> pipeline), not the accuracy; the full recipe's accuracy is reported in the README.
+saved remote-code folder -> results files -> pipeline in a clean process), not the accuracy; the full recipe's
+accuracy is reported in the README. Other data sets, checkpoints and bad input: tests/test_example_workflow.py.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
-from transformers import EvalPrediction, pipeline
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import pipeline
 
+from hf_trilevel import TriLevelViTForImageClassification
 from hf_trilevel.digits import DIGIT_NAMES, load_digits_dataset
-from hf_trilevel.metrics import compute_metrics
+from hf_trilevel.metrics import sparsity_metrics
+
+from .test_checkpoints import CLEAN_ROOM_SCRIPT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "examples" / "run_image_classification.py"
 NUM_DIGITS = 1797
 
 
-def run_example(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def run_example(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """The example in a subprocess, offline; `env` adds environment variables (e.g. HF_HOME for a private cache)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
     return subprocess.run(
         [sys.executable, str(EXAMPLE), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def load_example() -> ModuleType:
+    """The example as a module, for calling its functions in-process (fast checks that stop before training)."""
+    spec = importlib.util.spec_from_file_location("run_image_classification", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_in_clean_process(folder: Path, work: Path, pixel_values: torch.Tensor) -> tuple[dict, dict]:
+    """Load `folder` with tests/test_checkpoints.py's clean-room script: another directory, `python -I`, the package
+    import blocked, offline. Returns the script's report and its outputs (logits for `pixel_values`)."""
+    work.mkdir()
+    (work / "load.py").write_text(CLEAN_ROOM_SCRIPT)
+    save_file({"pixel_values": pixel_values}, work / "inputs.safetensors")
+    Image.fromarray((torch.rand(20, 24, 3) * 255).byte().numpy()).save(work / "digit.png")
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))
+    }
+    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(work / "modules"), HF_HOME=str(work / "hf"))
+    completed = subprocess.run(
+        [sys.executable, "-I", "load.py", str(folder), str(work)],
+        cwd=work, env=environment, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1]), load_file(work / "outputs.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +83,7 @@ def trained_folder(tmp_path_factory) -> Path:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "validation accuracy: " in result.stdout
+    assert "augmentation affine" in result.stdout  # digits keep their tuned augmentation: no flips, no crops
     return output_dir
 
 
@@ -103,36 +141,6 @@ def test_digits_reject_a_negative_seed():
         load_digits_dataset(seed=-1)
 
 
-# --- hf_trilevel.metrics --------------------------------------------------------------------------------------------
-
-
-def crafted_logits() -> tuple[np.ndarray, np.ndarray]:
-    """Four examples over 10 classes: top-1 right for the first two; the third's label ranks 5th, the fourth's 6th."""
-    ranking = np.arange(10, 0, -1, dtype=np.float32)  # class 0 highest, class 9 lowest
-    logits = np.stack([np.roll(ranking, shift) for shift in (0, 3, 0, 0)])
-    labels = np.array([0, 3, 4, 5])
-    return logits, labels
-
-
-def test_metrics_give_top1_and_top5_accuracy_of_crafted_logits():
-    logits, labels = crafted_logits()
-    metrics = compute_metrics(EvalPrediction(predictions=logits, label_ids=labels))
-    assert metrics == {"accuracy": pytest.approx(0.5), "top5_accuracy": pytest.approx(0.75)}
-
-
-def test_metrics_take_the_logits_from_tuple_predictions():
-    logits, labels = crafted_logits()
-    extra = np.zeros((4, 7), dtype=np.float32)
-    metrics = compute_metrics(EvalPrediction(predictions=(logits, extra), label_ids=labels))
-    assert metrics["accuracy"] == pytest.approx(0.5)
-
-
-def test_metrics_skip_top5_with_five_classes_or_fewer():
-    logits = np.eye(5, dtype=np.float32)
-    metrics = compute_metrics(EvalPrediction(predictions=logits, label_ids=np.array([0, 1, 2, 3, 0])))
-    assert metrics == {"accuracy": pytest.approx(0.8)}
-
-
 # --- examples/run_image_classification.py ---------------------------------------------------------------------------
 
 
@@ -156,6 +164,23 @@ def test_example_writes_validation_accuracy(trained_folder):
     for name in ("eval_results.json", "all_results.json"):
         results = json.loads((trained_folder / name).read_text())
         assert 0.0 <= results["eval_accuracy"] <= 1.0
+        assert 0.0 <= results["eval_top5_accuracy"] <= 1.0  # 10 classes
+
+
+def test_example_writes_training_time_examples_seen_and_realised_sparsity(trained_folder):
+    train = json.loads((trained_folder / "train_results.json").read_text())
+    assert train["train_runtime"] > 0 and train["train_samples"] == 64
+    assert train["examples_seen"] == 64 and train["example_fraction_seen"] == 1.0
+    evaluation = json.loads((trained_folder / "eval_results.json").read_text())
+    model = TriLevelViTForImageClassification.from_pretrained(trained_folder)
+    expected = sparsity_metrics(model.config)
+    assert {key: evaluation[key] for key in expected} == pytest.approx(expected)
+    assert evaluation["flops_speedup_limit"] > 1.2 and 0 < evaluation["token_fraction_kept"] < 1
+    assert json.loads((trained_folder / "all_results.json").read_text()) == {**train, **evaluation}
+
+
+def test_example_writes_a_model_card(trained_folder):
+    assert "image-classification" in (trained_folder / "README.md").read_text()
 
 
 def test_example_folder_classifies_a_digit_through_the_pipeline(trained_folder, digits):
@@ -165,10 +190,21 @@ def test_example_folder_classifies_a_digit_through_the_pipeline(trained_folder, 
     assert all(prediction["label"] in DIGIT_NAMES for prediction in predictions)
 
 
-def test_example_rejects_a_bad_keep_rate_before_training(tmp_path):
+def test_example_folder_loads_in_a_clean_process_without_the_package(trained_folder, tmp_path):
+    pixel_values = torch.randn(2, 3, 32, 32)
+    report, outputs = load_in_clean_process(trained_folder, tmp_path / "elsewhere", pixel_values)
+    assert report["head_module"].startswith("transformers_modules.") and report["loaded_modules"] == []
+    assert report["labels"] and set(report["labels"]) <= set(DIGIT_NAMES)
+    model = TriLevelViTForImageClassification.from_pretrained(trained_folder).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(outputs["logits"], model(pixel_values).logits, rtol=0, atol=1e-6)
+
+
+def test_example_rejects_a_bad_keep_rate_before_training_with_a_usage_error(tmp_path):
     result = run_example("--token_keep_rate", "1.5", "--output_dir", str(tmp_path))
-    assert result.returncode != 0
-    assert "token_keep_rate" in result.stderr
+    assert result.returncode == 2
+    assert "error: `token_keep_rate` must be in (0, 1]" in result.stderr
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "model.safetensors").exists()
 
 
@@ -199,8 +235,10 @@ def test_example_prunes_examples_and_warms_up_keep_rates(tmp_path, policy, expec
     assert "'token_keep_rate': '1'" in result.stdout and "'token_keep_rate': '0.7'" in result.stdout
 
 
-def test_example_rejects_bad_pruning_settings_before_training(tmp_path):
-    result = run_example("--example_pruning", "forgetting", "--keep_fraction", "0", "--output_dir", str(tmp_path))
-    assert result.returncode != 0
-    assert "keep_fraction" in result.stderr
+def test_example_rejects_bad_pruning_settings_before_training(tmp_path, capsys):
+    example = load_example()
+    with pytest.raises(SystemExit) as raised:
+        example.main(["--example_pruning", "forgetting", "--keep_fraction", "0", "--output_dir", str(tmp_path)])
+    assert raised.value.code == 2
+    assert "keep_fraction" in capsys.readouterr().err
     assert not (tmp_path / "model.safetensors").exists()
