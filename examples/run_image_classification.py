@@ -90,6 +90,7 @@ from hf_trilevel.image_transforms import (
     train_transforms,
 )
 from hf_trilevel.metrics import compute_metrics, sparsity_metrics
+from hf_trilevel.trainer import check_hub_strategy
 
 logger = logging.getLogger("run_image_classification")
 
@@ -376,6 +377,7 @@ def check_arguments(
     model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args: TrainingArguments
 ) -> None:
     """Raise `ValueError` for settings that would otherwise fail deep inside the model, the data or the Trainer."""
+    check_hub_strategy(training_args)
     if not (training_args.do_train or training_args.do_eval):
         raise ValueError("--do_train and --do_eval are both False: there is nothing to do.")
     if not training_args.do_train and model_args.model_name_or_path is None:

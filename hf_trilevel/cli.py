@@ -9,12 +9,9 @@ import sys
 from collections.abc import Callable
 from importlib import import_module
 
+from .errors import CommandError
 
-class CommandError(ValueError):
-    """Bad input found after parsing (e.g. `--device cuda` without a GPU): reported as a usage error, exit 2."""
-
-
-# name -> (module, help). A module is imported only when its command is named, so `hf-trilevel --help` stays fast.
+# name -> (module, help). A command's module is imported only when that command is named.
 COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
     "bench": {
         "inference": ("hf_trilevel.benchmarks.inference", "Images/s of TriLevel settings against dense ViT."),

@@ -193,6 +193,12 @@ def _build_class_label(dataset: DatasetDict, label_column: str, features: dict) 
         split_values = data.unique(LABEL)
         if any(value is None for value in split_values):
             raise ValueError(f"--label_column_name {label_column!r} has missing labels in the {split} split.")
+        negative = [value for value in split_values if isinstance(value, int) and value < 0]
+        if negative:
+            raise ValueError(
+                f"--label_column_name {label_column!r} holds negative integers {sorted(negative)[:5]} in the {split} "
+                "split (-1 usually marks unlabelled examples); drop or relabel them, class ids must be >= 0."
+            )
         values.update(split_values)
     try:
         ordered = sorted(values)

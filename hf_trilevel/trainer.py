@@ -236,6 +236,28 @@ class ExamplePruningTrainerMixin:
         pruner.load_state(tensors, metadata)
 
 
+def check_hub_strategy(args) -> None:
+    """Refuse Hub pushes that would upload pickles.
+
+    With `push_to_hub` and checkpoints, transformers pushes from every checkpoint (`hub_strategy="every_save"`,
+    its default) and then `torch.save`s the training arguments into the pushed folder; the checkpoint strategies
+    also push the optimizer, scheduler and RNG pickles. Pushing once at the end (`hub_strategy="end"`) or saving no
+    checkpoints pushes only the self-contained folder.
+    """
+    if args.push_to_hub and args.save_strategy != "no" and args.hub_strategy != "end":
+        raise ValueError(
+            f"--hub_strategy {_value(args.hub_strategy)} with --save_strategy {_value(args.save_strategy)} would push "
+            "transformers' "
+            "pickled training_args.bin (and, for checkpoint strategies, optimizer/scheduler pickles) to the Hub; "
+            "use --hub_strategy end, or --save_strategy no."
+        )
+
+
+def _value(option: object) -> str:
+    """An enum option as the user typed it (`"epoch"`, not `SaveStrategy.EPOCH`)."""
+    return str(getattr(option, "value", option))
+
+
 def _column_names(dataset) -> list[str]:
     names = getattr(dataset, "column_names", None)
     if names is not None:
@@ -246,6 +268,10 @@ def _column_names(dataset) -> list[str]:
 
 class TriLevelTrainer(ExamplePruningTrainerMixin, Trainer):
     """`transformers.Trainer` plus what `ExamplePruningCallback` needs and TriLevel model cards; a drop-in."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_hub_strategy(self.args)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save as `Trainer` does, but write the training arguments as `training_args.json`, not a pickle.

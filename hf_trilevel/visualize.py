@@ -20,8 +20,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .benchmarks.timing import interleaved_times, medians
-from .cli import CommandError
 from .configuration_trilevel_vit import check_keep_rate
+from .errors import CommandError
 from .flops import flops_speedup_limit, forward_flops
 
 DATA_SOURCES = ("digits", "imagefolder")

@@ -70,6 +70,14 @@ def test_epoch_projection_divides_the_step_limit_by_the_kept_fraction():
     assert projection[1].speedup == pytest.approx(2.0 / 0.8) and projection[1].flops_limit == pytest.approx(2.5)
 
 
+def test_epoch_projection_limit_counts_the_same_rounded_steps_as_the_speedup():
+    dense = StepResult("dense", 1.0, 1.0, False, 0.2, 5.0, 1.0, 1.0, 1.0, 1.0, None)
+    (projection,) = project_epochs([dense], [0.98], dataset_size=65, batch_size=64)
+    assert projection.steps_per_epoch == 1  # round(0.98 * 65) = 64 kept examples: one batch instead of two
+    assert projection.speedup == pytest.approx(2.0) and projection.flops_limit == pytest.approx(2.0)
+    assert projection.fraction_of_limit == pytest.approx(1.0)
+
+
 def test_time_to_accuracy_trains_dense_and_trilevel_on_the_digits(tmp_path):
     path = tmp_path / "tta.json"
     arguments = ["bench", "train", "--time-to-accuracy", "--epochs", "2", "--max-train-samples", "64",
@@ -100,6 +108,10 @@ def test_time_to_accuracy_trains_dense_and_trilevel_on_the_digits(tmp_path):
         (["bench", "train", "--token-prune-layers", "12"], "token_prune_layers"),
         (["bench", "train", "--example-keep-fractions", "1.2"], "--example-keep-fractions values must be in (0, 1]"),
         (["bench", "train", "--time-to-accuracy", "--target-accuracy", "2"], "--target-accuracy must be in (0, 1]"),
+        (["bench", "train", "--time-to-accuracy", "--num-attention-heads", "0"], "--num-attention-heads must be a"),
+        (["bench", "train", "--time-to-accuracy", "--image-size", "64"], "--image-size do not apply"),
+        (["bench", "inference", "--keep-rates", "0.7", "0.7000001"], "values that print alike"),
+        (["bench", "inference", "--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message_naming_the_argument(arguments, message, capsys):
@@ -135,11 +147,23 @@ def test_memory_tracker_counts_live_tensors_once():
 def test_memory_tracker_keeps_a_storage_while_a_view_of_it_lives():
     weight = torch.ones(100)
     with TensorMemoryTracker() as tracker:
-        same = weight.to(torch.float32)  # no copy: not new memory
+        same = weight[:10]  # a view of memory from before the block: not new memory
         base = weight * 2  # 400 bytes
         view = base[:10]
         del base
         assert tracker.current == 400  # the view still holds the storage
         del view
     assert tracker.current == 0 and tracker.peak == 400
-    assert same is weight or same.data_ptr() == weight.data_ptr()
+    assert same.data_ptr() == weight.data_ptr()
+
+
+def test_memory_tracker_counts_what_autograd_saves_until_backward():
+    weights = torch.randn(1000, requires_grad=True)
+    with TensorMemoryTracker() as tracker:
+        output = weights.exp()  # exp saves its output for backward
+        total = output.sum()
+        del output
+        assert tracker.current >= 4000  # still held by the graph
+        total.backward()
+        del total
+    assert tracker.current == 4000  # only weights.grad remains

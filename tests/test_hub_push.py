@@ -135,3 +135,14 @@ def test_no_pickle_is_pushed(pushed):
     files = hub.repo_files(REPO_ID)
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pkl", ".pickle"))]
     assert "training_args.json" in files
+
+
+def test_pushes_from_checkpoints_are_refused_before_training(tmp_path):
+    from transformers import TrainingArguments
+
+    from hf_trilevel.trainer import check_hub_strategy
+
+    arguments = TrainingArguments(tmp_path, push_to_hub=True, hub_model_id="me/m", save_strategy="epoch")
+    with pytest.raises(ValueError, match="--hub_strategy every_save with --save_strategy epoch would push"):
+        check_hub_strategy(arguments)
+    check_hub_strategy(TrainingArguments(tmp_path, push_to_hub=True, hub_model_id="me/m", hub_strategy="end"))

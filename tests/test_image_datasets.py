@@ -100,6 +100,7 @@ def test_class_labels_pass_unchanged_without_a_notice():
         ([1, None], None, "missing labels"),
         ([4, 4], None, "at least 2"),
         ([0, -1], ClassLabel(names=["a", "b"]), "unlabelled"),
+        ([0, 1, -1], None, "negative integers"),
     ],
 )
 def test_unusable_labels_are_refused_naming_the_argument(labels, feature, message):

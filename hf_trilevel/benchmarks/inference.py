@@ -27,9 +27,11 @@ from .options import (
     add_shape_arguments,
     add_target_arguments,
     build_models,
+    compile_models,
     model_shape,
     run_target,
     settings,
+    switch_setting,
     trilevel_config,
 )
 from .report import check_writable, environment, markdown_table, mib, write_json
@@ -69,26 +71,24 @@ def benchmark_inference(
     dense, trilevel = build_models(shape, target)
     dense.eval()
     trilevel.eval()
-    dense_forward, trilevel_forward = (torch.compile(m) if target.compile else m for m in (dense, trilevel))
+    dense_forward, trilevel_forward = compile_models(target, len(trilevel_settings), dense, trilevel)
     pixel_values = torch.randn(batch_size, 3, shape.image_size, shape.image_size, device=target.device)
     pixel_values = pixel_values.to(target.dtype)
 
-    def forward(model: Callable, setting: Setting | None) -> Callable[[], None]:
+    def forward(model: Callable) -> Callable[[], None]:
         def run() -> None:
-            if setting is not None:
-                trilevel.set_keep_rates(setting.token_keep_rate, setting.attention_keep_rate)
-                trilevel.config.token_fusion = setting.token_fusion
             with torch.inference_mode():
                 model(pixel_values)
 
         return run
 
-    runs = {DENSE_NAME: forward(dense_forward, None)}
-    runs |= {setting.name: forward(trilevel_forward, setting) for setting in trilevel_settings}
-    times = interleaved_times(runs, repeats, warmup, target.device, progress)
+    runs = {DENSE_NAME: forward(dense_forward)}
+    runs |= {setting.name: forward(trilevel_forward) for setting in trilevel_settings}
+    prepare = {setting.name: switch_setting(trilevel, setting) for setting in trilevel_settings}
+    times = interleaved_times(runs, repeats, warmup, target.device, progress, prepare)
     memory = {name: None for name in runs}
     if measure_memory and not (target.compile and target.device.type != "cuda"):
-        memory = {name: peak_memory_bytes(run, target.device) for name, run in runs.items()}
+        memory = {name: _peak_memory(runs[name], prepare.get(name), target.device) for name in runs}
 
     dense_median = statistics.median(times[DENSE_NAME])
     results = []
@@ -113,6 +113,12 @@ def benchmark_inference(
         )
     _add_attention_overheads(results, trilevel_settings)
     return results
+
+
+def _peak_memory(run: Callable[[], None], prepare: Callable[[], None] | None, device: torch.device) -> int:
+    if prepare is not None:
+        prepare()
+    return peak_memory_bytes(run, device)
 
 
 def _add_attention_overheads(results: list[InferenceResult], trilevel_settings: list[Setting]) -> None:

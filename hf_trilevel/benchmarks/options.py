@@ -7,14 +7,15 @@ here, before any model is built, and bad ones raise `CommandError` with the argu
 
 import argparse
 import itertools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 from transformers.utils import is_flash_attn_2_available
 
-from ..cli import CommandError
 from ..configuration_trilevel_vit import TriLevelViTConfig
+from ..errors import CommandError
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -139,7 +140,11 @@ def settings(args: argparse.Namespace) -> list[Setting]:
                 raise CommandError(f"{flag} values must be in (0, 1], got {rate:g}.")
     fusion = {"off": [False], "on": [True], "both": [False, True]}[args.fusion]
     combos = itertools.product(dict.fromkeys(args.keep_rates), dict.fromkeys(args.attention_keep_rates), fusion)
-    return [Setting(keep, attention, fused) for keep, attention, fused in combos]
+    chosen = [Setting(keep, attention, fused) for keep, attention, fused in combos]
+    names = [setting.name for setting in chosen]
+    if len(set(names)) < len(names):
+        raise CommandError(f"--keep-rates / --attention-keep-rates hold values that print alike: {names}.")
+    return chosen
 
 
 def run_target(args: argparse.Namespace, settings: list[Setting]) -> RunTarget:
@@ -169,7 +174,31 @@ def run_target(args: argparse.Namespace, settings: list[Setting]) -> RunTarget:
             f"--batch-size and --repeats must be >= 1 and --warmup >= 0, got {args.batch_size}, {args.repeats}, "
             f"{args.warmup}."
         )
+    if args.compile and args.warmup < 1:
+        raise CommandError("--compile needs --warmup >= 1, so compilation is not timed.")
     return RunTarget(device, DTYPES[args.dtype], args.attn_implementation, args.compile)
+
+
+def switch_setting(model: TriLevelViTForImageClassification, setting: Setting) -> Callable[[], None]:
+    """A call that puts `model` at `setting`; run untimed before each timed call of that setting."""
+
+    def apply() -> None:
+        model.set_keep_rates(setting.token_keep_rate, setting.attention_keep_rate)
+        model.config.token_fusion = setting.token_fusion
+
+    return apply
+
+
+def compile_models(target: RunTarget, num_settings: int, *models: torch.nn.Module) -> list:
+    """`torch.compile` each model if asked, allowing one graph per setting.
+
+    The TriLevel model's rates are config values that dynamo specialises on, so each setting is its own graph;
+    beyond `recompile_limit` (8 by default) dynamo would silently fall back to eager and time that instead.
+    """
+    if not target.compile:
+        return list(models)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, num_settings + 2)
+    return [torch.compile(model) for model in models]
 
 
 def trilevel_config(shape: ModelShape, setting: Setting = Setting(), **extra) -> TriLevelViTConfig:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from ..cli import CommandError
+from ..errors import CommandError
 
 
 def environment(device: torch.device) -> dict[str, str | int | None]:

@@ -28,9 +28,9 @@ from transformers import (
 )
 
 from ..callbacks import ExamplePruningCallback
-from ..cli import CommandError
 from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..digits import load_digits_dataset
+from ..errors import CommandError
 from ..metrics import compute_metrics
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..trainer import TriLevelTrainer
@@ -40,6 +40,9 @@ from .report import check_writable, environment, markdown_table, write_json
 # The digits recipe of examples/run_image_classification.py: a small ViT on 32x32 images with 4x4 patches.
 DIGITS_SHAPE = {"image_size": 32, "patch_size": 4, "hidden_size": 128, "num_hidden_layers": 6,
                 "num_attention_heads": 4, "intermediate_size": 256, "num_labels": 10}  # fmt: skip
+# Shape flags of `bench train` that the digits recipe fixes; given with --time-to-accuracy they are refused.
+IGNORED_FLAGS = {"--image-size": "image_size", "--patch-size": "patch_size", "--num-labels": "num_labels",
+                 "--token-prune-layers": "token_prune_layers"}  # fmt: skip
 RECIPE = {"learning_rate": 1e-3, "weight_decay": 0.05, "warmup_steps": 0.1, "lr_scheduler_type": "cosine",
           "per_device_train_batch_size": 64, "per_device_eval_batch_size": 256}  # fmt: skip
 
@@ -79,10 +82,16 @@ class TrainingClock(TrainerCallback):
         self._epoch_start: float | None = None
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = self._now()
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        self.train_seconds += time.perf_counter() - self._epoch_start
+        self.train_seconds += self._now() - self._epoch_start
+
+    @staticmethod
+    def _now() -> float:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # queued kernels belong to the epoch that launched them
+        return time.perf_counter()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics and "eval_accuracy" in metrics:
@@ -133,9 +142,10 @@ def train_once(
         model.load_state_dict(reference.state_dict())
         name = setting.name + (f", examples {example_keep_fraction:g}" if example_keep_fraction < 1.0 else "")
     clock = TrainingClock(label)
-    callbacks: list[TrainerCallback] = [clock]
+    callbacks: list[TrainerCallback] = []
     if example_keep_fraction < 1.0:
         callbacks.append(ExamplePruningCallback("forgetting", keep_fraction=example_keep_fraction))
+    callbacks.append(clock)  # last: its epoch end comes after the pruner's end-of-epoch work, which it must count
     with tempfile.TemporaryDirectory() as output_dir:
         training_args = TrainingArguments(
             output_dir=output_dir, num_train_epochs=args.epochs, seed=args.seed, eval_strategy="epoch",
@@ -211,6 +221,11 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
         for fraction in fractions
         if not (setting == Setting() and fraction == 1.0)
     ]
+    for setting, _ in plan:  # every config is checked before the first run trains for minutes
+        try:
+            TriLevelViTConfig(**shape, **asdict(setting))
+        except ValueError as error:
+            raise CommandError(str(error)) from None
     for index, (setting, fraction) in enumerate(plan):
         label = None if args.no_progress else f"run {index + 1}/{len(plan)} ({setting.name}, examples {fraction:g})"
         runs.append(train_once(setting, fraction, args, shape, data, label))
@@ -234,10 +249,16 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace, shape: dict) -> None:
-    if args.device not in ("cpu", "cuda"):
-        raise CommandError(f"--device must be cpu or cuda with --time-to-accuracy, got {args.device!r}.")
-    if args.device == "cuda" and not torch.cuda.is_available():
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise CommandError(f"--device must be cpu or cuda[:N], got {args.device!r}.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise CommandError(f"--device must be cpu or cuda[:N], got {args.device!r}.")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise CommandError("--device cuda was given, but torch sees no CUDA GPU on this machine.")
+    if device.type == "cpu" and args.dtype == "float16":
+        raise CommandError("--dtype float16 needs --device cuda with --time-to-accuracy; use bfloat16 on CPU.")
     if args.epochs < 1:
         raise CommandError(f"--epochs must be a positive integer, got {args.epochs}.")
     if not 0.0 < args.target_accuracy <= 1.0:
@@ -247,5 +268,14 @@ def _check(args: argparse.Namespace, shape: dict) -> None:
     for fraction in args.example_keep_fractions:
         if not 0.0 < fraction <= 1.0:
             raise CommandError(f"--example-keep-fractions values must be in (0, 1], got {fraction:g}.")
+    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        if shape[name] < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be a positive integer, got {shape[name]}.")
     if shape["hidden_size"] % shape["num_attention_heads"]:
-        raise CommandError("--num-attention-heads must divide --hidden-size.")
+        raise CommandError(
+            f"--num-attention-heads must divide --hidden-size, got {shape['num_attention_heads']} and "
+            f"{shape['hidden_size']}."
+        )
+    ignored = [flag for flag, name in IGNORED_FLAGS.items() if getattr(args, name) is not None]
+    if ignored:
+        raise CommandError(f"{', '.join(ignored)} do not apply to --time-to-accuracy (the digits recipe fixes them).")

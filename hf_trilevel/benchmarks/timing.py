@@ -35,17 +35,22 @@ def interleaved_times(
     warmup: int,
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
+    prepare: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[float]]:
     """Time each run once per round for `warmup + repeats` rounds; return the `repeats` timed seconds per run.
 
-    `progress(done, total)` is called after every round (e.g. `print_progress`).
+    `prepare[name]`, if given, runs untimed just before its run (e.g. switching a model's keep rates), so the clock
+    sees the same work for every model. `progress(done, total)` is called after every round (`print_progress`).
     """
+    prepare = prepare or {}
     if repeats < 1 or warmup < 0:
         raise ValueError(f"`repeats` must be >= 1 and `warmup` >= 0, got repeats={repeats}, warmup={warmup}.")
     times: dict[str, list[float]] = {name: [] for name in runs}
     total = warmup + repeats
     for round_index in range(total):
         for name, run in runs.items():
+            if name in prepare:
+                prepare[name]()
             elapsed = time_call(run, device)
             if round_index >= warmup:
                 times[name].append(elapsed)
@@ -103,12 +108,30 @@ class TensorMemoryTracker(TorchDispatchMode):
             weakref.finalize(tensor, self._release, address)
         return output
 
+    def __enter__(self):
+        # Autograd saves a forward output through its own tensor object, which never passes through this mode; while
+        # the tracker is on, saved tensors are kept as the very objects created here, so their storage stays counted
+        # until backward frees them.
+        self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(_keep, _keep)
+        self._saved_hooks.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc_info):
+        try:
+            return super().__exit__(*exc_info)
+        finally:
+            self._saved_hooks.__exit__(*exc_info)
+
     def _release(self, address: int) -> None:
         entry = self._live[address]
         entry[1] -= 1
         if entry[1] == 0:
             self.current -= entry[0]
             del self._live[address]
+
+
+def _keep(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 def _tensors(output: object) -> Iterable[torch.Tensor]:

@@ -8,8 +8,9 @@ in float32; `--dtype bfloat16|float16` trains under autocast, as mixed-precision
 TriLevel model start from the same weights, each with its own optimizer, and are timed in interleaved rounds.
 
 The epoch projection multiplies the measured step time by the steps one epoch needs when example pruning keeps a
-fraction of the data (`--example-keep-fractions`) of a data set of `--dataset-size` images (ImageNet-1k by default).
-Its FLOPs limit is the step's FLOPs limit divided by the kept fraction. Training FLOPs are taken as three times the
+fraction of the data (`--example-keep-fractions`, counted as the forgetting policy keeps them) of a data set of
+`--dataset-size` images (ImageNet-1k by default). Its FLOPs limit is the step's limit times dense steps over kept
+steps. Training FLOPs are taken as three times the
 forward FLOPs (forward, and backward to activations and weights), so a step's limit equals the forward limit.
 """
 
@@ -22,7 +23,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..cli import CommandError
+from ..data_pruning import ForgettingPolicy
+from ..errors import CommandError
 from ..flops import flops_speedup_limit, forward_flops
 from .options import (
     DENSE_NAME,
@@ -33,9 +35,11 @@ from .options import (
     add_shape_arguments,
     add_target_arguments,
     build_models,
+    compile_models,
     model_shape,
     run_target,
     settings,
+    switch_setting,
     trilevel_config,
 )
 from .report import check_writable, environment, markdown_table, mib, write_json
@@ -81,7 +85,6 @@ def _training_step(
     pixel_values: torch.Tensor,
     labels: torch.Tensor,
     target: RunTarget,
-    before: Callable[[], None] = lambda: None,
 ) -> Callable[[], None]:
     autocast = (
         torch.autocast(target.device.type, dtype=target.dtype)
@@ -90,7 +93,6 @@ def _training_step(
     )
 
     def step() -> None:
-        before()
         with autocast:
             loss = model(pixel_values=pixel_values, labels=labels).loss
         loss.backward()
@@ -118,26 +120,22 @@ def benchmark_training_steps(
     pixel_values = torch.randn(batch_size, 3, shape.image_size, shape.image_size, generator=generator)
     labels = torch.randint(0, shape.num_labels, (batch_size,), generator=generator)
     pixel_values, labels = pixel_values.to(target.device), labels.to(target.device)
-    dense_model, trilevel_model = (torch.compile(m) if target.compile else m for m in (dense, trilevel))
+    dense_model, trilevel_model = compile_models(target, len(trilevel_settings), dense, trilevel)
     # No weight decay and a tiny lr: timing must not depend on how far training has moved the weights.
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-6, weight_decay=0.0) for m in (dense, trilevel)]
 
-    def configure(setting: Setting) -> Callable[[], None]:
-        def apply() -> None:
-            trilevel.set_keep_rates(setting.token_keep_rate, setting.attention_keep_rate)
-            trilevel.config.token_fusion = setting.token_fusion
-
-        return apply
-
     runs = {DENSE_NAME: _training_step(dense_model, optimizers[0], pixel_values, labels, target)}
     for setting in trilevel_settings:
-        runs[setting.name] = _training_step(
-            trilevel_model, optimizers[1], pixel_values, labels, target, configure(setting)
-        )
-    times = interleaved_times(runs, repeats, warmup, target.device, progress)
+        runs[setting.name] = _training_step(trilevel_model, optimizers[1], pixel_values, labels, target)
+    prepare = {setting.name: switch_setting(trilevel, setting) for setting in trilevel_settings}
+    times = interleaved_times(runs, repeats, warmup, target.device, progress, prepare)
     memory = {name: None for name in runs}
     if measure_memory and not (target.compile and target.device.type != "cuda"):
-        memory = {name: peak_memory_bytes(run, target.device) for name, run in runs.items()}
+        memory = {}
+        for name, run in runs.items():
+            if name in prepare:
+                prepare[name]()
+            memory[name] = peak_memory_bytes(run, target.device)
 
     dense_median = statistics.median(times[DENSE_NAME])
     results = []
@@ -165,14 +163,20 @@ def benchmark_training_steps(
 def project_epochs(
     steps: list[StepResult], example_keep_fractions: list[float], dataset_size: int, batch_size: int
 ) -> list[EpochProjection]:
-    """Epoch time for every (token setting, kept fraction), against dense ViT on all the data."""
-    dense_epoch = math.ceil(dataset_size / batch_size) * steps[0].median_seconds
+    """Epoch time for every (token setting, kept fraction), against dense ViT on all the data.
+
+    Kept examples are counted as `ForgettingPolicy` keeps them; the FLOPs limit compares the same step counts as the
+    speedup (dense steps x dense step FLOPs over kept steps x sparse step FLOPs), so rounding hits both alike.
+    """
+    dense_steps = math.ceil(dataset_size / batch_size)
+    dense_epoch = dense_steps * steps[0].median_seconds
     projections = []
     for step in steps:
         for fraction in example_keep_fractions:
-            num_steps = math.ceil(math.ceil(dataset_size * fraction) / batch_size)
+            kept = dataset_size if fraction == 1.0 else ForgettingPolicy(keep_fraction=fraction).num_kept(dataset_size)
+            num_steps = math.ceil(kept / batch_size)
             seconds = num_steps * step.median_seconds
-            limit = step.flops_limit / fraction
+            limit = step.flops_limit * dense_steps / num_steps
             speedup = dense_epoch / seconds
             projections.append(
                 EpochProjection(step.setting, fraction, num_steps, seconds, speedup, limit, speedup / limit)
