@@ -147,19 +147,25 @@ def settings(args: argparse.Namespace) -> list[Setting]:
     return chosen
 
 
-def run_target(args: argparse.Namespace, settings: list[Setting]) -> RunTarget:
-    """Check the device, dtype and backend against this machine and the settings, before anything is built."""
+def checked_device(name: str) -> torch.device:
+    """`--device` as a `torch.device`, refused unless it is the CPU or a CUDA GPU this machine has."""
     try:
-        device = torch.device(args.device)
+        device = torch.device(name)
     except RuntimeError:
-        raise CommandError(f"--device must be cpu or cuda[:N], got {args.device!r}.") from None
+        raise CommandError(f"--device must be cpu or cuda[:N], got {name!r}.") from None
     if device.type not in ("cpu", "cuda"):
-        raise CommandError(f"--device must be cpu or cuda[:N], got {args.device!r}.")
+        raise CommandError(f"--device must be cpu or cuda[:N], got {name!r}.")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise CommandError("--device cuda was given, but torch sees no CUDA GPU on this machine.")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise CommandError(f"--device {args.device}: only {torch.cuda.device_count()} GPU(s) are visible.")
+            raise CommandError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible.")
+    return device
+
+
+def run_target(args: argparse.Namespace, settings: list[Setting]) -> RunTarget:
+    """Check the device, dtype and backend against this machine and the settings, before anything is built."""
+    device = checked_device(args.device)
     if args.attn_implementation == "flash_attention_2":
         if device.type != "cuda" or not is_flash_attn_2_available():
             raise CommandError("--attn-implementation flash_attention_2 needs a CUDA GPU and the flash-attn package.")

@@ -34,7 +34,7 @@ from ..errors import CommandError
 from ..metrics import compute_metrics
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..trainer import TriLevelTrainer
-from .options import Setting, settings
+from .options import Setting, checked_device, settings
 from .report import check_writable, environment, markdown_table, write_json
 
 # The digits recipe of examples/run_image_classification.py: a small ViT on 32x32 images with 4x4 patches.
@@ -263,14 +263,7 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace, shape: dict) -> None:
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise CommandError(f"--device must be cpu or cuda[:N], got {args.device!r}.") from None
-    if device.type not in ("cpu", "cuda"):
-        raise CommandError(f"--device must be cpu or cuda[:N], got {args.device!r}.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CommandError("--device cuda was given, but torch sees no CUDA GPU on this machine.")
+    device = checked_device(args.device)
     if device.type == "cpu" and args.dtype == "float16":
         raise CommandError("--dtype float16 needs --device cuda with --time-to-accuracy; use bfloat16 on CPU.")
     if args.epochs < 1:
