@@ -311,29 +311,14 @@ class TriLevelTrainer(ExamplePruningTrainerMixin, Trainer):
         """
         if not self.is_world_process_zero():
             return
+        card_arguments = {
+            "language": language, "license": license, "tags": tags, "model_name": model_name,
+            "finetuned_from": finetuned_from, "dataset_tags": dataset_tags, "dataset": dataset,
+            "dataset_args": dataset_args,
+        }  # fmt: skip
         if not isinstance(getattr(self.accelerator.unwrap_model(self.model), "config", None), TriLevelViTConfig):
-            super().create_model_card(
-                language=language,
-                license=license,
-                tags=tags,
-                model_name=model_name,
-                finetuned_from=finetuned_from,
-                tasks=tasks,
-                dataset_tags=dataset_tags,
-                dataset=dataset,
-                dataset_args=dataset_args,
-            )
+            super().create_model_card(tasks=tasks, **card_arguments)
             return
-        card = trainer_model_card(
-            self,
-            language=language,
-            license=license,
-            tags=tags,
-            model_name=model_name,
-            finetuned_from=finetuned_from,
-            dataset_tags=dataset_tags,
-            dataset=dataset,
-            dataset_args=dataset_args,
-        )
+        card = trainer_model_card(self, **card_arguments)
         os.makedirs(self.args.output_dir, exist_ok=True)
         card.save(os.path.join(self.args.output_dir, MODEL_CARD_NAME))

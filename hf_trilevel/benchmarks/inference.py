@@ -35,7 +35,7 @@ from .options import (
     trilevel_config,
 )
 from .report import check_writable, environment, markdown_table, mib, write_json
-from .timing import interleaved_times, peak_memory_bytes, print_progress
+from .timing import interleaved_times, peak_memories, print_progress
 
 
 @dataclass
@@ -86,9 +86,8 @@ def benchmark_inference(
     runs |= {setting.name: forward(trilevel_forward) for setting in trilevel_settings}
     prepare = {setting.name: switch_setting(trilevel, setting) for setting in trilevel_settings}
     times = interleaved_times(runs, repeats, warmup, target.device, progress, prepare)
-    memory = {name: None for name in runs}
-    if measure_memory and not (target.compile and target.device.type != "cuda"):
-        memory = {name: _peak_memory(runs[name], prepare.get(name), target.device) for name in runs}
+    # The CPU tracker is a dispatch mode, which compiled graphs bypass: no figure rather than a wrong one.
+    memory = peak_memories(runs, target.device, prepare, skip=not measure_memory or target.compiled_on_cpu)
 
     dense_median = statistics.median(times[DENSE_NAME])
     results = []
@@ -113,12 +112,6 @@ def benchmark_inference(
         )
     _add_attention_overheads(results, trilevel_settings)
     return results
-
-
-def _peak_memory(run: Callable[[], None], prepare: Callable[[], None] | None, device: torch.device) -> int:
-    if prepare is not None:
-        prepare()
-    return peak_memory_bytes(run, device)
 
 
 def _add_attention_overheads(results: list[InferenceResult], trilevel_settings: list[Setting]) -> None:

@@ -8,7 +8,7 @@ here, before any model is built, and bad ones raise `CommandError` with the argu
 import argparse
 import itertools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from transformers import ViTConfig, ViTForImageClassification
@@ -73,7 +73,11 @@ class RunTarget:
     dtype: torch.dtype
     attn_implementation: str
     compile: bool = False
-    extras: dict = field(default_factory=dict)
+
+    @property
+    def compiled_on_cpu(self) -> bool:
+        """Compiled graphs bypass the CPU memory tracker's dispatch mode, so no CPU memory figure is taken then."""
+        return self.compile and self.device.type != "cuda"
 
 
 def add_shape_arguments(parser: argparse.ArgumentParser, default_preset: str = "deit-tiny") -> None:

@@ -154,3 +154,21 @@ def peak_memory_bytes(function: Callable[[], object], device: torch.device) -> i
     with TensorMemoryTracker() as tracker:
         function()
     return tracker.peak
+
+
+def peak_memories(
+    runs: dict[str, Callable[[], object]],
+    device: torch.device,
+    prepare: dict[str, Callable[[], object]] | None = None,
+    skip: bool = False,
+) -> dict[str, int | None]:
+    """`peak_memory_bytes` of one call of each run (after its `prepare`), or None for all when `skip`."""
+    if skip:
+        return dict.fromkeys(runs)
+    prepare = prepare or {}
+    memory: dict[str, int | None] = {}
+    for name, run in runs.items():
+        if name in prepare:
+            prepare[name]()
+        memory[name] = peak_memory_bytes(run, device)
+    return memory

@@ -43,7 +43,7 @@ from .options import (
     trilevel_config,
 )
 from .report import check_writable, environment, markdown_table, mib, write_json
-from .timing import interleaved_times, peak_memory_bytes, print_progress
+from .timing import interleaved_times, peak_memories, print_progress
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -129,13 +129,7 @@ def benchmark_training_steps(
         runs[setting.name] = _training_step(trilevel_model, optimizers[1], pixel_values, labels, target)
     prepare = {setting.name: switch_setting(trilevel, setting) for setting in trilevel_settings}
     times = interleaved_times(runs, repeats, warmup, target.device, progress, prepare)
-    memory = {name: None for name in runs}
-    if measure_memory and not (target.compile and target.device.type != "cuda"):
-        memory = {}
-        for name, run in runs.items():
-            if name in prepare:
-                prepare[name]()
-            memory[name] = peak_memory_bytes(run, target.device)
+    memory = peak_memories(runs, target.device, prepare, skip=not measure_memory or target.compiled_on_cpu)
 
     dense_median = statistics.median(times[DENSE_NAME])
     results = []
