@@ -18,7 +18,8 @@ from .modeling_trilevel_vit import (
     TriLevelViTPreTrainedModel,
 )
 from .token_reduction import token_schedule
-from .trainer import ExamplePruningTrainerMixin, TriLevelTrainer
+from .trainer import TriLevelTrainer
+from .training_technique import TrainingBatch, TrainingTechnique, sum_across_processes
 
 AutoConfig.register(TriLevelViTConfig.model_type, TriLevelViTConfig, exist_ok=True)
 AutoModel.register(TriLevelViTConfig, TriLevelViTModel, exist_ok=True)
@@ -28,12 +29,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExamplePruningCallback",
-    "ExamplePruningTrainerMixin",
     "ForgettingPolicy",
     "KeepRateScheduleCallback",
     "LossPolicy",
     "NoPruning",
     "PruningPolicy",
+    "TrainingBatch",
+    "TrainingTechnique",
     "TriLevelTrainer",
     "TriLevelViTConfig",
     "TriLevelViTForImageClassification",
@@ -42,5 +44,6 @@ __all__ = [
     "TriLevelViTModelOutput",
     "TriLevelViTPreTrainedModel",
     "default_token_prune_layers",
+    "sum_across_processes",
     "token_schedule",
 ]

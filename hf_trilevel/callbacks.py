@@ -1,17 +1,26 @@
 """Trainer callbacks: example-level pruning and the token keep-rate warm-up.
 
-Both are passed as `Trainer(callbacks=[...])`. Example pruning also needs per-example losses and a sampler, which the
-stock `Trainer` cannot hand to a callback, so it runs under `hf_trilevel.TriLevelTrainer` (a drop-in `Trainer`);
-the keep-rate schedule works with any `Trainer`.
+Both are passed as `Trainer(callbacks=[...])` and are training techniques (`hf_trilevel.training_technique`).
+Example pruning also needs per-example losses and a sampler, which the stock `Trainer` cannot hand to a callback, so
+it runs under `hf_trilevel.TriLevelTrainer` (a drop-in `Trainer`); the keep-rate schedule works with any `Trainer`.
 """
 
 import math
 
+import torch
 import torch.distributed as dist
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from .configuration_trilevel_vit import check_keep_rate
-from .data_pruning import POLICIES, ExamplePruner, PruningPolicy, find_pruning_sampler
+from .data_pruning import (
+    POLICIES,
+    ExamplePruner,
+    ExampleStatistics,
+    PrunedEpochSampler,
+    PruningPolicy,
+    find_pruning_sampler,
+)
+from .training_technique import TrainingBatch, TrainingTechnique, sum_across_processes
+from .value_checks import check_fraction, check_keep_rate, check_number
 
 
 def build_policy(policy: str | PruningPolicy, **settings) -> PruningPolicy:
@@ -28,7 +37,7 @@ def build_policy(policy: str | PruningPolicy, **settings) -> PruningPolicy:
         raise ValueError(f"unknown setting for the {policy!r} example pruning policy: {error}.") from None
 
 
-class ExamplePruningCallback(TrainerCallback):
+class ExamplePruningCallback(TrainingTechnique):
     """Prune the training set by example importance; every rank takes the same decision.
 
     Policies:
@@ -41,9 +50,11 @@ class ExamplePruningCallback(TrainerCallback):
         `"none"`: every example every epoch.
         A `PruningPolicy` instance: your own policy.
 
-    Use with `TriLevelTrainer` and `TrainingArguments(remove_unused_columns=False)`. Each epoch logs
+    A training technique (`hf_trilevel.training_technique`): it records every training example's loss and
+    correctness (`observe`), weights the losses (`loss_weights`), serves each epoch's kept set (`train_sampler`) and
+    keeps its statistics and plan in every checkpoint (safetensors + JSON), restored on `resume_from_checkpoint` at any
+    world size. Use with `TriLevelTrainer` and `TrainingArguments(remove_unused_columns=False)`. Each epoch logs
     `example_pruning/kept`, `.../kept_fraction` and `.../digest` (a fingerprint of the kept set) to the log history.
-    Pruning state is saved with every checkpoint (safetensors + JSON) and restored on `resume_from_checkpoint`.
 
     Args:
         policy: a policy name or object.
@@ -51,14 +62,18 @@ class ExamplePruningCallback(TrainerCallback):
         **settings: the policy's settings listed above.
     """
 
+    name = "example_pruning"
+    needs_example_index = True
+
     def __init__(self, policy: str | PruningPolicy = "forgetting", seed: int | None = None, **settings):
         self.policy = build_policy(policy, **settings)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"`seed` must be a non-negative integer or None, got {seed!r}.")
         self.seed = seed
         self.pruner: ExamplePruner | None = None
+        self._process_index = 0
 
-    def setup(self, args: TrainingArguments, num_examples: int, device) -> ExamplePruner:
+    def setup(self, args: TrainingArguments, num_examples: int | None, device) -> ExamplePruner:
         """Called by the trainer before it builds the train dataloader: check the run, plan every epoch."""
         if args.remove_unused_columns:
             raise ValueError(
@@ -81,10 +96,62 @@ class ExamplePruningCallback(TrainerCallback):
                 "every process would train its own copy on all the data. On machines without GPUs pass "
                 "`use_cpu=True` (`--use_cpu`) to TrainingArguments for DDP over gloo."
             )
+        if num_examples is None:
+            raise ValueError("ExamplePruningCallback needs a training set with a length (a map-style dataset).")
+        self._process_index = args.process_index
         self.pruner = ExamplePruner(self.policy, self.seed if self.seed is not None else args.seed)
         self.pruner.begin(num_examples, int(args.num_train_epochs), device)
         return self.pruner
 
+    # -- the loss seam ------------------------------------------------------------------------------------------
+    def observe(self, batch: TrainingBatch) -> None:
+        correct = batch.outputs["logits"].detach().argmax(-1) == batch.labels
+        self.pruner.statistics.record(batch.example_index, batch.per_example_loss.detach(), correct)
+
+    def loss_weights(self, batch: TrainingBatch) -> torch.Tensor | None:
+        return self.pruner.loss_weights(batch.example_index.to(batch.per_example_loss.device))
+
+    # -- the data seam ------------------------------------------------------------------------------------------
+    def train_sampler(self, num_examples: int) -> PrunedEpochSampler:
+        return PrunedEpochSampler(self.pruner)
+
+    # -- the state seam -----------------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Running statistics and the plan (identical on every rank), and this epoch's buffers summed over ranks."""
+        tensors = self.pruner.state_tensors()
+        for name in ExampleStatistics.EPOCH:
+            tensors[f"statistics.{name}"] = sum_across_processes(getattr(self.pruner.statistics, name)).cpu()
+        return tensors
+
+    def state_metadata(self) -> dict:
+        return self.pruner.state_metadata()
+
+    def load_state(self, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+        # The epoch buffers hold every rank's sum so far; one rank carries it, so the end-of-epoch sum is right at
+        # any world size.
+        if self._process_index != 0:
+            for name in ExampleStatistics.EPOCH:
+                tensors[f"statistics.{name}"] = torch.zeros_like(tensors[f"statistics.{name}"])
+        self.pruner.load_state(tensors, metadata)
+
+    def card_settings(self) -> dict:
+        return self.policy.config()
+
+    def epoch_summary(self) -> dict[str, float | int | str]:
+        return self.pruner.summary()
+
+    def on_resume(self, epoch: int) -> None:
+        # A checkpoint written at an epoch's last step precedes that epoch's end: finish it as the run would have.
+        while self.pruner.plan_epoch < min(epoch, len(self.pruner.sizes) - 1):
+            self.pruner.end_epoch(self.pruner.plan_epoch)
+
+    def example_fraction_seen(self) -> float | None:
+        """Share of (epochs x examples) that the planned epochs serve, or None before `setup`."""
+        if self.pruner is None or not self.pruner.sizes:
+            return None
+        return sum(self.pruner.sizes) / (len(self.pruner.sizes) * self.pruner.num_examples)
+
+    # -- Trainer events -----------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         if self.pruner is None or find_pruning_sampler(train_dataloader) is None:
             raise RuntimeError(
@@ -106,7 +173,7 @@ def cosine_keep_rate(
     return target + (1.0 - target) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class KeepRateScheduleCallback(TrainerCallback):
+class KeepRateScheduleCallback(TrainingTechnique):
     """Token keep-rate warm-up (Tri-Level E-ViT / EViT): train dense first, then drop tokens gradually.
 
     The rate is 1.0 for the first `warmup_fraction` of the optimizer steps, then follows a per-step cosine down to
@@ -131,17 +198,8 @@ class KeepRateScheduleCallback(TrainerCallback):
     ):
         if target_token_keep_rate is not None:
             target_token_keep_rate = check_keep_rate("target_token_keep_rate", target_token_keep_rate)
-        for name, value, low_ok in (
-            ("warmup_fraction", warmup_fraction, True),
-            ("decay_fraction", decay_fraction, False),
-        ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not ((0 <= value < 1) if low_ok else (0 < value <= 1))
-            ):
-                allowed = "[0, 1)" if low_ok else "(0, 1]"
-                raise ValueError(f"`{name}` must be in {allowed}, got {value!r}.")
+        warmup_fraction = check_number("warmup_fraction", warmup_fraction, 0.0, 1.0, low_open=False, high_open=True)
+        decay_fraction = check_fraction("decay_fraction", decay_fraction)
         if warmup_fraction + decay_fraction > 1 + 1e-9:
             raise ValueError(
                 f"`warmup_fraction + decay_fraction` must be <= 1, got {warmup_fraction} + {decay_fraction}."
@@ -151,6 +209,15 @@ class KeepRateScheduleCallback(TrainerCallback):
         self.decay_fraction = float(decay_fraction)
         self._target: float | None = None
         self._total_steps = 0
+
+    name = "keep_rate_schedule"
+
+    def card_settings(self) -> dict:
+        return {
+            "target_token_keep_rate": self._target or self.target_token_keep_rate,
+            "warmup_fraction": round(self.warmup_fraction, 4),
+            "decay_fraction": round(self.decay_fraction, 4),
+        }
 
     def rate_at(self, step: int) -> float:
         return cosine_keep_rate(step, self._total_steps, self._target, self.warmup_fraction, self.decay_fraction)

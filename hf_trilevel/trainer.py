@@ -1,198 +1,177 @@
-"""The smallest `Trainer` extension that lets `ExamplePruningCallback` work.
+"""`TriLevelTrainer`: a drop-in `transformers.Trainer` that composes training techniques through one seam.
 
-The stock `Trainer` hands callbacks neither the batch nor the loss, builds its own sampler, and assumes every epoch
-has the same number of steps. Example pruning needs per-example losses, a sampler that serves the kept set, and
-epochs whose (planned) sizes differ. `ExamplePruningTrainerMixin` adds exactly that and nothing else; without an
-`ExamplePruningCallback` among the callbacks it behaves like the class it is mixed into.
+Techniques (`hf_trilevel.training_technique.TrainingTechnique`, passed as ordinary callbacks) shape the loss, serve
+the training set and keep state in checkpoints; this class is the only place that talks to the Trainer for them.
+With no technique that needs per-example losses it computes the loss exactly as `Trainer` does.
+
+Private Trainer members this module relies on, each because no public hook exists (tests/test_trainer_contract.py
+pins their signatures, so a transformers release that changes one fails with a message naming it):
+
+* `_init_training_state` -- where a resumed run's epoch and step are computed (`global_step //
+  steps_per_epoch`, which is wrong when epochs have planned, different sizes) and where the Trainer reads
+  `trainer_state.json`; techniques' state is restored here too, before the first epoch's sampler is drawn.
+* `_run_epoch` -- receives one `steps_in_epoch` for every epoch; planned epochs need their own.
+* `_train_batch_size` (read only) -- the batch size `auto_find_batch_size` settled on.
 """
 
-import json
 import math
 import os
+from functools import partial
 
-import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch.utils.data import Dataset
+import datasets
+from torch.utils.data import DataLoader
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
-from .callbacks import ExamplePruningCallback
 from .configuration_trilevel_vit import TriLevelViTConfig
-from .data_pruning import ExamplePruner, PrunedEpochSampler, find_pruning_sampler
+from .data_pruning import ExamplePruner
+from .example_index import EXAMPLE_INDEX, IndexCollator, IndexedDataset
+from .loss_terms import LossTermLog, composed_loss
 from .model_card import trainer_model_card
+from .training_technique import TrainingTechnique, load_technique_state, save_technique_state
 
-EXAMPLE_INDEX = "example_index"
-STATE_TENSORS = "example_pruning.safetensors"
-STATE_METADATA = "example_pruning.json"
-EPOCH_BUFFERS = "example_pruning_epoch_rank{rank}.safetensors"
 MODEL_CARD_NAME = "README.md"
 TRAINING_ARGS_PICKLE = "training_args.bin"  # what transformers writes
 TRAINING_ARGS_JSON = "training_args.json"  # what we write instead
+INITIAL_TRAINING_VALUES = (
+    "num_train_epochs",
+    "num_update_steps_per_epoch",
+    "num_examples",
+    "num_train_samples",
+    "total_train_batch_size",
+    "steps_in_epoch",
+    "max_steps",
+)
 
 
-class IndexedDataset(Dataset):
-    """A view of a dataset whose items also carry their position, the key of every per-example statistic.
+class TriLevelTrainer(Trainer):
+    """`transformers.Trainer` plus the training-technique seam, pickle-free saves and TriLevel model cards.
 
-    Works with `datasets.Dataset` (including `set_transform` / `with_transform` pipelines, fetched a batch at a
-    time through `__getitems__`) and with any map-style torch dataset of dicts.
+    Args:
+        per_example_loss_func: optional `(outputs, labels) -> [batch]` losses, used instead of the model's loss
+            function when a technique needs per-example losses (`compute_loss_func` returns a reduced loss, so it
+            cannot serve them).
+        *args, **kwargs: as for `transformers.Trainer`.
     """
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    def __init__(self, *args, per_example_loss_func=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_hub_strategy(self.args)
+        self.per_example_loss_func = per_example_loss_func
+        self.loss_terms = LossTermLog()
+        self._planned_update_steps: list[int] | None = None
 
-    def __len__(self) -> int:
-        return len(self.dataset)
+    # -- the techniques ---------------------------------------------------------------------------------------
+    def techniques(self) -> list[TrainingTechnique]:
+        """The training techniques among the callbacks, in callback order; their names must be unique."""
+        found = [cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainingTechnique)]
+        names = [technique.name for technique in found]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"pass at most one training technique named {duplicates[0]!r} to the trainer.")
+        return found
 
-    def __getitem__(self, index: int) -> dict:
-        return {**self.dataset[index], EXAMPLE_INDEX: index}
+    def technique_settings(self) -> dict[str, dict]:
+        """Plain-data settings of every technique, keyed by its name (what the model card shows)."""
+        settings = {}
+        for technique in self.techniques():
+            card = technique.card_settings()
+            if card is not None:
+                settings[technique.name] = card
+        return settings
 
-    def __getitems__(self, indices: list[int]) -> list[dict]:
-        fetch_many = getattr(self.dataset, "__getitems__", None)
-        items = fetch_many(indices) if fetch_many is not None else [self.dataset[i] for i in indices]
-        return [{**item, EXAMPLE_INDEX: index} for item, index in zip(items, indices, strict=True)]
-
-
-class IndexCollator:
-    """Runs the user's collator on the features without `example_index`, then adds the indices as a tensor."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, features: list[dict]) -> dict:
-        indices = torch.tensor([feature[EXAMPLE_INDEX] for feature in features], dtype=torch.long)
-        batch = self.collator([{k: v for k, v in f.items() if k != EXAMPLE_INDEX} for f in features])
-        batch[EXAMPLE_INDEX] = indices
-        return batch
-
-
-class ExamplePruningTrainerMixin:
-    """Per-example losses, the pruning sampler, planned epoch lengths and resumable pruning state for a Trainer."""
-
-    def _example_pruning_callback(self) -> ExamplePruningCallback | None:
-        callbacks = [cb for cb in self.callback_handler.callbacks if isinstance(cb, ExamplePruningCallback)]
-        if len(callbacks) > 1:
-            raise ValueError("pass at most one ExamplePruningCallback to the trainer.")
-        return callbacks[0] if callbacks else None
+    def example_fraction_seen(self) -> float | None:
+        """Share of (epochs x examples) the planned epochs serve, when a technique plans them."""
+        for technique in self.techniques():
+            fraction = getattr(technique, "example_fraction_seen", None)
+            if callable(fraction) and fraction() is not None:
+                return fraction()
+        return None
 
     @property
     def example_pruner(self) -> ExamplePruner | None:
-        callback = self._example_pruning_callback()
-        return callback.pruner if callback is not None else None
+        """The run's `ExamplePruner`, if an `ExamplePruningCallback` is among the callbacks."""
+        return next((getattr(t, "pruner", None) for t in self.techniques() if t.name == "example_pruning"), None)
 
-    # -- data: indexed examples, served by the pruning sampler ------------------------------------------------
-    def get_train_dataloader(self):
-        callback = self._example_pruning_callback()
-        if callback is None:
-            return super().get_train_dataloader()
+    # -- data: technique samplers and example positions --------------------------------------------------------
+    def get_train_dataloader(self) -> DataLoader:
+        techniques = self.techniques()
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
-        if "label" not in _column_names(self.train_dataset) and "labels" not in _column_names(self.train_dataset):
+        num_examples = len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else None
+        for technique in techniques:
+            technique.setup(self.args, num_examples, self.args.device)
+        self._check_per_example_losses(techniques)
+        samplers = [(t.name, s) for t in techniques if (s := t.train_sampler(num_examples)) is not None]
+        if len(samplers) > 1:
             raise ValueError(
-                "ExamplePruningCallback needs a labelled training set (a `label` or `labels` column): statistics "
-                f"are per-example losses and correctness; found columns {_column_names(self.train_dataset)}."
+                f"only one technique may serve the training set; got samplers from {[n for n, _ in samplers]}."
             )
-        callback.setup(self.args, len(self.train_dataset), self.args.device)
-        user_collator = self.data_collator
-        self.data_collator = IndexCollator(user_collator)
-        try:
-            return self._get_dataloader(
-                dataset=IndexedDataset(self.train_dataset),
-                description="Training",
-                batch_size=self._train_batch_size,
-                sampler_fn=self._get_train_sampler,
-                is_training=True,
-            )
-        finally:
-            self.data_collator = user_collator
+        needs_index = any(technique.needs_example_index for technique in techniques)
+        if not samplers and not needs_index:
+            return super().get_train_dataloader()
+        dataset = IndexedDataset(self.train_dataset) if needs_index else self.train_dataset
+        loader = DataLoader(
+            dataset,
+            batch_size=self._train_batch_size,
+            sampler=samplers[0][1] if samplers else None,
+            shuffle=False,
+            collate_fn=IndexCollator(self.data_collator) if needs_index else self.data_collator,
+            drop_last=self.args.dataloader_drop_last,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+            worker_init_fn=partial(
+                seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
+            ),
+        )
+        return self.accelerator.prepare(loader)
 
-    def _get_train_sampler(self, train_dataset=None):
-        pruner = self.example_pruner
-        if pruner is None:
-            return super()._get_train_sampler(train_dataset)
-        return PrunedEpochSampler(pruner)
+    def _check_per_example_losses(self, techniques: list[TrainingTechnique]) -> None:
+        needing = [t.name for t in techniques if t.needs_per_example_loss()]
+        if not needing:
+            return
+        columns = _column_names(self.train_dataset)
+        if "label" not in columns and "labels" not in columns:
+            raise ValueError(
+                f"{needing[0]} needs a labelled training set (a `label` or `labels` column): its statistics are "
+                f"per-example losses; found columns {columns}."
+            )
+        if self.compute_loss_func is not None and self.per_example_loss_func is None:
+            raise ValueError(
+                f"{needing[0]} needs per-example losses, but `compute_loss_func` returns a reduced loss; pass "
+                "`per_example_loss_func=(outputs, labels) -> [batch] losses` to TriLevelTrainer instead."
+            )
 
     # -- exact step counts for epochs of planned, possibly different, sizes ------------------------------------
     def set_initial_training_values(self, args, dataloader):
         values = super().set_initial_training_values(args, dataloader)
-        pruner = self.example_pruner
-        if pruner is None:
+        self._planned_update_steps = None
+        sampler = find_planned_sampler(dataloader)
+        if sampler is None:
             return values
-        _, _, num_examples, _, total_batch_size, _, _ = values
-        sampler = find_pruning_sampler(dataloader)
+        if len(values) != len(INITIAL_TRAINING_VALUES):
+            raise RuntimeError(
+                f"transformers' Trainer.set_initial_training_values returned {len(values)} values, expected "
+                f"{INITIAL_TRAINING_VALUES}; this transformers release is not supported by TriLevelTrainer's planned "
+                "epochs (tests/test_trainer_contract.py)."
+            )
+        named = dict(zip(INITIAL_TRAINING_VALUES, values, strict=True))
         batches = []
-        for epoch in range(len(pruner.sizes)):
+        for epoch in range(sampler.planned_epochs):
             sampler.measured_epoch = epoch
             batches.append(len(dataloader))
         sampler.measured_epoch = None
-        accumulation = args.gradient_accumulation_steps
-        self._planned_update_steps = [math.ceil(b / accumulation) for b in batches]
-        max_steps = sum(self._planned_update_steps)
-        return (
-            len(pruner.sizes),
-            self._planned_update_steps[0],
-            num_examples,
-            sum(pruner.sizes),
-            total_batch_size,
-            batches[0],
-            max_steps,
+        self._planned_update_steps = [math.ceil(b / args.gradient_accumulation_steps) for b in batches]
+        named.update(
+            num_train_epochs=len(batches),
+            num_update_steps_per_epoch=self._planned_update_steps[0],
+            num_train_samples=_planned_samples(sampler),
+            steps_in_epoch=batches[0],
+            max_steps=sum(self._planned_update_steps),
         )
-
-    def _run_epoch(self, *args, **kwargs):
-        pruner = self.example_pruner
-        if pruner is not None:
-            epoch = kwargs["epoch"]
-            if pruner.plan_epoch != epoch:
-                raise RuntimeError(f"example pruning planned epoch {pruner.plan_epoch}, but epoch {epoch} is starting.")
-            batches = len(kwargs["train_dataloader"])
-            kwargs["steps_in_epoch"] = batches
-            kwargs["num_update_steps_per_epoch"] = math.ceil(batches / self.args.gradient_accumulation_steps)
-            summary = pruner.summary()
-            self.log({f"example_pruning/{key}": value for key, value in summary.items()})
-        return super()._run_epoch(*args, **kwargs)
-
-    # -- per-example losses ------------------------------------------------------------------------------------
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        pruner = self.example_pruner
-        if pruner is None or EXAMPLE_INDEX not in inputs:
-            return super().compute_loss(
-                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
-        example_index = inputs.pop(EXAMPLE_INDEX)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        # The same loss the model computes for single-label classification (sum over the batch divided by
-        # num_items_in_batch when the Trainer counts items, so gradient accumulation stays exact), kept per example.
-        per_example = F.cross_entropy(
-            logits.float(), labels, reduction="none", label_smoothing=self.args.label_smoothing_factor
-        )
-        if model.training:
-            pruner.statistics.record(example_index, per_example.detach(), logits.detach().argmax(-1) == labels)
-        weights = pruner.loss_weights(example_index.to(per_example.device))
-        if weights is not None:
-            per_example = per_example * weights
-        loss = per_example.sum() / num_items_in_batch if num_items_in_batch is not None else per_example.mean()
-        return (loss, outputs) if return_outputs else loss
-
-    # -- resumable state ---------------------------------------------------------------------------------------
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        pruner = self.example_pruner
-        if pruner is None:
-            return
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        os.makedirs(folder, exist_ok=True)
-        tensors = pruner.state_tensors()
-        epoch_keys = [f"statistics.{name}" for name in pruner.statistics.EPOCH]
-        save_file(
-            {k: tensors[k] for k in epoch_keys},
-            os.path.join(folder, EPOCH_BUFFERS.format(rank=self.args.process_index)),
-        )
-        if self.args.should_save:
-            save_file({k: v for k, v in tensors.items() if k not in epoch_keys}, os.path.join(folder, STATE_TENSORS))
-            with open(os.path.join(folder, STATE_METADATA), "w") as file:
-                json.dump(pruner.state_metadata(), file, indent=2)
+        return tuple(named[name] for name in INITIAL_TRAINING_VALUES)
 
     def _init_training_state(
         self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
@@ -200,40 +179,159 @@ class ExamplePruningTrainerMixin:
         epochs_trained, steps_into_epoch = super()._init_training_state(
             max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
         )
-        pruner = self.example_pruner
-        if pruner is None or resume_from_checkpoint is None or self.state.global_step == 0:
+        self.loss_terms = LossTermLog(start_step=self.state.global_step)
+        if resume_from_checkpoint is None or self.state.global_step == 0:
             return epochs_trained, steps_into_epoch
-        self._load_pruning_state(pruner, resume_from_checkpoint)
-        remaining = self.state.global_step
-        epoch = 0
+        for technique in self.techniques():
+            if technique.has_state():
+                load_technique_state(technique, resume_from_checkpoint)
+        if self._planned_update_steps is None:
+            return epochs_trained, steps_into_epoch
+        remaining, epoch = self.state.global_step, 0
         while epoch < len(self._planned_update_steps) and remaining >= self._planned_update_steps[epoch]:
             remaining -= self._planned_update_steps[epoch]
             epoch += 1
+        for technique in self.techniques():
+            technique.on_resume(epoch)
         if self.args.ignore_data_skip:
             remaining = 0
         return epoch, remaining * self.args.gradient_accumulation_steps
 
-    def _load_pruning_state(self, pruner: ExamplePruner, checkpoint: str) -> None:
-        metadata_path = os.path.join(checkpoint, STATE_METADATA)
-        if not os.path.isfile(metadata_path):
-            raise ValueError(
-                f"{checkpoint} has no example pruning state ({STATE_METADATA}); it was not saved by a run with "
-                "ExamplePruningCallback, so the pruning decisions cannot be resumed."
+    def _run_epoch(self, *args, **kwargs):
+        if self._planned_update_steps is not None:
+            epoch, dataloader = kwargs["epoch"], kwargs["train_dataloader"]
+            sampler = find_planned_sampler(dataloader)
+            if sampler.current_epoch != epoch:
+                raise RuntimeError(
+                    f"the training set was planned for epoch {sampler.current_epoch}, but epoch {epoch} is starting."
+                )
+            kwargs["steps_in_epoch"] = len(dataloader)
+            kwargs["num_update_steps_per_epoch"] = self._planned_update_steps[epoch]
+            for technique in self.techniques():
+                summary = technique.epoch_summary()
+                if summary:
+                    self.log({f"{technique.name}/{key}": value for key, value in summary.items()})
+        return super()._run_epoch(*args, **kwargs)
+
+    # -- the loss seam -----------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's loss, then every technique's per-example weights, then their extra terms (each logged).
+
+        Without a technique that needs per-example losses (and always in evaluation) this is `Trainer.compute_loss`.
+        Otherwise see `hf_trilevel.loss_terms.composed_loss`: the sum over the step's examples is divided by the
+        Trainer's `num_items_in_batch` and multiplied by the number of processes, as the Trainer does for a model
+        that takes loss kwargs, so gradient accumulation and DDP stay exact.
+        """
+        techniques = [t for t in self.techniques() if t.needs_per_example_loss()] if model.training else []
+        example_index = inputs.pop(EXAMPLE_INDEX, None)
+        if not techniques:
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )
-        with open(metadata_path) as file:
-            metadata = json.load(file)
-        tensors = load_file(os.path.join(checkpoint, STATE_TENSORS))
-        # Epoch buffers are summed over ranks at the epoch's end, so the saved ranks' buffers, summed into rank 0,
-        # resume correctly on any number of processes.
-        buffers = [
-            load_file(os.path.join(checkpoint, name))
-            for name in sorted(os.listdir(checkpoint))
-            if name.startswith("example_pruning_epoch_rank")
-        ]
-        for key in (f"statistics.{name}" for name in pruner.statistics.EPOCH):
-            total = sum(buffer[key] for buffer in buffers)
-            tensors[key] = total if self.args.process_index == 0 else torch.zeros_like(total)
-        pruner.load_state(tensors, metadata)
+            if model.training:
+                self.loss_terms.record_outputs(outputs)
+            return (loss, outputs) if return_outputs else loss
+        num_processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+        loss, outputs, terms = composed_loss(
+            model,
+            inputs,
+            techniques,
+            config=self.accelerator.unwrap_model(model).config,
+            example_index=example_index,
+            num_items_in_batch=num_items_in_batch,
+            num_processes=num_processes,
+            label_smoothing=self.args.label_smoothing_factor,
+            per_example_loss_func=self.per_example_loss_func,
+        )
+        self.loss_terms.record(terms)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Log as `Trainer` does, adding each loss term's mean per optimizer step since the last training log."""
+        if "loss" in logs:
+            logs = {**logs, **self.loss_terms.drain(self.state.global_step)}
+        super().log(logs, start_time)
+
+    # -- saving: technique state in checkpoints, no pickles ----------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save as `Trainer` does; in a checkpoint, also every technique's state; never a pickle.
+
+        Technique state is written here, before the Trainer writes `trainer_state.json` and rotates old checkpoints,
+        so a checkpoint that has its Trainer state also has every technique's. `training_args.bin` (a `torch.save`
+        pickle that `Trainer._save` adds everywhere and `push_to_hub` uploads) is replaced by `training_args.json`.
+        """
+        super().save_model(output_dir, _internal_call=_internal_call)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            pickled = os.path.join(folder, TRAINING_ARGS_PICKLE)
+            if os.path.isfile(pickled):
+                os.remove(pickled)
+            if os.path.isdir(folder):
+                with open(os.path.join(folder, TRAINING_ARGS_JSON), "w", encoding="utf-8") as file:
+                    file.write(self.args.to_json_string())
+        if (
+            _internal_call
+            and os.path.basename(os.path.normpath(folder)) == f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        ):
+            for technique in self.techniques():
+                if technique.has_state():
+                    save_technique_state(technique, folder, self.args.should_save)
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Write the TriLevel model card, `README.md`, into `args.output_dir` (main process only).
+
+        Same signature as `transformers.Trainer.create_model_card`, which `push_to_hub` calls before uploading, so
+        the pushed card is this one (see `hf_trilevel.model_card`). A model that is not a TriLevel one gets
+        transformers' card. `tasks` is accepted for compatibility: the card is always for image classification.
+        """
+        if not self.is_world_process_zero():
+            return
+        card_arguments = {
+            "language": language, "license": license, "tags": tags, "model_name": model_name,
+            "finetuned_from": finetuned_from, "dataset_tags": dataset_tags, "dataset": dataset,
+            "dataset_args": dataset_args,
+        }  # fmt: skip
+        if not isinstance(getattr(self.accelerator.unwrap_model(self.model), "config", None), TriLevelViTConfig):
+            super().create_model_card(tasks=tasks, **card_arguments)
+            return
+        card = trainer_model_card(self, **card_arguments)
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        card.save(os.path.join(self.args.output_dir, MODEL_CARD_NAME))
+
+
+def find_planned_sampler(dataloader):
+    """The sampler behind a train dataloader that plans its epochs (`planned_epochs`, `measured_epoch`), or None.
+
+    accelerate keeps the sampler by reference inside its batch-sampler wrapper, so both layouts are searched.
+    """
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    for candidate in (
+        getattr(batch_sampler, "sampler", None),
+        getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None),
+    ):
+        if hasattr(candidate, "planned_epochs") and hasattr(candidate, "measured_epoch"):
+            return candidate
+    return None
+
+
+def _planned_samples(sampler) -> int:
+    total = 0
+    for epoch in range(sampler.planned_epochs):
+        sampler.measured_epoch = epoch
+        total += len(sampler)
+    sampler.measured_epoch = None
+    return total
 
 
 def check_hub_strategy(args) -> None:
@@ -262,63 +360,10 @@ def _column_names(dataset) -> list[str]:
     names = getattr(dataset, "column_names", None)
     if names is not None:
         return list(names)
+    if isinstance(dataset, datasets.IterableDataset):
+        return []
     first = dataset[0]
     return list(first) if isinstance(first, dict) else []
 
 
-class TriLevelTrainer(ExamplePruningTrainerMixin, Trainer):
-    """`transformers.Trainer` plus what `ExamplePruningCallback` needs and TriLevel model cards; a drop-in."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        check_hub_strategy(self.args)
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Save as `Trainer` does, but write the training arguments as `training_args.json`, not a pickle.
-
-        `Trainer._save` adds `training_args.bin` (`torch.save`) to every saved folder and checkpoint, and
-        `push_to_hub` uploads it. Nothing a user loads or pushes should need unpickling; resuming never reads it.
-        """
-        super()._save(output_dir, state_dict=state_dict)
-        folder = output_dir if output_dir is not None else self.args.output_dir
-        if self.args.should_save:
-            pickled = os.path.join(folder, TRAINING_ARGS_PICKLE)
-            if os.path.isfile(pickled):
-                os.remove(pickled)
-            with open(os.path.join(folder, TRAINING_ARGS_JSON), "w") as file:
-                file.write(self.args.to_json_string())
-
-    def create_model_card(
-        self,
-        language: str | None = None,
-        license: str | None = None,
-        tags: str | list[str] | None = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str] | None = None,
-        dataset_args: str | list[str] | None = None,
-    ) -> None:
-        """Write the TriLevel model card, `README.md`, into `args.output_dir` (main process only).
-
-        Same signature as `transformers.Trainer.create_model_card`, which `push_to_hub` calls before uploading, so
-        the pushed card is this one: Hub metadata with the measured accuracy in `model-index`, the checkpoint's
-        sparsity settings, FLOPs against dense, training time, example-pruning settings, usage and citations (see
-        `hf_trilevel.model_card`). `dataset_tags` / `dataset` name the evaluation data (Hub id / readable name);
-        without them a `datasets` builder name is used if there is one. `tasks` is accepted for compatibility:
-        the card is always for image classification. A model that is not a TriLevel one gets transformers' card.
-        """
-        if not self.is_world_process_zero():
-            return
-        card_arguments = {
-            "language": language, "license": license, "tags": tags, "model_name": model_name,
-            "finetuned_from": finetuned_from, "dataset_tags": dataset_tags, "dataset": dataset,
-            "dataset_args": dataset_args,
-        }  # fmt: skip
-        if not isinstance(getattr(self.accelerator.unwrap_model(self.model), "config", None), TriLevelViTConfig):
-            super().create_model_card(tasks=tasks, **card_arguments)
-            return
-        card = trainer_model_card(self, **card_arguments)
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        card.save(os.path.join(self.args.output_dir, MODEL_CARD_NAME))
+__all__ = ["TRAINING_ARGS_JSON", "TriLevelTrainer", "check_hub_strategy", "find_planned_sampler"]

@@ -54,3 +54,9 @@ def test_distributed_step_counts_are_exact(reports, policy):
     assert reports[0]["forgetting"]["max_steps"] == 4 * 4
     # loss keeps 128, 96, 96, 128 over 4 epochs -> 4 + 3 + 3 + 4 steps a rank.
     assert reports[0]["loss"]["max_steps"] == 14
+
+
+def test_the_composed_per_example_loss_trains_like_the_trainers_own_on_two_processes(reports):
+    # The sum over the step's examples is divided by the count gathered over both ranks and multiplied by the number
+    # of processes, as the Trainer does: without that factor DDP's averaging would halve every gradient.
+    assert reports[0]["composed_against_stock"] < 1e-5

@@ -15,7 +15,7 @@ from hf_trilevel import (
     TriLevelViTForImageClassification,
 )
 from hf_trilevel.digits import load_digits_dataset
-from hf_trilevel.trainer import EXAMPLE_INDEX
+from hf_trilevel.example_index import EXAMPLE_INDEX
 
 NUM_EXAMPLES = 96
 
@@ -161,7 +161,26 @@ def test_checkpoints_hold_the_pruning_state_without_pickle(digits, tmp_path):
     trainer.train()
     checkpoint = sorted(tmp_path.glob("checkpoint-*"))[0]
     names = {path.name for path in checkpoint.iterdir()}
-    assert {"example_pruning.safetensors", "example_pruning.json", "example_pruning_epoch_rank0.safetensors"} <= names
+    assert {"example_pruning.safetensors", "example_pruning.json", "trainer_state.json"} <= names
+    assert sorted(name for name in names if name.startswith("example_pruning")) == [
+        "example_pruning.json",
+        "example_pruning.safetensors",
+    ]  # one rank-independent state, no per-rank files
+    assert "training_args.json" in names and "training_args.bin" not in names
+
+
+def test_a_step_checkpoint_at_an_epoch_boundary_resumes_like_the_uninterrupted_run(digits, tmp_path):
+    # 77 kept examples in batches of 16: 5 steps per epoch, so checkpoint-10 is the last step of epoch 1, written
+    # before that epoch's end (statistics folded, next epoch planned).
+    full, full_callback = train(digits, tmp_path / "full", "forgetting", epochs=4, save_strategy="steps", save_steps=5)
+    full.train()
+    resumed, resumed_callback = train(digits, tmp_path / "resumed", "forgetting", epochs=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-10"))
+    assert digests(resumed) == digests(full)
+    assert {e: b for e, b in full.served.items() if e >= 2} == {e: b for e, b in resumed.served.items() if e >= 2}
+    assert torch.equal(
+        full_callback.pruner.statistics.forgetting_events, resumed_callback.pruner.statistics.forgetting_events
+    )
 
 
 def test_keep_rate_schedule_reaches_the_forward_and_evaluation_uses_the_target(digits, tmp_path):

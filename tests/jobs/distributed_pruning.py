@@ -10,10 +10,16 @@ import torch
 import torch.distributed as dist
 from transformers import TrainingArguments
 
-from hf_trilevel import ExamplePruningCallback, TriLevelTrainer, TriLevelViTConfig, TriLevelViTForImageClassification
+from hf_trilevel import (
+    ExamplePruningCallback,
+    TrainingTechnique,
+    TriLevelTrainer,
+    TriLevelViTConfig,
+    TriLevelViTForImageClassification,
+)
 from hf_trilevel.data_pruning import digest
 from hf_trilevel.digits import load_digits_dataset
-from hf_trilevel.trainer import EXAMPLE_INDEX
+from hf_trilevel.example_index import EXAMPLE_INDEX
 
 
 def to_pixels(batch):
@@ -80,9 +86,42 @@ def run(policy: str, output_dir: str, dataset) -> dict:
     }
 
 
+class Observer(TrainingTechnique):
+    """Needs per-example losses and changes nothing, so the composed loss must train like the Trainer's own."""
+
+    name = "observer"
+
+    def observe(self, batch) -> None:
+        pass
+
+
+def composed_against_stock(output_dir: str, dataset) -> float:
+    """Largest parameter difference between the stock loss and the composed per-example loss, on 2 processes."""
+    parameters = []
+    for label, callbacks in (("stock", []), ("composed", [Observer()])):
+        torch.manual_seed(0)
+        config = TriLevelViTConfig(
+            image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, num_labels=10,
+        )  # fmt: skip
+        trainer = TriLevelTrainer(
+            model=TriLevelViTForImageClassification(config),
+            args=TrainingArguments(
+                output_dir=f"{output_dir}/{label}", num_train_epochs=2, per_device_train_batch_size=8,
+                gradient_accumulation_steps=2, learning_rate=1e-3, report_to="none", remove_unused_columns=False,
+                save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False, seed=0, use_cpu=True,
+            ),
+            train_dataset=dataset, data_collator=collate, callbacks=callbacks,
+        )  # fmt: skip
+        trainer.train()
+        parameters.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
+    return float((parameters[0] - parameters[1]).abs().max())
+
+
 def main(output_dir: str) -> None:
     dataset = load_digits_dataset(image_size=16)["train"].select(range(128)).with_transform(to_pixels)
     report = {policy: run(policy, f"{output_dir}/{policy}", dataset) for policy in ("forgetting", "loss")}
+    report["composed_against_stock"] = composed_against_stock(output_dir, dataset)
     rank = dist.get_rank()
     with open(f"{output_dir}/rank{rank}.json", "w") as file:
         json.dump(report, file)

@@ -1,0 +1,220 @@
+"""Example level, policies: how many examples each epoch serves (planned before training) and which ones.
+
+Epoch sizes are planned before training, so the Trainer's `max_steps`, LR schedule, progress bar and gradient
+accumulation are exact. A policy is deterministic given the statistics and the run seed, so every rank takes the same
+decision without broadcasting it. A new policy subclasses `PruningPolicy`; `ExamplePruningCallback(policy=...)`
+then uses it with no change anywhere else.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .data_pruning_statistics import SALT_DROP, SALT_INITIAL, SALT_SWAP, ExampleStatistics, keyed_generator
+from .value_checks import check_fraction
+
+
+@dataclass
+class EpochPlan:
+    """The examples one epoch serves.
+
+    Attributes:
+        indices: `[kept]` int64 dataset indices, ascending.
+        loss_weights: `[kept]` float weights aligned with `indices` (None = all 1). The `loss` policy rescales the
+            surviving well-learned examples so that the expected gradient over the full data is unchanged.
+    """
+
+    indices: torch.Tensor
+    loss_weights: torch.Tensor | None = None
+
+
+class PruningPolicy:
+    """How many examples each epoch serves (planned before training) and which ones (decided at epoch ends).
+
+    A new policy subclasses this and implements the two methods; `ExamplePruningCallback(policy=MyPolicy(...))`
+    then uses it with no change anywhere else.
+    """
+
+    name = "custom"
+
+    def prepare(self, num_examples: int, num_epochs: int) -> None:
+        """Check the settings against the run and precompute per-run values; raise `ValueError` naming the argument."""
+
+    def epoch_sizes(self, num_examples: int, num_epochs: int) -> list[int]:
+        """Number of examples served in each epoch, known before training starts."""
+        raise NotImplementedError
+
+    def plan_epoch(
+        self, epoch: int, previous: EpochPlan | None, statistics: ExampleStatistics, num_examples: int, seed: int
+    ) -> EpochPlan:
+        """The plan for `epoch`, from the previous epoch's plan and the gathered statistics.
+
+        Must return exactly `epoch_sizes(...)[epoch]` indices, and must be deterministic given its arguments.
+        """
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """JSON-serialisable settings, saved with checkpoints and compared on resume."""
+        return {"policy": self.name}
+
+
+class NoPruning(PruningPolicy):
+    """Every example, every epoch (statistics are still collected, e.g. for analysis)."""
+
+    name = "none"
+
+    def epoch_sizes(self, num_examples: int, num_epochs: int) -> list[int]:
+        return [num_examples] * num_epochs
+
+    def plan_epoch(self, epoch, previous, statistics, num_examples, seed) -> EpochPlan:
+        return EpochPlan(torch.arange(num_examples))
+
+
+class ForgettingPolicy(PruningPolicy):
+    """Tri-Level E-ViT's example level: a fixed kept fraction, refreshed by swapping out unforgettable examples.
+
+    Epoch 0 keeps a random `keep_fraction` of the data. At each swap epoch, the `swap_fraction x N` kept examples with
+    the fewest forgetting events (never-learned examples count as the most forgettable) leave, and as many return,
+    drawn at random from the removed pool. The kept-set size never changes.
+
+    Args:
+        keep_fraction: share of the data kept every epoch, in (0, 1] (paper: 0.8).
+        swap_fraction: share of the whole data swapped at each swap epoch, in (0, 1] (paper: 0.05).
+        swap_epochs: 0-indexed epochs that start with a swap. Default: every tenth of training until half-way,
+            scaling the paper's epochs 30, 60, ..., 150 of 300 to the run.
+    """
+
+    name = "forgetting"
+
+    def __init__(self, keep_fraction: float = 0.8, swap_fraction: float = 0.05, swap_epochs: list[int] | None = None):
+        self.keep_fraction = check_fraction("keep_fraction", keep_fraction)
+        self.swap_fraction = check_fraction("swap_fraction", swap_fraction)
+        if swap_epochs is not None and (
+            isinstance(swap_epochs, (str, bytes))
+            or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in swap_epochs)
+        ):
+            raise ValueError(f"`swap_epochs` must be a list of epoch numbers >= 1, got {swap_epochs!r}.")
+        self.swap_epochs = sorted(set(swap_epochs)) if swap_epochs is not None else None
+
+    def resolved_swap_epochs(self, num_epochs: int) -> list[int]:
+        if self.swap_epochs is not None:
+            return self.swap_epochs
+        return sorted({round(num_epochs * tenth / 10) for tenth in range(1, 6)} - {0})
+
+    def prepare(self, num_examples: int, num_epochs: int) -> None:
+        swap_epochs = self.resolved_swap_epochs(num_epochs)
+        beyond = [e for e in swap_epochs if e >= num_epochs]
+        if beyond:
+            raise ValueError(
+                f"`swap_epochs` {beyond} are beyond training: epochs are 0-indexed and the run has {num_epochs}, "
+                f"so swap epochs must be in [1, {num_epochs - 1}]."
+            )
+        self.swap_epochs_for_run = set(swap_epochs)
+
+    def num_kept(self, num_examples: int) -> int:
+        return max(1, round(self.keep_fraction * num_examples))
+
+    def epoch_sizes(self, num_examples: int, num_epochs: int) -> list[int]:
+        return [self.num_kept(num_examples)] * num_epochs
+
+    def plan_epoch(self, epoch, previous, statistics, num_examples, seed) -> EpochPlan:
+        num_kept = self.num_kept(num_examples)
+        if previous is None:
+            order = torch.randperm(num_examples, generator=keyed_generator(seed, epoch, SALT_INITIAL))
+            return EpochPlan(order[:num_kept].sort().values)
+        if epoch not in self.swap_epochs_for_run:
+            return previous
+
+        kept = previous.indices
+        removed_mask = torch.ones(num_examples, dtype=torch.bool)
+        removed_mask[kept] = False
+        removed = removed_mask.nonzero().flatten()
+        num_swap = min(round(self.swap_fraction * num_examples), len(kept) - 1, len(removed))
+        if num_swap <= 0:
+            return previous
+        generator = keyed_generator(seed, epoch, SALT_SWAP)
+        scores = statistics.forgetting_scores().cpu()[kept]
+        # Ties (many examples have zero forgetting events) are broken at random, not by dataset order.
+        tie_break = torch.rand(len(kept), generator=generator)
+        ranking = torch.argsort(scores + tie_break * 0.5, stable=True)
+        leaving = ranking[:num_swap]
+        staying = torch.ones(len(kept), dtype=torch.bool)
+        staying[leaving] = False
+        returning = removed[torch.randperm(len(removed), generator=generator)[:num_swap]]
+        return EpochPlan(torch.cat([kept[staying], returning]).sort().values)
+
+    def config(self) -> dict:
+        return {
+            "policy": self.name,
+            "keep_fraction": self.keep_fraction,
+            "swap_fraction": self.swap_fraction,
+            "swap_epochs": self.swap_epochs,
+        }
+
+
+class LossPolicy(PruningPolicy):
+    """InfoBatch-style unbiased pruning by loss, with epoch sizes planned before training.
+
+    Each pruned epoch, the well-learned pool is the `well_learned_fraction` of the data with the lowest last loss. A
+    `prune_ratio` share of the pool is skipped at random, and the kept pool examples have their loss scaled by
+    `1 / (1 - prune_ratio)`, so the expected gradient equals that of the full data. The first epoch (no losses
+    yet) and the final `full_data_fraction` of epochs use all the data.
+
+    InfoBatch's pool is the examples below the *mean* loss, whose size changes from epoch to epoch. A lowest-loss
+    quantile (the median by default) keeps the same unbiased rescaling but makes every epoch's size known in advance.
+
+    Args:
+        prune_ratio: share of the well-learned pool skipped each pruned epoch, in (0, 1) (InfoBatch: 0.5).
+        full_data_fraction: final share of the epochs trained on all the data, in (0, 1] (InfoBatch: 0.125).
+        well_learned_fraction: share of the data forming the pool, in (0, 1] (default 0.5: below the median).
+    """
+
+    name = "loss"
+
+    def __init__(self, prune_ratio: float = 0.5, full_data_fraction: float = 0.125, well_learned_fraction: float = 0.5):
+        self.prune_ratio = check_fraction("prune_ratio", prune_ratio, allow_one=False)
+        self.full_data_fraction = check_fraction("full_data_fraction", full_data_fraction)
+        self.well_learned_fraction = check_fraction("well_learned_fraction", well_learned_fraction)
+
+    def _pool_and_drop(self, num_examples: int) -> tuple[int, int]:
+        pool = round(self.well_learned_fraction * num_examples)
+        return pool, round(self.prune_ratio * pool)
+
+    def pruned_epochs(self, num_epochs: int) -> range:
+        full_at_end = math.ceil(self.full_data_fraction * num_epochs)
+        return range(1, max(1, num_epochs - full_at_end))
+
+    def epoch_sizes(self, num_examples: int, num_epochs: int) -> list[int]:
+        _, num_drop = self._pool_and_drop(num_examples)
+        pruned = self.pruned_epochs(num_epochs)
+        return [num_examples - num_drop if epoch in pruned else num_examples for epoch in range(num_epochs)]
+
+    def plan_epoch(self, epoch, previous, statistics, num_examples, seed) -> EpochPlan:
+        if epoch not in self.pruned_epochs_for_run:
+            return EpochPlan(torch.arange(num_examples))
+        pool_size, num_drop = self._pool_and_drop(num_examples)
+        losses = statistics.last_loss.cpu().nan_to_num(nan=float("inf"))
+        pool = torch.argsort(losses, stable=True)[:pool_size]
+        generator = keyed_generator(seed, epoch, SALT_DROP)
+        dropped = pool[torch.randperm(pool_size, generator=generator)[:num_drop]]
+        keep_mask = torch.ones(num_examples, dtype=torch.bool)
+        keep_mask[dropped] = False
+        weights = torch.ones(num_examples)
+        weights[pool] = pool_size / (pool_size - num_drop)  # 1 / (1 - drop probability)
+        indices = keep_mask.nonzero().flatten()
+        return EpochPlan(indices, weights[indices])
+
+    def prepare(self, num_examples: int, num_epochs: int) -> None:
+        self.pruned_epochs_for_run = set(self.pruned_epochs(num_epochs))
+
+    def config(self) -> dict:
+        return {
+            "policy": self.name,
+            "prune_ratio": self.prune_ratio,
+            "full_data_fraction": self.full_data_fraction,
+            "well_learned_fraction": self.well_learned_fraction,
+        }
+
+
+POLICIES: dict[str, type[PruningPolicy]] = {"none": NoPruning, "forgetting": ForgettingPolicy, "loss": LossPolicy}
