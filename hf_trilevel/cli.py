@@ -1,7 +1,8 @@
-"""hf-trilevel: measure TriLevel ViT speedups (`bench inference|train`) and draw what it keeps (`visualize`).
+"""hf-trilevel: measure TriLevel ViT speedups (`bench`), draw what it keeps (`visualize`), write model cards (`card`).
 
-Each subcommand lives in its own module, which exposes `add_arguments(parser)` and `run(args) -> int`; this module
-only wires them together and turns bad input into a one-line message and exit status 2, never a traceback.
+Each command lives in its own module, which exposes `add_arguments(parser)` and `run(args) -> int`; this module
+only wires them together and turns bad input into a usage line, a one-line message and exit status 2, never a
+traceback.
 """
 
 import argparse
@@ -11,8 +12,9 @@ from importlib import import_module
 
 from .errors import CommandError
 
-# name -> (module, help). A command's module is imported only when that command is named.
-COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
+# name -> (module, help), or a group of them. A command's module is imported only when that command is named.
+Command = tuple[str, str]
+COMMANDS: dict[str, Command | dict[str, Command]] = {
     "bench": {
         "inference": ("hf_trilevel.benchmarks.inference", "Images/s of TriLevel settings against dense ViT."),
         "train": ("hf_trilevel.benchmarks.training", "Training steps/s, epoch time and time to accuracy."),
@@ -21,6 +23,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
         "kept-tokens": ("hf_trilevel.visualize", "PNG grid of the patches each pruning layer keeps."),
         "operating-points": ("hf_trilevel.visualize", "Accuracy against measured throughput for several keep rates."),
     },
+    "card": ("hf_trilevel.model_card_folder", "Write the model card (README.md) of a saved TriLevel folder."),
 }
 
 
@@ -28,18 +31,27 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The full command tree; only the module of the command named in `argv` is imported and given its options."""
     parser = argparse.ArgumentParser(prog="hf-trilevel", description=__doc__.splitlines()[0])
     groups = parser.add_subparsers(dest="group", required=True, metavar="{" + ",".join(COMMANDS) + "}")
-    for group, commands in COMMANDS.items():
+    for group, entry in COMMANDS.items():
+        if isinstance(entry, tuple):
+            _add_command(groups, group, entry, selected=argv[:1] == [group])
+            continue
         group_parser = groups.add_parser(group, help=f"{group} commands")
-        subcommands = group_parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(commands) + "}")
-        for command, (module_name, help_text) in commands.items():
-            command_parser = subcommands.add_parser(
-                command, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-            )
-            if argv[:2] == [group, command]:
-                module = import_module(module_name)
-                _command_hook(module, "add_arguments", command)(command_parser)
-                command_parser.set_defaults(run=_command_hook(module, "run", command), parser=command_parser)
+        subcommands = group_parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(entry) + "}")
+        for command, spec in entry.items():
+            _add_command(subcommands, command, spec, selected=argv[:2] == [group, command])
     return parser
+
+
+def _add_command(subparsers, name: str, spec: Command, selected: bool) -> None:
+    """One command's parser; its module fills in the options only when the command is the one being run."""
+    module_name, help_text = spec
+    command_parser = subparsers.add_parser(
+        name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    if selected:
+        module = import_module(module_name)
+        _command_hook(module, "add_arguments", name)(command_parser)
+        command_parser.set_defaults(run=_command_hook(module, "run", name), parser=command_parser)
 
 
 def _command_hook(module: object, name: str, command: str) -> Callable:

@@ -10,11 +10,13 @@ from huggingface_hub import ModelCard
 from transformers import TrainingArguments, ViTImageProcessorPil
 
 from hf_trilevel import ExamplePruningCallback, KeepRateScheduleCallback, TriLevelTrainer
+from hf_trilevel.configuration_trilevel_vit import TriLevelViTConfig
 from hf_trilevel.flops import flops_speedup_limit, forward_flops
 from hf_trilevel.metrics import compute_metrics
-from hf_trilevel.model_card import TEMPLATE_NAME, build_model_card, write_model_card
+from hf_trilevel.model_card import TEMPLATE_NAME, build_model_card, trainer_model_card
+from hf_trilevel.model_card_folder import write_model_card
 
-from .helpers import tiny_config, tiny_model
+from .helpers import TINY_SHAPE, tiny_config, tiny_model
 from .random_images import RandomImages, collate
 
 METRICS = {"eval_accuracy": 0.875, "eval_top5_accuracy": 0.99, "train_runtime": 42.0, "epoch": 3.0}
@@ -141,8 +143,9 @@ def test_citations_name_the_three_papers_in_well_formed_bibtex(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"metrics": {"eval_accuracy": 98.6}}, "`accuracy` must be a fraction in \\[0, 1\\]"),
-        ({"metrics": {"measured_speedup": 0.0}}, "`measured_speedup` must be > 0"),
+        ({"metrics": {"eval_accuracy": 98.6}}, "`accuracy` must be in \\[0, 1\\] \\(a fraction, not a percentage\\)"),
+        ({"metrics": {"measured_speedup": 0.0}}, "`measured_speedup` must be in \\(0, inf\\)"),
+        ({"metrics": {"train_runtime": -1.0}}, "`train_runtime` must be in \\(0, inf\\)"),
         ({"metrics": {"example_fraction_seen": 1.5}}, "`example_fraction_seen` must be in \\(0, 1\\]"),
         ({"model_name": " "}, "`model_name` must be a non-empty string"),
         ({"training": {"epochs": 3}}, "`training` has unknown keys \\['epochs'\\]"),
@@ -168,6 +171,35 @@ def test_the_template_ships_inside_the_package():
     assert TEMPLATE_NAME in package_data.get("hf_trilevel", []), (
         'add `[tool.setuptools.package-data] hf_trilevel = ["model_card_template.md"]` to pyproject.toml'
     )
+
+
+class SlimmedConfig(TriLevelViTConfig):
+    """Per-layer sizes as the SViTE issue's slimmed checkpoints report them through the config's methods."""
+
+    def layer_num_attention_heads(self, layer: int) -> int:
+        return [2, 1, 2, 2][layer]
+
+    def layer_intermediate_size(self, layer: int) -> int:
+        return [64, 64, 32, 16][layer]
+
+
+def test_architecture_row_reads_per_layer_sizes_from_the_config(tmp_path):
+    uniform = saved_card(tmp_path).text
+    config = tiny_config()
+    heads, mlp = config.num_attention_heads, config.intermediate_size
+    assert f"| architecture | 4 layers, hidden size 32, {heads} heads, MLP {mlp} |" in uniform
+    text = saved_card(tmp_path, config=SlimmedConfig(**TINY_SHAPE)).text
+    expected = "4 layers, hidden size 32, heads per layer [2, 1, 2, 2], MLP per layer [64, 64, 32, 16]"
+    assert f"| architecture | {expected} |" in text
+
+
+@pytest.mark.skipif(
+    not hasattr(TriLevelViTConfig, "layer_num_attention_heads"), reason="the config has no per-layer sizes yet"
+)
+def test_a_slimmed_config_shows_its_per_layer_fields(tmp_path):
+    config = tiny_config(num_attention_heads_per_layer=[2, 2, 1, 2], intermediate_size_per_layer=[64, 48, 64, 64])
+    text = saved_card(tmp_path, config=config).text
+    assert "heads per layer [2, 2, 1, 2], MLP per layer [64, 48, 64, 64] |" in text
 
 
 def test_write_model_card_reads_a_saved_folder_and_its_result_files(tmp_path):
@@ -234,8 +266,7 @@ def test_trainer_card_records_this_runs_accuracy_not_a_stale_result_file(trained
 
 def test_trainer_card_describes_example_pruning_the_keep_rate_schedule_and_the_fraction_seen(trained):
     trainer, _, card = trained
-    pruner = trainer.example_pruner
-    fraction = sum(pruner.sizes) / (len(pruner.sizes) * pruner.num_examples)
+    fraction = trainer.example_fraction_seen()
     assert fraction < 1.0
     assert f"| training examples seen (share of epochs x data) | {100 * fraction:.1f}% |" in card.text
     assert "the `forgetting` policy (keep_fraction=0.75, swap_fraction=0.125" in card.text
@@ -246,6 +277,12 @@ def test_trainer_card_describes_example_pruning_the_keep_rate_schedule_and_the_f
     assert "| training examples | 16 |" in card.text
     assert "| epochs | 2 |" in card.text
     assert f"| parameters | {trainer.model.num_parameters():,} |" in card.text
+
+
+def test_trainer_card_reports_the_total_batch_size_and_the_trainers_model_card_is_this_one(trained):
+    trainer, _, card = trained
+    assert "| batch size (all processes, with gradient accumulation) | 4 |" in card.text
+    assert str(trainer_model_card(trainer, dataset_tags="tester/random-images", dataset="Random images")) == str(card)
 
 
 def test_trainer_card_with_only_a_readable_dataset_name_links_no_hub_dataset(tmp_path):

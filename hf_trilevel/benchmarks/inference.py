@@ -11,31 +11,16 @@ schedule with dense attention.
 """
 
 import argparse
-import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 
-from ..flops import flops_speedup_limit, forward_flops
-from .options import (
-    DENSE_NAME,
-    ModelShape,
-    RunTarget,
-    Setting,
-    add_setting_arguments,
-    add_shape_arguments,
-    add_target_arguments,
-    build_models,
-    compile_models,
-    model_shape,
-    run_target,
-    settings,
-    switch_setting,
-    trilevel_config,
-)
-from .report import check_writable, environment, markdown_table, mib, write_json
-from .timing import interleaved_times, peak_memories, print_progress
+from ..flops import forward_flops
+from ..value_checks import num_patches
+from .measure import TimingPlan, measure_settings, random_batch, timing_plan
+from .options import Setting, add_setting_arguments, add_shape_arguments, add_target_arguments, trilevel_config
+from .report import check_writable, markdown_table, mib, report_payload, write_report
 
 
 @dataclass
@@ -57,60 +42,34 @@ class InferenceResult:
     seconds: list[float] | None = None
 
 
-def benchmark_inference(
-    shape: ModelShape,
-    trilevel_settings: list[Setting],
-    target: RunTarget,
-    batch_size: int = 32,
-    repeats: int = 9,
-    warmup: int = 2,
-    progress: Callable[[int, int], None] | None = None,
-    measure_memory: bool = True,
-) -> list[InferenceResult]:
+def benchmark_inference(plan: TimingPlan) -> list[InferenceResult]:
     """Time dense ViT and every TriLevel setting in interleaved rounds; the first result is the dense model."""
-    dense, trilevel = build_models(shape, target)
-    dense.eval()
-    trilevel.eval()
-    dense_forward, trilevel_forward = compile_models(target, len(trilevel_settings), dense, trilevel)
-    pixel_values = torch.randn(batch_size, 3, shape.image_size, shape.image_size, device=target.device)
-    pixel_values = pixel_values.to(target.dtype)
+    pixel_values, _ = random_batch(plan, plan.target.dtype)
 
-    def forward(model: Callable) -> Callable[[], None]:
+    def forward(model: Callable, module: torch.nn.Module) -> Callable[[], None]:
         def run() -> None:
             with torch.inference_mode():
                 model(pixel_values)
 
         return run
 
-    runs = {DENSE_NAME: forward(dense_forward)}
-    runs |= {setting.name: forward(trilevel_forward) for setting in trilevel_settings}
-    prepare = {setting.name: switch_setting(trilevel, setting) for setting in trilevel_settings}
-    times = interleaved_times(runs, repeats, warmup, target.device, progress, prepare)
-    # The CPU tracker is a dispatch mode, which compiled graphs bypass: no figure rather than a wrong one.
-    memory = peak_memories(runs, target.device, prepare, skip=not measure_memory or target.compiled_on_cpu)
-
-    dense_median = statistics.median(times[DENSE_NAME])
-    results = []
-    for name, setting in [(DENSE_NAME, Setting()), *((s.name, s) for s in trilevel_settings)]:
-        config = trilevel_config(shape, setting)
-        median = statistics.median(times[name])
-        limit = flops_speedup_limit(config)
-        speedup = dense_median / median
-        results.append(
-            InferenceResult(
-                setting=name,
-                **asdict(setting),
-                median_seconds=median,
-                images_per_second=batch_size / median,
-                speedup=speedup,
-                flops_limit=limit,
-                fraction_of_limit=speedup / limit,
-                gflops_per_image=forward_flops(config) / 1e9,
-                peak_memory_bytes=memory[name],
-                seconds=times[name],
-            )
+    measurements = measure_settings(plan, forward, training=False)
+    results = [
+        InferenceResult(
+            setting=m.name,
+            **asdict(m.setting),
+            median_seconds=m.median_seconds,
+            images_per_second=plan.batch_size / m.median_seconds,
+            speedup=m.speedup,
+            flops_limit=m.flops_limit,
+            fraction_of_limit=m.fraction_of_limit,
+            gflops_per_image=forward_flops(m.config) / 1e9,
+            peak_memory_bytes=m.peak_memory_bytes,
+            seconds=m.seconds,
         )
-    _add_attention_overheads(results, trilevel_settings)
+        for m in measurements
+    ]
+    _add_attention_overheads(results, plan.settings)
     return results
 
 
@@ -152,30 +111,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    shape = model_shape(args)
-    trilevel_settings = settings(args)
-    target = run_target(args, trilevel_settings)
+    plan = timing_plan(args, "bench inference")
     check_writable(args.json)
-    progress = None if args.no_progress else print_progress("bench inference")
-    results = benchmark_inference(
-        shape, trilevel_settings, target, args.batch_size, args.repeats, args.warmup, progress, not args.no_memory
-    )
+    results = benchmark_inference(plan)
+    shape, target = plan.shape, plan.target
     print(
         f"{shape.name}: {shape.num_hidden_layers} layers, hidden {shape.hidden_size}, "
-        f"{(shape.image_size // shape.patch_size) ** 2} patches, pruning at "
+        f"{num_patches(shape.image_size, shape.patch_size)} patches, pruning at "
         f"{trilevel_config(shape).token_prune_layers}; {target.device.type} {args.dtype}, "
         f"{target.attn_implementation}{', compiled' if target.compile else ''}, batch {args.batch_size}, "
         f"median of {args.repeats} interleaved rounds"
     )
     print(format_results(results))
     if args.json:
-        payload = {
-            "command": "inference",
-            "arguments": {k: v for k, v in vars(args).items() if k not in ("run", "parser")},
-            "shape": asdict(shape),
-            "environment": environment(target.device),
-            "results": [asdict(r) for r in results],
-        }
-        write_json(args.json, payload)
-        print(f"wrote {args.json}")
+        payload = report_payload("inference", args, target.device, shape=asdict(shape))
+        write_report(args.json, payload | {"results": [asdict(r) for r in results]})
     return 0

@@ -15,8 +15,9 @@ from transformers import ViTConfig, ViTForImageClassification
 from transformers.utils import is_flash_attn_2_available
 
 from ..configuration_trilevel_vit import TriLevelViTConfig
-from ..errors import CommandError
+from ..errors import CommandError, checked_option
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
+from ..value_checks import as_pair, check_fraction, check_int, check_keep_rate
 
 PRESETS: dict[str, dict[str, int]] = {
     "deit-tiny": {"hidden_size": 192, "num_hidden_layers": 12, "num_attention_heads": 3, "intermediate_size": 768},
@@ -118,30 +119,37 @@ def model_shape(args: argparse.Namespace) -> ModelShape:
     values = {**PRESETS[args.preset], **PRESET_IMAGE}
     overridden = {name: getattr(args, name) for name in SHAPE_FIELDS if getattr(args, name) is not None}
     for name, value in overridden.items():
-        if value < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+        checked_option(check_int, f"--{name.replace('_', '-')}", value)
     values.update(overridden)
     name = args.preset if not overridden else "custom (" + ", ".join(f"{k}={v}" for k, v in overridden.items()) + ")"
     layers = tuple(args.token_prune_layers) if args.token_prune_layers is not None else None
     shape = ModelShape(name=name, token_prune_layers=layers, **values)
-    try:  # the config's own checks name the field and its range (prune layers, divisibility of heads ...)
+    check_divides(shape.vit_kwargs())
+    try:  # the config's own checks name the field and its range (prune layers ...)
         TriLevelViTConfig(**shape.vit_kwargs(), token_prune_layers=list(layers) if layers else None)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    if shape.image_size % shape.patch_size:
-        raise CommandError(f"--patch-size must divide --image-size, got {shape.patch_size} and {shape.image_size}.")
-    if shape.hidden_size % shape.num_attention_heads:
-        raise CommandError(
-            f"--num-attention-heads must divide --hidden-size, got {shape.num_attention_heads} and {shape.hidden_size}."
-        )
     return shape
+
+
+def check_divides(shape: dict[str, int]) -> None:
+    """Patches must tile the image and heads split the hidden size, named by the flags that set them."""
+    (height, width), (patch_height, patch_width) = as_pair(shape["image_size"]), as_pair(shape["patch_size"])
+    if height % patch_height or width % patch_width:
+        raise CommandError(
+            f"--patch-size must divide --image-size, got {shape['patch_size']} and {shape['image_size']}."
+        )
+    if shape["hidden_size"] % shape["num_attention_heads"]:
+        raise CommandError(
+            f"--num-attention-heads must divide --hidden-size, got {shape['num_attention_heads']} and "
+            f"{shape['hidden_size']}."
+        )
 
 
 def settings(args: argparse.Namespace) -> list[Setting]:
     for flag, rates in (("--keep-rates", args.keep_rates), ("--attention-keep-rates", args.attention_keep_rates)):
         for rate in rates:
-            if not 0.0 < rate <= 1.0:
-                raise CommandError(f"{flag} values must be in (0, 1], got {rate:g}.")
+            checked_option(check_keep_rate, flag, rate)
     fusion = {"off": [False], "on": [True], "both": [False, True]}[args.fusion]
     combos = itertools.product(dict.fromkeys(args.keep_rates), dict.fromkeys(args.attention_keep_rates), fusion)
     chosen = [Setting(keep, attention, fused) for keep, attention, fused in combos]
@@ -149,6 +157,12 @@ def settings(args: argparse.Namespace) -> list[Setting]:
     if len(set(names)) < len(names):
         raise CommandError(f"--keep-rates / --attention-keep-rates hold values that print alike: {names}.")
     return chosen
+
+
+def check_example_keep_fractions(fractions: list[float]) -> None:
+    """`--example-keep-fractions`: each a share of the data in (0, 1] (also for --time-to-accuracy)."""
+    for fraction in fractions:
+        checked_option(check_fraction, "--example-keep-fractions", fraction)
 
 
 def checked_device(name: str) -> torch.device:
@@ -179,11 +193,9 @@ def run_target(args: argparse.Namespace, settings: list[Setting]) -> RunTarget:
             raise CommandError(
                 "--attention-keep-rates below 1 need a backend that takes a mask: use --attn-implementation sdpa."
             )
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
-        raise CommandError(
-            f"--batch-size and --repeats must be >= 1 and --warmup >= 0, got {args.batch_size}, {args.repeats}, "
-            f"{args.warmup}."
-        )
+    checked_option(check_int, "--batch-size", args.batch_size)
+    checked_option(check_int, "--repeats", args.repeats)
+    checked_option(check_int, "--warmup", args.warmup, low=0)
     if args.compile and args.warmup < 1:
         raise CommandError("--compile needs --warmup >= 1, so compilation is not timed.")
     return RunTarget(device, DTYPES[args.dtype], args.attn_implementation, args.compile)

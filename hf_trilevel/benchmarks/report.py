@@ -1,5 +1,6 @@
 """How benchmark results leave the process: a markdown table for people, JSON (figures + environment) for tools."""
 
+import argparse
 import json
 import os
 import platform
@@ -53,6 +54,19 @@ def write_json(path: str, payload: dict) -> None:
         return str(value)
 
     Path(path).expanduser().write_text(json.dumps(payload, indent=2, default=encode) + "\n")
+
+
+def report_payload(command: str, args: argparse.Namespace, device: torch.device, **sections: object) -> dict:
+    """The head every benchmark JSON starts with: the command, its arguments, `sections` (e.g. the shape) and the
+    environment, in that order; the caller adds its results."""
+    arguments = {name: value for name, value in vars(args).items() if name not in ("run", "parser")}
+    return {"command": command, "arguments": arguments, **sections, "environment": environment(device)}
+
+
+def write_report(path: str, payload: dict) -> None:
+    """`write_json`, then say where the figures went."""
+    write_json(path, payload)
+    print(f"wrote {path}")
 
 
 def mib(num_bytes: int | None) -> str:

@@ -30,12 +30,13 @@ from transformers import (
 from ..callbacks import ExamplePruningCallback
 from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..digits import load_digits_dataset
-from ..errors import CommandError
+from ..errors import CommandError, checked_option
 from ..metrics import compute_metrics
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..trainer import TriLevelTrainer
-from .options import Setting, checked_device, settings
-from .report import check_writable, environment, markdown_table, write_json
+from ..value_checks import check_fraction, check_int
+from .options import Setting, check_divides, check_example_keep_fractions, checked_device, settings
+from .report import check_writable, markdown_table, report_payload, write_report
 
 # The digits recipe of examples/run_image_classification.py: a small ViT on 32x32 images with 4x4 patches.
 DIGITS_SHAPE = {"image_size": 32, "patch_size": 4, "hidden_size": 128, "num_hidden_layers": 6,
@@ -249,16 +250,9 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
     )
     print(format_runs(runs, args.target_accuracy))
     if args.json:
-        payload = {
-            "command": "train --time-to-accuracy",
-            "arguments": {k: v for k, v in vars(args).items() if k not in ("run", "parser")},
-            "shape": shape,
-            "recipe": RECIPE,
-            "environment": environment(torch.device(args.device)),
-            "runs": [asdict(run) for run in runs],
-        }
-        write_json(args.json, payload)
-        print(f"wrote {args.json}")
+        device = torch.device(args.device)
+        payload = report_payload("train --time-to-accuracy", args, device, shape=shape, recipe=RECIPE)
+        write_report(args.json, payload | {"runs": [asdict(run) for run in runs]})
     return 0
 
 
@@ -266,23 +260,14 @@ def _check(args: argparse.Namespace, shape: dict) -> None:
     device = checked_device(args.device)
     if device.type == "cpu" and args.dtype == "float16":
         raise CommandError("--dtype float16 needs --device cuda with --time-to-accuracy; use bfloat16 on CPU.")
-    if args.epochs < 1:
-        raise CommandError(f"--epochs must be a positive integer, got {args.epochs}.")
-    if not 0.0 < args.target_accuracy <= 1.0:
-        raise CommandError(f"--target-accuracy must be in (0, 1], got {args.target_accuracy:g}.")
-    if args.max_train_samples is not None and args.max_train_samples < 10:
-        raise CommandError(f"--max-train-samples must be at least 10, got {args.max_train_samples}.")
-    for fraction in args.example_keep_fractions:
-        if not 0.0 < fraction <= 1.0:
-            raise CommandError(f"--example-keep-fractions values must be in (0, 1], got {fraction:g}.")
+    checked_option(check_int, "--epochs", args.epochs)
+    checked_option(check_fraction, "--target-accuracy", args.target_accuracy)
+    if args.max_train_samples is not None:
+        checked_option(check_int, "--max-train-samples", args.max_train_samples, low=10)
+    check_example_keep_fractions(args.example_keep_fractions)
     for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-        if shape[name] < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be a positive integer, got {shape[name]}.")
-    if shape["hidden_size"] % shape["num_attention_heads"]:
-        raise CommandError(
-            f"--num-attention-heads must divide --hidden-size, got {shape['num_attention_heads']} and "
-            f"{shape['hidden_size']}."
-        )
+        checked_option(check_int, f"--{name.replace('_', '-')}", shape[name])
+    check_divides(shape)
     ignored = [flag for flag, name in IGNORED_FLAGS.items() if getattr(args, name) is not None]
     if ignored:
         raise CommandError(f"{', '.join(ignored)} do not apply to --time-to-accuracy (the digits recipe fixes them).")

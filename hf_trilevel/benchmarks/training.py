@@ -17,33 +17,25 @@ forward FLOPs (forward, and backward to activations and weights), so a step's li
 import argparse
 import contextlib
 import math
-import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 
 from ..data_pruning import ForgettingPolicy
-from ..errors import CommandError
-from ..flops import flops_speedup_limit, forward_flops
+from ..errors import checked_option
+from ..flops import forward_flops
+from ..formatting import format_duration
+from ..value_checks import check_int
+from .measure import CallFactory, TimingPlan, measure_settings, random_batch, timing_plan
 from .options import (
-    DENSE_NAME,
-    ModelShape,
     RunTarget,
-    Setting,
     add_setting_arguments,
     add_shape_arguments,
     add_target_arguments,
-    build_models,
-    compile_models,
-    model_shape,
-    run_target,
-    settings,
-    switch_setting,
-    trilevel_config,
+    check_example_keep_fractions,
 )
-from .report import check_writable, environment, markdown_table, mib, write_json
-from .timing import interleaved_times, peak_memories, print_progress
+from .report import check_writable, markdown_table, mib, report_payload, write_report
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -79,79 +71,49 @@ class EpochProjection:
     fraction_of_limit: float
 
 
-def _training_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    pixel_values: torch.Tensor,
-    labels: torch.Tensor,
-    target: RunTarget,
-) -> Callable[[], None]:
-    autocast = (
-        torch.autocast(target.device.type, dtype=target.dtype)
-        if target.dtype != torch.float32
-        else contextlib.nullcontext()
-    )
+def _training_step(target: RunTarget, pixel_values: torch.Tensor, labels: torch.Tensor) -> CallFactory:
+    """What `Trainer` does per batch, for one model with its own AdamW: forward with labels, backward, step, zero."""
 
-    def step() -> None:
-        with autocast:
-            loss = model(pixel_values=pixel_values, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def benchmark_training_steps(
-    shape: ModelShape,
-    trilevel_settings: list[Setting],
-    target: RunTarget,
-    batch_size: int = 64,
-    repeats: int = 9,
-    warmup: int = 2,
-    progress: Callable[[int, int], None] | None = None,
-    measure_memory: bool = True,
-) -> list[StepResult]:
-    """Median training-step time of dense ViT and every TriLevel setting; the first result is the dense model."""
-    dense, trilevel = build_models(shape, target, cast_weights=False)
-    dense.train()
-    trilevel.train()
-    generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(batch_size, 3, shape.image_size, shape.image_size, generator=generator)
-    labels = torch.randint(0, shape.num_labels, (batch_size,), generator=generator)
-    pixel_values, labels = pixel_values.to(target.device), labels.to(target.device)
-    dense_model, trilevel_model = compile_models(target, len(trilevel_settings), dense, trilevel)
-    # No weight decay and a tiny lr: timing must not depend on how far training has moved the weights.
-    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-6, weight_decay=0.0) for m in (dense, trilevel)]
-
-    runs = {DENSE_NAME: _training_step(dense_model, optimizers[0], pixel_values, labels, target)}
-    for setting in trilevel_settings:
-        runs[setting.name] = _training_step(trilevel_model, optimizers[1], pixel_values, labels, target)
-    prepare = {setting.name: switch_setting(trilevel, setting) for setting in trilevel_settings}
-    times = interleaved_times(runs, repeats, warmup, target.device, progress, prepare)
-    memory = peak_memories(runs, target.device, prepare, skip=not measure_memory or target.compiled_on_cpu)
-
-    dense_median = statistics.median(times[DENSE_NAME])
-    results = []
-    for name, setting in [(DENSE_NAME, Setting()), *((s.name, s) for s in trilevel_settings)]:
-        config = trilevel_config(shape, setting)
-        median = statistics.median(times[name])
-        speedup, limit = dense_median / median, flops_speedup_limit(config)
-        results.append(
-            StepResult(
-                setting=name,
-                **asdict(setting),
-                median_seconds=median,
-                steps_per_second=1 / median,
-                speedup=speedup,
-                flops_limit=limit,
-                fraction_of_limit=speedup / limit,
-                train_gflops_per_image=3 * forward_flops(config) / 1e9,
-                peak_memory_bytes=memory[name],
-                seconds=times[name],
-            )
+    def make_step(model: Callable, module: torch.nn.Module) -> Callable[[], None]:
+        # No weight decay and a tiny lr: timing must not depend on how far training has moved the weights.
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-6, weight_decay=0.0)
+        autocast = (
+            torch.autocast(target.device.type, dtype=target.dtype)
+            if target.dtype != torch.float32
+            else contextlib.nullcontext()
         )
-    return results
+
+        def step() -> None:
+            with autocast:
+                loss = model(pixel_values=pixel_values, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    return make_step
+
+
+def benchmark_training_steps(plan: TimingPlan) -> list[StepResult]:
+    """Median training-step time of dense ViT and every TriLevel setting; the first result is the dense model."""
+    pixel_values, labels = random_batch(plan)
+    measurements = measure_settings(plan, _training_step(plan.target, pixel_values, labels), training=True)
+    return [
+        StepResult(
+            setting=m.name,
+            **asdict(m.setting),
+            median_seconds=m.median_seconds,
+            steps_per_second=1 / m.median_seconds,
+            speedup=m.speedup,
+            flops_limit=m.flops_limit,
+            fraction_of_limit=m.fraction_of_limit,
+            train_gflops_per_image=3 * forward_flops(m.config) / 1e9,
+            peak_memory_bytes=m.peak_memory_bytes,
+            seconds=m.seconds,
+        )
+        for m in measurements
+    ]
 
 
 def project_epochs(
@@ -202,7 +164,7 @@ def format_epochs(projections: list[EpochProjection]) -> str:
                 "setting": p.setting,
                 "examples kept": f"{p.example_keep_fraction:.0%}",
                 "steps / epoch": f"{p.steps_per_epoch:,}",
-                "epoch time": _duration(p.epoch_seconds),
+                "epoch time": format_duration(p.epoch_seconds),
                 "speedup": f"{p.speedup:.2f}x",
                 "FLOPs limit": f"{p.flops_limit:.2f}x",
                 "of limit": f"{p.fraction_of_limit:.0%}",
@@ -210,14 +172,6 @@ def format_epochs(projections: list[EpochProjection]) -> str:
             for p in projections
         ]
     )
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -240,37 +194,22 @@ def run(args: argparse.Namespace) -> int:
         from .time_to_accuracy import run_time_to_accuracy
 
         return run_time_to_accuracy(args)
-    shape = model_shape(args)
-    trilevel_settings = settings(args)
-    target = run_target(args, trilevel_settings)
-    for fraction in args.example_keep_fractions:
-        if not 0.0 < fraction <= 1.0:
-            raise CommandError(f"--example-keep-fractions values must be in (0, 1], got {fraction:g}.")
-    if args.dataset_size < 1:
-        raise CommandError(f"--dataset-size must be a positive integer, got {args.dataset_size}.")
+    plan = timing_plan(args, "bench train")
+    check_example_keep_fractions(args.example_keep_fractions)
+    checked_option(check_int, "--dataset-size", args.dataset_size)
     check_writable(args.json)
-    progress = None if args.no_progress else print_progress("bench train")
-    steps = benchmark_training_steps(
-        shape, trilevel_settings, target, args.batch_size, args.repeats, args.warmup, progress, not args.no_memory
-    )
+    steps = benchmark_training_steps(plan)
     projections = project_epochs(steps, args.example_keep_fractions, args.dataset_size, args.batch_size)
     print(
-        f"{shape.name}: training steps (forward + backward + AdamW), {target.device.type} {args.dtype}"
-        f"{' autocast' if target.dtype != torch.float32 else ''}, {target.attn_implementation}, batch "
+        f"{plan.shape.name}: training steps (forward + backward + AdamW), {plan.target.device.type} {args.dtype}"
+        f"{' autocast' if plan.target.dtype != torch.float32 else ''}, {plan.target.attn_implementation}, batch "
         f"{args.batch_size}, median of {args.repeats} interleaved rounds"
     )
     print(format_steps(steps))
     print(f"\nepoch of {args.dataset_size:,} images at batch {args.batch_size}:")
     print(format_epochs(projections))
     if args.json:
-        payload = {
-            "command": "train",
-            "arguments": {k: v for k, v in vars(args).items() if k not in ("run", "parser")},
-            "shape": asdict(shape),
-            "environment": environment(target.device),
-            "steps": [asdict(r) for r in steps],
-            "epochs": [asdict(p) for p in projections],
-        }
-        write_json(args.json, payload)
-        print(f"wrote {args.json}")
+        payload = report_payload("train", args, plan.target.device, shape=asdict(plan.shape))
+        results = {"steps": [asdict(r) for r in steps], "epochs": [asdict(p) for p in projections]}
+        write_report(args.json, payload | results)
     return 0

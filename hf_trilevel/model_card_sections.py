@@ -1,0 +1,179 @@
+"""The variable parts of a model card, each a pure function of plain data: a config, a metrics dict, a training dict.
+
+`hf_trilevel.model_card.build_model_card` fills the template with these. Nothing here knows about `Trainer` or the
+callbacks, so a card renders the same from a live run, a saved folder or hand-written numbers.
+
+Model sizes are read per layer (`config.layer_num_attention_heads(i)`, `config.layer_intermediate_size(i)`), so a
+structurally slimmed checkpoint shows its real widths; a config without those methods is uniform.
+"""
+
+from .configuration_trilevel_vit import TriLevelViTConfig
+from .flops import flops_speedup_limit, forward_flops
+from .formatting import format_duration, format_flops
+from .token_reduction import token_schedule
+from .value_checks import as_pair, num_patches
+
+# Keys of the card's `training` dict, with the label each gets in the card's hyperparameter table.
+TRAINING_FIELDS = {
+    "num_train_epochs": "epochs",
+    "num_train_examples": "training examples",
+    "total_train_batch_size": "batch size (all processes, with gradient accumulation)",
+    "learning_rate": "peak learning rate",
+    "lr_scheduler_type": "learning-rate schedule",
+    "weight_decay": "weight decay",
+    "seed": "seed",
+    "example_pruning": "example pruning",
+    "keep_rate_schedule": "token keep-rate warm-up",
+}
+
+
+def table_rows(rows: list[tuple[str, str]]) -> str:
+    """Markdown table rows; a `|` inside a value would end its cell, so it is shown as `/`."""
+    return "\n".join(f"| {name} | {value.replace('|', '/')} |" for name, value in rows)
+
+
+def layer_sizes(config: TriLevelViTConfig) -> tuple[list[int], list[int]]:
+    """Attention heads and MLP width of every layer, from the config's per-layer methods when it has them."""
+    heads = getattr(config, "layer_num_attention_heads", None)
+    widths = getattr(config, "layer_intermediate_size", None)
+    layers = range(config.num_hidden_layers)
+    return (
+        [heads(layer) if heads else config.num_attention_heads for layer in layers],
+        [widths(layer) if widths else config.intermediate_size for layer in layers],
+    )
+
+
+def architecture_text(config: TriLevelViTConfig) -> str:
+    """`6 layers, hidden size 128, 4 heads, MLP 256`; per-layer lists where the layers differ."""
+    heads, widths = layer_sizes(config)
+    heads_text = f"{heads[0]} heads" if len(set(heads)) == 1 else f"heads per layer {heads}"
+    mlp_text = f"MLP {widths[0]}" if len(set(widths)) == 1 else f"MLP per layer {widths}"
+    return f"{config.num_hidden_layers} layers, hidden size {config.hidden_size}, {heads_text}, {mlp_text}"
+
+
+def size_text(value: int | list[int] | tuple[int, int]) -> str:
+    """An image or patch size as `HxW`."""
+    return "x".join(map(str, as_pair(value)))
+
+
+def prune_layers_text(config: TriLevelViTConfig) -> str:
+    layers = config.token_prune_layers
+    if not layers:
+        return f"none of the {config.num_hidden_layers} layers: this checkpoint has no pruning layers"
+    return f"layers {', '.join(map(str, layers))} (0-indexed) of {config.num_hidden_layers}"
+
+
+def fusion_text(config: TriLevelViTConfig) -> str:
+    if config.token_fusion:
+        return "The dropped tokens are fused into one extra token, their attention-weighted mean (EViT-style)."
+    return "Dropped tokens are discarded."
+
+
+def prunes_examples(training: dict) -> bool:
+    """Whether the training dict records an example-pruning policy that removed anything."""
+    pruning = training.get("example_pruning")
+    return pruning is not None and pruning["policy"] != "none"
+
+
+def describe_policy(pruning: dict) -> str:
+    """`the `forgetting` policy (keep_fraction=0.8, ...)` from a policy's `config()` dict."""
+    settings = ", ".join(f"{key}={value}" for key, value in pruning.items() if key != "policy")
+    return f"the `{pruning['policy']}` policy" + (f" ({settings})" if settings else "")
+
+
+def example_text(training: dict) -> str:
+    if not prunes_examples(training):
+        return "This checkpoint was trained on all its examples in every epoch."
+    return f"This checkpoint was trained with {describe_policy(training['example_pruning'])}."
+
+
+def settings_rows(config: TriLevelViTConfig, num_parameters: int | None) -> str:
+    """The "Settings of this checkpoint" table: keep rates, token schedule, architecture, input, classes."""
+    patches = num_patches(config.image_size, config.patch_size)
+    counts = token_schedule(patches, config.token_keep_rate, len(config.token_prune_layers))
+    dense = " (dense)" if config.attention_keep_rate >= 1 else ""
+    rows = [
+        ("`token_keep_rate`", str(float(config.token_keep_rate))),
+        ("`token_prune_layers`", str(list(config.token_prune_layers))),
+        ("`token_fusion`", str(bool(config.token_fusion))),
+        ("`attention_keep_rate`", str(float(config.attention_keep_rate)) + dense),
+        (
+            "patch tokens kept after each pruning layer",
+            f"{' → '.join(map(str, counts))} of {patches}" if counts else f"all {patches}",
+        ),
+        ("architecture", architecture_text(config)),
+        (
+            "input",
+            f"{size_text(config.image_size)} px, {config.num_channels} channels, "
+            f"{size_text(config.patch_size)} patches ({patches} tokens + class token)",
+        ),
+        ("classes", str(config.num_labels)),
+    ]
+    if num_parameters is not None:
+        rows.append(("parameters", f"{num_parameters:,}"))
+    return table_rows(rows)
+
+
+def results_text(accuracy_measured: bool, evaluation_text: str) -> str:
+    if accuracy_measured:
+        return f"Measured on {evaluation_text}."
+    return "No accuracy was measured for this card (the run was not evaluated)."
+
+
+def results_rows(config: TriLevelViTConfig, metrics: dict) -> str:
+    """The "Results" table: accuracy, FLOPs against dense and their limit, measured speedup, training cost."""
+    rows = []
+    if "accuracy" in metrics:
+        rows.append(("top-1 accuracy", f"{100 * metrics['accuracy']:.2f}%"))
+    if "top5_accuracy" in metrics:
+        rows.append(("top-5 accuracy", f"{100 * metrics['top5_accuracy']:.2f}%"))
+    dense = TriLevelViTConfig(**{**config.to_dict(), "token_keep_rate": 1.0, "attention_keep_rate": 1.0})
+    rows += [
+        ("forward FLOPs per image (this setting)", format_flops(forward_flops(config))),
+        ("forward FLOPs per image, dense (keep rates 1.0)", format_flops(forward_flops(dense))),
+        ("FLOPs speedup limit", f"{flops_speedup_limit(config):.2f}x"),
+    ]
+    if "measured_speedup" in metrics:
+        setup = metrics.get("measured_speedup_setup")
+        speedup = f"{metrics['measured_speedup']:.2f}x" + (f" ({setup})" if setup else "")
+    else:
+        speedup = "not measured for this card (`hf-trilevel bench inference`)"
+    rows.append(("measured inference speedup over dense", speedup))
+    if "train_runtime" in metrics:
+        rows.append(("training time", format_duration(metrics["train_runtime"])))
+    if "example_fraction_seen" in metrics:
+        rows.append(
+            ("training examples seen (share of epochs x data)", f"{100 * metrics['example_fraction_seen']:.1f}%")
+        )
+    return table_rows(rows)
+
+
+def training_text(metrics: dict, training: dict) -> str:
+    """The "Training" paragraph: epochs, time, and the example-pruning policy with the share of data it served."""
+    trainer = "`hf_trilevel.TriLevelTrainer` (a `transformers.Trainer`)"
+    epochs = metrics.get("epoch", training.get("num_train_epochs"))
+    parts = [f"Trained for {epochs:g} epochs with {trainer}." if epochs is not None else f"Trained with {trainer}."]
+    if "train_runtime" in metrics:
+        parts.append(f"Training took {format_duration(metrics['train_runtime'])}.")
+    if prunes_examples(training):
+        seen = metrics.get("example_fraction_seen")
+        seen_text = f", which served {100 * seen:.1f}% of the examples over the run" if seen is not None else ""
+        parts.append(f"Example pruning used {describe_policy(training['example_pruning'])}{seen_text}.")
+    return " ".join(parts)
+
+
+def training_table(training: dict) -> str:
+    """The hyperparameter table, in `TRAINING_FIELDS` order; empty when nothing is known."""
+    rows = []
+    for key, label in TRAINING_FIELDS.items():
+        if key not in training:
+            continue
+        value = training[key]
+        if key == "example_pruning":
+            value = describe_policy(value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{name}={setting}" for name, setting in value.items())
+        rows.append((label, str(value)))
+    if not rows:
+        return ""
+    return "| hyperparameter | value |\n|---|---|\n" + table_rows(rows)
