@@ -18,6 +18,7 @@ from .modeling_trilevel_vit import (
     TriLevelViTPreTrainedModel,
 )
 from .token_reduction import token_schedule
+from .token_selectors import TokenSelection, TokenSelector, register_token_selector, registered_token_selectors
 from .trainer import TriLevelTrainer
 from .training_technique import TrainingBatch, TrainingTechnique, sum_across_processes
 
@@ -34,6 +35,8 @@ __all__ = [
     "LossPolicy",
     "NoPruning",
     "PruningPolicy",
+    "TokenSelection",
+    "TokenSelector",
     "TrainingBatch",
     "TrainingTechnique",
     "TriLevelTrainer",
@@ -44,6 +47,8 @@ __all__ = [
     "TriLevelViTModelOutput",
     "TriLevelViTPreTrainedModel",
     "default_token_prune_layers",
+    "register_token_selector",
+    "registered_token_selectors",
     "sum_across_processes",
     "token_schedule",
 ]

@@ -1,14 +1,31 @@
 """Configuration of the TriLevel ViT: a `ViTConfig` plus the token- and attention-level sparsity settings.
 
+Validation goes through the config's own mechanism: `ViTConfig` is a `huggingface_hub` `@strict` dataclass, whose
+`validate_*` methods are its class validators. A subclass's validators only join that list when the subclass is
+decorated `@strict` too, so this one is. They run at construction (called from `__post_init__`, so a bad value
+raises a plain `ValueError` naming the field and the allowed range, as it always did), again when a model is built
+(`post_init`) and whenever transformers or a user calls `config.validate()` (every `save_pretrained` does; there
+`huggingface_hub` wraps the `ValueError` in its `StrictDataclassClassValidationError`).
+
+The TriLevel fields are annotated `Any` on purpose: `@strict`'s type check would run before the validators and
+refuse, say, `token_keep_rate="0.5"` with a `TypeError` that names no allowed range. The validators check types and
+values together; the documented types are in the class docstring.
+
 This file is part of the remote-code set copied into every saved checkpoint, so it imports only `transformers`
-and the standard library.
+(with its own dependency `huggingface_hub`), the standard library and flat siblings.
 """
 
-import math
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
+from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
+
+from .token_selectors import check_token_selector
+from .value_checks import as_pair, check_int, check_keep_rate
+
+PER_LAYER_FIELDS = ("num_attention_heads_per_layer", "intermediate_size_per_layer")
 
 
 def default_token_prune_layers(num_hidden_layers: int) -> list[int]:
@@ -18,15 +35,6 @@ def default_token_prune_layers(num_hidden_layers: int) -> list[int]:
     so any plain ViT checkpoint loads with defaults (for example 6 layers -> [1, 3, 4]).
     """
     return sorted({num_hidden_layers * quarter // 4 for quarter in (1, 2, 3)})
-
-
-def check_keep_rate(name: str, value: object) -> float:
-    """Return `value` as a float, or raise `ValueError` naming `name` unless it is a number in (0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a float in (0, 1], got {value!r} of type {type(value).__name__}.")
-    if not (math.isfinite(value) and 0.0 < value <= 1.0):
-        raise ValueError(f"`{name}` must be in (0, 1] (1.0 keeps everything), got {value!r}.")
-    return float(value)
 
 
 def check_token_prune_layers(value: object, num_hidden_layers: int) -> list[int]:
@@ -47,6 +55,18 @@ def check_token_prune_layers(value: object, num_hidden_layers: int) -> list[int]
     if len(set(value)) != len(value):
         raise ValueError(f"`token_prune_layers` must hold {allowed}; got duplicates in {list(value)}.")
     return sorted(int(index) for index in value)
+
+
+def check_per_layer_sizes(name: str, value: object, num_hidden_layers: int) -> list[int] | None:
+    """Return a per-layer size list (or None for uniform), or raise `ValueError` naming the field."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or len(value) != num_hidden_layers:
+        raise ValueError(
+            f"`{name}` must be None (uniform) or a list of {num_hidden_layers} positive integers, one per layer "
+            f"(`num_hidden_layers={num_hidden_layers}`), got {value!r}."
+        )
+    return [check_int(f"{name}[{index}]", size, low=1) for index, size in enumerate(value)]
 
 
 @dataclass(frozen=True)
@@ -75,6 +95,7 @@ class SparsitySettings:
         )
 
 
+@strict
 class TriLevelViTConfig(ViTConfig):
     r"""
     Configuration of [`TriLevelViTModel`] and [`TriLevelViTForImageClassification`].
@@ -91,21 +112,33 @@ class TriLevelViTConfig(ViTConfig):
             0-indexed layers after whose attention block tokens are dropped (and the sparse attention mask is
             rebuilt). Defaults to a quarter, half and three quarters of the depth ([3, 6, 9] for 12 layers).
         token_fusion (`bool`, *optional*, defaults to `False`):
-            Fuse the dropped tokens into one extra token (their mean weighted by class-token attention, EViT-style)
+            Fuse the dropped tokens into one extra token (their mean weighted by the selector's scores, EViT-style)
             instead of discarding them.
         attention_keep_rate (`float`, *optional*, defaults to 1.0):
             Fraction of the patch connections kept per query row among the kept tokens, in (0, 1]; the class (and
             fused) token's connections are always kept. 1.0 is dense.
+        token_selector (`str`, *optional*, defaults to `"class_attention"`):
+            Name of the `TokenSelector` that scores and picks the tokens at each pruning layer, from the registry in
+            `token_selectors.py` (`register_token_selector` adds one). See docs/token_selection.md.
+        num_attention_heads_per_layer (`list[int]`, *optional*):
+            Heads of each layer (one entry per layer); absent means `num_attention_heads` everywhere. The head size
+            stays `hidden_size / num_attention_heads`, so a layer with `h` heads projects to `h * head_size`.
+        intermediate_size_per_layer (`list[int]`, *optional*):
+            MLP width of each layer (one entry per layer); absent means `intermediate_size` everywhere.
 
-    Keep rates may be changed on a live model with `model.set_keep_rates(...)`; each forward reads them once.
+    Keep rates may be changed on a live model with `model.set_keep_rates(...)`; each forward reads them once. Read
+    per-layer sizes through `layer_num_attention_heads(index)` and `layer_intermediate_size(index)`.
     """
 
     model_type = "trilevel_vit"
 
-    token_keep_rate: float = 1.0
-    token_prune_layers: list[int] | None = None
-    token_fusion: bool = False
-    attention_keep_rate: float = 1.0
+    token_keep_rate: Any = 1.0
+    token_prune_layers: Any = None
+    token_fusion: Any = False
+    attention_keep_rate: Any = 1.0
+    token_selector: Any = "class_attention"
+    num_attention_heads_per_layer: Any = None
+    intermediate_size_per_layer: Any = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -125,15 +158,52 @@ class TriLevelViTConfig(ViTConfig):
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
 
-    def check_trilevel_fields(self) -> None:
-        """Validate the sparsity fields and the geometry they depend on; raise `ValueError` naming the field."""
+    def validate_architecture(self) -> None:
+        """Class validator: positive sizes, heads dividing the width, patches tiling the image, per-layer lists."""
+        super().validate_architecture()
         for name in ("num_hidden_layers", "num_attention_heads", "hidden_size", "num_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            check_int(name, getattr(self, name), low=1)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads}): every head gets hidden_size / num_attention_heads channels."
+            )
+        image, patch = as_pair(self.image_size), as_pair(self.patch_size)
+        if min(*image, *patch) < 1 or image[0] % patch[0] or image[1] % patch[1]:
+            raise ValueError(
+                f"`image_size` ({image[0]}x{image[1]}) must be divisible by `patch_size` ({patch[0]}x{patch[1]}) "
+                "into whole patches."
+            )
+        for name in PER_LAYER_FIELDS:
+            check_per_layer_sizes(name, getattr(self, name), self.num_hidden_layers)
+
+    def validate_token_sparsity(self) -> None:
+        """Class validator: keep rates in (0, 1], boolean fusion, pruning layers in range, a registered selector."""
+        SparsitySettings.from_config(self)
+        check_token_selector(self.token_selector)
+
+    def check_trilevel_fields(self) -> None:
+        """Run the TriLevel validators (raising plain `ValueError`) and normalise the values they accept."""
+        self.validate_architecture()
+        self.validate_token_sparsity()
         settings = SparsitySettings.from_config(self)
         self.token_keep_rate, self.attention_keep_rate = settings.token_keep_rate, settings.attention_keep_rate
         self.token_prune_layers = list(settings.token_prune_layers)
+        for name in PER_LAYER_FIELDS:
+            setattr(self, name, check_per_layer_sizes(name, getattr(self, name), self.num_hidden_layers))
+
+    def layer_num_attention_heads(self, index: int) -> int:
+        """Attention heads of layer `index`: the one place every reader (model, FLOPs, cards) takes them from."""
+        return self._layer_size("num_attention_heads", index)
+
+    def layer_intermediate_size(self, index: int) -> int:
+        """MLP width of layer `index`: the one place every reader (model, FLOPs, cards) takes it from."""
+        return self._layer_size("intermediate_size", index)
+
+    def _layer_size(self, name: str, index: int) -> int:
+        check_int("layer index", index, low=0, high=self.num_hidden_layers - 1)
+        per_layer = getattr(self, f"{name}_per_layer")
+        return getattr(self, name) if per_layer is None else per_layer[index]
 
 
-__all__ = ["SparsitySettings", "TriLevelViTConfig"]
+__all__ = ["SparsitySettings", "TriLevelViTConfig", "check_keep_rate"]

@@ -33,14 +33,9 @@ def table_rows(rows: list[tuple[str, str]]) -> str:
 
 
 def layer_sizes(config: TriLevelViTConfig) -> tuple[list[int], list[int]]:
-    """Attention heads and MLP width of every layer, from the config's per-layer methods when it has them."""
-    heads = getattr(config, "layer_num_attention_heads", None)
-    widths = getattr(config, "layer_intermediate_size", None)
+    """Attention heads and MLP width of every layer, from the config's per-layer methods (the one source of sizes)."""
     layers = range(config.num_hidden_layers)
-    return (
-        [heads(layer) if heads else config.num_attention_heads for layer in layers],
-        [widths(layer) if widths else config.intermediate_size for layer in layers],
-    )
+    return [config.layer_num_attention_heads(i) for i in layers], [config.layer_intermediate_size(i) for i in layers]
 
 
 def architecture_text(config: TriLevelViTConfig) -> str:

@@ -4,16 +4,21 @@ Parameter names are those of `transformers.ViTModel` / `ViTForImageClassificatio
 unchanged, and with both keep rates at 1.0 the outputs equal transformers' ViT. At each pruning layer, after the
 attention block and its residual and before the MLP:
 
-1. tokens: the patch tokens are scored by the class token's attention (averaged over heads) and the top
-   `ceil(n * token_keep_rate)` are kept, optionally fusing the rest into one token;
+1. tokens: the layer's `TokenSelector` (`config.token_selector`, by default the class token's attention averaged
+   over heads, keeping the top `ceil(n * token_keep_rate)`) decides which patch tokens stay; the layer applies the
+   decision, optionally fusing the rest into one token;
 2. attention: a top-k connection mask is built among the kept tokens and used by the following layers until the
    next pruning layer.
+
+Checkpoints are written with the key names transformers' own ViT writes (its v4 names); `from_pretrained` renames
+them through transformers' conversion mapping and a plain `load_state_dict` (as `Trainer` resume uses) through a
+load-state-dict pre-hook.
 
 This file is part of the remote-code set copied into every saved checkpoint: it imports only torch, transformers,
 the standard library and its flat siblings.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -26,38 +31,25 @@ try:  # transformers 5 internals this file builds on; they move between major ve
         get_checkpoint_conversion_mapping,
         register_checkpoint_conversion_mapping,
     )
-    from transformers.modeling_layers import GradientCheckpointingLayer
     from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.vit.modeling_vit import (
-        ViTAttention,
-        ViTEmbeddings,
-        ViTMLP,
-        ViTPooler,
-        ViTPreTrainedModel,
-        eager_attention_forward,
-    )
+    from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTPooler, ViTPreTrainedModel
     from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
     from transformers.utils.output_capturing import capture_outputs
 except ImportError as error:
     raise ImportError(
-        f"The TriLevel ViT code needs transformers 5 (tested with 5.23); this environment has "
+        f"The TriLevel ViT code needs transformers 5 (tested with 5.24); this environment has "
         f"{transformers.__version__}. Install `transformers>=5,<6` to load this checkpoint. ({error})"
     ) from error
 
 from .configuration_trilevel_vit import SparsitySettings, TriLevelViTConfig, check_keep_rate
-from .sparse_attention import check_masked_attention_implementation, sparse_attention_mask
-from .token_reduction import (
-    class_token_attention,
-    fuse_dropped_tokens,
-    keep_tokens,
-    num_kept_tokens,
-    select_top_tokens,
-)
+from .sparse_attention import check_masked_attention_implementation
+from .value_checks import as_pair
+from .vit_layer import TriLevelViTAttention, TriLevelViTLayer
 
 # transformers writes ViT checkpoints with their v4 key names and renames them on load only for its own classes;
 # registering the ViT renames under our model type makes plain ViT/DeiT folders (and our own saves) load.
 register_checkpoint_conversion_mapping("trilevel_vit", get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
+_V4_KEY_RENAMES = get_checkpoint_conversion_mapping("ViTModel")
 
 AUTO_MAP = {
     "AutoConfig": "configuration_trilevel_vit.TriLevelViTConfig",
@@ -75,10 +67,14 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
 
     kept_token_indices (`tuple[torch.LongTensor]`, *optional*, returned with `output_kept_token_indices=True`):
         One `[batch, kept]` tensor per pruning layer (in `config.token_prune_layers` order): the original patch
-        positions (0-indexed, row-major over the patch grid) of the patch tokens alive after that layer, ascending.
+        positions (0-indexed, row-major over the patch grid) of the patch tokens alive after that layer, ascending;
+        with per-image counts, -1 marks padded slots (after each image's real patches).
+    auxiliary_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Sum of the token selectors' auxiliary losses over the pruning layers, or None if none returned one.
     """
 
     kept_token_indices: tuple[torch.LongTensor, ...] | None = None
+    auxiliary_loss: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -86,132 +82,12 @@ class TriLevelViTImageClassifierOutput(ImageClassifierOutput):
     r"""
     kept_token_indices (`tuple[torch.LongTensor]`, *optional*, returned with `output_kept_token_indices=True`):
         See [`TriLevelViTModelOutput`].
+    auxiliary_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        See [`TriLevelViTModelOutput`]; already included in `loss` when `labels` are given.
     """
 
     kept_token_indices: tuple[torch.LongTensor, ...] | None = None
-
-
-class TriLevelViTAttention(ViTAttention):
-    """`ViTAttention` that also returns its query and key states.
-
-    A pruning layer scores tokens and connections from these, so it needs neither a second projection nor the
-    attention matrix, which fused kernels (sdpa, flash) never materialise.
-    """
-
-    def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
-        input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-
-        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
-        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
-        return attn_output, attn_weights, (query_states, key_states)
-
-
-class TriLevelViTLayer(GradientCheckpointingLayer):
-    """A ViT layer; at a pruning layer, tokens and attention connections are reduced between attention and MLP."""
-
-    def __init__(self, config: TriLevelViTConfig, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.attention = TriLevelViTAttention(config)
-        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = ViTMLP(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        patch_positions: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        sparsity: SparsitySettings,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """
-        Args:
-            hidden_states: `[batch, tokens, hidden]`, class token first (and a fused token last, after fusion).
-            patch_positions: `[batch, patches]` original position of each patch token in `hidden_states[:, 1:]`.
-            attention_mask: the additive mask built by the last pruning layer, or None (dense).
-            sparsity: this forward's settings, passed by keyword so a checkpointing recompute reuses them.
-
-        Returns:
-            `(hidden_states, patch_positions, attention_mask)`, reduced if this is a pruning layer.
-        """
-        residual = hidden_states
-        hidden_states = self.layernorm_before(hidden_states)
-        hidden_states, _, query_key = self.attention(hidden_states, attention_mask, **kwargs)
-        hidden_states = self.dropout(hidden_states) + residual
-
-        if self.layer_idx in sparsity.token_prune_layers:
-            hidden_states, patch_positions, attention_mask = self.reduce(
-                hidden_states, patch_positions, *query_key, attention_mask, sparsity
-            )
-        del query_key  # as large as the hidden states twice over: free them before the MLP's wide activations
-
-        residual = hidden_states
-        hidden_states = self.layernorm_after(hidden_states)
-        hidden_states = self.mlp(hidden_states)
-        hidden_states = self.dropout(hidden_states) + residual
-        return hidden_states, patch_positions, attention_mask
-
-    def reduce(
-        self,
-        hidden_states: torch.Tensor,
-        patch_positions: torch.Tensor,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        sparsity: SparsitySettings,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Drop tokens (token level), then build the connection mask among the survivors (attention level)."""
-        num_patches = patch_positions.shape[1]
-        num_keep = num_kept_tokens(num_patches, sparsity.token_keep_rate)
-        sequence_index = None  # positions of the surviving class and patch tokens in this layer's sequence
-
-        if num_keep < num_patches:
-            # Scores only decide which tokens stay, unless fusion also uses them as weights.
-            with torch.set_grad_enabled(torch.is_grad_enabled() and sparsity.token_fusion):
-                class_attention = class_token_attention(query, key, self.attention.scaling)
-            patch_index = select_top_tokens(class_attention[:, 1 : 1 + num_patches], num_keep)
-            fused = fuse_dropped_tokens(hidden_states, class_attention, patch_index) if sparsity.token_fusion else None
-            hidden_states, patch_positions, sequence_index = keep_tokens(
-                hidden_states, patch_positions, patch_index, fused
-            )
-
-        if sparsity.attention_keep_rate >= 1.0:
-            return hidden_states, patch_positions, None
-        if sequence_index is None:  # nothing dropped; an earlier fused token (last) is a summary, not a candidate
-            sequence_index = torch.arange(1 + num_patches, device=hidden_states.device).expand(len(hidden_states), -1)
-        mask = sparse_attention_mask(
-            query,
-            key,
-            self.attention.scaling,
-            sparsity.attention_keep_rate,
-            sequence_index,
-            attention_mask,
-            has_trailing_summary_token=hidden_states.shape[1] > 1 + patch_positions.shape[1],
-            dtype=query.dtype,
-        )
-        return hidden_states, patch_positions, mask
+    auxiliary_loss: torch.FloatTensor | None = None
 
 
 class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
@@ -225,6 +101,11 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
         "hidden_states": TriLevelViTLayer,
         "attentions": TriLevelViTAttention,
     }
+
+    def __init__(self, config: TriLevelViTConfig, *inputs, **kwargs):
+        config.check_trilevel_fields()  # before any layer reads a size from it
+        super().__init__(config, *inputs, **kwargs)
+        self.register_load_state_dict_pre_hook(_rename_v4_keys)
 
     def set_keep_rates(self, token_keep_rate: float | None = None, attention_keep_rate: float | None = None) -> None:
         """Change the token and/or attention keep rates; the next forward uses them. No reload, no new weights.
@@ -265,17 +146,29 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
         if self.config.attention_keep_rate < 1.0:
             check_masked_attention_implementation(self.config._attn_implementation)
 
-    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
-        """Save like transformers does, with two differences that keep TriLevel checkpoints self-consistent.
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save like transformers does (weights under ViT's v4 key names), with every Auto class in `auto_map`.
 
-        * `auto_map` gets every Auto class (transformers writes only the saved class and its config), so
-          AutoConfig, AutoModel and AutoModelForImageClassification all resolve from any TriLevel checkpoint.
-        * Weights keep the names they have in memory (`save_original_format=False`). transformers would otherwise
-          write ViT's v4 names, which `from_pretrained` renames back but `Trainer(resume_from_checkpoint=...)`
-          (a plain `load_state_dict`) does not, so a resumed run would silently restart from random weights.
+        transformers writes only the saved class and its config into `auto_map`; adding the rest lets AutoConfig,
+        AutoModel and AutoModelForImageClassification all resolve from any TriLevel checkpoint.
         """
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
-        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def _rename_v4_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: rename ViT's v4 checkpoint keys to the in-memory names, in place.
+
+    `from_pretrained` applies transformers' conversion mapping itself, but a plain `load_state_dict` of a saved
+    file (what `Trainer(resume_from_checkpoint=...)` does, with `strict=False`) would otherwise load nothing. The
+    renames are transformers' own for `ViTModel`; in-memory names match none of them, so the hook is idempotent.
+    """
+    for old_key in [key for key in state_dict if key.startswith(prefix)]:
+        new_key = old_key
+        for renaming in _V4_KEY_RENAMES:
+            new_key, _ = renaming.rename_source_key(new_key)
+        if new_key != old_key:
+            state_dict[new_key] = state_dict.pop(old_key)
 
 
 def check_pixel_values(pixel_values: torch.Tensor | None, config: TriLevelViTConfig, interpolate: bool) -> None:
@@ -295,7 +188,7 @@ def check_pixel_values(pixel_values: torch.Tensor | None, config: TriLevelViTCon
             f"`pixel_values` has {pixel_values.shape[1]} channels but the config expects "
             f"num_channels={config.num_channels}."
         )
-    size = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
+    size = as_pair(config.image_size)
     if not interpolate and tuple(pixel_values.shape[2:]) != tuple(size):
         raise ValueError(
             f"`pixel_values` is {pixel_values.shape[2]}x{pixel_values.shape[3]} pixels but the config expects "
@@ -352,14 +245,16 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         )
         batch_size, num_tokens = hidden_states.shape[:2]
         patch_positions = torch.arange(num_tokens - 1, device=hidden_states.device).expand(batch_size, -1)
-        attention_mask = None
+        attention_mask = auxiliary_loss = None
         kept_token_indices = []
         for layer in self.layers:
-            hidden_states, patch_positions, attention_mask = layer(
+            hidden_states, patch_positions, attention_mask, layer_loss = layer(
                 hidden_states, patch_positions, attention_mask, sparsity=sparsity, **kwargs
             )
             if attention_mask is not None:
                 attention_mask = attention_mask.detach()  # reentrant checkpointing marks outputs as requiring grad
+            if layer_loss is not None:
+                auxiliary_loss = layer_loss if auxiliary_loss is None else auxiliary_loss + layer_loss
             if output_kept_token_indices and layer.layer_idx in sparsity.token_prune_layers:
                 kept_token_indices.append(patch_positions)
 
@@ -369,6 +264,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             last_hidden_state=sequence_output,
             pooler_output=pooled_output,
             kept_token_indices=tuple(kept_token_indices) if output_kept_token_indices else None,
+            auxiliary_loss=auxiliary_loss,
         )
 
 
@@ -393,7 +289,8 @@ class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
     ) -> TriLevelViTImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `[batch]`, *optional*):
-            Class indices for the loss (cross-entropy for `num_labels > 1`, as in transformers' ViT).
+            Class indices for the loss (cross-entropy for `num_labels > 1`, as in transformers' ViT). The selectors'
+            `auxiliary_loss`, if any, is added to it, so a stock `Trainer` trains a learned selector too.
         output_kept_token_indices (`bool`, *optional*):
             See [`TriLevelViTModel.forward`].
         """
@@ -407,12 +304,15 @@ class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config, **kwargs)
+            if outputs.auxiliary_loss is not None:
+                loss = loss + outputs.auxiliary_loss
         return TriLevelViTImageClassifierOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             kept_token_indices=outputs.kept_token_indices,
+            auxiliary_loss=outputs.auxiliary_loss,
         )
 
 

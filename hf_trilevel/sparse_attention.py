@@ -8,6 +8,9 @@ both `eager` and `sdpa` take, so `sdpa` keeps running its fused kernel.
 Summary tokens (the class token, and the fused token when token fusion is on) keep their whole row and column:
 they are how information flows between the kept tokens.
 
+Per-image token counts pad the patch axis (see token_reduction.py); `key_padding_mask` folds the padding into the
+same additive mask, so padded tokens are never attended to and every kernel that takes a mask still applies.
+
 This file is part of the remote-code set copied into every saved checkpoint: it imports only torch, transformers
 and the standard library.
 """
@@ -66,6 +69,7 @@ def sparse_attention_mask(
     previous_mask: torch.Tensor | None,
     has_trailing_summary_token: bool,
     dtype: torch.dtype,
+    key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Additive mask for the layers that follow a pruning layer, `[batch, 1, tokens, tokens]` in `dtype`.
 
@@ -80,6 +84,8 @@ def sparse_attention_mask(
         has_trailing_summary_token: whether the new sequence ends with a fused token. It has no query or key yet;
             its row and column are always kept.
         dtype: the attention's compute dtype (the query's), so the kernels never cast the mask.
+        key_valid: `[batch, kept]` False at padded slots of the new sequence (per-image counts), or None. Padded
+            columns are scored below every real one, so they never take a place in a row's budget.
     """
     with torch.no_grad():
         rows = gather_tokens(query, sequence_index, token_dim=2)
@@ -88,7 +94,37 @@ def sparse_attention_mask(
             logits = logits + gather_tokens(previous_mask, sequence_index, token_dim=2)
         probabilities = logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1)
         scores = gather_tokens(probabilities, sequence_index, token_dim=2)
+        if key_valid is not None:
+            scores = scores.masked_fill(~key_valid[:, None, :], -1.0)
         if has_trailing_summary_token:
             scores = torch.nn.functional.pad(scores, (0, 1, 0, 1))
         keep = select_connections(scores, keep_rate, has_trailing_summary_token).unsqueeze(1)
         return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
+
+
+def key_padding_mask(
+    patch_positions: torch.Tensor,
+    num_tokens: int,
+    mask: torch.Tensor | None,
+    dtype: torch.dtype,
+    fused_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`mask` with every padded key (patch position -1) masked out, `[batch, 1, rows, tokens]` in `dtype`.
+
+    Args:
+        patch_positions: `[batch, patches]` original positions of the patch tokens, -1 at padded slots.
+        num_tokens: length of the sequence (class token, patches, and a trailing fused token if any).
+        mask: an additive mask to extend, `[batch, 1, tokens, tokens]`, or None (then the result is
+            `[batch, 1, 1, tokens]`, broadcast over query rows by eager and sdpa alike).
+        dtype: the attention's compute dtype.
+        fused_valid: `[batch]` bool, False where the trailing fused token is empty (the image dropped nothing), or
+            None to leave the fused token's column as `mask` has it.
+    """
+    batch_size, num_patches = patch_positions.shape
+    padded = torch.zeros(batch_size, num_tokens, dtype=torch.bool, device=patch_positions.device)
+    padded[:, 1 : 1 + num_patches] = patch_positions < 0
+    if fused_valid is not None:
+        padded[:, -1] = ~fused_valid
+    if mask is None:
+        mask = torch.zeros(batch_size, 1, 1, num_tokens, dtype=dtype, device=patch_positions.device)
+    return mask.masked_fill(padded[:, None, None, :], torch.finfo(mask.dtype).min)

@@ -1,14 +1,17 @@
 """Token level of Tri-Level E-ViT: score patch tokens, decide which to keep, then apply the decision.
 
-The three steps are separate functions so that a different scorer (a learned selector) or a different decision
-(a per-image adaptive count) can replace one step without touching the others:
+The steps are separate functions so that a different scorer (a learned selector) or a different decision (a
+per-image adaptive count) can replace one step without touching the others. A `TokenSelector`
+(`token_selectors.py`) does the first two; the layer applies its decision with `keep_tokens`:
 
-    scores = class_token_attention(query, key, scaling)           # score
-    patch_index = select_top_tokens(patch_scores, num_keep)        # decide (no gradient)
-    hidden_states, ... = keep_tokens(hidden_states, patch_index, ...)  # apply
+    scores = class_token_attention(query, key, scaling)              # score
+    patch_index = select_top_tokens(patch_scores, num_keep)           # decide
+    hidden_states, ... = keep_tokens(hidden_states, patch_positions, patch_index, ...)  # apply
 
 Sequence layout used throughout: position 0 is the class token, then the surviving patch tokens, then (only after a
-fusing pruning layer) one fused token that summarises everything dropped so far.
+fusing pruning layer) one fused token that summarises everything dropped so far. With per-image counts the patch
+axis is padded to the largest count: padded slots come after each image's real patches, carry position -1 in
+`patch_positions`, and are masked as keys by the attention mask (see `sparse_attention.key_padding_mask`).
 
 This file is part of the remote-code set copied into every saved checkpoint: it imports only torch and the standard
 library.
@@ -37,11 +40,15 @@ def token_schedule(num_patches: int, keep_rate: float, num_pruning_layers: int) 
     return counts
 
 
-def class_token_attention(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
+def class_token_attention(
+    query: torch.Tensor, key: torch.Tensor, scaling: float, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Head-averaged attention probabilities of the class token over every token.
 
     Args:
         query, key: `[batch, heads, tokens, head_dim]`, with the class token at position 0.
+        attention_mask: the additive mask the layer's attention used (`[batch, 1, tokens or 1, tokens]`), or None.
+            Its class row is all zeros except at padded keys, which therefore score 0.
 
     Returns:
         `[batch, tokens]` in float32, each row summing to 1.
@@ -50,12 +57,16 @@ def class_token_attention(query: torch.Tensor, key: torch.Tensor, scaling: float
     works with fused attention kernels (sdpa, flash) that never materialise the tokens x tokens matrix.
     """
     logits = torch.matmul(query[:, :, :1], key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        logits = logits + attention_mask[:, :, :1]
     return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1).squeeze(1)
 
 
-@torch.no_grad()
 def select_top_tokens(patch_scores: torch.Tensor, num_keep: int) -> torch.Tensor:
     """Indices of the `num_keep` highest-scoring patch tokens of each image, ascending.
+
+    Indices carry no gradient; a selector that learns does so through its scores (fusion weights, an auxiliary
+    loss), which is why this function does not switch gradients off itself.
 
     Args:
         patch_scores: `[batch, patches]`.
@@ -68,6 +79,28 @@ def select_top_tokens(patch_scores: torch.Tensor, num_keep: int) -> torch.Tensor
     return top.sort(dim=-1).values
 
 
+def select_top_tokens_per_image(
+    patch_scores: torch.Tensor, kept_counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `kept_counts[i]` highest-scoring patches of image `i`, padded to the largest count.
+
+    Args:
+        patch_scores: `[batch, patches]`.
+        kept_counts: `[batch]` int64, each in [1, patches].
+
+    Returns:
+        `(patch_index, valid_mask)`, both `[batch, max(kept_counts)]`: each row holds its kept patches in ascending
+        order, then padded slots (`valid_mask` False) whose indices point at dropped patches and must be ignored.
+        Reading `max(kept_counts)` synchronises with the device once per call.
+    """
+    num_patches = patch_scores.shape[1]
+    width = int(kept_counts.max())
+    ranked = torch.topk(patch_scores, width, dim=-1, sorted=True).indices
+    valid_mask = torch.arange(width, device=ranked.device) < kept_counts.unsqueeze(1)
+    order = torch.where(valid_mask, ranked, ranked + num_patches).sort(dim=-1).indices
+    return torch.gather(ranked, 1, order), torch.gather(valid_mask, 1, order)
+
+
 def gather_tokens(states: torch.Tensor, index: torch.Tensor, token_dim: int = 1) -> torch.Tensor:
     """Select tokens per image along `token_dim` with a `[batch, k]` index; other dims are kept whole."""
     shape = [1] * states.dim()
@@ -77,10 +110,33 @@ def gather_tokens(states: torch.Tensor, index: torch.Tensor, token_dim: int = 1)
     return torch.gather(states, token_dim, index.view(shape).expand(sizes))
 
 
-def fuse_dropped_tokens(
-    hidden_states: torch.Tensor, class_attention: torch.Tensor, patch_index: torch.Tensor
+def dropped_token_weights(
+    token_scores: torch.Tensor, patch_index: torch.Tensor, valid_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """One token per image: the average of every non-kept token, weighted by its class-token attention.
+    """`[batch, patches (+ 1 fused)]`: each token's score if it is dropped (fused), 0 if kept.
+
+    Args:
+        token_scores: `[batch, 1 + patches (+ 1 fused)]` non-negative weights, e.g. from `class_token_attention`.
+        patch_index: `[batch, kept]` indices of the kept patches.
+        valid_mask: `[batch, kept]` False at padded slots (per-image counts), or None when every slot is kept.
+
+    A row summing to 0 means the image dropped nothing with any weight (possible only with per-image counts): its
+    fused token would be empty, and the layer masks it out.
+    """
+    if valid_mask is None:
+        return token_scores[:, 1:].scatter(1, patch_index, 0.0)
+    # Padded slots point at dropped tokens, which must keep their weight.
+    kept = torch.zeros_like(token_scores[:, 1:]).scatter_reduce(1, patch_index, valid_mask.to(token_scores), "amax")
+    return token_scores[:, 1:] * (1 - kept)
+
+
+def fuse_dropped_tokens(
+    hidden_states: torch.Tensor,
+    token_scores: torch.Tensor,
+    patch_index: torch.Tensor,
+    valid_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One token per image: the average of every non-kept token, weighted by its score (class-token attention).
 
     Like EViT, the dropped tokens are summarised by their class-token attention. Unlike EViT, whose fused token is
     the unnormalised attention-weighted sum (its norm shrinks with the attention the dropped tokens got), this is
@@ -89,14 +145,15 @@ def fuse_dropped_tokens(
 
     Args:
         hidden_states: `[batch, 1 + patches (+ 1 fused), hidden]`.
-        class_attention: `[batch, 1 + patches (+ 1 fused)]` from `class_token_attention`.
+        token_scores: `[batch, 1 + patches (+ 1 fused)]` non-negative weights, e.g. from `class_token_attention`.
         patch_index: `[batch, kept]` indices of the kept patches.
+        valid_mask: `[batch, kept]` False at padded slots (per-image counts), or None when every slot is kept.
 
     Returns:
         `[batch, 1, hidden]`. A previous fused token is folded in with its own attention weight, so a single fused
         token summarises everything dropped at every layer so far.
     """
-    weights = class_attention[:, 1:].scatter(1, patch_index, 0.0)
+    weights = dropped_token_weights(token_scores, patch_index, valid_mask)
     weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
     fused = torch.matmul(weights.to(hidden_states.dtype).unsqueeze(1), hidden_states[:, 1:])
     return fused
@@ -107,23 +164,28 @@ def keep_tokens(
     patch_positions: torch.Tensor,
     patch_index: torch.Tensor,
     fused_token: torch.Tensor | None,
+    valid_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Apply a keep decision.
 
     Args:
         hidden_states: `[batch, 1 + patches (+ 1 fused), hidden]`.
         patch_positions: `[batch, patches]` original patch index of each current patch token.
-        patch_index: `[batch, kept]` from `select_top_tokens`.
+        patch_index: `[batch, kept]` from a selector.
         fused_token: `[batch, 1, hidden]` to append, or None.
+        valid_mask: `[batch, kept]` False at padded slots (per-image counts), or None when every slot is kept.
 
     Returns:
-        `(hidden_states, patch_positions, sequence_index)`: the new sequence `[class, kept patches (, fused)]`, the
-        original positions of the kept patches, and `[batch, 1 + kept]` indices of the class token and kept patches
-        in the old sequence (for gathering per-token state such as queries and keys).
+        `(hidden_states, patch_positions, sequence_index)`: the new sequence `[class, kept patches (, fused)]`,
+        the original positions of the kept patches (-1 at padded slots), and `[batch, 1 + kept]` indices of the
+        class token and kept patches in the old sequence (for gathering per-token state such as queries and keys).
     """
     class_index = torch.zeros_like(patch_index[:, :1])
     sequence_index = torch.cat([class_index, patch_index + 1], dim=1)
     kept = gather_tokens(hidden_states, sequence_index)
     if fused_token is not None:
         kept = torch.cat([kept, fused_token], dim=1)
-    return kept, torch.gather(patch_positions, 1, patch_index), sequence_index
+    positions = torch.gather(patch_positions, 1, patch_index)
+    if valid_mask is not None:
+        positions = positions.masked_fill(~valid_mask, -1)
+    return kept, positions, sequence_index

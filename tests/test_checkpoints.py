@@ -21,13 +21,18 @@ from .helpers import images, tiny_model
 REMOTE_CODE_FILES = {
     "configuration_trilevel_vit.py",
     "modeling_trilevel_vit.py",
-    "token_reduction.py",
     "sparse_attention.py",
+    "token_reduction.py",
+    "token_selectors.py",
+    "value_checks.py",
+    "vit_layer.py",
 }
+# Slimmed layers (fewer heads / MLP neurons in some) must survive saving and a clean-process load too.
+PER_LAYER = {"num_attention_heads_per_layer": [2, 1, 2, 1], "intermediate_size_per_layer": [64, 32, 48, 16]}
 
 
 def sparse_model() -> TriLevelViTForImageClassification:
-    model = tiny_model(token_keep_rate=0.6, attention_keep_rate=0.4, token_fusion=True)
+    model = tiny_model(token_keep_rate=0.6, attention_keep_rate=0.4, token_fusion=True, **PER_LAYER)
     model.config.id2label = {i: f"digit-{i}" for i in range(5)}
     model.config.label2id = {v: k for k, v in model.config.id2label.items()}
     return model
@@ -55,12 +60,17 @@ def test_folder_holds_safetensors_config_with_auto_map_and_the_code(saved_folder
     assert (config["token_keep_rate"], config["attention_keep_rate"], config["token_fusion"]) == (0.6, 0.4, True)
 
 
-def test_saved_weights_keep_their_in_memory_names(saved_folder):
-    # Trainer(resume_from_checkpoint=...) loads model.safetensors with a plain load_state_dict.
-    model = sparse_model()
+def test_saved_weights_use_vit_v4_names_and_a_plain_load_state_dict_restores_them(saved_folder):
+    # transformers' own ViT writes its v4 names; Trainer(resume_from_checkpoint=...) loads model.safetensors with a
+    # plain load_state_dict, which our pre-hook renames back to the in-memory names.
     saved = load_file(saved_folder / "model.safetensors")
-    assert set(saved) == set(model.state_dict())
-    assert model.load_state_dict(saved, strict=True)
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in saved
+    assert not any(".layers." in key or "q_proj" in key for key in saved)
+    torch.manual_seed(1)
+    model = type(sparse_model())(sparse_model().config)
+    model.load_state_dict(saved, strict=True)
+    for name, tensor in sparse_model().state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
 
 
 def test_remote_code_files_import_only_torch_transformers_stdlib_and_flat_siblings(saved_folder):
@@ -77,7 +87,8 @@ def test_remote_code_files_import_only_torch_transformers_stdlib_and_flat_siblin
                 roots = {node.module.split(".")[0]}
             else:
                 continue
-            allowed = {"torch", "transformers"} | set(sys.stdlib_module_names)
+            # huggingface_hub is a hard dependency of transformers (its configs import `strict` from it).
+            allowed = {"torch", "transformers", "huggingface_hub"} | set(sys.stdlib_module_names)
             assert roots <= allowed, f"{name} imports {roots - allowed}"
 
 
@@ -132,6 +143,8 @@ CLEAN_ROOM_SCRIPT = textwrap.dedent(
     print(json.dumps({
         "head_module": type(head).__module__,
         "base_class": type(base).__name__,
+        "heads": [layer.attention.num_attention_heads for layer in head.vit.layers],
+        "mlp": [layer.mlp.fc1.out_features for layer in head.vit.layers],
         "labels": [p["label"] for p in predictions],
         "loaded_modules": sorted(m for m in sys.modules if m.startswith("hf_trilevel")),
     }))
@@ -163,6 +176,8 @@ def test_checkpoint_loads_in_a_clean_process_without_the_package(saved_folder, t
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["head_module"].startswith("transformers_modules.")
     assert report["base_class"] == "TriLevelViTModel"
+    assert report["heads"] == PER_LAYER["num_attention_heads_per_layer"]
+    assert report["mlp"] == PER_LAYER["intermediate_size_per_layer"]
     assert report["loaded_modules"] == []
     assert report["labels"] and set(report["labels"]) <= {f"digit-{i}" for i in range(5)}
 

@@ -28,13 +28,13 @@ def test_explicit_pruning_layers_are_kept_sorted():
 @pytest.mark.parametrize("field", ["token_keep_rate", "attention_keep_rate"])
 @pytest.mark.parametrize("value", [0.0, -0.1, 1.5, float("nan"), float("inf")])
 def test_keep_rate_out_of_range_is_rejected_with_field_and_range(field, value):
-    with pytest.raises(ValueError, match=rf"`{field}` must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=rf"`{field}` must be (a number )?in \(0, 1\]"):
         TriLevelViTConfig(**{field: value})
 
 
 @pytest.mark.parametrize("value", ["0.5", True, None])
 def test_keep_rate_of_wrong_type_is_rejected(value):
-    with pytest.raises(ValueError, match=r"`token_keep_rate` must be a float in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"`token_keep_rate` must be a number in \(0, 1\]"):
         TriLevelViTConfig(token_keep_rate=value)
 
 
@@ -78,3 +78,42 @@ def test_plain_vit_config_becomes_a_trilevel_config(tmp_path):
     config = TriLevelViTConfig.from_pretrained(tmp_path)
     assert config.model_type == "trilevel_vit"
     assert config.token_prune_layers == [2, 4, 6]
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        (
+            {"hidden_size": 30, "num_attention_heads": 4},
+            r"`hidden_size` \(30\) must be divisible by `num_attention_heads` \(4\)",
+        ),
+        ({"image_size": 30, "patch_size": 4}, r"`image_size` \(30x30\) must be divisible by `patch_size` \(4x4\)"),
+        ({"image_size": [32, 30], "patch_size": 4}, r"`image_size` \(32x30\) must be divisible"),
+        ({"num_attention_heads": 0}, r"`num_attention_heads` must be an integer >= 1, got 0"),
+    ],
+)
+def test_architecture_that_does_not_divide_is_rejected_at_construction(shape, message):
+    with pytest.raises(ValueError, match=message):
+        TriLevelViTConfig(**shape)
+
+
+def test_architecture_changed_after_construction_is_rejected_when_the_model_is_built():
+    from hf_trilevel import TriLevelViTForImageClassification
+
+    config = TriLevelViTConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=2)
+    config.num_attention_heads = 3
+    with pytest.raises(ValueError, match=r"`hidden_size` \(32\) must be divisible by `num_attention_heads` \(3\)"):
+        TriLevelViTForImageClassification(config)
+
+
+def test_trilevel_checks_are_the_configs_own_strict_validators(tmp_path):
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    names = {validator.__name__ for validator in TriLevelViTConfig.__class_validators__}
+    assert {"validate_architecture", "validate_token_sparsity"} <= names
+    config = TriLevelViTConfig(num_hidden_layers=2)
+    config.token_keep_rate = 5.0  # direct assignment bypasses the constructor...
+    with pytest.raises(StrictDataclassClassValidationError, match="validate_token_sparsity"):
+        config.validate()  # ...but not the config's own validation, which save_pretrained runs too
+    with pytest.raises(StrictDataclassClassValidationError, match=r"`token_keep_rate` must be in \(0, 1\]"):
+        config.save_pretrained(tmp_path)

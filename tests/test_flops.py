@@ -39,3 +39,13 @@ def test_deit_tiny_limits_bracket_the_papers_token_schedules():
     assert flops_speedup_limit(TriLevelViTConfig(**tiny, token_keep_rate=0.7)) == pytest.approx(1.54, abs=0.01)
     assert flops_speedup_limit(TriLevelViTConfig(**tiny, token_keep_rate=0.5)) == pytest.approx(2.01, abs=0.01)
     assert flops_speedup_limit(TriLevelViTConfig(**tiny)) == 1.0
+
+
+@pytest.mark.parametrize("rates", [{}, {"token_keep_rate": 0.7, "attention_keep_rate": 0.3, "token_fusion": True}])
+def test_analytic_flops_of_a_slimmed_model_match_the_flop_counter(rates):
+    slim = {"num_attention_heads_per_layer": [2, 1, 2, 1], "intermediate_size_per_layer": [64, 16, 48, 8]}
+    model = tiny_model(attn_implementation="eager", **slim, **rates)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(images(2))
+    assert forward_flops(model.config, batch_size=2) == counter.get_total_flops()
+    assert forward_flops(model.config) < forward_flops(tiny_model(**rates).config)

@@ -27,6 +27,9 @@ REMOTE_CODE_FILES = {
     "modeling_trilevel_vit.py",
     "token_reduction.py",
     "sparse_attention.py",
+    "token_selectors.py",
+    "value_checks.py",
+    "vit_layer.py",
 }
 
 

@@ -193,9 +193,6 @@ def test_architecture_row_reads_per_layer_sizes_from_the_config(tmp_path):
     assert f"| architecture | {expected} |" in text
 
 
-@pytest.mark.skipif(
-    not hasattr(TriLevelViTConfig, "layer_num_attention_heads"), reason="the config has no per-layer sizes yet"
-)
 def test_a_slimmed_config_shows_its_per_layer_fields(tmp_path):
     config = tiny_config(num_attention_heads_per_layer=[2, 2, 1, 2], intermediate_size_per_layer=[64, 48, 64, 64])
     text = saved_card(tmp_path, config=config).text

@@ -177,3 +177,16 @@ def test_attention_sparsity_on_a_backend_that_cannot_mask_is_rejected_early(atte
     with pytest.raises(ValueError, match="attention_keep_rate"):
         model.set_keep_rates(attention_keep_rate=0.5)
     assert model.config.attention_keep_rate == 1.0
+
+
+def test_key_padding_masks_padded_columns_and_keeps_the_rest_of_the_mask():
+    from hf_trilevel.sparse_attention import key_padding_mask
+
+    positions = torch.tensor([[4, 9, -1], [2, 3, 7]])  # image 0 has one padded slot; a fused token follows
+    alone = key_padding_mask(positions, 5, None, torch.float32)
+    assert alone.shape == (2, 1, 1, 5)
+    assert (alone[:, 0, 0] < 0).tolist() == [[False, False, False, True, False], [False] * 5]
+    sparse = torch.zeros(2, 1, 5, 5).index_fill_(-1, torch.tensor([1]), torch.finfo(torch.float32).min)
+    combined = key_padding_mask(positions, 5, sparse, torch.float32)
+    assert torch.all(combined[0, 0, :, 3] < 0) and torch.all(combined[:, 0, :, 1] < 0)
+    assert torch.all(combined[1, 0, :, [0, 2, 3, 4]] == 0)

@@ -96,7 +96,7 @@ def test_other_resolutions_work_with_interpolated_position_embeddings():
     ("field", "value", "message"),
     [
         ("token_keep_rate", 1.5, r"`token_keep_rate` must be in \(0, 1\]"),
-        ("token_keep_rate", "0.5", "`token_keep_rate` must be a float"),
+        ("token_keep_rate", "0.5", "`token_keep_rate` must be a number"),
         ("attention_keep_rate", 0.0, r"`attention_keep_rate` must be in \(0, 1\]"),
         ("token_prune_layers", [1, 20], "20 is out of range"),
         ("token_fusion", "yes", "`token_fusion` must be True or False"),

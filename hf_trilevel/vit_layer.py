@@ -1,0 +1,248 @@
+"""One TriLevel ViT layer: attention and MLP sized per layer, and the token/attention reduction between them.
+
+The layer reads top to bottom like ViT's: norm, attention, residual; at a pruning layer its `TokenSelector` decides
+which tokens stay and the layer applies that decision (`token_reduction.keep_tokens`) and rebuilds the attention
+mask (`sparse_attention`); then norm, MLP, residual.
+
+transformers' `ViTAttention` and `ViTMLP` read the uniform `num_attention_heads` / `intermediate_size`; these read
+`config.layer_num_attention_heads(i)` / `config.layer_intermediate_size(i)`, so a structurally slimmed model (fewer
+heads or MLP neurons in some layers) is an ordinary checkpoint. Parameter names and shapes are those of
+transformers' ViT, so uniform checkpoints load unchanged. The head size stays `hidden_size / num_attention_heads`.
+
+This file is part of the remote-code set copied into every saved checkpoint: it imports only torch, transformers,
+the standard library and flat siblings.
+"""
+
+from collections.abc import Callable
+
+import torch
+import transformers
+from torch import nn
+
+try:  # transformers 5 internals this file builds on; they move between major versions
+    from transformers.activations import ACT2FN
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.vit.modeling_vit import eager_attention_forward
+except ImportError as error:
+    raise ImportError(
+        f"The TriLevel ViT code needs transformers 5 (tested with 5.24); this environment has "
+        f"{transformers.__version__}. Install `transformers>=5,<6` to load this checkpoint. ({error})"
+    ) from error
+
+from .configuration_trilevel_vit import SparsitySettings
+from .sparse_attention import key_padding_mask, sparse_attention_mask
+from .token_reduction import dropped_token_weights, fuse_dropped_tokens, keep_tokens
+from .token_selectors import TokenSelection, build_token_selector
+
+
+class TriLevelViTAttention(nn.Module):
+    """Multi-head self-attention with this layer's number of heads; also returns its query and key states.
+
+    A pruning layer scores tokens and connections from the query and key states, so it needs neither a second
+    projection nor the attention matrix, which fused kernels (sdpa, flash) never materialise.
+    """
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.num_attention_heads = config.layer_num_attention_heads(layer_idx)
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+
+        inner_size = self.num_attention_heads * self.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, inner_size, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, inner_size, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, inner_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(inner_size, config.hidden_size, bias=True)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+        return attn_output, attn_weights, (query_states, key_states)
+
+
+class TriLevelViTMLP(nn.Module):
+    """The feed-forward block with this layer's intermediate size (`fc1`, activation, `fc2`, as in ViT)."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.activation_fn = ACT2FN[config.hidden_act]
+        intermediate_size = config.layer_intermediate_size(layer_idx)
+        self.fc1 = nn.Linear(config.hidden_size, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class TriLevelViTLayer(GradientCheckpointingLayer):
+    """A ViT layer; at a pruning layer, tokens and attention connections are reduced between attention and MLP."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attention = TriLevelViTAttention(config, layer_idx)
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = TriLevelViTMLP(config, layer_idx)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # Built where the config prunes; a selector is a module so that a learned one's weights are checkpointed.
+        prunes = layer_idx in config.token_prune_layers
+        self.token_selector = build_token_selector(config, layer_idx) if prunes else None
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        patch_positions: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        sparsity: SparsitySettings,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """
+        Args:
+            hidden_states: `[batch, tokens, hidden]`, class token first (and a fused token last, after fusion).
+            patch_positions: `[batch, patches]` original position of each patch token in `hidden_states[:, 1:]`,
+                -1 at padded slots (per-image counts).
+            attention_mask: the additive mask built by the last pruning layer, or None (dense, no padding).
+            sparsity: this forward's settings, passed by keyword so a checkpointing recompute reuses them.
+
+        Returns:
+            `(hidden_states, patch_positions, attention_mask, auxiliary_loss)`, reduced if this is a pruning layer;
+            `auxiliary_loss` is the selector's (or None).
+        """
+        residual = hidden_states
+        hidden_states = self.layernorm_before(hidden_states)
+        hidden_states, _, query_key = self.attention(hidden_states, attention_mask, **kwargs)
+        hidden_states = self.dropout(hidden_states) + residual
+
+        auxiliary_loss = None
+        if self.layer_idx in sparsity.token_prune_layers:
+            hidden_states, patch_positions, attention_mask, auxiliary_loss = self.reduce(
+                hidden_states, patch_positions, *query_key, attention_mask, sparsity
+            )
+        del query_key  # as large as the hidden states twice over: free them before the MLP's wide activations
+
+        residual = hidden_states
+        hidden_states = self.layernorm_after(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        hidden_states = self.dropout(hidden_states) + residual
+        return hidden_states, patch_positions, attention_mask, auxiliary_loss
+
+    def reduce(
+        self,
+        hidden_states: torch.Tensor,
+        patch_positions: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        sparsity: SparsitySettings,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Apply the selector's decision (token level), then mask connections among the survivors (attention level)."""
+        if self.token_selector is None:
+            raise ValueError(
+                f"`token_prune_layers` is {list(sparsity.token_prune_layers)} but layer {self.layer_idx} was built "
+                "without a token selector: pruning layers are fixed when the model is built; build it from a config "
+                "with the pruning layers you want."
+            )
+        num_patches = patch_positions.shape[1]
+        selection = self.token_selector(
+            hidden_states,
+            query,
+            key,
+            patch_positions,
+            attention_mask,
+            keep_rate=sparsity.token_keep_rate,
+            fusion=sparsity.token_fusion,
+            scaling=self.attention.scaling,
+        )
+        if selection is None and sparsity.attention_keep_rate >= 1.0:
+            return hidden_states, patch_positions, attention_mask, None  # same tokens, same mask (padding included)
+
+        # An incoming mask may carry padding from an earlier per-image decision; re-applying padding is exact (a
+        # masked_fill with nothing to fill) when there is none, and it avoids a host sync to find out.
+        padded = attention_mask is not None or (selection is not None and selection.valid_mask is not None)
+        sequence_index = fused_valid = None  # sequence_index: the surviving class and patch tokens' old positions
+        if selection is not None:
+            hidden_states, patch_positions, sequence_index, fused_valid = self.apply_selection(
+                hidden_states, patch_positions, selection, sparsity.token_fusion, padded
+            )
+
+        has_fused_token = hidden_states.shape[1] > 1 + patch_positions.shape[1]
+        if padded and fused_valid is None and has_fused_token and attention_mask is not None:
+            fused_valid = attention_mask[:, 0, 0, -1] == 0  # unchanged sequence: keep the fused token's validity
+
+        mask = None
+        if sparsity.attention_keep_rate < 1.0:
+            if sequence_index is None:  # nothing dropped; an earlier fused token (last) is a summary, not a candidate
+                sequence_index = torch.arange(1 + num_patches, device=hidden_states.device)
+                sequence_index = sequence_index.expand(len(hidden_states), -1)
+            key_valid = None
+            if padded:
+                key_valid = torch.cat([torch.ones_like(patch_positions[:, :1]), patch_positions], dim=1) >= 0
+            mask = sparse_attention_mask(
+                query,
+                key,
+                self.attention.scaling,
+                sparsity.attention_keep_rate,
+                sequence_index,
+                attention_mask,
+                has_trailing_summary_token=has_fused_token,
+                dtype=query.dtype,
+                key_valid=key_valid,
+            )
+        if padded:
+            mask = key_padding_mask(patch_positions, hidden_states.shape[1], mask, query.dtype, fused_valid)
+        return hidden_states, patch_positions, mask, selection.auxiliary_loss if selection is not None else None
+
+    def apply_selection(
+        self,
+        hidden_states: torch.Tensor,
+        patch_positions: torch.Tensor,
+        selection: TokenSelection,
+        fusion: bool,
+        padded: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Keep the selected tokens (and fuse the rest); returns `keep_tokens`' results and the fused token's validity.
+
+        The validity (`[batch]` bool, or None) is computed only with padding: an image of a per-image decision that
+        dropped nothing has an empty fused token, which must be masked like padding.
+        """
+        fused = fused_valid = None
+        if fusion:
+            if selection.scores is None:
+                raise ValueError(f"`token_fusion=True` needs scores from the {type(self.token_selector).__name__}.")
+            fused = fuse_dropped_tokens(hidden_states, selection.scores, selection.patch_index, selection.valid_mask)
+            if padded:
+                weights = dropped_token_weights(selection.scores, selection.patch_index, selection.valid_mask)
+                fused_valid = weights.sum(dim=-1) > 0
+        kept = keep_tokens(hidden_states, patch_positions, selection.patch_index, fused, selection.valid_mask)
+        return (*kept, fused_valid)
+
+
+__all__ = ["TriLevelViTAttention", "TriLevelViTLayer", "TriLevelViTMLP"]
