@@ -28,7 +28,13 @@ from .data_pruning import ExamplePruner
 from .example_index import EXAMPLE_INDEX, IndexCollator, IndexedDataset
 from .loss_terms import LossTermLog, composed_loss
 from .model_card import trainer_model_card
-from .training_technique import TrainingTechnique, load_technique_state, save_technique_state
+from .training_technique import (
+    TrainingTechnique,
+    find_planned_sampler,
+    load_technique_state,
+    planned_samples,
+    save_technique_state,
+)
 
 MODEL_CARD_NAME = "README.md"
 TRAINING_ARGS_PICKLE = "training_args.bin"  # what transformers writes
@@ -167,7 +173,7 @@ class TriLevelTrainer(Trainer):
         named.update(
             num_train_epochs=len(batches),
             num_update_steps_per_epoch=self._planned_update_steps[0],
-            num_train_samples=_planned_samples(sampler),
+            num_train_samples=planned_samples(sampler),
             steps_in_epoch=batches[0],
             max_steps=sum(self._planned_update_steps),
         )
@@ -310,30 +316,6 @@ class TriLevelTrainer(Trainer):
         card.save(os.path.join(self.args.output_dir, MODEL_CARD_NAME))
 
 
-def find_planned_sampler(dataloader):
-    """The sampler behind a train dataloader that plans its epochs (`planned_epochs`, `measured_epoch`), or None.
-
-    accelerate keeps the sampler by reference inside its batch-sampler wrapper, so both layouts are searched.
-    """
-    batch_sampler = getattr(dataloader, "batch_sampler", None)
-    for candidate in (
-        getattr(batch_sampler, "sampler", None),
-        getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None),
-    ):
-        if hasattr(candidate, "planned_epochs") and hasattr(candidate, "measured_epoch"):
-            return candidate
-    return None
-
-
-def _planned_samples(sampler) -> int:
-    total = 0
-    for epoch in range(sampler.planned_epochs):
-        sampler.measured_epoch = epoch
-        total += len(sampler)
-    sampler.measured_epoch = None
-    return total
-
-
 def check_hub_strategy(args) -> None:
     """Refuse Hub pushes that would upload pickles.
 
@@ -366,4 +348,4 @@ def _column_names(dataset) -> list[str]:
     return list(first) if isinstance(first, dict) else []
 
 
-__all__ = ["TRAINING_ARGS_JSON", "TriLevelTrainer", "check_hub_strategy", "find_planned_sampler"]
+__all__ = ["TRAINING_ARGS_JSON", "TriLevelTrainer", "check_hub_strategy"]

@@ -162,11 +162,38 @@ def load_technique_state(technique: TrainingTechnique, folder: str) -> None:
     technique.load_state(load_file(tensor_path), metadata)
 
 
+def find_planned_sampler(dataloader):
+    """The sampler behind a train dataloader that plans its epochs (`planned_epochs`, `measured_epoch`), or None.
+
+    accelerate keeps the sampler by reference inside its batch-sampler wrapper, so both layouts are searched.
+    """
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    for candidate in (
+        getattr(batch_sampler, "sampler", None),
+        getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None),
+    ):
+        if hasattr(candidate, "planned_epochs") and hasattr(candidate, "measured_epoch"):
+            return candidate
+    return None
+
+
+def planned_samples(sampler) -> int:
+    """Examples a planned sampler serves over all its epochs."""
+    total = 0
+    for epoch in range(sampler.planned_epochs):
+        sampler.measured_epoch = epoch
+        total += len(sampler)
+    sampler.measured_epoch = None
+    return total
+
+
 __all__ = [
     "TrainingBatch",
     "TrainingTechnique",
+    "find_planned_sampler",
     "is_distributed",
     "load_technique_state",
+    "planned_samples",
     "save_technique_state",
     "sum_across_processes",
 ]

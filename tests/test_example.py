@@ -1,4 +1,5 @@
-"""The README's main command, `examples/run_image_classification.py` on the bundled digits, and `hf_trilevel.digits`.
+"""The README's main command, `examples/run_image_classification.py` on the bundled digits, and the digits
+(`hf_trilevel.image_data.digits`).
 
 The end-to-end test trains for one epoch on 64 digits, so it checks the plumbing (data -> processor -> Trainer ->
 saved remote-code folder -> results files -> pipeline in a clean process), not the accuracy; the full recipe's
@@ -21,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import pipeline
 
 from hf_trilevel import TriLevelViTForImageClassification
-from hf_trilevel.digits import DIGIT_NAMES, load_digits_dataset
+from hf_trilevel.image_data import DIGIT_NAMES, load_digits_dataset
 from hf_trilevel.metrics import sparsity_metrics
 
 from .test_checkpoints import CLEAN_ROOM_SCRIPT
@@ -87,7 +88,7 @@ def trained_folder(tmp_path_factory) -> Path:
     return output_dir
 
 
-# --- hf_trilevel.digits ---------------------------------------------------------------------------------------------
+# --- hf_trilevel.image_data.digits ------------------------------------------------------------------------------------
 
 
 def test_digits_splits_partition_all_1797_examples(digits):

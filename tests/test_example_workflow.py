@@ -10,9 +10,10 @@ import pytest
 import torch
 from datasets import Dataset, Image
 from PIL import Image as PILImage
-from transformers import BertConfig, ResNetConfig, TrainingArguments, pipeline
+from transformers import BertConfig, ResNetConfig, pipeline
 
 from hf_trilevel import TriLevelViTForImageClassification
+from hf_trilevel.example_support import parse_flags_or_json
 from hf_trilevel.metrics import sparsity_metrics
 
 from .helpers import tiny_vit
@@ -134,14 +135,13 @@ def test_a_run_resumes_from_its_checkpoint_without_overwrite_consent(folder_run,
     assert checkpoint.name == "checkpoint-6" and state["global_step"] == 9  # 3 steps an epoch, 2 of 3 epochs done
 
 
-def test_training_into_a_saved_folder_needs_overwrite_consent(folder_run, example):
+def test_training_into_a_saved_folder_needs_overwrite_consent(folder_run, example, capsys):
     _, output_dir, _ = folder_run
-    with pytest.raises(ValueError, match="--overwrite_output_dir") as raised:
-        example.check_output_dir(TrainingArguments(output_dir=str(output_dir), do_train=True), False)
-    assert "config.json" in str(raised.value)
-    assert "checkpoint-6" in example.saved_run_files(output_dir)
-    example.check_output_dir(TrainingArguments(output_dir=str(output_dir), do_train=True), True)
-    example.check_output_dir(TrainingArguments(output_dir=str(output_dir / "new"), do_train=True), False)
+    with pytest.raises(SystemExit) as raised:
+        example.main(["--train_dir", str(output_dir), "--output_dir", str(output_dir), "--num_train_epochs", "1"])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--output_dir '{output_dir}' already holds config.json" in error and "--overwrite_output_dir" in error
 
 
 # --- plain ViT checkpoints, JSON arguments, labels that are not a ClassLabel ------------------------------------------
@@ -246,7 +246,10 @@ BAD_INPUT = {
         ["--dataset_name", "{saved}", "--image_column_name", "img", "--label_column_name", "score"],
         "--label_column_name 'score' holds Value('float64')",
     ),
-    "bert checkpoint": (["--model_name_or_path", "{bert}"], "is a 'bert' model; this example trains TriLevel ViTs"),
+    "bert checkpoint": (
+        ["--model_name_or_path", "{bert}"],
+        "is a 'bert' model; TriLevel ViTs start from a TriLevel or a plain ViT/DeiT",
+    ),
     "resnet config": (["--config_name", "{resnet}"], "--config_name '{resnet}' is a 'resnet' model"),
     "folder without a config": (["--model_name_or_path", "{empty}"], "has no config.json"),
     "classifier of another size": (
@@ -294,7 +297,7 @@ def test_a_json_file_with_an_unknown_key_is_a_usage_error(example, tmp_path, cap
 def test_a_json_file_gets_the_tuned_defaults_like_flags_do(example, tmp_path):
     (tmp_path / "args.json").write_text(json.dumps({"token_keep_rate": 0.6}))
     parser = example.build_parser()
-    from_json = example.parse_arguments(parser, [str(tmp_path / "args.json")])
-    from_flags = example.parse_arguments(parser, ["--token_keep_rate", "0.6"])
+    from_json = parse_flags_or_json(parser, [str(tmp_path / "args.json")], example.resolve_defaults)
+    from_flags = parse_flags_or_json(parser, ["--token_keep_rate", "0.6"], example.resolve_defaults)
     assert from_json[0] == from_flags[0] and from_json[-1].learning_rate == from_flags[-1].learning_rate == 1e-3
     assert from_json[-1].output_dir == "outputs/digits-trilevel"

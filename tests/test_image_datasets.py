@@ -1,11 +1,11 @@
-"""hf_trilevel.image_datasets: user data becomes `image` + ClassLabel `label` splits, or a clear ValueError."""
+"""hf_trilevel.image_data.loading: user data becomes `image` + ClassLabel `label` splits, or a clear ValueError."""
 
 import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Image
 from PIL import Image as PILImage
 
-from hf_trilevel.image_datasets import (
+from hf_trilevel.image_data.loading import (
     IMAGE,
     LABEL,
     drop_unreadable_images,
@@ -48,17 +48,17 @@ def test_columns_are_selected_and_renamed_to_image_and_label():
 
 def test_a_missing_image_column_names_the_argument_the_columns_and_the_image_column():
     dataset = DatasetDict({"train": labelled([0, 1])})
-    with pytest.raises(ValueError, match=r"--image_column_name 'image'.*\['img', 'y'\].*Image columns: \['img'\]"):
+    with pytest.raises(ValueError, match=r"`image_column` 'image'.*\['img', 'y'\].*Image columns: \['img'\]"):
         select_image_and_label(dataset, "image", "y")
 
 
 def test_a_missing_label_column_names_the_argument():
-    with pytest.raises(ValueError, match="--label_column_name 'label'"):
+    with pytest.raises(ValueError, match="`label_column` 'label'"):
         select_image_and_label(DatasetDict({"train": labelled([0, 1])}), "img", "label")
 
 
 def test_an_image_column_without_images_is_refused():
-    with pytest.raises(ValueError, match="--image_column_name 'y' holds"):
+    with pytest.raises(ValueError, match="`image_column` 'y' holds"):
         select_image_and_label(DatasetDict({"train": labelled([0, 1], other=["a", "b"])}), "y", "other")
 
 
@@ -107,7 +107,7 @@ def test_unusable_labels_are_refused_naming_the_argument(labels, feature, messag
     dataset = renamed(DatasetDict({"train": labelled(labels, feature)}))
     with pytest.raises(ValueError, match=message) as raised:
         encode_labels(dataset, "y")
-    assert "--label_column_name 'y'" in str(raised.value)
+    assert "`label_column` 'y'" in str(raised.value)
 
 
 def test_class_labels_that_differ_between_splits_are_refused():
@@ -185,10 +185,10 @@ def test_a_saved_dataset_folder_loads_and_a_single_split_becomes_train(tmp_path)
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"train_dir": "/no/such/folder"}, "--train_dir '/no/such/folder' is not a directory"),
-        ({"dataset_name": "./no/such/data"}, "--dataset_name './no/such/data': no such folder"),
-        ({"dataset_name": "x", "train_dir": "y"}, "either --dataset_name or --train_dir"),
-        ({}, "give --dataset_name"),
+        ({"train_dir": "/no/such/folder"}, "`train_dir` '/no/such/folder' is not a directory"),
+        ({"dataset_name": "./no/such/data"}, "`dataset_name` './no/such/data': no such folder"),
+        ({"dataset_name": "x", "train_dir": "y"}, "either `dataset_name` or `train_dir`"),
+        ({}, "give `dataset_name`"),
     ],
 )
 def test_missing_sources_are_reported_naming_the_argument(kwargs, message):

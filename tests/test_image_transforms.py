@@ -1,18 +1,17 @@
-"""hf_trilevel.image_transforms: PIL train/eval transforms that end at the model's input size, with explicit RNG."""
+"""hf_trilevel.image_data.transforms: PIL train/eval transforms ending at the model input size, with explicit RNG."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from hf_trilevel.image_transforms import (
+from hf_trilevel.image_data.transforms import (
     RandomAffine,
     RandomHorizontalFlip,
     RandomResizedCrop,
     RandomSource,
     ResizeToCover,
     eval_transforms,
-    image_size_of,
     to_rgb,
     train_transforms,
 )
@@ -36,11 +35,6 @@ def test_to_rgb_keeps_the_top_eight_bits_of_16_bit_images():
     image = to_rgb(Image.fromarray(values))
     assert image.mode == "RGB"
     assert np.asarray(image)[0, :, 0].tolist() == [0, 0, 1, 255]
-
-
-def test_image_size_of_accepts_an_int_or_a_pair():
-    assert image_size_of(32) == (32, 32)
-    assert image_size_of([24, 40]) == (24, 40)
 
 
 @pytest.mark.parametrize(("width", "height"), [(40, 24), (24, 40), (9, 9), (32, 32)])

@@ -14,8 +14,8 @@ from hf_trilevel import (
     TriLevelViTConfig,
     TriLevelViTForImageClassification,
 )
-from hf_trilevel.digits import load_digits_dataset
 from hf_trilevel.example_index import EXAMPLE_INDEX
+from hf_trilevel.image_data import load_digits_dataset
 
 NUM_EXAMPLES = 96
 

@@ -13,7 +13,7 @@ from .test_pruning_trainer import NUM_EXAMPLES, collate, tiny_classifier
 
 @pytest.fixture(scope="module")
 def digits():
-    from hf_trilevel.digits import load_digits_dataset
+    from hf_trilevel.image_data import load_digits_dataset
 
     from .test_pruning_trainer import to_pixels
 

@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import ViTForImageClassification, ViTImageProcessorPil
 
 from hf_trilevel.cli import main
-from hf_trilevel.digits import load_digits_dataset
+from hf_trilevel.image_data import load_digits_dataset
 from hf_trilevel.visualize import DROPPED_ALPHA, DROPPED_VEIL, kept_patch_masks, render_kept_tokens
 
 from .helpers import tiny_model
@@ -118,7 +118,8 @@ def test_operating_points_writes_a_png_and_one_json_entry_per_keep_rate(operatin
     assert [point["token_keep_rate"] for point in report["points"]] == [1.0, 0.7, 0.5]
     assert report["num_examples"] == NUM_EXAMPLES and report["batch_size"] == 8
     for point in report["points"]:
-        assert point["images_per_second"] > 0 and 0 <= point["accuracy"] <= 1
+        assert point["images_per_second"] > 0 and 0 <= point["accuracy"] <= point["top5_accuracy"] <= 1
+    assert report["environment"]["torch"] == torch.__version__ and report["environment"]["device"] == "cpu"
     limits = [point["flops_speedup_limit"] for point in report["points"]]
     assert limits[0] == 1.0 and limits[0] < limits[1] < limits[2]
 

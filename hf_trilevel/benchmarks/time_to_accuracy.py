@@ -29,8 +29,8 @@ from transformers import (
 
 from ..callbacks import ExamplePruningCallback
 from ..configuration_trilevel_vit import TriLevelViTConfig
-from ..digits import load_digits_dataset
 from ..errors import CommandError, checked_option
+from ..image_data import load_digits_dataset
 from ..metrics import compute_metrics
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..trainer import TriLevelTrainer

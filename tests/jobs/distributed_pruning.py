@@ -18,8 +18,8 @@ from hf_trilevel import (
     TriLevelViTForImageClassification,
 )
 from hf_trilevel.data_pruning import digest
-from hf_trilevel.digits import load_digits_dataset
 from hf_trilevel.example_index import EXAMPLE_INDEX
+from hf_trilevel.image_data import load_digits_dataset
 
 
 def to_pixels(batch):

@@ -14,6 +14,8 @@ from PIL import Image as PILImage
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from ..value_checks import check_int
+
 DIGIT_NAMES = [str(digit) for digit in range(10)]
 MIN_IMAGE_SIZE = 8
 MAX_IMAGE_SIZE = 1024
@@ -71,12 +73,7 @@ def _to_rgb_image(scan: np.ndarray, image_size: int) -> PILImage.Image:
 def _check_arguments(
     image_size: object, validation_fraction: object, seed: object, num_examples: int, num_classes: int
 ) -> None:
-    if isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise ValueError(
-            f"`image_size` must be an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {image_size!r}."
-        )
-    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise ValueError(f"`image_size` must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] pixels, got {image_size}.")
+    check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
 
     # train_test_split puts ceil(fraction * n) examples in the validation split; stratifying needs one per class
     # on each side.
@@ -87,9 +84,7 @@ def _check_arguments(
     num_validation = math.ceil(validation_fraction * num_examples) if math.isfinite(validation_fraction) else -1
     if not (0 < validation_fraction < 1 and num_classes <= num_validation <= num_examples - num_classes):
         raise ValueError(f"`validation_fraction` must be {allowed}, got {validation_fraction!r}.")
-
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ValueError(f"`seed` must be an integer in [0, 2**32 - 1], got {seed!r}.")
+    check_int("seed", seed, 0, 2**32 - 1)
 
 
 __all__ = ["DIGIT_NAMES", "load_digits_dataset"]

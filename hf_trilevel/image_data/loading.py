@@ -3,15 +3,17 @@
 Everything here turns a user's data (a Hub or local data set, a folder saved with `save_to_disk`, or image folders)
 into `{"train", "validation"}` splits with exactly two columns, `image` (`datasets.Image`) and `label`
 (`datasets.ClassLabel`, the same names in every split), and reports bad input as `ValueError`s that name the
-command-line argument to fix. The checks run before training so that a wrong column name, a regression target or a
-corrupt file stops the run at once rather than after an hour of training:
+function argument to fix in backticks (`` `label_column` 'y' ...``), so a script can translate the names into its own
+flags. The checks run before training so that a wrong column name, a regression target or a corrupt file stops the
+run at once rather than after an hour of training:
 
 * a missing image or label column: an error listing the columns there are;
 * labels that are integers or strings rather than a `ClassLabel`: a `ClassLabel` is built from the distinct values
   of all splits together (sorted, so the mapping is the same on every run and every rank), with a notice;
   floats, lists and missing labels are errors;
 * unreadable image files (truncated, not an image at all): `drop_unreadable_images` decodes every image once and
-  drops the ones that fail, returning their paths and reasons so the caller can warn with a count.
+  drops the ones that fail, returning their paths and reasons so the caller can warn with a count;
+* missing or empty splits (`check_splits`), before the Trainer meets them.
 """
 
 import os
@@ -40,11 +42,11 @@ def load_image_dataset(
     argument when the source does not exist or cannot be read.
     """
     if dataset_name is not None and (train_dir or validation_dir):
-        raise ValueError("give either --dataset_name or --train_dir/--validation_dir, not both.")
+        raise ValueError("give either `dataset_name` or `train_dir`/`validation_dir`, not both.")
     if dataset_name is not None:
         return _load_named(dataset_name, dataset_config_name, **load_kwargs)
     if train_dir is None and validation_dir is None:
-        raise ValueError("give --dataset_name, or --train_dir (and optionally --validation_dir).")
+        raise ValueError("give `dataset_name`, or `train_dir` (and optionally `validation_dir`).")
     data_files = {}
     for split, argument, folder in (
         ("train", "train_dir", train_dir),
@@ -54,7 +56,7 @@ def load_image_dataset(
             continue
         if not Path(folder).is_dir():
             raise ValueError(
-                f"--{argument} {folder!r} is not a directory (expected one sub-folder of images per class)."
+                f"`{argument}` {folder!r} is not a directory (expected one sub-folder of images per class)."
             )
         data_files[split] = os.path.join(folder, "**")
     try:
@@ -75,7 +77,7 @@ def is_missing_local_path(name: str) -> bool:
 def _load_named(dataset_name: str, dataset_config_name: str | None, **load_kwargs) -> DatasetDict:
     """`load_from_disk` for folders written by `save_to_disk`, `load_dataset` for everything else."""
     if is_missing_local_path(dataset_name):
-        raise ValueError(f"--dataset_name {dataset_name!r}: no such folder.")
+        raise ValueError(f"`dataset_name` {dataset_name!r}: no such folder.")
     try:
         if _is_saved_to_disk(Path(dataset_name)):
             dataset = load_from_disk(dataset_name)
@@ -83,12 +85,12 @@ def _load_named(dataset_name: str, dataset_config_name: str | None, **load_kwarg
             dataset = load_dataset(dataset_name, dataset_config_name, **load_kwargs)
     except Exception as error:  # FileNotFoundError, DatasetNotFoundError, ConnectionError offline, ...
         raise ValueError(
-            f"--dataset_name {dataset_name!r} could not be loaded: {type(error).__name__}: {error}"
+            f"`dataset_name` {dataset_name!r} could not be loaded: {type(error).__name__}: {error}"
         ) from error
     if isinstance(dataset, Dataset):  # a single saved split: treat it as the training data
         dataset = DatasetDict({"train": dataset})
     if not isinstance(dataset, DatasetDict):
-        raise ValueError(f"--dataset_name {dataset_name!r} gave a {type(dataset).__name__}; expected a DatasetDict.")
+        raise ValueError(f"`dataset_name` {dataset_name!r} gave a {type(dataset).__name__}; expected a DatasetDict.")
     return dataset
 
 
@@ -108,9 +110,9 @@ def split_off_validation(dataset: DatasetDict, train_val_split: float | None, se
     if "validation" in splits or not train_val_split or "train" not in splits:
         return DatasetDict(splits)
     if not 0 < train_val_split < 1:
-        raise ValueError(f"--train_val_split must be in (0, 1) (the held-out share of train), got {train_val_split}.")
+        raise ValueError(f"`train_val_split` must be in (0, 1) (the held-out share of train), got {train_val_split}.")
     if len(splits["train"]) < 2:
-        raise ValueError(f"--train_val_split needs at least 2 training examples, got {len(splits['train'])}.")
+        raise ValueError(f"`train_val_split` needs at least 2 training examples, got {len(splits['train'])}.")
     parts = splits["train"].train_test_split(test_size=train_val_split, seed=seed)
     return DatasetDict({"train": parts["train"], "validation": parts["test"]})
 
@@ -118,23 +120,23 @@ def split_off_validation(dataset: DatasetDict, train_val_split: float | None, se
 def select_image_and_label(dataset: DatasetDict, image_column: str, label_column: str) -> DatasetDict:
     """Keep only the image and label columns, renamed to `image` and `label`, in every split.
 
-    Raises `ValueError` naming `--image_column_name` / `--label_column_name` if a split lacks the column or the
+    Raises `ValueError` naming `image_column` / `label_column` if a split lacks the column or the
     image column does not hold images.
     """
     if image_column == label_column:
-        raise ValueError(f"--image_column_name and --label_column_name are both {image_column!r}.")
+        raise ValueError(f"`image_column` and `label_column` are both {image_column!r}.")
     selected = {}
     for split, data in dataset.items():
-        for argument, column in (("image_column_name", image_column), ("label_column_name", label_column)):
+        for argument, column in (("image_column", image_column), ("label_column", label_column)):
             if column not in data.column_names:
                 raise ValueError(
-                    f"--{argument} {column!r}: the {split} split has no such column; its columns are "
+                    f"`{argument}` {column!r}: the {split} split has no such column; its columns are "
                     f"{data.column_names}.{_hint_image_column(data.features, argument)}"
                 )
         if not isinstance(data.features[image_column], Image):
             raise ValueError(
-                f"--image_column_name {image_column!r} holds {data.features[image_column]}, not images "
-                f"(datasets.Image).{_hint_image_column(data.features, 'image_column_name')}"
+                f"`image_column` {image_column!r} holds {data.features[image_column]}, not images "
+                f"(datasets.Image).{_hint_image_column(data.features, 'image_column')}"
             )
         data = data.select_columns([image_column, label_column])
         selected[split] = data.rename_columns({image_column: IMAGE, label_column: LABEL})
@@ -142,7 +144,7 @@ def select_image_and_label(dataset: DatasetDict, image_column: str, label_column
 
 
 def _hint_image_column(features, argument: str) -> str:
-    if argument != "image_column_name":
+    if argument != "image_column":
         return ""
     image_columns = [name for name, feature in features.items() if isinstance(feature, Image)]
     return f" Image columns: {image_columns}." if image_columns else ""
@@ -161,20 +163,20 @@ def encode_labels(dataset: DatasetDict, label_column: str) -> tuple[DatasetDict,
     notice = None
     if isinstance(first, ClassLabel):
         if any(feature != first for feature in features.values()):
-            raise ValueError(f"--label_column_name {label_column!r} has different class names in different splits.")
+            raise ValueError(f"`label_column` {label_column!r} has different class names in different splits.")
     else:
         dataset, first = _build_class_label(dataset, label_column, features)
         notice = (
-            f"--label_column_name {label_column!r} holds {features[next(iter(features))]}, not a ClassLabel; "
+            f"`label_column` {label_column!r} holds {features[next(iter(features))]}, not a ClassLabel; "
             f"built one from its {first.num_classes} distinct values: {_preview(first.names)}."
         )
     if first.num_classes < 2:
-        raise ValueError(f"--label_column_name {label_column!r} has {first.num_classes} class; at least 2 are needed.")
+        raise ValueError(f"`label_column` {label_column!r} has {first.num_classes} class; at least 2 are needed.")
     for split, data in dataset.items():
         unlabelled = sum(1 for value in data.unique(LABEL) if value is None or value < 0)
         if unlabelled:
             raise ValueError(
-                f"the {split} split has unlabelled examples (label -1 or missing) in --label_column_name "
+                f"the {split} split has unlabelled examples (label -1 or missing) in `label_column` "
                 f"{label_column!r}; use a labelled split for training and validation."
             )
     return dataset, notice
@@ -184,26 +186,26 @@ def _build_class_label(dataset: DatasetDict, label_column: str, features: dict) 
     for split, feature in features.items():
         if not isinstance(feature, Value) or feature.dtype not in _INTEGER_DTYPES | _STRING_DTYPES:
             raise ValueError(
-                f"--label_column_name {label_column!r} holds {feature} in the {split} split; this example trains "
-                "single-label classifiers, so labels must be a ClassLabel, integers or strings (cast float class "
+                f"`label_column` {label_column!r} holds {feature} in the {split} split; single-label "
+                "classification needs a ClassLabel, integers or strings (cast float class "
                 "ids to int; regression and multi-label targets are not supported)."
             )
     values = set()
     for split, data in dataset.items():
         split_values = data.unique(LABEL)
         if any(value is None for value in split_values):
-            raise ValueError(f"--label_column_name {label_column!r} has missing labels in the {split} split.")
+            raise ValueError(f"`label_column` {label_column!r} has missing labels in the {split} split.")
         negative = [value for value in split_values if isinstance(value, int) and value < 0]
         if negative:
             raise ValueError(
-                f"--label_column_name {label_column!r} holds negative integers {sorted(negative)[:5]} in the {split} "
+                f"`label_column` {label_column!r} holds negative integers {sorted(negative)[:5]} in the {split} "
                 "split (-1 usually marks unlabelled examples); drop or relabel them, class ids must be >= 0."
             )
         values.update(split_values)
     try:
         ordered = sorted(values)
     except TypeError as error:  # e.g. integers in one split and strings in another
-        raise ValueError(f"--label_column_name {label_column!r} mixes label types across splits.") from error
+        raise ValueError(f"`label_column` {label_column!r} mixes label types across splits.") from error
     class_label = ClassLabel(names=[str(value) for value in ordered])
     index = {value: position for position, value in enumerate(ordered)}
     encoded = {}
@@ -268,12 +270,58 @@ def _decode_error(decoder: Image, image: dict) -> str:
     return ""
 
 
+def check_splits(dataset: DatasetDict, *, need_train: bool, need_validation: bool) -> None:
+    """The splits a run needs exist and are not empty; the message says which argument supplies each."""
+    for split, needed, hint in (
+        ("train", need_train, "give `train_dir` or a data set with a train split"),
+        (
+            "validation",
+            need_validation,
+            "give `validation_dir` or `train_val_split` > 0, or `do_eval` False and `eval_strategy` no",
+        ),
+    ):
+        if needed and (split not in dataset or len(dataset[split]) == 0):
+            raise ValueError(f"there is no {split} data ({hint}).")
+
+
+def limit_and_check_splits(
+    dataset: DatasetDict,
+    max_samples: dict[str, int | None],
+    seed: int,
+    *,
+    check_images: bool = True,
+    num_proc: int | None = None,
+) -> tuple[DatasetDict, list[str]]:
+    """Take at most `max_samples[split]` examples of each split (`take_samples`), then drop unreadable images.
+
+    Returns the splits and one warning per split that lost images (with a count and the first five paths). Raises
+    `ValueError` when no image of a split can be read.
+    """
+    finished, warnings = {}, []
+    for split, data in dataset.items():
+        data = take_samples(data, max_samples.get(split), seed)
+        if check_images:
+            data, dropped = drop_unreadable_images(data, num_proc)
+            if dropped:
+                listed = "; ".join(f"{path} ({reason})" for path, reason in dropped[:5])
+                warnings.append(
+                    f"skipped {len(dropped)} of {len(data) + len(dropped)} {split} images that cannot be read: "
+                    f"{listed}{' ...' if len(dropped) > 5 else ''}"
+                )
+            if len(data) == 0:
+                raise ValueError(f"none of the {split} images can be read.")
+        finished[split] = data
+    return DatasetDict(finished), warnings
+
+
 __all__ = [
     "IMAGE",
     "LABEL",
+    "check_splits",
     "drop_unreadable_images",
     "encode_labels",
     "is_missing_local_path",
+    "limit_and_check_splits",
     "load_image_dataset",
     "select_image_and_label",
     "split_off_validation",

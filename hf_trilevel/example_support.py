@@ -1,0 +1,288 @@
+"""What an image-classification training script checks and builds before `Trainer.train()`, kept out of the script.
+
+`examples/run_image_classification.py` stays a top-to-bottom main in the shape of transformers' own example; the
+reusable parts live here: reading flags or a JSON file of them, refusing settings that would fail late (nothing to
+do, an output folder that holds an earlier run, launched processes the Trainer would not connect), building the
+TriLevel config, model and image processor from a checkpoint, a config or a shape, and the multi-process teardown.
+
+Errors are `ValueError`s that name the function's arguments (or `TrainingArguments` fields) in backticks, as the
+rest of the library does; `name_flags` rewrites those names into a script's flags (`image_column` ->
+`--image_column_name`) for its usage message.
+"""
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from transformers import AutoImageProcessor, HfArgumentParser, PretrainedConfig, TrainingArguments, ViTImageProcessorPil
+
+from .configuration_trilevel_vit import TriLevelViTConfig
+from .image_data.loading import is_missing_local_path
+from .modeling_trilevel_vit import TriLevelViTForImageClassification
+from .trainer import check_hub_strategy
+from .value_checks import as_pair
+
+# Files that mark a folder as holding the results of an earlier run.
+SAVED_RUN_FILES = (
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "trainer_state.json",
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
+)
+CHECKPOINT_MODEL_TYPES = (TriLevelViTConfig.model_type, "vit")  # what a TriLevel model can start from
+
+
+def name_flags(message: str, flags: Mapping[str, str]) -> str:
+    """`message` with each backticked argument name in `flags` replaced by its flag: `` `image_column` `` ->
+    `--image_column_name` for `flags={"image_column": "image_column_name"}`. Other names stay as they are."""
+    return re.sub(r"`(\w+)`", lambda match: f"--{flags[match[1]]}" if match[1] in flags else match[0], message)
+
+
+# --- arguments --------------------------------------------------------------------------------------------------------
+
+
+def parse_flags_or_json(
+    parser: HfArgumentParser, argv: list[str], fill_defaults: Callable[[dict], dict] | None = None
+) -> tuple:
+    """Flags, or a single `.json` file of them, into the parser's dataclasses (`ValueError` for unknown names).
+
+    Both forms start from the parser's defaults (`parser.set_defaults` included), so a JSON file gets a script's
+    tuned recipe too (transformers' `parse_json_file` would use the dataclass defaults instead). `fill_defaults`
+    then completes values that depend on other values.
+    """
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise ValueError(f"the arguments file {argv[0]!r} does not exist.")
+        try:
+            given = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"the arguments file {argv[0]!r} is not valid JSON: {error}") from error
+        if not isinstance(given, dict):
+            raise ValueError(f"the arguments file {argv[0]!r} must hold a JSON object of argument names and values.")
+        values = {**vars(parser.parse_args([])), **given}
+    else:
+        namespace, unknown = parser.parse_known_args(argv)
+        if unknown:
+            raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
+        values = vars(namespace)
+    return parser.parse_dict(fill_defaults(values) if fill_defaults else values)
+
+
+def launched_on_several_processes() -> bool:
+    """True under `accelerate launch --num_processes N` / `torchrun --nproc_per_node N` with N > 1."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def check_training_arguments(training_args: TrainingArguments, *, model_name_or_path: str | None = None) -> None:
+    """Refuse `TrainingArguments` that would fail deep inside the Trainer, or silently do the wrong thing.
+
+    Nothing to do; evaluation without a trained model (`model_name_or_path`); `remove_unused_columns` (the on-the-fly
+    transform reads the `image` column, which the Trainer would drop); Hub pushes of pickles; and several launched
+    processes that the Trainer would not connect (each would train its own copy).
+    """
+    check_hub_strategy(training_args)
+    if not (training_args.do_train or training_args.do_eval):
+        raise ValueError("`do_train` and `do_eval` are both False: there is nothing to do.")
+    if not training_args.do_train and model_name_or_path is None:
+        raise ValueError("`do_train` False evaluates a trained model: give it with `model_name_or_path`.")
+    if training_args.remove_unused_columns:
+        raise ValueError(
+            "`remove_unused_columns` must stay False: the on-the-fly transform reads the `image` column, "
+            "which the Trainer would otherwise drop."
+        )
+    if launched_on_several_processes() and training_args.world_size == 1:
+        raise ValueError(
+            f"{os.environ['WORLD_SIZE']} processes were launched but the Trainer does not distribute them (no GPU, "
+            "`use_cpu` False), so each would train its own copy. Pass `use_cpu` for DDP over gloo on CPU."
+        )
+
+
+def check_output_dir(
+    output_dir: str, *, do_train: bool = True, overwrite_output_dir: bool = False, resume_from_checkpoint: str | None
+) -> None:
+    """Refuse to train into a folder that holds an earlier run's model or results without consent.
+
+    `resume_from_checkpoint` continues the run in that folder, so it counts as consent; its path must exist.
+    """
+    if resume_from_checkpoint is not None and not Path(resume_from_checkpoint).is_dir():
+        raise ValueError(
+            f"`resume_from_checkpoint` {resume_from_checkpoint!r} is not a directory (e.g. OUTPUT/checkpoint-500)."
+        )
+    if not do_train or overwrite_output_dir or resume_from_checkpoint is not None:
+        return
+    found = saved_run_files(Path(output_dir))
+    if found:
+        raise ValueError(
+            f"`output_dir` {output_dir!r} already holds {', '.join(found[:4])}: pass `overwrite_output_dir` to "
+            "replace them, `resume_from_checkpoint` to continue a run saved there, or choose another `output_dir`."
+        )
+
+
+def saved_run_files(output_dir: Path) -> list[str]:
+    """Names in `output_dir` that an earlier run saved (model, results, Trainer checkpoints)."""
+    if not output_dir.is_dir():
+        return []
+    found = [name for name in SAVED_RUN_FILES if (output_dir / name).exists()]
+    return found + sorted(path.name for path in output_dir.glob("checkpoint-*") if path.is_dir())
+
+
+# --- model ------------------------------------------------------------------------------------------------------------
+
+
+def read_vit_config(source: str, argument: str = "model_name_or_path", **hub_kwargs) -> dict:
+    """The raw `config.json` of `source` (folder, file or Hub id), which must describe a ViT or TriLevel ViT.
+
+    `argument` names `source` in error messages; `hub_kwargs` (`cache_dir`, `revision`, `token`) go to transformers.
+    """
+    if is_missing_local_path(source):
+        raise ValueError(f"`{argument}` {source!r}: no such folder or file.")
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(source, **hub_kwargs)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"`{argument}` {source!r}: cannot read its config: {error}") from error
+    model_type = config_dict.get("model_type")
+    if model_type is None:
+        raise ValueError(f"`{argument}` {source!r} has no config.json with a `model_type`; is it a model folder?")
+    if model_type not in CHECKPOINT_MODEL_TYPES:
+        raise ValueError(
+            f"`{argument}` {source!r} is a {model_type!r} model; TriLevel ViTs start from a TriLevel or a plain "
+            "ViT/DeiT checkpoint (model_type 'trilevel_vit' or 'vit')."
+        )
+    return config_dict
+
+
+def check_classifier_size(checkpoint: dict, num_labels: int, ignore_mismatched_sizes: bool) -> None:
+    """A checkpoint's classifier (raw `config.json` dict) must fit the data's labels unless it may be replaced."""
+    has_classifier = any("ForImageClassification" in name for name in checkpoint.get("architectures") or [])
+    checkpoint_labels = len(checkpoint.get("id2label") or {}) or checkpoint.get("num_labels")
+    if has_classifier and checkpoint_labels != num_labels and not ignore_mismatched_sizes:
+        raise ValueError(
+            f"`model_name_or_path` has a classifier for {checkpoint_labels} labels but the data has {num_labels}; "
+            "pass `ignore_mismatched_sizes` to train a new classifier."
+        )
+
+
+def build_trilevel_config(
+    label_names: list[str],
+    *,
+    model_name_or_path: str | None = None,
+    config_name: str | None = None,
+    scratch: Mapping[str, object] | None = None,
+    overrides: Mapping[str, object] | None = None,
+    ignore_mismatched_sizes: bool = False,
+    **hub_kwargs,
+) -> TriLevelViTConfig:
+    """The model's config, with the data's label names (saved with the checkpoint, used by pipelines).
+
+    From `config_name` if given, else from `model_name_or_path`'s config, else `TriLevelViTConfig(**scratch)`;
+    `overrides` (e.g. keep rates given on a command line) win over all three. A checkpoint's classifier must fit
+    `label_names` unless `ignore_mismatched_sizes`.
+    """
+    labels = {  # num_labels follows from id2label
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: index for index, name in enumerate(label_names)},
+    }
+    overrides = dict(overrides or {})
+    if model_name_or_path is not None:
+        checkpoint = read_vit_config(model_name_or_path, "model_name_or_path", **hub_kwargs)
+        check_classifier_size(checkpoint, len(label_names), ignore_mismatched_sizes)
+    if config_name is not None:
+        read_vit_config(config_name, "config_name", **hub_kwargs)
+    source = config_name or model_name_or_path
+    if source is None:
+        return TriLevelViTConfig(**{**(scratch or {}), **overrides}, **labels)
+    config = TriLevelViTConfig.from_pretrained(source, **hub_kwargs, **labels, **overrides)
+    config.check_trilevel_fields()  # from_pretrained sets keyword arguments after the config validated itself
+    return config
+
+
+def load_trilevel_model(
+    config: TriLevelViTConfig,
+    model_name_or_path: str | None = None,
+    *,
+    ignore_mismatched_sizes: bool = False,
+    **hub_kwargs,
+) -> TriLevelViTForImageClassification:
+    """A new model for `config`, or the checkpoint's weights (TriLevel, ViT or DeiT) in this package's classes."""
+    if model_name_or_path is None:
+        return TriLevelViTForImageClassification(config)
+    try:
+        return TriLevelViTForImageClassification.from_pretrained(
+            model_name_or_path, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes, **hub_kwargs
+        )
+    except OSError as error:
+        raise ValueError(f"`model_name_or_path` {model_name_or_path!r}: cannot load weights: {error}") from error
+
+
+def build_image_processor(
+    config: TriLevelViTConfig,
+    image_processor_name: str | None = None,
+    model_name_or_path: str | None = None,
+    *,
+    trust_remote_code: bool = False,
+    **hub_kwargs,
+) -> tuple[ViTImageProcessorPil, str | None]:
+    """A ViT image processor at the model's resolution with the named (or checkpoint's) normalisation, and a notice
+    when the checkpoint has none (then mean = std = 0.5).
+
+    It must resize to the model's `image_size`: `pipeline` resizes to the processor's size, and a processor at
+    another size (a default one resizes to 224) makes the model refuse its input.
+    """
+    settings = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "rescale_factor": 1 / 255}
+    source, notice = image_processor_name or model_name_or_path, None
+    if source is not None:
+        try:
+            loaded = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code, **hub_kwargs)
+        except (OSError, ValueError) as error:
+            if image_processor_name:
+                raise ValueError(f"`image_processor_name` {source!r}: cannot load it: {error}") from error
+            notice = f"{source} has no image processor; normalising with mean = std = 0.5."
+        else:
+            for name in settings:
+                if getattr(loaded, name, None) is not None:
+                    settings[name] = getattr(loaded, name)
+    height, width = as_pair(config.image_size)
+    processor = ViTImageProcessorPil(
+        do_resize=True, size={"height": height, "width": width}, do_rescale=True, do_normalize=True, **settings
+    )
+    return processor, notice
+
+
+# --- processes --------------------------------------------------------------------------------------------------------
+
+
+def end_distributed(wait_for_all: bool = True) -> None:
+    """Tear the process group down, after a barrier when every rank finished normally.
+
+    Without the teardown gloo processes intermittently abort at exit (SIGABRT). Without the barrier, a rank that
+    finishes first (rank 0 still writes the model card) can hang in it. After an error there is no barrier: the
+    other ranks may be stuck in a collective, and the launcher stops them when this process exits.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if wait_for_all:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+__all__ = [
+    "SAVED_RUN_FILES",
+    "build_image_processor",
+    "build_trilevel_config",
+    "check_classifier_size",
+    "check_output_dir",
+    "check_training_arguments",
+    "end_distributed",
+    "launched_on_several_processes",
+    "load_trilevel_model",
+    "name_flags",
+    "parse_flags_or_json",
+    "read_vit_config",
+    "saved_run_files",
+]

@@ -1,0 +1,32 @@
+"""Pictures of a TriLevel checkpoint: `hf-trilevel visualize kept-tokens` (which patches each pruning layer keeps,
+`kept_tokens`) and `hf-trilevel visualize operating-points` (accuracy against measured throughput per keep rate,
+`operating_points`). `inputs` holds what both commands read: the checkpoint, its image processor and the images.
+"""
+
+from .kept_tokens import (
+    DROPPED_ALPHA,
+    DROPPED_VEIL,
+    add_kept_tokens_arguments,
+    kept_patch_masks,
+    render_kept_tokens,
+    run_kept_tokens,
+)
+from .operating_points import (
+    add_operating_points_arguments,
+    measure_operating_points,
+    plot_operating_points,
+    run_operating_points,
+)
+
+__all__ = [
+    "DROPPED_ALPHA",
+    "DROPPED_VEIL",
+    "add_kept_tokens_arguments",
+    "add_operating_points_arguments",
+    "kept_patch_masks",
+    "measure_operating_points",
+    "plot_operating_points",
+    "render_kept_tokens",
+    "run_kept_tokens",
+    "run_operating_points",
+]

@@ -1,0 +1,220 @@
+"""`hf-trilevel visualize operating-points`: accuracy against measured throughput, one point per token keep rate.
+
+One checkpoint is evaluated at several keep rates (the same weights, `model.keep_rates(...)`), each timed on the same
+batch in interleaved rounds, and plotted (matplotlib, the `viz` extra); the numbers go to JSON as well. Accuracy is
+an `evaluate` metric: the package's shipped top-1 / top-5 accuracy by default, or any metric passed to
+`measure_operating_points(metric=...)`.
+"""
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import EvalPrediction
+
+from ..benchmarks.options import checked_device
+from ..benchmarks.report import environment
+from ..benchmarks.timing import interleaved_times, medians
+from ..errors import CommandError
+from ..flops import flops_speedup_limit, forward_flops
+from ..metrics import build_compute_metrics
+from ..value_checks import as_pair
+from .inputs import (
+    add_checkpoint_and_data_arguments,
+    bounded_int,
+    keep_rate,
+    load_checkpoint,
+    load_examples,
+    png_path,
+    preprocess,
+)
+
+DEFAULT_KEEP_RATES = (1.0, 0.9, 0.7, 0.5)
+VIZ_INSTALL_HINT = "pip install 'hf-trilevel[viz]'"
+
+
+def measure_operating_points(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    keep_rates: Sequence[float],
+    *,
+    attention_keep_rate: float | None = None,
+    batch_size: int = 64,
+    repeats: int = 10,
+    warmup: int = 2,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    metric=None,
+) -> list[dict]:
+    """Accuracy and measured throughput of one checkpoint at each token keep rate.
+
+    Accuracy is over all of `pixel_values` (`[examples, channels, height, width]`, on the CPU, moved a batch at a
+    time), scored by `metric` (an `evaluate` module or combination, see `hf_trilevel.metrics.build_compute_metrics`;
+    default: the shipped top-1 / top-5 accuracy). Throughput is timed on the first `batch_size` examples, the same
+    batch for every rate, in interleaved rounds (`hf_trilevel.benchmarks.timing`), so drift of the machine's speed
+    hits every rate alike.
+
+    Returns:
+        One dict per keep rate, in the given order: `token_keep_rate`, `attention_keep_rate`, the metric's results
+        (`accuracy`, and `top5_accuracy` with more than 5 classes, for the default metric), `images_per_second`,
+        `median_batch_seconds`, `flops_per_image`, `flops_speedup_limit`.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    attention = model.config.attention_keep_rate if attention_keep_rate is None else attention_keep_rate
+    timed_batch = pixel_values[:batch_size].to(device)
+    compute_metrics = build_compute_metrics(metric)
+
+    def forward_at(rate: float, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), model.keep_rates(token_keep_rate=rate, attention_keep_rate=attention):
+            return model(pixel_values=batch).logits
+
+    runs = {str(rate): (lambda rate=rate: forward_at(rate, timed_batch)) for rate in keep_rates}
+    seconds = medians(interleaved_times(runs, repeats=repeats, warmup=warmup, device=device, progress=progress))
+    points = []
+    for rate in keep_rates:
+        logits = [
+            forward_at(rate, pixel_values[start : start + batch_size].to(device)).float().cpu()
+            for start in range(0, len(pixel_values), batch_size)
+        ]
+        scores = compute_metrics(EvalPrediction(predictions=torch.cat(logits).numpy(), label_ids=np.asarray(labels)))
+        with model.keep_rates(token_keep_rate=rate, attention_keep_rate=attention):
+            flops, limit = forward_flops(model.config), flops_speedup_limit(model.config)
+        points.append(
+            {
+                "token_keep_rate": rate,
+                "attention_keep_rate": attention,
+                **scores,
+                "images_per_second": len(timed_batch) / seconds[str(rate)],
+                "median_batch_seconds": seconds[str(rate)],
+                "flops_per_image": flops,
+                "flops_speedup_limit": limit,
+            }
+        )
+    return points
+
+
+def plot_operating_points(points: Sequence[dict], path: str | Path, title: str, figure_class: type) -> None:
+    """Accuracy (%) against images/s, one labelled point per keep rate, joined in keep-rate order; saved as PNG.
+
+    `figure_class` is `matplotlib.figure.Figure` (passed in so that matplotlib is imported only when plotting, and
+    no global pyplot state or backend is touched).
+    """
+    ordered = sorted(points, key=lambda point: -point["token_keep_rate"])
+    figure = figure_class(figsize=(6, 4.2), dpi=120)
+    axes = figure.subplots()
+    throughput = [point["images_per_second"] for point in ordered]
+    accuracy = [100 * point["accuracy"] for point in ordered]
+    axes.plot(throughput, accuracy, color="0.6", linewidth=1, zorder=1)
+    axes.scatter(throughput, accuracy, color="tab:blue", zorder=2)
+    for index, (point, x, y) in enumerate(zip(ordered, throughput, accuracy, strict=True)):
+        # Alternate above and below, so neighbouring points with close throughputs keep readable labels.
+        offset = (5, 6) if index % 2 == 0 else (5, -13)
+        axes.annotate(f"keep {point['token_keep_rate']:g}", (x, y), textcoords="offset points", xytext=offset)
+    axes.set_xlabel("measured throughput (images/s)")
+    axes.set_ylabel("validation accuracy (%)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def add_operating_points_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `operating-points`; value ranges are checked while parsing, so bad input fails before any work."""
+    add_checkpoint_and_data_arguments(parser)
+    parser.add_argument(
+        "--keep-rates", type=keep_rate("--keep-rates"), nargs="+", default=list(DEFAULT_KEEP_RATES),
+        help="token keep rates to evaluate, each in (0, 1]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--attention-keep-rate", type=keep_rate("--attention-keep-rate"),
+        help="hold attention sparsity at this rate for every point (default: the checkpoint's own)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-examples", type=bounded_int("--max-examples", 1, 10**9), help="evaluate at most this many"
+    )
+    parser.add_argument(
+        "--batch-size", type=bounded_int("--batch-size", 1, 65536), default=64, help="images per forward"
+    )
+    parser.add_argument("--repeats", type=bounded_int("--repeats", 1, 1000), default=10, help="timed rounds")
+    parser.add_argument("--warmup", type=bounded_int("--warmup", 0, 1000), default=2, help="untimed rounds first")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    parser.add_argument("--output", required=True, help="PNG file to write")
+    parser.add_argument("--json", help="where to write the numbers (default: the --output path with .json)")
+
+
+def run_operating_points(args: argparse.Namespace) -> int:
+    """`hf-trilevel visualize operating-points`: accuracy and images/s per keep rate, as a PNG plot and JSON."""
+    figure_class = _import_figure()  # before any work: a missing extra should fail in a second, not after timing
+    output = png_path(args.output)
+    json_path = Path(args.json) if args.json else output.with_suffix(".json")
+    if len(set(args.keep_rates)) != len(args.keep_rates):
+        raise CommandError(f"--keep-rates must be distinct, got {args.keep_rates}.")
+    device = checked_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    model, processor = load_checkpoint(args.model)
+    if args.attention_keep_rate is not None:
+        try:
+            with model.keep_rates(attention_keep_rate=args.attention_keep_rate):
+                pass
+        except ValueError as error:
+            raise CommandError(f"--attention-keep-rate {args.attention_keep_rate}: {error}") from None
+    image_height = as_pair(model.config.image_size)[0]
+    images, labels = load_examples(args, limit=args.max_examples, need_labels=True, image_size=image_height)
+    if int(labels.max()) >= model.config.num_labels:
+        raise CommandError(
+            f"the data has labels up to {int(labels.max())} but --model {args.model} has "
+            f"{model.config.num_labels} classes; evaluate it on the data it was trained for."
+        )
+    pixel_values = preprocess(processor, images, model.config)
+    points = measure_operating_points(
+        model, pixel_values, labels, args.keep_rates, attention_keep_rate=args.attention_keep_rate,
+        batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, device=device,
+    )  # fmt: skip
+    timed_batch = min(args.batch_size, len(pixel_values))
+    report = {
+        "model": str(Path(args.model).resolve()),
+        "data": args.data if args.data == "digits" else f"imagefolder:{args.data_dir}",
+        "split": args.split,
+        "num_examples": len(pixel_values),
+        "batch_size": timed_batch,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "environment": environment(device),
+        "points": points,
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    where = report["environment"]["device"]
+    if device.type == "cpu":
+        where = f"CPU ({report['environment']['processor']}, {report['environment']['threads']} threads)"
+    plot_operating_points(
+        points, output, f"{Path(args.model).resolve().name}: batch {timed_batch}, {where}", figure_class
+    )
+    for point in points:
+        print(
+            f"keep {point['token_keep_rate']:<5g} accuracy {100 * point['accuracy']:6.2f}%  "
+            f"{point['images_per_second']:10.1f} images/s  FLOPs limit {point['flops_speedup_limit']:.2f}x"
+        )
+    print(f"wrote {output} and {json_path}")
+    return 0
+
+
+def _import_figure() -> type:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise CommandError(f"the operating-points plot needs matplotlib: {VIZ_INSTALL_HINT} ({error})") from None
+    return Figure
+
+
+__all__ = [
+    "DEFAULT_KEEP_RATES",
+    "add_operating_points_arguments",
+    "measure_operating_points",
+    "plot_operating_points",
+    "run_operating_points",
+]
