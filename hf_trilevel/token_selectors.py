@@ -50,7 +50,12 @@ class TokenSelector(nn.Module):
     """Base class of token selectors: subclass, implement `forward`, and register the class under a name.
 
     Built once per pruning layer as `selector_class(config, layer_idx)`.
+
+    A selector that returns per-image counts (`valid_mask`) sets `pads_tokens = True`: the layers then carry the
+    padding through the masks of later layers. Rectangular selectors leave it False and pay nothing for padding.
     """
+
+    pads_tokens: bool = False
 
     def __init__(self, config, layer_idx: int):
         super().__init__()

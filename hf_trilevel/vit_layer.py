@@ -184,9 +184,15 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         if selection is None and sparsity.attention_keep_rate >= 1.0:
             return hidden_states, patch_positions, attention_mask, None  # same tokens, same mask (padding included)
 
-        # An incoming mask may carry padding from an earlier per-image decision; re-applying padding is exact (a
-        # masked_fill with nothing to fill) when there is none, and it avoids a host sync to find out.
-        padded = attention_mask is not None or (selection is not None and selection.valid_mask is not None)
+        # With a padding selector, an incoming mask may carry padding from an earlier per-image decision; re-applying
+        # it is exact (a masked_fill with nothing to fill) when there is none, and avoids a host sync to find out.
+        returned_padding = selection is not None and selection.valid_mask is not None
+        if returned_padding and not self.token_selector.pads_tokens:
+            raise ValueError(
+                f"{type(self.token_selector).__name__} returned a `valid_mask` (per-image counts) but does not set "
+                "`pads_tokens = True`; set it so later layers keep the padding masked."
+            )
+        padded = self.token_selector.pads_tokens and (attention_mask is not None or returned_padding)
         sequence_index = fused_valid = None  # sequence_index: the surviving class and patch tokens' old positions
         if selection is not None:
             hidden_states, patch_positions, sequence_index, fused_valid = self.apply_selection(

@@ -119,6 +119,7 @@ class PerImageCountSelector(TokenSelector):
     """At layer 1, image i keeps COUNTS[i] patches (by class-token attention); later pruning layers keep all."""
 
     COUNTS = (16, 40, 64)
+    pads_tokens = True
 
     def forward(self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling):
         if self.layer_idx != 1:
@@ -138,6 +139,8 @@ class FirstLayerClassAttention(ClassAttentionSelector):
 
 class PerImageEveryLayer(TokenSelector):
     """Image i keeps COUNTS[i] patches at layer 1 and half of its valid patches at each later pruning layer."""
+
+    pads_tokens = True
 
     def forward(self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling):
         scores = class_token_attention(query, key, scaling, attention_mask)
@@ -243,3 +246,17 @@ def test_a_learned_selector_gets_gradients_and_its_weights_are_checkpointed(test
     model.save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path)
     assert torch.equal(loaded.vit.layers[1].token_selector.score.weight, selector_weight)
+
+
+class UndeclaredPadding(PerImageCountSelector):
+    pads_tokens = False
+
+
+def test_a_selector_that_pads_without_saying_so_is_refused():
+    register_token_selector("undeclared_padding", UndeclaredPadding)
+    try:
+        model = tiny_model(token_selector="undeclared_padding", token_prune_layers=[1, 2, 3])
+        with pytest.raises(ValueError, match="pads_tokens = True"):
+            model(images(3))
+    finally:
+        unregister_token_selector("undeclared_padding")
