@@ -477,10 +477,9 @@ def describe(setup: Setup) -> str:
 
 def examples_seen_metrics(trainer: TriLevelTrainer, num_train_examples: int) -> dict[str, float]:
     """How many examples the run trained on, and their share of `epochs x data`."""
-    pruner = trainer.example_pruner
-    if pruner is not None:
-        seen = sum(pruner.sizes)
-        return {"examples_seen": seen, "example_fraction_seen": seen / (len(pruner.sizes) * pruner.num_examples)}
+    fraction = trainer.example_fraction_seen()  # planned epochs of example pruning, or None
+    if fraction is not None:
+        return {"examples_seen": sum(trainer.example_pruner.sizes), "example_fraction_seen": fraction}
     return {"examples_seen": round(trainer.state.epoch * num_train_examples), "example_fraction_seen": 1.0}
 
 
