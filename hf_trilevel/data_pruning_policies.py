@@ -178,8 +178,9 @@ class LossPolicy(PruningPolicy):
         self.well_learned_fraction = check_fraction("well_learned_fraction", well_learned_fraction)
 
     def _pool_and_drop(self, num_examples: int) -> tuple[int, int]:
+        """Pool size and how many of it to skip; at least one pool example stays, so the rescaling is finite."""
         pool = round(self.well_learned_fraction * num_examples)
-        return pool, round(self.prune_ratio * pool)
+        return pool, min(round(self.prune_ratio * pool), max(pool - 1, 0))
 
     def pruned_epochs(self, num_epochs: int) -> range:
         full_at_end = math.ceil(self.full_data_fraction * num_epochs)
@@ -194,6 +195,8 @@ class LossPolicy(PruningPolicy):
         if epoch not in self.pruned_epochs_for_run:
             return EpochPlan(torch.arange(num_examples))
         pool_size, num_drop = self._pool_and_drop(num_examples)
+        if num_drop == 0:  # a pool too small to skip from (a tiny data set): the whole data, unweighted
+            return EpochPlan(torch.arange(num_examples))
         losses = statistics.last_loss.cpu().nan_to_num(nan=float("inf"))
         pool = torch.argsort(losses, stable=True)[:pool_size]
         generator = keyed_generator(seed, epoch, SALT_DROP)

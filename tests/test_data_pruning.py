@@ -106,6 +106,20 @@ def test_loss_policy_drops_only_well_learned_examples_and_rescales_the_rest_unbi
     torch.testing.assert_close(expected_weight / 400, torch.ones(8), atol=0.12, rtol=0)
 
 
+@pytest.mark.parametrize(("num_examples", "prune_ratio"), [(10, 0.95), (1, 0.5), (2, 0.5), (3, 0.9)])
+def test_loss_policy_keeps_one_pool_example_on_tiny_data_so_the_rescaling_stays_finite(num_examples, prune_ratio):
+    # Used to raise ZeroDivisionError: 0.95 of a 5-example pool rounds to all 5, and a 1-example set has no pool.
+    policy = LossPolicy(prune_ratio=prune_ratio)
+    policy.prepare(num_examples, 8)
+    statistics = ExampleStatistics(num_examples)
+    statistics.last_loss = torch.arange(num_examples, dtype=torch.float32)
+    sizes = policy.epoch_sizes(num_examples, 8)
+    for epoch in range(8):
+        plan = policy.plan_epoch(epoch, None, statistics, num_examples, seed=0)
+        assert len(plan.indices) == sizes[epoch] >= 1
+        assert plan.loss_weights is None or bool(torch.isfinite(plan.loss_weights).all())
+
+
 def test_loss_policy_uses_all_data_first_and_last():
     policy = LossPolicy()
     policy.prepare(10, 8)
