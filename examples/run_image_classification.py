@@ -60,6 +60,7 @@ from hf_trilevel.example_support import (
     load_trilevel_model,
     name_flags,
     parse_flags_or_json,
+    resolve_resume_checkpoint,
 )
 from hf_trilevel.image_data import (
     DIGIT_NAMES,
@@ -328,6 +329,9 @@ def check_arguments(
     if data_args.train_val_split is not None:
         check_fraction("train_val_split", data_args.train_val_split, allow_zero=True, allow_one=False)
     check_fraction("min_crop_scale", data_args.min_crop_scale)
+    training_args.resume_from_checkpoint = resolve_resume_checkpoint(
+        training_args.resume_from_checkpoint, training_args.output_dir
+    )
     check_output_dir(
         training_args.output_dir,
         do_train=training_args.do_train,

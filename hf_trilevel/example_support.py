@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoImageProcessor, HfArgumentParser, PretrainedConfig, TrainingArguments, ViTImageProcessorPil
+from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_trilevel_vit import TriLevelViTConfig
 from .image_data.loading import is_missing_local_path
@@ -102,6 +103,26 @@ def check_training_arguments(training_args: TrainingArguments, *, model_name_or_
             f"{os.environ['WORLD_SIZE']} processes were launched but the Trainer does not distribute them (no GPU, "
             "`use_cpu` False), so each would train its own copy. Pass `use_cpu` for DDP over gloo on CPU."
         )
+
+
+LATEST_CHECKPOINT = ("True", "true", "latest")
+
+
+def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
+    """The checkpoint folder to resume from: `True` / `latest` mean the newest `checkpoint-*` in `output_dir`.
+
+    transformers' own example accepts `--resume_from_checkpoint True`; resolving it here, before any data is
+    loaded, turns "no checkpoint there" into a clear error instead of a failure after the model is built.
+    """
+    if resume_from_checkpoint not in LATEST_CHECKPOINT:
+        return resume_from_checkpoint
+    latest = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if latest is None:
+        raise ValueError(
+            f"`resume_from_checkpoint` {resume_from_checkpoint!r} asks for the newest checkpoint in `output_dir` "
+            f"{output_dir!r}, but it holds no checkpoint-* folder; pass a checkpoint folder or train from scratch."
+        )
+    return latest
 
 
 def check_output_dir(

@@ -243,3 +243,11 @@ def test_example_rejects_bad_pruning_settings_before_training(tmp_path, capsys):
     assert raised.value.code == 2
     assert "keep_fraction" in capsys.readouterr().err
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_example_resume_true_without_a_checkpoint_stops_before_training(tmp_path, capsys):
+    example = load_example()
+    with pytest.raises(SystemExit) as raised:
+        example.main(["--resume_from_checkpoint", "True", "--output_dir", str(tmp_path)])
+    assert raised.value.code == 2
+    assert "--resume_from_checkpoint 'True' asks for the newest checkpoint" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from hf_trilevel.example_support import (
     name_flags,
     parse_flags_or_json,
     read_vit_config,
+    resolve_resume_checkpoint,
     saved_run_files,
 )
 from hf_trilevel.image_data import attach_transforms, check_splits, collate, eval_transforms, limit_and_check_splits
@@ -31,6 +32,17 @@ def test_name_flags_rewrites_only_the_listed_argument_names():
         name_flags(message, flags)
         == "--image_column_name 'x': no such column; `token_keep_rate` is fine, --train_dir too"
     )
+
+
+@pytest.mark.parametrize("latest", ["True", "latest"])
+def test_resume_true_means_the_newest_checkpoint_and_fails_clearly_without_one(tmp_path, latest):
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert resolve_resume_checkpoint(latest, str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert resolve_resume_checkpoint("some/folder", str(tmp_path)) == "some/folder"
+    assert resolve_resume_checkpoint(None, str(tmp_path)) is None
+    with pytest.raises(ValueError, match=r"`resume_from_checkpoint` .* holds no checkpoint-\* folder"):
+        resolve_resume_checkpoint(latest, str(tmp_path / "empty"))
 
 
 def test_a_folder_with_a_saved_run_needs_consent(tmp_path):
