@@ -55,8 +55,7 @@ def composed_loss(
         losses = per_example_loss_func(outputs, labels)
     else:
         losses = per_example_loss(model_output(outputs, "logits"), labels, config, label_smoothing)
-    batch = TrainingBatch(inputs=inputs, labels=labels, outputs=outputs, per_example_loss=losses)
-    batch.example_index = example_index
+    batch = TrainingBatch(inputs, labels, outputs, losses, example_index=example_index)
     for technique in techniques:
         technique.observe(batch)
     weighted = losses

@@ -153,10 +153,13 @@ def fuse_dropped_tokens(
         `[batch, 1, hidden]`. A previous fused token is folded in with its own attention weight, so a single fused
         token summarises everything dropped at every layer so far.
     """
-    weights = dropped_token_weights(token_scores, patch_index, valid_mask)
+    return fuse_weighted_tokens(hidden_states, dropped_token_weights(token_scores, patch_index, valid_mask))
+
+
+def fuse_weighted_tokens(hidden_states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """`[batch, 1, hidden]`: the mean of `hidden_states[:, 1:]` weighted by `weights` (`dropped_token_weights`)."""
     weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
-    fused = torch.matmul(weights.to(hidden_states.dtype).unsqueeze(1), hidden_states[:, 1:])
-    return fused
+    return torch.matmul(weights.to(hidden_states.dtype).unsqueeze(1), hidden_states[:, 1:])
 
 
 def keep_tokens(

@@ -89,9 +89,10 @@ class TriLevelTrainer(Trainer):
     def example_fraction_seen(self) -> float | None:
         """Share of (epochs x examples) the planned epochs serve, when a technique plans them."""
         for technique in self.techniques():
-            fraction = getattr(technique, "example_fraction_seen", None)
-            if callable(fraction) and fraction() is not None:
-                return fraction()
+            fraction_seen = getattr(technique, "example_fraction_seen", None)
+            fraction = fraction_seen() if callable(fraction_seen) else None
+            if fraction is not None:
+                return fraction
         return None
 
     @property

@@ -32,7 +32,7 @@ except ImportError as error:
 
 from .configuration_trilevel_vit import SparsitySettings
 from .sparse_attention import key_padding_mask, sparse_attention_mask
-from .token_reduction import dropped_token_weights, fuse_dropped_tokens, keep_tokens
+from .token_reduction import dropped_token_weights, fuse_weighted_tokens, keep_tokens
 from .token_selectors import TokenSelection, build_token_selector
 
 
@@ -243,9 +243,9 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         if fusion:
             if selection.scores is None:
                 raise ValueError(f"`token_fusion=True` needs scores from the {type(self.token_selector).__name__}.")
-            fused = fuse_dropped_tokens(hidden_states, selection.scores, selection.patch_index, selection.valid_mask)
+            weights = dropped_token_weights(selection.scores, selection.patch_index, selection.valid_mask)
+            fused = fuse_weighted_tokens(hidden_states, weights)
             if padded:
-                weights = dropped_token_weights(selection.scores, selection.patch_index, selection.valid_mask)
                 fused_valid = weights.sum(dim=-1) > 0
         kept = keep_tokens(hidden_states, patch_positions, selection.patch_index, fused, selection.valid_mask)
         return (*kept, fused_valid)
