@@ -437,7 +437,7 @@ def prepare(argv: list[str]) -> Setup:
         if augmentation == "auto":  # flips and crops would turn a 6 into a 2 or cut a 7 in half
             augmentation = "affine" if digits else "crop_flip"
         size = as_pair(config.image_size)
-        random = RandomSource(training_args.seed, stream=training_args.process_index)
+        random = RandomSource(training_args.seed)  # keyed per (epoch, example): resumes reproduce
         transforms = {
             "train": train_transforms(augmentation, size, random, data_args.min_crop_scale),
             "validation": eval_transforms(size),

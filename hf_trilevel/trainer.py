@@ -10,7 +10,9 @@ pins their signatures, so a transformers release that changes one fails with a m
 * `_init_training_state` -- where a resumed run's epoch and step are computed (`global_step //
   steps_per_epoch`, which is wrong when epochs have planned, different sizes) and where the Trainer reads
   `trainer_state.json`; techniques' state is restored here too, before the first epoch's sampler is drawn.
-* `_run_epoch` -- receives one `steps_in_epoch` for every epoch; planned epochs need their own.
+* `_run_epoch` -- receives one `steps_in_epoch` for every epoch; planned epochs need their own. It is also where
+  a training set with `set_epoch` (`hf_trilevel.image_data.AugmentedSplit`) is told the epoch: the Trainer's own
+  `DataLoader.set_epoch` reaches the dataset only for some sampler layouts (accelerate), not in DDP.
 * `_train_batch_size` (read only) -- the batch size `auto_find_batch_size` settled on.
 """
 
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
+from .checkpoints import check_resumable, latest_complete_checkpoint
 from .configuration_trilevel_vit import TriLevelViTConfig
 from .data_pruning import ExamplePruner
 from .example_index import EXAMPLE_INDEX, IndexCollator, IndexedDataset
@@ -66,6 +69,26 @@ class TriLevelTrainer(Trainer):
         self.per_example_loss_func = per_example_loss_func
         self.loss_terms = LossTermLog()
         self._planned_update_steps: list[int] | None = None
+
+    # -- resuming only from complete checkpoints ----------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`, resuming only from a complete checkpoint (`hf_trilevel.checkpoints`).
+
+        `resume_from_checkpoint=True` means the newest *complete* `checkpoint-*` in `output_dir`, skipping folders
+        whose save was interrupted (transformers would pick the highest-numbered folder whatever it holds); a named
+        checkpoint that is incomplete is refused with a `ValueError` naming the missing file, before any training.
+        """
+        if resume_from_checkpoint is True:
+            latest = latest_complete_checkpoint(self.args.output_dir)
+            if latest is None:
+                raise ValueError(
+                    f"`resume_from_checkpoint` True: `output_dir` {self.args.output_dir!r} holds no complete "
+                    "checkpoint-* folder to resume from."
+                )
+            resume_from_checkpoint = latest
+        elif resume_from_checkpoint:
+            check_resumable(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # -- the techniques ---------------------------------------------------------------------------------------
     def techniques(self) -> list[TrainingTechnique]:
@@ -206,6 +229,9 @@ class TriLevelTrainer(Trainer):
         return epoch, remaining * self.args.gradient_accumulation_steps
 
     def _run_epoch(self, *args, **kwargs):
+        set_epoch = getattr(self.train_dataset, "set_epoch", None)
+        if callable(set_epoch):  # e.g. an `AugmentedSplit`, whose augmentations are keyed by the epoch
+            set_epoch(kwargs["epoch"])
         if self._planned_update_steps is not None:
             epoch, dataloader = kwargs["epoch"], kwargs["train_dataloader"]
             sampler = find_planned_sampler(dataloader)

@@ -66,10 +66,27 @@ def test_random_resized_crop_falls_back_to_a_central_crop_for_extreme_images():
     assert crop.sample_box(100, 10) == (45, 0, 55, 10)
 
 
-def test_random_source_is_reproducible_per_seed_and_stream_and_stream_0_is_the_plain_seed():
-    draws = [RandomSource(3, stream).get().random(4).tolist() for stream in (0, 0, 1)]
-    assert draws[0] == draws[1] != draws[2]
-    assert draws[0] == np.random.default_rng(3).random(4).tolist()
+def test_random_source_alone_is_the_plain_seeded_stream():
+    draws = [RandomSource(3).get().random(4).tolist() for _ in range(2)]
+    assert draws[0] == draws[1] == np.random.default_rng(3).random(4).tolist()
+
+
+def keyed_draw(random: RandomSource, epoch: int, position: int) -> float:
+    random.set_epoch(epoch)
+    random.select_example(position)
+    return float(random.get().random())
+
+
+def test_an_examples_draws_depend_only_on_seed_epoch_and_position():
+    first, again = RandomSource(0), RandomSource(0)
+    keys = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    draws = [keyed_draw(first, epoch, position) for epoch, position in keys]
+    # Another source, other keys drawn first and in another order: the same draw for the same key.
+    assert [keyed_draw(again, epoch, position) for epoch, position in reversed(keys)] == draws[::-1]
+    assert len(set(draws)) == 4
+    assert keyed_draw(RandomSource(1), 0, 0) != draws[0]
+    with pytest.raises(ValueError, match="`epoch` must be a non-negative integer"):
+        first.set_epoch(-1)
 
 
 class _Draws(torch.utils.data.Dataset):

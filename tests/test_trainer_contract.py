@@ -8,6 +8,8 @@ import inspect
 import transformers
 from transformers import Trainer
 
+from hf_trilevel.checkpoints import TRAINER_STATE_NAME
+
 VERSION = f"transformers {transformers.__version__}"
 
 
@@ -58,6 +60,11 @@ def test_checkpoints_save_the_model_before_the_trainer_state_and_the_rotation():
         f"{VERSION} reordered Trainer._save_checkpoint: technique state would no longer precede trainer_state.json."
     )
     assert parameters(Trainer.save_model) == ["self", "output_dir", "_internal_call"]
+    # hf_trilevel.checkpoints counts a checkpoint complete once trainer_state.json parses: everything else,
+    # optimizer, scheduler and RNG states included, must be written before it.
+    for earlier in ("_save_optimizer_and_scheduler(output_dir)", "_save_rng_state(output_dir)"):
+        assert source.index(earlier) < source.index("save_to_json"), f"{VERSION}: {earlier} now follows the state."
+    assert TRAINER_STATE_NAME == transformers.trainer.TRAINER_STATE_NAME
 
 
 def test_the_loss_scaling_conventions_we_mirror_are_unchanged():

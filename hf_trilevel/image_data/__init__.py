@@ -20,7 +20,7 @@ from .loading import (
     split_off_validation,
     take_samples,
 )
-from .preprocessing import attach_transforms, collate, preprocess
+from .preprocessing import AugmentedSplit, attach_transforms, collate, preprocess
 from .transforms import TRAIN_AUGMENTATIONS, RandomSource, eval_transforms, train_transforms
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "IMAGE",
     "LABEL",
     "TRAIN_AUGMENTATIONS",
+    "AugmentedSplit",
     "RandomSource",
     "attach_transforms",
     "check_splits",

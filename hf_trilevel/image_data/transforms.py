@@ -12,9 +12,9 @@ normalise identically. Train pipelines (`train_transforms`):
 Evaluation (`eval_transforms`) resizes the image to the smallest size that covers the model's input, keeping its
 aspect ratio, then crops the centre.
 
-Random draws come from a `RandomSource`: a NumPy generator seeded from the run's seed (and the process index, so
-ranks draw differently), re-seeded inside each DataLoader worker so that workers do not repeat each other's
-augmentations. No global random state is read or changed.
+Random draws come from a `RandomSource`: in training, a NumPy generator seeded per (run seed, epoch, example
+position), so a resumed run, or one on another number of processes or DataLoader workers, augments every example
+exactly as the uninterrupted run does. No global random state is read or changed.
 
 Why not a library (decided for the "One house" refactor):
 * torchvision and timm are excluded for the whole project (README, "Why no torchvision").
@@ -24,11 +24,10 @@ Why not a library (decided for the "One house" refactor):
   worker would mean `torch.manual_seed` on global state, the trap STYLE.md rules out; and it works on batched
   tensors, so the per-example PIL step before the saved image processor would have to be rebuilt.
 * Pure torch tensor ops (`torch.nn.functional.grid_sample` / `interpolate` with an explicit `torch.Generator`)
-  would be possible, but interpolate differently from PIL and draw a different random stream, so the tuned digits
-  result (`make example`, 98.61% at seed 0) would change, and the inference-time resize (PIL, in the image
+  would be possible, but interpolate differently from PIL, and the inference-time resize (PIL, in the image
   processor) would no longer match training's.
 So the four small PIL transforms stay, here in the example-side `hf_trilevel.image_data` package rather than in the
-model core, with the random stream unchanged.
+model core. (Their random stream did change later, to the per-example keys above, so resumed runs reproduce.)
 """
 
 import math
@@ -44,35 +43,62 @@ Size = tuple[int, int]  # (height, width), as in ViTConfig.image_size and image 
 ImageTransform = Callable[[Image.Image], Image.Image]
 
 TRAIN_AUGMENTATIONS = ("crop_flip", "crop", "affine", "none")
+SALT_AUGMENTATION = 17  # keeps augmentation draws apart from example pruning's keyed streams (salts 1-4)
 
 
 class RandomSource:
-    """A NumPy generator for augmentations: `seed`-determined in the main process, distinct in each DataLoader worker.
+    """Augmentation randomness keyed by (seed, epoch, example position), so a resumed run draws what it would have.
 
-    A generator copied into several DataLoader workers would give every worker the same draws; `get()` therefore
-    derives a worker's generator from the run's seed and the worker seed that PyTorch assigns (which differs per
-    worker and per epoch and is itself determined by the run's seed).
+    A single sequential stream (one per process) cannot survive a resume: batches skipped to reach the checkpoint
+    are never loaded, earlier epochs are not replayed, and another process count splits the stream differently. So
+    the training split (`hf_trilevel.image_data.AugmentedSplit`) calls `select_example(position)` before it augments
+    an example, and every transform holding this source then draws from a generator seeded by the run's `seed`, the
+    current epoch and that position: the same example in the same epoch gets the same augmentation whatever the
+    process count, the number of DataLoader workers, or where the run was interrupted.
+
+    The epoch lives in shared memory, so DataLoader workers, persistent ones included, see `set_epoch` (which
+    `TriLevelTrainer` calls on its training set before each epoch's first batch is drawn).
+
+    Used directly (no example selected, e.g. a transform applied by hand) it is one sequential stream seeded by
+    `seed` (`numpy.random.default_rng(seed)`), derived afresh inside each DataLoader worker so workers do not repeat
+    each other's draws.
 
     Args:
         seed: the run's seed, a non-negative integer.
-        stream: separates otherwise identical sources, e.g. the process index in a multi-process run. Stream 0
-            draws exactly what `numpy.random.default_rng(seed)` draws.
     """
 
-    def __init__(self, seed: int, stream: int = 0) -> None:
+    def __init__(self, seed: int) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
-        self.seed, self.stream = seed, stream
-        self._main = np.random.default_rng(seed if stream == 0 else [seed, stream])
+        self.seed = seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._example: np.random.Generator | None = None
+        self._stream = np.random.default_rng(seed)
         self._worker: tuple[tuple[int, int], np.random.Generator] | None = None
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the augmentations of `epoch` (0-indexed) from now on, in this process and its DataLoader workers."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"`epoch` must be a non-negative integer, got {epoch!r}.")
+        self._epoch.fill_(epoch)
+
+    def select_example(self, position: int) -> None:
+        """Draw, until the next call, the augmentation of the example at `position` in the current epoch."""
+        self._example = np.random.default_rng([SALT_AUGMENTATION, self.seed, self.epoch, int(position)])
+
     def get(self) -> np.random.Generator:
+        if self._example is not None:
+            return self._example
         info = torch.utils.data.get_worker_info()
         if info is None:
-            return self._main
+            return self._stream
         key = (info.id, info.seed)
         if self._worker is None or self._worker[0] != key:
-            self._worker = (key, np.random.default_rng([self.seed, self.stream, info.seed]))
+            self._worker = (key, np.random.default_rng([self.seed, info.seed]))
         return self._worker[1]
 
 

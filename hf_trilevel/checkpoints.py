@@ -1,0 +1,108 @@
+"""Which `checkpoint-*` folders a run can resume from: only complete ones.
+
+A kill (OOM, preemption, Ctrl-C twice) can land while the Trainer is writing a checkpoint, leaving a folder with
+weights but no optimizer, or a half-written `trainer_state.json`. transformers' `get_last_checkpoint` (behind
+`resume_from_checkpoint=True`) picks the highest-numbered folder whatever it holds, so such a run resumes from
+nothing (a missing `trainer_state.json` silently restarts at step 0) or stops with a raw `FileNotFoundError`.
+
+What makes a checkpoint complete follows from the order in which `Trainer._save_checkpoint` writes it: the model
+(and, through `TriLevelTrainer.save_model`, every training technique's state), then the optimizer, scheduler and
+RNG states, then `trainer_state.json`, and only then the rotation that deletes older checkpoints. So a folder whose
+`trainer_state.json` parses holds everything that was written before it, in whatever layout (safetensors, FSDP
+shards, DeepSpeed folders) the run used; and because the rotation runs after that file is written, the newest
+complete checkpoint is never deleted for a newer incomplete one (`tests/test_trainer_contract.py` pins that order).
+Files closed before the kill are intact: a SIGKILL loses no written data (an operating-system crash, which can, is
+out of scope).
+"""
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME (pinned by test_trainer_contract)
+CHECKPOINT_FOLDER = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why `folder` cannot be resumed from (naming the missing or broken file), or None when it is complete."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{str(folder)!r} is not a directory"
+    state_file = folder / TRAINER_STATE_NAME
+    if not state_file.is_file():
+        return (
+            f"{str(folder)!r} has no {TRAINER_STATE_NAME}, the file the Trainer writes last: its save was interrupted"
+        )
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{str(state_file)!r} is incomplete or corrupt ({error}): its save was interrupted"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return f"{str(state_file)!r} has no `global_step`: it is not a Trainer state"
+    return None
+
+
+def checkpoint_folders(output_dir: str | Path) -> list[Path]:
+    """The `checkpoint-<step>` folders in `output_dir`, newest (highest step) first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [
+        (int(match[1]), path)
+        for path in output_dir.iterdir()
+        if (match := CHECKPOINT_FOLDER.match(path.name)) and path.is_dir()
+    ]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The highest-step complete checkpoint in `output_dir` (None if there is none), skipping incomplete ones.
+
+    What `resume_from_checkpoint=True` / `latest` should mean: each skipped folder is logged with its problem.
+    """
+    for folder in checkpoint_folders(output_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        logger.warning("not resuming from %s: %s.", folder.name, problem)
+    return None
+
+
+def check_resumable(checkpoint: str | Path, argument: str = "resume_from_checkpoint") -> None:
+    """Refuse an incomplete checkpoint with a message naming the missing file and the newest complete alternative."""
+    problem = checkpoint_problem(checkpoint)
+    if problem is None:
+        return
+    message = f"`{argument}` {str(checkpoint)!r} cannot be resumed: {problem}."
+    alternative = latest_complete_checkpoint(Path(checkpoint).parent)
+    if alternative is not None:
+        message += f" The newest complete checkpoint there is {alternative!r}."
+    raise ValueError(message)
+
+
+def remove_checkpoints(output_dir: str | Path) -> list[str]:
+    """Delete the `checkpoint-*` folders in `output_dir`; return their names, oldest first.
+
+    For a fresh run that was given consent to replace an earlier one in the same folder: left in place, the earlier
+    run's higher-numbered checkpoints would be what `resume_from_checkpoint=True` picks after a crash of the new run,
+    silently continuing the wrong run.
+    """
+    folders = checkpoint_folders(output_dir)[::-1]
+    for folder in folders:
+        shutil.rmtree(folder)
+    return [folder.name for folder in folders]
+
+
+__all__ = [
+    "check_resumable",
+    "checkpoint_folders",
+    "checkpoint_problem",
+    "latest_complete_checkpoint",
+    "remove_checkpoints",
+]
