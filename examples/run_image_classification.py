@@ -27,11 +27,15 @@ Defaults that depend on other flags: the model shape and keep rates come from th
 without GPUs (transformers would otherwise run every process as an independent copy).
 
 Bad input stops the run before training with exit status 2 and a message naming the flag: a missing image or label
-column, float or list labels (integer and string labels are encoded into a ClassLabel, with a notice), a checkpoint
-that is not a ViT, a classifier of another size without `--ignore_mismatched_sizes`, an `--output_dir` holding a
-saved model without `--overwrite_output_dir` (or `--resume_from_checkpoint`). Unreadable image files are dropped
-with a warning and a count (`--check_images False` skips that check). The checks live in `hf_trilevel.image_data`
-and `hf_trilevel.example_support`.
+column, float or list labels (integer and string labels are encoded into a ClassLabel, with a notice), training data
+of one class (a `--train_dir` with a single class sub-folder), a checkpoint that is not a ViT, a `config.json` field
+of the wrong type, a classifier of another size without `--ignore_mismatched_sizes`, an `--output_dir` that is a file
+or holds a saved model without `--overwrite_output_dir` (or `--resume_from_checkpoint`), and with `--example_pruning`
+a fractional `--num_train_epochs`, any `--max_steps` (pruning plans whole epochs) or `--swap_epochs` outside the run;
+the checks that need no data run before the data loads. Unreadable image files are dropped with a warning and a count
+(`--check_images False` skips that check). The checks live in `hf_trilevel.image_data`, `hf_trilevel.example_support`
+and `ExamplePruningCallback.check_arguments`. `examples_seen` counts the examples trained (with
+`--dataloader_drop_last`, fewer than planned).
 """
 
 import logging
@@ -50,12 +54,14 @@ from hf_trilevel import (
     TriLevelViTConfig,
     TriLevelViTForImageClassification,
 )
+from hf_trilevel.checkpoints import remove_checkpoints
 from hf_trilevel.example_support import (
     build_image_processor,
     build_trilevel_config,
     check_output_dir,
     check_training_arguments,
     end_distributed,
+    examples_trained_per_epoch,
     launched_on_several_processes,
     load_trilevel_model,
     name_flags,
@@ -258,7 +264,7 @@ FLAGS = {
         if item.name not in SPARSITY_FIELDS
     },
     **{name: name for name in ("output_dir", "resume_from_checkpoint", "do_train", "do_eval", "eval_strategy")},
-    **{name: name for name in ("remove_unused_columns", "use_cpu")},
+    **{name: name for name in ("remove_unused_columns", "use_cpu", "num_train_epochs", "max_steps")},
     "image_column": "image_column_name",
     "label_column": "label_column_name",
     "validation_fraction": "train_val_split",  # the digits' split
@@ -340,8 +346,12 @@ def check_arguments(
     )
 
 
-def build_callbacks(pruning_args: PruningArguments) -> list:
-    """The example-pruning and keep-rate callbacks the arguments ask for (settings are validated here)."""
+def build_callbacks(pruning_args: PruningArguments, training_args: TrainingArguments | None = None) -> list:
+    """The example-pruning and keep-rate callbacks the arguments ask for (settings are validated here).
+
+    With `training_args`, example pruning's checks that need no data (whole epochs, no `--max_steps`, swap epochs
+    within the run) run here too, before any data is loaded.
+    """
     callbacks = []
     if pruning_args.example_pruning == "forgetting":
         settings = {"keep_fraction": pruning_args.keep_fraction, "swap_fraction": pruning_args.swap_fraction}
@@ -349,6 +359,8 @@ def build_callbacks(pruning_args: PruningArguments) -> list:
     elif pruning_args.example_pruning == "loss":
         settings = {"prune_ratio": pruning_args.prune_ratio, "full_data_fraction": pruning_args.full_data_fraction}
         callbacks.append(ExamplePruningCallback("loss", **settings))
+    if callbacks and training_args is not None and training_args.do_train:
+        callbacks[0].check_arguments(training_args)  # the ExamplePruningCallback: nothing else is in the list yet
     if pruning_args.keep_rate_schedule:
         warmup, decay = pruning_args.keep_rate_warmup_fraction, pruning_args.keep_rate_decay_fraction
         callbacks.append(KeepRateScheduleCallback(warmup_fraction=warmup, decay_fraction=decay))
@@ -395,7 +407,7 @@ class Setup:
     training_args: TrainingArguments
     model: TriLevelViTForImageClassification
     image_processor: ViTImageProcessorPil
-    dataset: DatasetDict  # transformed splits: `pixel_values` and `labels`
+    dataset: dict  # transformed splits (`pixel_values`, `labels`); train is an `AugmentedSplit`
     callbacks: list
     augmentation: str
 
@@ -409,7 +421,7 @@ def prepare(argv: list[str]) -> Setup:
         model_args, data_args, pruning_args, run_args, training_args = parsed
         configure_logging(training_args)
         check_arguments(model_args, data_args, run_args, training_args)
-        callbacks = build_callbacks(pruning_args)
+        callbacks = build_callbacks(pruning_args, training_args)
         digits = data_args.uses_digits()
         with training_args.main_process_first(desc="loading the data"):  # rank 0 fills the datasets cache first
             dataset = None if digits else load_user_dataset(data_args, model_args)
@@ -449,7 +461,11 @@ def prepare(argv: list[str]) -> Setup:
         )  # fmt: skip
     except ValueError as error:
         parser.error(name_flags(str(error), FLAGS))
-    dataset = attach_transforms(dataset, image_processor, transforms)
+    if training_args.do_train and training_args.resume_from_checkpoint is None and training_args.should_save:
+        removed = remove_checkpoints(training_args.output_dir)  # `check_output_dir` had consent to replace them
+        if removed:
+            logger.warning(f"removed the earlier run's {', '.join(removed)} from {training_args.output_dir}.")
+    dataset = attach_transforms(dataset, image_processor, transforms, random)
     return Setup(model_args, data_args, training_args, model, image_processor, dataset, callbacks, augmentation)
 
 
@@ -480,11 +496,24 @@ def describe(setup: Setup) -> str:
 
 
 def examples_seen_metrics(trainer: TriLevelTrainer, num_train_examples: int) -> dict[str, float]:
-    """How many examples the run trained on, and their share of `epochs x data`."""
-    fraction = trainer.example_fraction_seen()  # planned epochs of example pruning, or None
-    if fraction is not None:
-        return {"examples_seen": sum(trainer.example_pruner.sizes), "example_fraction_seen": fraction}
-    return {"examples_seen": round(trainer.state.epoch * num_train_examples), "example_fraction_seen": 1.0}
+    """How many examples the run trained on (over every process), and their share of `epochs x data`.
+
+    What was trained, not what was planned: with `--dataloader_drop_last` each epoch's last partial batch (and
+    accelerate's last incomplete round of batches over the processes) is not trained. Example pruning counts the
+    examples it observed; without it the count follows from the dataloader's batching.
+    """
+    args, epochs = trainer.args, trainer.state.epoch or 0.0
+    pruning = next((t for t in trainer.techniques() if t.name == "example_pruning"), None)
+    if pruning is not None and pruning.examples_seen() is not None:
+        seen = pruning.examples_seen()
+        epochs = len(pruning.pruner.sizes)
+    else:
+        per_epoch = examples_trained_per_epoch(
+            num_train_examples, args.train_batch_size, args.world_size, args.dataloader_drop_last
+        )
+        seen = round(epochs * per_epoch)
+    total = epochs * num_train_examples
+    return {"examples_seen": seen, "example_fraction_seen": seen / total if total else 0.0}
 
 
 def model_card_kwargs(model_args: ModelArguments, data_args: DataArguments) -> dict:

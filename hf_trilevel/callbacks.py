@@ -73,8 +73,14 @@ class ExamplePruningCallback(TrainingTechnique):
         self.pruner: ExamplePruner | None = None
         self._process_index = 0
 
-    def setup(self, args: TrainingArguments, num_examples: int | None, device) -> ExamplePruner:
-        """Called by the trainer before it builds the train dataloader: check the run, plan every epoch."""
+    def check_arguments(self, args: TrainingArguments) -> None:
+        """Refuse `TrainingArguments` this callback cannot train with; needs no data, so scripts call it first.
+
+        Epochs are planned whole (each epoch's size and kept set are decided before it starts), so the run's length
+        is a whole `num_train_epochs` and `max_steps` is refused: `TriLevelTrainer` replaces it by the exact sum of
+        the planned epochs' steps, so a user's value could only be ignored (larger) or cut the plan short (smaller:
+        the `loss` policy's final full-data epochs, which keep its gradient unbiased, would never run).
+        """
         if args.remove_unused_columns:
             raise ValueError(
                 "ExamplePruningCallback needs `TrainingArguments(remove_unused_columns=False)`: the trainer adds an "
@@ -82,22 +88,34 @@ class ExamplePruningCallback(TrainingTechnique):
             )
         if args.max_steps is not None and args.max_steps > 0:
             raise ValueError(
-                f"ExamplePruningCallback plans epochs, so set `num_train_epochs` and leave `max_steps` unset "
-                f"(got max_steps={args.max_steps}); the planned max_steps is then exact."
+                f"ExamplePruningCallback plans every epoch, so `max_steps` {args.max_steps} cannot be honoured: give "
+                "the run's length as a whole `num_train_epochs` and leave `max_steps` unset; the trainer then sets "
+                "the exact max_steps from the planned epochs."
             )
-        if args.num_train_epochs != int(args.num_train_epochs) or args.num_train_epochs < 1:
+        epochs = args.num_train_epochs
+        if isinstance(epochs, bool) or epochs != int(epochs) or epochs < 1:
             raise ValueError(
-                "ExamplePruningCallback needs a whole number of epochs >= 1, got "
-                f"num_train_epochs={args.num_train_epochs}."
+                "ExamplePruningCallback plans a whole number of epochs: `num_train_epochs` must be a whole number "
+                f">= 1, got {epochs}."
             )
+        self.policy.check_epochs(int(epochs))
+
+    def setup(self, args: TrainingArguments, num_examples: int | None, device) -> ExamplePruner:
+        """Called by the trainer before it builds the train dataloader: check the run, plan every epoch."""
+        if num_examples is None:  # first: the Trainer asks unsized data for `max_steps`, refused below
+            raise ValueError(
+                "ExamplePruningCallback got streaming data (an `IterableDataset`, or another training set without a "
+                "length), and streaming data cannot be index-pruned: each epoch serves a planned set of dataset "
+                "positions. Use a map-style dataset (a `datasets.Dataset`, e.g. `load_dataset(...)` without "
+                "`streaming=True`, or a torch `Dataset` with `__len__`), or train without example pruning."
+            )
+        self.check_arguments(args)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and args.world_size == 1:
             raise ValueError(
                 f"torch.distributed runs {dist.get_world_size()} processes but the Trainer is not distributed, so "
                 "every process would train its own copy on all the data. On machines without GPUs pass "
                 "`use_cpu=True` (`--use_cpu`) to TrainingArguments for DDP over gloo."
             )
-        if num_examples is None:
-            raise ValueError("ExamplePruningCallback needs a training set with a length (a map-style dataset).")
         self._process_index = args.process_index
         self.pruner = ExamplePruner(self.policy, self.seed if self.seed is not None else args.seed)
         self.pruner.begin(num_examples, int(args.num_train_epochs), device)
@@ -150,6 +168,16 @@ class ExamplePruningCallback(TrainingTechnique):
         if self.pruner is None or not self.pruner.sizes:
             return None
         return sum(self.pruner.sizes) / (len(self.pruner.sizes) * self.pruner.num_examples)
+
+    def examples_seen(self) -> int | None:
+        """Examples trained on so far, summed over processes and epochs, or None before `setup`.
+
+        Counted from what was observed, not planned: `dataloader_drop_last` drops each epoch's last partial batch
+        (and accelerate its last incomplete round of batches), so fewer examples than planned may train. An example
+        that accelerate repeats to even out the last batches counts once per epoch. Complete epochs only (their
+        counts are summed over ranks at each epoch end, and saved with checkpoints), the same on every rank.
+        """
+        return None if self.pruner is None else self.pruner.examples_presented()
 
     # -- Trainer events -----------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):

@@ -75,6 +75,14 @@ class ExamplePruner:
             self._weights_by_example = weights.to(example_index.device)
         return self._weights_by_example[example_index]
 
+    def examples_presented(self) -> int:
+        """Example presentations over the finished epochs: each epoch's distinct examples seen on any rank, summed.
+
+        This is what was trained, not what was planned (`sizes`): batches dropped by `dataloader_drop_last` never
+        reach the statistics. Identical on every rank, and restored with the statistics on resume.
+        """
+        return int(self.statistics.presentations.sum())
+
     def summary(self) -> dict[str, float | int | str]:
         kept = len(self.plan.indices)
         return {

@@ -38,6 +38,9 @@ class PruningPolicy:
 
     name = "custom"
 
+    def check_epochs(self, num_epochs: int) -> None:
+        """Check the settings against the run's length alone, before any data is loaded; raise `ValueError`."""
+
     def prepare(self, num_examples: int, num_epochs: int) -> None:
         """Check the settings against the run and precompute per-run values; raise `ValueError` naming the argument."""
 
@@ -102,15 +105,23 @@ class ForgettingPolicy(PruningPolicy):
             return self.swap_epochs
         return sorted({round(num_epochs * tenth / 10) for tenth in range(1, 6)} - {0})
 
-    def prepare(self, num_examples: int, num_epochs: int) -> None:
-        swap_epochs = self.resolved_swap_epochs(num_epochs)
-        beyond = [e for e in swap_epochs if e >= num_epochs]
-        if beyond:
+    def check_epochs(self, num_epochs: int) -> None:
+        beyond = [e for e in self.resolved_swap_epochs(num_epochs) if e >= num_epochs]
+        if not beyond:
+            return
+        if num_epochs == 1:
             raise ValueError(
-                f"`swap_epochs` {beyond} are beyond training: epochs are 0-indexed and the run has {num_epochs}, "
-                f"so swap epochs must be in [1, {num_epochs - 1}]."
+                f"`swap_epochs` {beyond} are beyond training: `num_train_epochs` 1 has no epoch after the "
+                "first to swap at; train for more epochs or leave `swap_epochs` unset."
             )
-        self.swap_epochs_for_run = set(swap_epochs)
+        raise ValueError(
+            f"`swap_epochs` {beyond} are beyond training: epochs are 0-indexed and `num_train_epochs` "
+            f"{num_epochs} runs epochs 0 to {num_epochs - 1}, so swap epochs must be in [1, {num_epochs - 1}]."
+        )
+
+    def prepare(self, num_examples: int, num_epochs: int) -> None:
+        self.check_epochs(num_epochs)
+        self.swap_epochs_for_run = set(self.resolved_swap_epochs(num_epochs))
 
     def num_kept(self, num_examples: int) -> int:
         return max(1, round(self.keep_fraction * num_examples))

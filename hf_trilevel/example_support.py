@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoImageProcessor, HfArgumentParser, PretrainedConfig, TrainingArguments, ViTImageProcessorPil
-from transformers.trainer_utils import get_last_checkpoint
 
+from .checkpoints import check_resumable, latest_complete_checkpoint
 from .configuration_trilevel_vit import TriLevelViTConfig
 from .image_data.loading import is_missing_local_path
 from .modeling_trilevel_vit import TriLevelViTForImageClassification
@@ -109,18 +110,25 @@ LATEST_CHECKPOINT = ("True", "true", "latest")
 
 
 def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
-    """The checkpoint folder to resume from: `True` / `latest` mean the newest `checkpoint-*` in `output_dir`.
+    """The checkpoint folder to resume from: `True` / `latest` mean the newest complete `checkpoint-*` there.
 
     transformers' own example accepts `--resume_from_checkpoint True`; resolving it here, before any data is
-    loaded, turns "no checkpoint there" into a clear error instead of a failure after the model is built.
+    loaded, turns "no checkpoint there" into a clear error instead of a failure after the model is built. Folders
+    whose save was interrupted are skipped (`hf_trilevel.checkpoints`), and a named incomplete one is refused with
+    the missing file.
     """
+    if resume_from_checkpoint is None:
+        return None
     if resume_from_checkpoint not in LATEST_CHECKPOINT:
+        if Path(resume_from_checkpoint).is_dir():
+            check_resumable(resume_from_checkpoint)
         return resume_from_checkpoint
-    latest = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    latest = latest_complete_checkpoint(output_dir)
     if latest is None:
         raise ValueError(
             f"`resume_from_checkpoint` {resume_from_checkpoint!r} asks for the newest checkpoint in `output_dir` "
-            f"{output_dir!r}, but it holds no checkpoint-* folder; pass a checkpoint folder or train from scratch."
+            f"{output_dir!r}, but it holds no complete checkpoint-* folder; pass a checkpoint folder or train from "
+            "scratch."
         )
     return latest
 
@@ -130,8 +138,10 @@ def check_output_dir(
 ) -> None:
     """Refuse to train into a folder that holds an earlier run's model or results without consent.
 
-    `resume_from_checkpoint` continues the run in that folder, so it counts as consent; its path must exist.
+    `resume_from_checkpoint` continues the run in that folder, so it counts as consent; its path must exist. An
+    `output_dir` that is a file, or lies inside one, is refused whatever the consent (nothing could be saved).
     """
+    check_output_dir_is_a_folder(output_dir)
     if resume_from_checkpoint is not None and not Path(resume_from_checkpoint).is_dir():
         raise ValueError(
             f"`resume_from_checkpoint` {resume_from_checkpoint!r} is not a directory (e.g. OUTPUT/checkpoint-500)."
@@ -143,6 +153,19 @@ def check_output_dir(
         raise ValueError(
             f"`output_dir` {output_dir!r} already holds {', '.join(found[:4])}: pass `overwrite_output_dir` to "
             "replace them, `resume_from_checkpoint` to continue a run saved there, or choose another `output_dir`."
+        )
+
+
+def check_output_dir_is_a_folder(output_dir: str) -> None:
+    """`output_dir` and its nearest existing parent must be folders, or the first save fails with `FileExistsError`."""
+    path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"`output_dir` {output_dir!r} is a file, not a folder; choose a folder to save the run in.")
+    parent = next((folder for folder in path.parents if folder.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(
+            f"`output_dir` {output_dir!r} is inside {str(parent)!r}, which is a file; choose a folder to save the "
+            "run in."
         )
 
 
@@ -219,9 +242,38 @@ def build_trilevel_config(
     source = config_name or model_name_or_path
     if source is None:
         return TriLevelViTConfig(**{**(scratch or {}), **overrides}, **labels)
-    config = TriLevelViTConfig.from_pretrained(source, **hub_kwargs, **labels, **overrides)
+    argument = "config_name" if config_name is not None else "model_name_or_path"
+    try:
+        config = TriLevelViTConfig.from_pretrained(source, **hub_kwargs, **labels, **overrides)
+    except StrictDataclassError as error:  # not a ValueError: the config's type checks (`@strict`)
+        raise invalid_config_error(error, argument, source, **hub_kwargs) from error
     config.check_trilevel_fields()  # from_pretrained sets keyword arguments after the config validated itself
     return config
+
+
+def invalid_config_error(error: StrictDataclassError, argument: str, source: str, **hub_kwargs) -> ValueError:
+    """A `ValueError` naming the flag, the config file, the field and its value, for a config that fails the
+    config class's `@strict` type checks (`huggingface_hub.dataclasses`)."""
+    cause = error.__cause__ or error
+    found = re.search(r"field '(\w+)'", str(error))
+    config_file = _config_file(source)
+    if found is None:  # a check over several fields
+        return ValueError(f"`{argument}` {source!r}: {config_file} is not a valid config: {cause}")
+    field_name = found[1]
+    try:
+        value = PretrainedConfig.get_config_dict(source, **hub_kwargs)[0].get(field_name)
+    except (OSError, ValueError):
+        value = None
+    return ValueError(
+        f"`{argument}` {source!r}: in {config_file}, '{field_name}' is {value!r}, which the config refuses "
+        f"({type(cause).__name__}: {cause}); fix that field of the file."
+    )
+
+
+def _config_file(source: str) -> str:
+    """The `config.json` a config source means: the file itself, the one in a folder, or a Hub repo's."""
+    path = Path(source).expanduser()
+    return str(path / "config.json") if path.is_dir() else str(path) if path.is_file() else f"{source}/config.json"
 
 
 def load_trilevel_model(
@@ -276,6 +328,23 @@ def build_image_processor(
     return processor, notice
 
 
+# --- results ----------------------------------------------------------------------------------------------------------
+
+
+def examples_trained_per_epoch(num_examples: int, batch_size: int, num_processes: int, drop_last: bool) -> int:
+    """Examples one epoch of `num_examples` trains on, summed over `num_processes`, for the Trainer's dataloader.
+
+    Without `drop_last` every example trains once (accelerate's `even_batches` repeats a few to fill the last round
+    of batches; repeats are not new examples). With it, the last partial batch is dropped, and accelerate's sharding
+    (`BatchSamplerShard`) then drops the last incomplete round of `num_processes` batches: only full rounds train.
+    `batch_size` is the per-process batch size.
+    """
+    if not drop_last:
+        return num_examples
+    rounds = num_examples // batch_size // num_processes
+    return rounds * batch_size * num_processes
+
+
 # --- processes --------------------------------------------------------------------------------------------------------
 
 
@@ -298,8 +367,10 @@ __all__ = [
     "build_trilevel_config",
     "check_classifier_size",
     "check_output_dir",
+    "check_output_dir_is_a_folder",
     "check_training_arguments",
     "end_distributed",
+    "examples_trained_per_epoch",
     "launched_on_several_processes",
     "load_trilevel_model",
     "name_flags",

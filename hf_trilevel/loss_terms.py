@@ -37,19 +37,20 @@ def composed_loss(
     num_processes: int,
     label_smoothing: float,
     per_example_loss_func: Callable | None = None,
+    data_collator: Callable | None = None,
 ) -> tuple[torch.Tensor, object, dict[str, torch.Tensor]]:
     """One training micro-batch: `(loss, outputs, terms)`, where `loss` is the sum of the `terms`.
 
     The model runs without labels (so it computes no loss of its own); the task loss is then computed per example,
     weighted, and reduced with the Trainer's conventions (`reduce_per_example_loss`). Batch-mean extra terms are
     multiplied by the micro-batch's share of the step, so they are weighted like the task loss under gradient
-    accumulation and several processes.
+    accumulation and several processes. `data_collator`, the one that built `inputs`, is named when the batch
+    has no `labels`.
     """
     inputs = dict(inputs)
     labels = inputs.pop("labels", None)
     if labels is None:
-        names = [technique.name for technique in techniques]
-        raise ValueError(f"{names} need per-example losses, but the training batch has no `labels`.")
+        raise ValueError(missing_labels_message(techniques, inputs, data_collator))
     outputs = model(**inputs)
     if per_example_loss_func is not None:
         losses = per_example_loss_func(outputs, labels)
@@ -74,6 +75,26 @@ def composed_loss(
                 raise ValueError(f"loss term {name!r} of {technique.name!r} is already taken; name it differently.")
             terms[name] = value * batch.step_share
     return sum(terms.values()), outputs, terms
+
+
+def missing_labels_message(techniques: Sequence[TrainingTechnique], inputs: dict, data_collator=None) -> str:
+    """Why a training batch without `labels` stops a run whose techniques need per-example losses, and the fix."""
+    names = ", ".join(technique.name for technique in techniques)
+    collator = "the data collator" if data_collator is None else f"the data collator `{_qualified_name(data_collator)}`"
+    hint = (
+        " It has `label`: name it `labels`, as transformers' collators do."
+        if "label" in inputs
+        else " Make the collator pass each example's label through as `labels`."
+    )
+    return (
+        f"{names} needs per-example losses, but {collator} returned a training batch without `labels` (its keys: "
+        f"{sorted(inputs)}).{hint}"
+    )
+
+
+def _qualified_name(collator) -> str:
+    target = collator if hasattr(collator, "__qualname__") else type(collator)
+    return f"{getattr(target, '__module__', '')}.{target.__qualname__}".lstrip(".")
 
 
 class LossTermLog:
@@ -107,4 +128,4 @@ class LossTermLog:
         return logs
 
 
-__all__ = ["SELECTOR_TERM", "TASK_TERM", "LossTermLog", "composed_loss", "model_output"]
+__all__ = ["SELECTOR_TERM", "TASK_TERM", "LossTermLog", "composed_loss", "missing_labels_message", "model_output"]

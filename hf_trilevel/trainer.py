@@ -276,6 +276,7 @@ class TriLevelTrainer(Trainer):
             num_processes=num_processes,
             label_smoothing=self.args.label_smoothing_factor,
             per_example_loss_func=self.per_example_loss_func,
+            data_collator=self.data_collator,
         )
         self.loss_terms.record(terms)
         return (loss, outputs) if return_outputs else loss

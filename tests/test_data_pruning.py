@@ -186,6 +186,23 @@ def test_swap_epochs_beyond_training_are_rejected_when_training_is_planned():
         pruner.begin(100, 10)
 
 
+def test_swap_epochs_are_checked_against_the_epochs_alone_before_any_data():
+    with pytest.raises(ValueError, match=r"`swap_epochs` \[4\] are beyond training.*`num_train_epochs` 4 .*\[1, 3\]"):
+        ForgettingPolicy(swap_epochs=[1, 4]).check_epochs(4)
+    with pytest.raises(ValueError, match=r"`num_train_epochs` 1 has no epoch after the first"):
+        ForgettingPolicy(swap_epochs=[1]).check_epochs(1)
+    ForgettingPolicy().check_epochs(1)  # the default swap epochs fit any run
+
+
+def test_examples_presented_counts_each_epochs_distinct_examples_not_the_plan():
+    pruner = ExamplePruner(ForgettingPolicy(keep_fraction=0.5), seed=0)
+    pruner.begin(8, 2)
+    kept = pruner.plan.indices[:3]  # a dropped last batch: one planned example never trained
+    pruner.statistics.record(torch.cat([kept, kept[:1]]), torch.ones(4), torch.ones(4, dtype=torch.bool))
+    pruner.end_epoch(0)
+    assert pruner.sizes == [4, 4] and pruner.examples_presented() == 3  # a repeated example counts once
+
+
 def test_cosine_keep_rate_warms_up_then_decays_to_the_target():
     rates = [cosine_keep_rate(step, 100, 0.5, 0.1, 0.5) for step in (0, 10, 35, 60, 99)]
     assert rates[0] == rates[1] == 1.0

@@ -38,10 +38,11 @@ def test_name_flags_rewrites_only_the_listed_argument_names():
 def test_resume_true_means_the_newest_checkpoint_and_fails_clearly_without_one(tmp_path, latest):
     for step in (2, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
     assert resolve_resume_checkpoint(latest, str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert resolve_resume_checkpoint("some/folder", str(tmp_path)) == "some/folder"
     assert resolve_resume_checkpoint(None, str(tmp_path)) is None
-    with pytest.raises(ValueError, match=r"`resume_from_checkpoint` .* holds no checkpoint-\* folder"):
+    with pytest.raises(ValueError, match=r"`resume_from_checkpoint` .* holds no complete checkpoint-\* folder"):
         resolve_resume_checkpoint(latest, str(tmp_path / "empty"))
 
 

@@ -60,9 +60,31 @@ def load_image_dataset(
             )
         data_files[split] = os.path.join(folder, "**")
     try:
-        return load_dataset("imagefolder", data_files=data_files, **load_kwargs)
+        dataset = load_dataset("imagefolder", data_files=data_files, **load_kwargs)
     except Exception as error:  # datasets raises many types; all mean the same thing to the user
         raise ValueError(f"could not read the image folders {data_files}: {type(error).__name__}: {error}") from error
+    if LABEL not in next(iter(dataset.values())).column_names:
+        _explain_missing_folder_labels(train_dir, validation_dir)
+    return dataset
+
+
+def _explain_missing_folder_labels(train_dir: str | None, validation_dir: str | None) -> None:
+    """`imagefolder` adds no `label` column when the folders name a single class; say so instead of blaming the
+    label column. Folders with a metadata file carry their own label columns and are left alone."""
+    for argument, folder in (("train_dir", train_dir), ("validation_dir", validation_dir)):
+        if folder is None or any(Path(folder).rglob("metadata.*")):
+            continue
+        classes = sorted(path.name for path in Path(folder).iterdir() if path.is_dir())
+        if len(classes) == 1 and (argument == "train_dir" or train_dir is None):
+            raise ValueError(
+                f"`{argument}` {folder!r} has one class sub-folder ({classes[0]!r}), so the training data has one "
+                "class, and a classifier needs at least 2: put each class's images in its own sub-folder."
+            )
+        if not classes:
+            raise ValueError(
+                f"`{argument}` {folder!r} has no class sub-folders: put each class's images in its own sub-folder "
+                "(at least two classes)."
+            )
 
 
 def is_missing_local_path(name: str) -> bool:
@@ -155,8 +177,9 @@ def encode_labels(dataset: DatasetDict, label_column: str) -> tuple[DatasetDict,
 
     Integer and string labels become a `ClassLabel` whose names are the distinct values of all splits, sorted
     (numerically for integers): one mapping for train and validation, the same on every run and process. Raises
-    `ValueError` for float, list or missing labels, for fewer than two classes, and for `ClassLabel`s that
-    differ between splits or mark examples unlabelled (-1, as test splits often do).
+    `ValueError` for float, list or missing labels, for training labels of fewer than two classes (a
+    `ClassLabel` may name more classes than the training split holds), and for `ClassLabel`s that differ between
+    splits or mark examples unlabelled (-1, as test splits often do).
     """
     features = {split: data.features[LABEL] for split, data in dataset.items()}
     first = next(iter(features.values()))
@@ -170,16 +193,30 @@ def encode_labels(dataset: DatasetDict, label_column: str) -> tuple[DatasetDict,
             f"`label_column` {label_column!r} holds {features[next(iter(features))]}, not a ClassLabel; "
             f"built one from its {first.num_classes} distinct values: {_preview(first.names)}."
         )
-    if first.num_classes < 2:
-        raise ValueError(f"`label_column` {label_column!r} has {first.num_classes} class; at least 2 are needed.")
     for split, data in dataset.items():
-        unlabelled = sum(1 for value in data.unique(LABEL) if value is None or value < 0)
+        values = data.unique(LABEL)
+        unlabelled = sum(1 for value in values if value is None or value < 0)
         if unlabelled:
             raise ValueError(
                 f"the {split} split has unlabelled examples (label -1 or missing) in `label_column` "
                 f"{label_column!r}; use a labelled split for training and validation."
             )
+        if split == "train":
+            _check_two_classes(sorted(values), first, label_column)
+    if "train" not in dataset and first.num_classes < 2:
+        raise ValueError(f"`label_column` {label_column!r} has {first.num_classes} class; at least 2 are needed.")
     return dataset, notice
+
+
+def _check_two_classes(values: list[int], class_label: ClassLabel, label_column: str) -> None:
+    """The training labels must hold at least two classes: a classifier cannot learn from one."""
+    if len(values) >= 2:
+        return
+    names = ", ".join(repr(class_label.int2str(value)) for value in values) or "none"
+    raise ValueError(
+        f"the training data has {len(values)} class ({names}) in `label_column` {label_column!r}, and a classifier "
+        "needs at least 2: train on data with examples of two classes or more."
+    )
 
 
 def _build_class_label(dataset: DatasetDict, label_column: str, features: dict) -> tuple[DatasetDict, ClassLabel]:
