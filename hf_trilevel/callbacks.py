@@ -266,6 +266,11 @@ class KeepRateScheduleCallback(TrainingTechnique):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         model.set_keep_rates(token_keep_rate=self._target)
 
+    def log_values(self, step: int) -> dict[str, float]:
+        """The keep rate the logged step trained at (it ran with `global_step` one lower)."""
+        return {} if self._target is None else {"token_keep_rate": round(self.rate_at(max(step - 1, 0)), 4)}
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and "loss" in logs and self._target is not None:
-            logs["token_keep_rate"] = round(self.rate_at(state.global_step), 4)
+        # Under a plain `Trainer` (no `log_values` hook) the rate still reaches the reporters this way.
+        if logs is not None and "loss" in logs and "token_keep_rate" not in logs:
+            logs.update(self.log_values(state.global_step))

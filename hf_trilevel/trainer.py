@@ -282,9 +282,12 @@ class TriLevelTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Log as `Trainer` does, adding each loss term's mean per optimizer step since the last training log."""
+        """Log as `Trainer` does, adding each loss term's mean per optimizer step since the last training log, and
+        every technique's `log_values`."""
         if "loss" in logs:
             logs = {**logs, **self.loss_terms.drain(self.state.global_step)}
+            for technique in self.techniques():
+                logs.update(technique.log_values(self.state.global_step))
         super().log(logs, start_time)
 
     # -- saving: technique state in checkpoints, no pickles ----------------------------------------------------

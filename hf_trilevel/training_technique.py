@@ -125,6 +125,15 @@ class TrainingTechnique(TrainerCallback):
         """Numbers to log (as `<name>/<key>`) when an epoch of planned size starts."""
         return {}
 
+    def log_values(self, step: int) -> dict[str, float]:
+        """Values to add to each training log entry; `step` is the optimizer step just logged.
+
+        `TriLevelTrainer` adds them before the Trainer stores the entry, so they reach `log_history` (and
+        `trainer_state.json`) as well as the reporters; what a callback adds in `on_log` arrives after the entry was
+        stored and reaches the reporters only.
+        """
+        return {}
+
     def on_resume(self, epoch: int) -> None:
         """Called after `load_state` with the epoch the resumed run starts in (the state may be one epoch behind
         when the checkpoint was written at the last step of an epoch, before the epoch's end)."""

@@ -183,6 +183,17 @@ def test_a_step_checkpoint_at_an_epoch_boundary_resumes_like_the_uninterrupted_r
     )
 
 
+def test_the_scheduled_keep_rate_of_each_step_is_in_the_log_history(digits, tmp_path):
+    seen = []
+    schedule = KeepRateScheduleCallback(warmup_fraction=0.25, decay_fraction=0.5)
+    trainer, _ = train(digits, tmp_path, "none", epochs=4, callbacks=[schedule], logging_steps=1)
+    trainer.model.register_forward_pre_hook(lambda module, args: seen.append(module.config.token_keep_rate))
+    trainer.train()
+    logged = [entry["token_keep_rate"] for entry in trainer.state.log_history if "loss" in entry]
+    assert logged == [round(rate, 4) for rate in seen] and len(logged) == 24  # the rate each step trained at
+    assert logged[0] == 1.0 and logged[-1] == 0.5
+
+
 def test_keep_rate_schedule_reaches_the_forward_and_evaluation_uses_the_target(digits, tmp_path):
     seen = []
     schedule = KeepRateScheduleCallback(warmup_fraction=0.25, decay_fraction=0.5)
