@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
+from .balanced_batches import ProcessBalancedBatchSampler
 from .checkpoints import check_resumable, latest_complete_checkpoint
 from .configuration_trilevel_vit import TriLevelViTConfig
 from .data_pruning import ExamplePruner
@@ -141,13 +142,19 @@ class TriLevelTrainer(Trainer):
         if not samplers and not needs_index:
             return super().get_train_dataloader()
         dataset = IndexedDataset(self.train_dataset) if needs_index else self.train_dataset
+        if samplers and not self.accelerator.split_batches:  # the same global batches at any process count, no
+            # example repeated (balanced_batches.py); split_batches shards each batch itself and needs a fixed size
+            batching = {
+                "batch_sampler": ProcessBalancedBatchSampler(
+                    samplers[0][1], self._train_batch_size, self.args.world_size, self.args.dataloader_drop_last
+                )
+            }
+        else:
+            batching = {"batch_size": self._train_batch_size, "drop_last": self.args.dataloader_drop_last}
         loader = DataLoader(
             dataset,
-            batch_size=self._train_batch_size,
-            sampler=samplers[0][1] if samplers else None,
-            shuffle=False,
+            **batching,
             collate_fn=IndexCollator(self.data_collator) if needs_index else self.data_collator,
-            drop_last=self.args.dataloader_drop_last,
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
