@@ -35,7 +35,6 @@ The result (JSON): the Trainer's `log_history`, `global_step`, `max_steps`, the 
 and the example-pruning sizes; the final weights are the `model.safetensors` the script saves in `--output_dir`.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -46,14 +45,7 @@ import time
 import traceback
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "run_image_classification.py"
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("run_image_classification", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_ranks import load_example  # the sibling job: this folder is on sys.path when a job runs
 
 
 def die() -> None:
