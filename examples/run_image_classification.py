@@ -59,6 +59,7 @@ from hf_trilevel.example_support import (
     build_image_processor,
     build_trilevel_config,
     check_output_dir,
+    check_output_dir_is_a_folder,
     check_training_arguments,
     end_distributed,
     examples_trained_per_epoch,
@@ -249,7 +250,11 @@ class RunArguments:
     """Consent to replace an earlier run's results (transformers 5 dropped `overwrite_output_dir`)."""
 
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train into an --output_dir that holds a saved model, replacing it."}
+        default=False,
+        metadata={
+            "help": "Train into an --output_dir that holds a saved model, replacing it; a fresh run also deletes the "
+            "earlier run's checkpoint-* folders there (not one it starts from)."
+        },
     )
 
 
@@ -335,6 +340,7 @@ def check_arguments(
     if data_args.train_val_split is not None:
         check_fraction("train_val_split", data_args.train_val_split, allow_zero=True, allow_one=False)
     check_fraction("min_crop_scale", data_args.min_crop_scale)
+    check_output_dir_is_a_folder(training_args.output_dir)  # before `latest` looks inside it
     training_args.resume_from_checkpoint = resolve_resume_checkpoint(
         training_args.resume_from_checkpoint, training_args.output_dir
     )
@@ -461,10 +467,6 @@ def prepare(argv: list[str]) -> Setup:
         )  # fmt: skip
     except ValueError as error:
         parser.error(name_flags(str(error), FLAGS))
-    if training_args.do_train and training_args.resume_from_checkpoint is None and training_args.should_save:
-        removed = remove_checkpoints(training_args.output_dir)  # `check_output_dir` had consent to replace them
-        if removed:
-            logger.warning(f"removed the earlier run's {', '.join(removed)} from {training_args.output_dir}.")
     dataset = attach_transforms(dataset, image_processor, transforms, random)
     return Setup(model_args, data_args, training_args, model, image_processor, dataset, callbacks, augmentation)
 
@@ -529,6 +531,18 @@ def model_card_kwargs(model_args: ModelArguments, data_args: DataArguments) -> d
     return kwargs
 
 
+def remove_earlier_checkpoints(trainer: TriLevelTrainer, model_args: ModelArguments) -> None:
+    """Before a fresh run trains into a folder it had consent to replace, delete the earlier run's `checkpoint-*`
+    folders (not one this run starts from): after a crash of this run, `--resume_from_checkpoint latest` would
+    otherwise continue the earlier run. The main process deletes while the others wait."""
+    if trainer.is_world_process_zero():
+        sources = (model_args.model_name_or_path, model_args.config_name, model_args.image_processor_name)
+        removed = remove_checkpoints(trainer.args.output_dir, keep=sources)
+        if removed:
+            logger.warning("removed the earlier run's %s from %s.", ", ".join(removed), trainer.args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
 def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float]]:
     """Check everything, train, evaluate, save and write the model card; return the trainer and the metrics."""
     setup = prepare(sys.argv[1:] if argv is None else list(argv))
@@ -550,6 +564,8 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
 
     metrics = {}
     if training_args.do_train:
+        if training_args.resume_from_checkpoint is None:
+            remove_earlier_checkpoints(trainer, setup.model_args)
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()  # TriLevelTrainer writes training_args.json, not the training_args.bin pickle
         train_metrics = {**train_result.metrics, "train_samples": len(dataset["train"])}

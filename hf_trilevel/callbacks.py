@@ -93,7 +93,7 @@ class ExamplePruningCallback(TrainingTechnique):
                 "the exact max_steps from the planned epochs."
             )
         epochs = args.num_train_epochs
-        if isinstance(epochs, bool) or epochs != int(epochs) or epochs < 1:
+        if isinstance(epochs, bool) or not math.isfinite(epochs) or epochs != int(epochs) or epochs < 1:
             raise ValueError(
                 "ExamplePruningCallback plans a whole number of epochs: `num_train_epochs` must be a whole number "
                 f">= 1, got {epochs}."

@@ -12,13 +12,17 @@ RNG states, then `trainer_state.json`, and only then the rotation that deletes o
 shards, DeepSpeed folders) the run used; and because the rotation runs after that file is written, the newest
 complete checkpoint is never deleted for a newer incomplete one (`tests/test_trainer_contract.py` pins that order).
 Files closed before the kill are intact: a SIGKILL loses no written data (an operating-system crash, which can, is
-out of scope).
+out of scope). One gap, transformers': with several processes each writes its own `rng_state_<rank>.pth` and
+process 0 writes `trainer_state.json` without waiting for the others, so a kill in between leaves a checkpoint that
+resumes with a fresh random state on those processes (the Trainer logs it); nothing in this package's training
+draws from that state (augmentation and pruning are keyed), dropout would.
 """
 
 import json
 import logging
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -37,7 +41,9 @@ def checkpoint_problem(folder: str | Path) -> str | None:
     state_file = folder / TRAINER_STATE_NAME
     if not state_file.is_file():
         return (
-            f"{str(folder)!r} has no {TRAINER_STATE_NAME}, the file the Trainer writes last: its save was interrupted"
+            f"{str(folder)!r} has no {TRAINER_STATE_NAME}, the file the Trainer writes last: it is not a complete "
+            "Trainer checkpoint (its save was interrupted, or it is a model folder: load that with "
+            "`model_name_or_path`)"
         )
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
@@ -86,17 +92,23 @@ def check_resumable(checkpoint: str | Path, argument: str = "resume_from_checkpo
     raise ValueError(message)
 
 
-def remove_checkpoints(output_dir: str | Path) -> list[str]:
-    """Delete the `checkpoint-*` folders in `output_dir`; return their names, oldest first.
+def remove_checkpoints(output_dir: str | Path, keep: Iterable[str | Path | None] = ()) -> list[str]:
+    """Delete the `checkpoint-*` folders in `output_dir`, except those holding a path in `keep`; return their names.
 
     For a fresh run that was given consent to replace an earlier one in the same folder: left in place, the earlier
     run's higher-numbered checkpoints would be what `resume_from_checkpoint=True` picks after a crash of the new run,
-    silently continuing the wrong run.
+    silently continuing the wrong run. `keep` names what the new run starts from (`model_name_or_path`, a config, an
+    image processor): a checkpoint that holds one is the new run's input, not the earlier run's leftover.
     """
-    folders = checkpoint_folders(output_dir)[::-1]
-    for folder in folders:
+    sources = [Path(path).resolve() for path in keep if path is not None and Path(path).exists()]
+    removed = []
+    for folder in checkpoint_folders(output_dir)[::-1]:
+        resolved = folder.resolve()
+        if any(source == resolved or resolved in source.parents for source in sources):
+            continue
         shutil.rmtree(folder)
-    return [folder.name for folder in folders]
+        removed.append(folder.name)
+    return removed
 
 
 __all__ = [

@@ -84,7 +84,7 @@ class TriLevelTrainer(Trainer):
             if latest is None:
                 raise ValueError(
                     f"`resume_from_checkpoint` True: `output_dir` {self.args.output_dir!r} holds no complete "
-                    "checkpoint-* folder to resume from."
+                    "checkpoint-* folder to resume from; pass a checkpoint folder, or None to train from scratch."
                 )
             resume_from_checkpoint = latest
         elif resume_from_checkpoint:

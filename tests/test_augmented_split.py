@@ -64,3 +64,34 @@ def test_shuffled_persistent_workers_draw_what_the_main_process_draws_for_each_e
 def test_another_seed_draws_other_augmentations():
     first, other = pixels_by_position(augmented_split(0), 0), pixels_by_position(augmented_split(1), 0)
     assert any(not torch.equal(first[p], other[p]) for p in range(NUM_EXAMPLES))
+
+
+class EpochRecordingSplit(AugmentedSplit):
+    """Records the epoch every training batch was augmented for."""
+
+    def __getitems__(self, positions):
+        self.epochs_seen.append(self.random.epoch)
+        return super().__getitems__(positions)
+
+
+def test_the_trainer_tells_the_split_each_epoch_behind_example_pruning(tmp_path):
+    from transformers import TrainingArguments
+
+    from hf_trilevel import ExamplePruningCallback, TriLevelTrainer
+
+    from .test_pruning_trainer import collate, tiny_classifier
+
+    plain = augmented_split()
+    split = EpochRecordingSplit(plain.data, plain.transform, plain.image_processor, plain.random)
+    split.epochs_seen = []
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=4, report_to="none",
+        remove_unused_columns=False, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
+    )  # fmt: skip
+    trainer = TriLevelTrainer(
+        model=tiny_classifier(), args=arguments, train_dataset=split, data_collator=collate,
+        callbacks=[ExamplePruningCallback("forgetting", keep_fraction=0.75)],
+    )  # fmt: skip
+    trainer.train()
+    # accelerate's DataLoader.set_epoch never reaches a dataset behind IndexedDataset: TriLevelTrainer must.
+    assert sorted(set(split.epochs_seen)) == [0, 1, 2] and split.epochs_seen == sorted(split.epochs_seen)

@@ -60,9 +60,10 @@ def test_fractional_epochs_with_example_pruning_stop_before_the_data_loads(examp
     assert "--num_train_epochs" in message and "2.5" in message and "whole number" in message
 
 
-def test_example_pruning_callback_refuses_fractional_epochs_for_trainer_users(tmp_path):
-    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2.5, remove_unused_columns=False)
-    with pytest.raises(ValueError, match=r"`num_train_epochs` must be a whole number >= 1, got 2.5"):
+@pytest.mark.parametrize("epochs", [2.5, float("inf"), float("nan")])
+def test_example_pruning_callback_refuses_fractional_epochs_for_trainer_users(tmp_path, epochs):
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=epochs, remove_unused_columns=False)
+    with pytest.raises(ValueError, match=rf"`num_train_epochs` must be a whole number >= 1, got {epochs}"):
         ExamplePruningCallback("forgetting").setup(args, 10, "cpu")
 
 

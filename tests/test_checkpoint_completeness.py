@@ -13,7 +13,12 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_trilevel import TriLevelTrainer
-from hf_trilevel.checkpoints import checkpoint_folders, checkpoint_problem, latest_complete_checkpoint
+from hf_trilevel.checkpoints import (
+    checkpoint_folders,
+    checkpoint_problem,
+    latest_complete_checkpoint,
+    remove_checkpoints,
+)
 from hf_trilevel.example_support import resolve_resume_checkpoint
 
 from .test_pruning_trainer import NUM_EXAMPLES, collate, tiny_classifier
@@ -112,16 +117,33 @@ def test_train_refuses_a_named_incomplete_checkpoint_and_true_without_any(digits
         trainer(digits, tmp_path / "empty").train(resume_from_checkpoint=True)
 
 
-def test_a_fresh_run_with_overwrite_consent_removes_the_earlier_runs_checkpoints(finished_run, tmp_path):
+def test_a_fresh_run_with_overwrite_consent_removes_the_earlier_runs_checkpoints_but_not_its_own_start(
+    finished_run, tmp_path
+):
     from .test_example import load_example
 
     output_dir, _ = interrupted_copy(finished_run, tmp_path, "no trainer state")
     example = load_example()
-    argv = ["--output_dir", str(output_dir), "--max_train_samples", "20", "--max_eval_samples", "10"]
+    start = output_dir / "checkpoint-8"  # the earlier run's weights, this run's starting point
+    argv = [
+        "--output_dir", str(output_dir), "--model_name_or_path", str(start), "--max_train_samples", "16",
+        "--num_train_epochs", "1", "--do_eval", "False", "--disable_tqdm", "True",
+    ]  # fmt: skip
     with pytest.raises(SystemExit):  # no consent: the earlier run's checkpoints are refused, not replaced
         example.prepare(argv)
-    assert len(checkpoint_folders(output_dir)) == 3
     example.prepare([*argv, "--overwrite_output_dir"])
-    # Left in place, checkpoint-8 of the earlier run would be what `--resume_from_checkpoint latest` picks after a
-    # crash of this one.
-    assert checkpoint_folders(output_dir) == []
+    assert len(checkpoint_folders(output_dir)) == 3  # checking the arguments deletes nothing
+    example.run([*argv, "--overwrite_output_dir"])
+    # Left in place, checkpoint-12 and -4 of the earlier run would be what `--resume_from_checkpoint latest` picks
+    # after a crash of this one; checkpoint-8 holds this run's starting weights and stays.
+    assert checkpoint_folders(output_dir) == [start]
+
+
+def test_removing_checkpoints_keeps_a_folder_holding_a_source_path(tmp_path):
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-4" / "config.json").write_text("{}")
+    kept_source = tmp_path / "checkpoint-4" / "config.json"
+    removed = remove_checkpoints(tmp_path, keep=[None, kept_source, tmp_path / "absent"])
+    assert removed == ["checkpoint-2", "checkpoint-6"]
+    assert checkpoint_folders(tmp_path) == [tmp_path / "checkpoint-4"]

@@ -41,6 +41,9 @@ CONFIGS = {
     "loss-augmented": ["--example_pruning", "loss"],
     "forgetting-schedule": [*FORGETTING, *SCHEDULE, "--augmentation", "none"],
     "loss-schedule-augmented": ["--example_pruning", "loss", *SCHEDULE],
+    # The default path (no example pruning: the Trainer's own sampler and dataloader), with persistent DataLoader
+    # workers, which must see each epoch's augmentation key.
+    "none-augmented-workers": ["--dataloader_num_workers", "2", "--dataloader_persistent_workers", "True"],
 }
 # Steps: forgetting keeps 77 of 96 examples, 5 steps an epoch (boundaries after steps 5 and 10, 15 steps);
 # loss serves 96, 72, 96: 6, 5 and 6 steps (boundaries after steps 6 and 11, 17 steps). Checkpoints every 2 steps.
@@ -72,6 +75,10 @@ KILLS = {
         "after_weights": ({"at": "after_weights", "step": 6}, LIMIT_1),  # the boundary checkpoint is the torn one
         "after_optimizer": ({"at": "after_optimizer", "step": 10}, LIMIT_1),
         "timer": ({"at": "timer", "delay": 0.1}, EVERY_STEP),
+    },
+    "none-augmented-workers": {  # 96 examples, 6 steps an epoch, 18 steps
+        "mid_epoch": ({"at": "step_end", "step": 9}, []),  # resumes from checkpoint-8, two batches into epoch 1
+        "after_weights": ({"at": "after_weights", "step": 12}, LIMIT_1),  # checkpoint-12 closes epoch 1
     },
 }
 CASES = [(config, kill) for config, kills in KILLS.items() for kill in kills]
@@ -137,7 +144,9 @@ def log_tail(work: Path, name: str) -> str:
 def reference_and_resumed(matrix, config: str, kill: str) -> tuple[dict, dict]:
     work, status = matrix[config]
     assert status["reference"]["exit_code"] == 0, log_tail(work, "reference")
-    assert status[f"{kill}-killed"]["exit_code"] == -9, (
+    # A timer can outlast a run on a fast machine; resuming a finished run must then change nothing either.
+    allowed = (-9, 0) if kill == "timer" else (-9,)
+    assert status[f"{kill}-killed"]["exit_code"] in allowed, (
         f"the {kill} run was not killed (exit {status[f'{kill}-killed']['exit_code']}):\n"
         + log_tail(work, f"{kill}-killed")
     )
@@ -161,7 +170,7 @@ def step_logs(result: dict) -> list[dict]:
     return [entry for entry in result["log_history"] if "loss" in entry]
 
 
-@pytest.mark.parametrize(("config", "kill"), CASES)
+@pytest.mark.parametrize(("config", "kill"), [case for case in CASES if not case[0].startswith("none")])
 def test_the_resumed_run_makes_the_same_pruning_decisions(matrix, config, kill):
     reference, resumed = reference_and_resumed(matrix, config, kill)
     expected = dict(digests(reference))
@@ -177,7 +186,8 @@ def test_the_resumed_run_logs_the_same_losses_at_every_step(matrix, config, kill
     expected, got = step_logs(reference), step_logs(resumed)
     assert [entry["step"] for entry in expected] == list(range(1, reference["max_steps"] + 1))
     assert [entry["step"] for entry in got] == [entry["step"] for entry in expected], "steps lost or repeated"
-    assert any(key.startswith("loss/") for key in expected[0])
+    if not config.startswith("none"):  # without a technique the loss is the Trainer's own, with no terms
+        assert any(key.startswith("loss/") for key in expected[0])
     for want, have in zip(expected, got, strict=True):
         assert have == want, f"step {want['step']} logged differently after the resume"
 

@@ -63,11 +63,15 @@ class AugmentedSplit(torch.utils.data.Dataset):
         return self.__getitems__([position])[0]
 
     def __getitems__(self, positions: list[int]) -> list[dict]:
-        batch = self.data[list(positions)]
+        positions = [position + len(self) if position < 0 else position for position in positions]
+        batch = self.data[positions]
         images = []
-        for position, image in zip(positions, batch[IMAGE], strict=True):
-            self.random.select_example(position)
-            images.append(self.transform(image))
+        try:
+            for position, image in zip(positions, batch[IMAGE], strict=True):
+                self.random.select_example(position)
+                images.append(self.transform(image))
+        finally:
+            self.random.select_example(None)
         pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
         return [
             {"pixel_values": pixels, "labels": label} for pixels, label in zip(pixel_values, batch[LABEL], strict=True)
@@ -83,7 +87,8 @@ def attach_transforms(
     """Each split of `dataset` preprocessed on the fly with `transforms[split]` and `image_processor`.
 
     With `random` (the source the training transform draws from), the `train` split becomes an `AugmentedSplit`,
-    augmented per (epoch, example); the other splits, and `train` without `random`, use `with_transform`.
+    augmented per (epoch, example), and the result a plain dict of splits; the other splits, and `train` without
+    `random`, use `with_transform` (without `random`, the result is a `DatasetDict`).
     """
     missing = sorted(set(dataset) - set(transforms))
     if missing:
@@ -96,7 +101,7 @@ def attach_transforms(
             splits[split] = data.with_transform(
                 partial(preprocess, transform=transforms[split], image_processor=image_processor)
             )
-    return splits
+    return splits if random is not None else DatasetDict(splits)
 
 
 def collate(examples: list[dict]) -> dict[str, torch.Tensor]:

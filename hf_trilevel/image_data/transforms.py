@@ -86,8 +86,14 @@ class RandomSource:
             raise ValueError(f"`epoch` must be a non-negative integer, got {epoch!r}.")
         self._epoch.fill_(epoch)
 
-    def select_example(self, position: int) -> None:
-        """Draw, until the next call, the augmentation of the example at `position` in the current epoch."""
+    def select_example(self, position: int | None) -> None:
+        """Draw, until the next call, the augmentation of the example at `position` (>= 0) in the current epoch;
+        `None` returns to the sequential stream."""
+        if position is None:
+            self._example = None
+            return
+        if position < 0:
+            raise ValueError(f"`position` must be a non-negative example position, got {position}.")
         self._example = np.random.default_rng([SALT_AUGMENTATION, self.seed, self.epoch, int(position)])
 
     def get(self) -> np.random.Generator:
