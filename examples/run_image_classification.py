@@ -505,10 +505,9 @@ def examples_seen_metrics(trainer: TriLevelTrainer, num_train_examples: int) -> 
     examples it observed; without it the count follows from the dataloader's batching.
     """
     args, epochs = trainer.args, trainer.state.epoch or 0.0
-    pruning = next((t for t in trainer.techniques() if t.name == "example_pruning"), None)
-    if pruning is not None and pruning.examples_seen() is not None:
-        seen = pruning.examples_seen()
-        epochs = len(pruning.pruner.sizes)
+    pruner = trainer.example_pruner  # None without example pruning (or before its setup)
+    if pruner is not None:
+        seen, epochs = pruner.examples_presented(), len(pruner.sizes)
     else:
         per_epoch = examples_trained_per_epoch(
             num_train_examples, args.train_batch_size, args.world_size, args.dataloader_drop_last

@@ -169,16 +169,6 @@ class ExamplePruningCallback(TrainingTechnique):
             return None
         return sum(self.pruner.sizes) / (len(self.pruner.sizes) * self.pruner.num_examples)
 
-    def examples_seen(self) -> int | None:
-        """Examples trained on so far, summed over processes and epochs, or None before `setup`.
-
-        Counted from what was observed, not planned: `dataloader_drop_last` drops each epoch's last partial batch
-        (and accelerate its last incomplete round of batches), so fewer examples than planned may train. An example
-        that accelerate repeats to even out the last batches counts once per epoch. Complete epochs only (their
-        counts are summed over ranks at each epoch end, and saved with checkpoints), the same on every rank.
-        """
-        return None if self.pruner is None else self.pruner.examples_presented()
-
     # -- Trainer events -----------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         if self.pruner is None or find_pruning_sampler(train_dataloader) is None:

@@ -13,6 +13,7 @@ from torch.utils.data import Sampler
 
 from .data_pruning_policies import POLICIES, EpochPlan, ForgettingPolicy, LossPolicy, NoPruning, PruningPolicy
 from .data_pruning_statistics import SALT_ORDER, ExampleStatistics, digest, keyed_generator
+from .training_technique import find_planned_sampler
 
 
 class ExamplePruner:
@@ -159,14 +160,8 @@ class PrunedEpochSampler(Sampler[int]):
 
 def find_pruning_sampler(dataloader) -> PrunedEpochSampler | None:
     """The `PrunedEpochSampler` behind a train dataloader, whether or not accelerate wrapped its batch sampler."""
-    batch_sampler = getattr(dataloader, "batch_sampler", None)
-    for candidate in (
-        getattr(batch_sampler, "sampler", None),
-        getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None),
-    ):
-        if isinstance(candidate, PrunedEpochSampler):
-            return candidate
-    return None
+    sampler = find_planned_sampler(dataloader)
+    return sampler if isinstance(sampler, PrunedEpochSampler) else None
 
 
 __all__ = [
