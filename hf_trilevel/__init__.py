@@ -7,7 +7,7 @@ Saved checkpoints also carry the code itself and load anywhere with `trust_remot
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .callbacks import ExamplePruningCallback, KeepRateScheduleCallback
+from .callbacks import ExamplePruningCallback, KeepRateScheduleCallback, TokenSelectorTemperatureCallback
 from .configuration_trilevel_vit import TriLevelViTConfig, default_token_prune_layers
 from .data_pruning import ForgettingPolicy, LossPolicy, NoPruning, PruningPolicy
 from .modeling_trilevel_vit import (
@@ -37,6 +37,7 @@ __all__ = [
     "PruningPolicy",
     "TokenSelection",
     "TokenSelector",
+    "TokenSelectorTemperatureCallback",
     "TrainingBatch",
     "TrainingTechnique",
     "TriLevelTrainer",

@@ -1,4 +1,4 @@
-"""Trainer callbacks: example-level pruning and the token keep-rate warm-up.
+"""Trainer callbacks: example-level pruning, the token keep-rate warm-up and the token-scorer temperature.
 
 Both are passed as `Trainer(callbacks=[...])` and are training techniques (`hf_trilevel.training_technique`).
 Example pruning also needs per-example losses and a sampler, which the stock `Trainer` cannot hand to a callback, so
@@ -263,4 +263,61 @@ class KeepRateScheduleCallback(TrainingTechnique):
     def on_log(self, args, state, control, logs=None, **kwargs):
         # Under a plain `Trainer` (no `log_values` hook) the rate still reaches the reporters this way.
         if logs is not None and "loss" in logs and "token_keep_rate" not in logs:
+            logs.update(self.log_values(state.global_step))
+
+
+def linear_temperature(step: int, total_steps: int, start: float, end: float) -> float:
+    """Temperature at `step`: a straight line from `start` (step 0) to `end` (the last step)."""
+    progress = min(max(step / max(total_steps - 1, 1), 0.0), 1.0)
+    return start + (end - start) * progress
+
+
+class TokenSelectorTemperatureCallback(TrainingTechnique):
+    """Anneal the Gumbel temperature of learned token scores (SViTE+: linear from 10 to 0.1 over training).
+
+    A high temperature makes the straight-through gates soft, so many tokens near the keep boundary get gradient
+    while the scorer is still poor; a low one makes them sharp, close to the hard decision used at evaluation. The
+    temperature is a function of the optimizer step alone, set before every step, so a resumed run trains at the
+    same temperatures as an uninterrupted one and there is no state to save. Works with any `Trainer`.
+
+    Args:
+        start: temperature at the first step, > 0.
+        end: temperature at the last step, > 0.
+    """
+
+    name = "token_selector_temperature"
+
+    def __init__(self, start: float = 10.0, end: float = 0.1):
+        self.start = check_number("start", start, 0.0, math.inf, high_open=True)
+        self.end = check_number("end", end, 0.0, math.inf, high_open=True)
+        self._total_steps = 0
+
+    def card_settings(self) -> dict:
+        return {"start": self.start, "end": self.end, "schedule": "linear per step"}
+
+    def temperature_at(self, step: int) -> float:
+        return linear_temperature(step, self._total_steps, self.start, self.end)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "uses_learned_scores"):
+            raise ValueError(f"TokenSelectorTemperatureCallback needs a TriLevel model, got {type(model).__name__}.")
+        if not config.uses_learned_scores():
+            raise ValueError(
+                f"TokenSelectorTemperatureCallback anneals learned token scores, but the model's "
+                f"`token_selector={config.token_selector!r}` (token_importance={config.token_importance!r}) has "
+                "none: use `token_selector='learned'` (or 'adaptive' with token_importance='learned'), or drop the "
+                "callback."
+            )
+        self._total_steps = state.max_steps
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        model.config.token_selector_temperature = self.temperature_at(state.global_step)
+
+    def log_values(self, step: int) -> dict[str, float]:
+        """The temperature the logged step trained at (it ran with `global_step` one lower)."""
+        return {} if not self._total_steps else {"token_selector_temperature": round(self.temperature_at(step - 1), 4)}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs and "token_selector_temperature" not in logs:
             logs.update(self.log_values(state.global_step))

@@ -15,6 +15,7 @@ This file is part of the remote-code set copied into every saved checkpoint, so 
 (with its own dependency `huggingface_hub`), the standard library and flat siblings.
 """
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +23,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
-from .token_selectors import check_token_selector
-from .value_checks import as_pair, check_int, check_keep_rate
+from .token_selectors import LEARNED_SCORE_SELECTORS, TOKEN_IMPORTANCES, check_token_selector
+from .value_checks import as_pair, check_fraction, check_int, check_keep_rate, check_number
 
 PER_LAYER_FIELDS = ("num_attention_heads_per_layer", "intermediate_size_per_layer")
 
@@ -81,6 +82,10 @@ class SparsitySettings:
     attention_keep_rate: float
     token_fusion: bool
     token_prune_layers: tuple[int, ...]
+    token_keep_mass: float = 1.0
+    token_min_keep_rate: float = 0.25
+    token_selector_temperature: float = 1.0
+    token_count_buckets: int = 4
 
     @classmethod
     def from_config(cls, config: "TriLevelViTConfig") -> "SparsitySettings":
@@ -92,6 +97,14 @@ class SparsitySettings:
             check_keep_rate("attention_keep_rate", config.attention_keep_rate),
             config.token_fusion,
             tuple(check_token_prune_layers(config.token_prune_layers, config.num_hidden_layers)),
+            check_number(
+                "token_keep_mass", config.token_keep_mass, 0.0, 1.0, hint="1.0 keeps `token_keep_rate` of the tokens"
+            ),
+            check_fraction("token_min_keep_rate", config.token_min_keep_rate),
+            check_number(
+                "token_selector_temperature", config.token_selector_temperature, 0.0, math.inf, high_open=True
+            ),
+            check_int("token_count_buckets", config.token_count_buckets, low=1),
         )
 
 
@@ -119,7 +132,29 @@ class TriLevelViTConfig(ViTConfig):
             fused) token's connections are always kept. 1.0 is dense.
         token_selector (`str`, *optional*, defaults to `"class_attention"`):
             Name of the `TokenSelector` that scores and picks the tokens at each pruning layer, from the registry in
-            `token_selectors.py` (`register_token_selector` adds one). See docs/token_selection.md.
+            `token_selectors.py` (`register_token_selector` adds one): `"class_attention"` (Tri-Level E-ViT / EViT),
+            `"learned"` (a trained scorer per pruning layer, SViTE+ / DynamicViT style, same count as
+            `"class_attention"`) or `"adaptive"` (SaiT: a per-image count from `token_keep_mass`). See
+            docs/token_selection.md.
+        token_keep_mass (`float`, *optional*, defaults to 1.0):
+            `"adaptive"` only, in (0, 1]: each image keeps the fewest patch tokens whose share of the importance
+            (class-token attention, or the learned scores, renormalised over its current patches) reaches this
+            mass, between the floor (`token_min_keep_rate`) and `ceil(n * token_keep_rate)`. 1.0 always reaches the
+            upper bound, so it behaves as the fixed rate.
+        token_min_keep_rate (`float`, *optional*, defaults to 0.25):
+            `"adaptive"` only, in (0, 1]: no image keeps fewer than `ceil(n * min(token_min_keep_rate,
+            token_keep_rate))` of its `n` current patch tokens, so an image with one dominant patch still keeps
+            context (and the count never drops to the single token that `token_keep_mass` alone could choose).
+        token_importance (`str`, *optional*, defaults to `"class_attention"`):
+            `"adaptive"` only: the scores it ranks and sums, `"class_attention"` or `"learned"` (a trained scorer as
+            in `"learned"`). `"learned"` always uses the trained scorer.
+        token_selector_temperature (`float`, *optional*, defaults to 1.0):
+            Gumbel temperature (> 0) of the learned scores' straight-through top-k in training; anneal it with
+            `TokenSelectorTemperatureCallback` (10 -> 0.1 as in SViTE+). Evaluation takes the top scores, no noise.
+        token_count_buckets (`int`, *optional*, defaults to 4):
+            `"adaptive"` only: a batch is split into at most this many groups of similar kept counts after a pruning
+            layer, each padded to its own largest count, so padding costs little (1 pads the whole batch to its
+            largest count). Not applied when hidden states or attentions are requested.
         num_attention_heads_per_layer (`list[int]`, *optional*):
             Heads of each layer (one entry per layer); absent means `num_attention_heads` everywhere. The head size
             stays `hidden_size / num_attention_heads`, so a layer with `h` heads projects to `h * head_size`.
@@ -137,6 +172,11 @@ class TriLevelViTConfig(ViTConfig):
     token_fusion: Any = False
     attention_keep_rate: Any = 1.0
     token_selector: Any = "class_attention"
+    token_keep_mass: Any = 1.0
+    token_min_keep_rate: Any = 0.25
+    token_importance: Any = "class_attention"
+    token_selector_temperature: Any = 1.0
+    token_count_buckets: Any = 4
     num_attention_heads_per_layer: Any = None
     intermediate_size_per_layer: Any = None
 
@@ -181,6 +221,23 @@ class TriLevelViTConfig(ViTConfig):
         """Class validator: keep rates in (0, 1], boolean fusion, pruning layers in range, a registered selector."""
         SparsitySettings.from_config(self)
         check_token_selector(self.token_selector)
+        if self.token_importance not in TOKEN_IMPORTANCES:
+            raise ValueError(
+                f"`token_importance` must be one of {list(TOKEN_IMPORTANCES)} (the scores `token_selector="
+                f"'adaptive'` ranks), got {self.token_importance!r}."
+            )
+        if self.uses_learned_scores() and not self.token_prune_layers:
+            raise ValueError(
+                f"`token_selector={self.token_selector!r}` with learned scores needs at least one pruning layer: "
+                f"`token_prune_layers` is empty, so there is no scorer to train. Pass layers in "
+                f"[0, {self.num_hidden_layers - 1}] or use `token_selector='class_attention'`."
+            )
+
+    def uses_learned_scores(self) -> bool:
+        """Whether the pruning layers own a trained scorer (`"learned"`, or `"adaptive"` over learned importance)."""
+        return self.token_selector in LEARNED_SCORE_SELECTORS or (
+            self.token_selector == "adaptive" and self.token_importance == "learned"
+        )
 
     def check_trilevel_fields(self) -> None:
         """Run the TriLevel validators (raising plain `ValueError`) and normalise the values they accept."""
@@ -189,6 +246,8 @@ class TriLevelViTConfig(ViTConfig):
         settings = SparsitySettings.from_config(self)
         self.token_keep_rate, self.attention_keep_rate = settings.token_keep_rate, settings.attention_keep_rate
         self.token_prune_layers = list(settings.token_prune_layers)
+        self.token_keep_mass, self.token_min_keep_rate = settings.token_keep_mass, settings.token_min_keep_rate
+        self.token_selector_temperature = settings.token_selector_temperature
         for name in PER_LAYER_FIELDS:
             setattr(self, name, check_per_layer_sizes(name, getattr(self, name), self.num_hidden_layers))
 

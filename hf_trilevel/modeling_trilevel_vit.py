@@ -27,6 +27,7 @@ import transformers
 from torch import nn
 
 try:  # transformers 5 internals this file builds on; they move between major versions
+    from transformers import initialization as init
     from transformers.conversion_mapping import (
         get_checkpoint_conversion_mapping,
         register_checkpoint_conversion_mapping,
@@ -43,6 +44,8 @@ except ImportError as error:
 
 from .configuration_trilevel_vit import SparsitySettings, TriLevelViTConfig, check_keep_rate
 from .sparse_attention import check_masked_attention_implementation
+from .token_groups import EncodedTokens, count_groups, merge_groups, trim_group
+from .token_selectors import ZeroInitLinear
 from .value_checks import as_pair
 from .vit_layer import TriLevelViTAttention, TriLevelViTLayer
 
@@ -68,12 +71,21 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
     kept_token_indices (`tuple[torch.LongTensor]`, *optional*, returned with `output_kept_token_indices=True`):
         One `[batch, kept]` tensor per pruning layer (in `config.token_prune_layers` order): the original patch
         positions (0-indexed, row-major over the patch grid) of the patch tokens alive after that layer, ascending;
-        with per-image counts, -1 marks padded slots (after each image's real patches).
+        with per-image counts, -1 marks padded slots (after each image's real patches), and the width is the batch's
+        largest count.
+    kept_token_counts (`tuple[torch.LongTensor]`, *optional*, returned with `output_kept_token_indices=True`):
+        One `[batch]` tensor per pruning layer: how many patch tokens each image kept there (its non-negative
+        entries of `kept_token_indices`); all equal unless the selector chooses per-image counts.
     auxiliary_loss (`torch.FloatTensor` of shape `()`, *optional*):
         Sum of the token selectors' auxiliary losses over the pruning layers, or None if none returned one.
+
+    With per-image counts, `last_hidden_state` is `[class, patches padded to the batch's widest image, (fused)]`;
+    padded slots hold no token (zeros where the batch was split into groups by count), so pool patch tokens with
+    `kept_token_indices[-1] >= 0`.
     """
 
     kept_token_indices: tuple[torch.LongTensor, ...] | None = None
+    kept_token_counts: tuple[torch.LongTensor, ...] | None = None
     auxiliary_loss: torch.FloatTensor | None = None
 
 
@@ -82,11 +94,14 @@ class TriLevelViTImageClassifierOutput(ImageClassifierOutput):
     r"""
     kept_token_indices (`tuple[torch.LongTensor]`, *optional*, returned with `output_kept_token_indices=True`):
         See [`TriLevelViTModelOutput`].
+    kept_token_counts (`tuple[torch.LongTensor]`, *optional*, returned with `output_kept_token_indices=True`):
+        See [`TriLevelViTModelOutput`].
     auxiliary_loss (`torch.FloatTensor` of shape `()`, *optional*):
         See [`TriLevelViTModelOutput`]; already included in `loss` when `labels` are given.
     """
 
     kept_token_indices: tuple[torch.LongTensor, ...] | None = None
+    kept_token_counts: tuple[torch.LongTensor, ...] | None = None
     auxiliary_loss: torch.FloatTensor | None = None
 
 
@@ -106,6 +121,37 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
         config.check_trilevel_fields()  # before any layer reads a size from it
         super().__init__(config, *inputs, **kwargs)
         self.register_load_state_dict_pre_hook(_rename_v4_keys)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ZeroInitLinear):  # a fresh token scorer ranks exactly as class-token attention does
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' `from_pretrained`, refusing to silently drop a checkpoint's trained token scorers.
+
+        A checkpoint trained with learned scores (`token_selector="learned"`, or `"adaptive"` over learned
+        importance) holds `token_selector.scorer` weights per pruning layer. Loading it into a config without
+        learned scores would leave them unused, and transformers only reports that in its load log; here it is a
+        `ValueError` that says how to load the scores (or how to drop them on purpose).
+        """
+        return_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        unused = sorted(key for key in info.get("unexpected_keys", ()) if ".token_selector." in key)
+        if unused:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds trained token-scorer weights ({len(unused)} tensors, e.g. "
+                f"{unused[0]!r}) that `token_selector={model.config.token_selector!r}` (token_importance="
+                f"{model.config.token_importance!r}) has no place for, so they would be dropped. Load it with "
+                "`token_selector='learned'` (or `token_selector='adaptive', token_importance='learned'`), as saved; "
+                "to rank by class-token attention on purpose, load with learned scores and save a copy without "
+                "the `token_selector.` weights."
+            )
+        return (model, info) if return_info else model
 
     def set_keep_rates(self, token_keep_rate: float | None = None, attention_keep_rate: float | None = None) -> None:
         """Change the token and/or attention keep rates; the next forward uses them. No reload, no new weights.
@@ -154,6 +200,10 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
         """
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def _add_losses(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
+    return second if first is None else first if second is None else first + second
 
 
 def _rename_v4_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
@@ -245,27 +295,78 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         )
         batch_size, num_tokens = hidden_states.shape[:2]
         patch_positions = torch.arange(num_tokens - 1, device=hidden_states.device).expand(batch_size, -1)
-        attention_mask = auxiliary_loss = None
-        kept_token_indices = []
-        for layer in self.layers:
+        captures_layers = any(
+            kwargs.get(name, getattr(self.config, name, False))
+            for name in ("output_hidden_states", "output_attentions")
+        )
+        buckets = 1 if captures_layers else sparsity.token_count_buckets  # hooks must see whole-batch layers
+        encoded = self.encode(0, hidden_states, patch_positions, None, sparsity, buckets, kwargs)
+
+        sequence_output = self.layernorm(encoded.hidden_states)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return TriLevelViTModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            kept_token_indices=tuple(encoded.kept_token_indices) if output_kept_token_indices else None,
+            kept_token_counts=tuple(encoded.kept_token_counts) if output_kept_token_indices else None,
+            auxiliary_loss=encoded.auxiliary_loss,
+        )
+
+    def encode(
+        self,
+        start: int,
+        hidden_states: torch.Tensor,
+        patch_positions: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        sparsity: SparsitySettings,
+        buckets: int,
+        layer_kwargs: dict,
+    ) -> EncodedTokens:
+        """Run layers `start..` on a batch; after a per-image pruning layer, run the rest per group of similar counts.
+
+        A padding selector pads every image to the batch's largest count. At a pruning layer that leaves counts
+        spread out, the batch is split into at most `buckets` groups of images with similar counts
+        (`count_groups`), each trimmed to its own largest count and run through the remaining layers on its own
+        (without further splitting unless buckets are left), then merged back in the original order. Every layer
+        treats images independently, so this changes no image's result, only the padding computed.
+        """
+        kept_token_indices, kept_token_counts, auxiliary_loss = [], [], None
+        for layer in self.layers[start:]:
             hidden_states, patch_positions, attention_mask, layer_loss = layer(
-                hidden_states, patch_positions, attention_mask, sparsity=sparsity, **kwargs
+                hidden_states, patch_positions, attention_mask, sparsity=sparsity, **layer_kwargs
             )
             if attention_mask is not None:
                 attention_mask = attention_mask.detach()  # reentrant checkpointing marks outputs as requiring grad
             if layer_loss is not None:
                 auxiliary_loss = layer_loss if auxiliary_loss is None else auxiliary_loss + layer_loss
-            if output_kept_token_indices and layer.layer_idx in sparsity.token_prune_layers:
-                kept_token_indices.append(patch_positions)
-
-        sequence_output = self.layernorm(hidden_states)
-        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
-        return TriLevelViTModelOutput(
-            last_hidden_state=sequence_output,
-            pooler_output=pooled_output,
-            kept_token_indices=tuple(kept_token_indices) if output_kept_token_indices else None,
-            auxiliary_loss=auxiliary_loss,
-        )
+            if layer.layer_idx not in sparsity.token_prune_layers:
+                continue
+            counts = (patch_positions >= 0).sum(dim=1)
+            kept_token_indices.append(patch_positions)
+            kept_token_counts.append(counts)
+            last = layer.layer_idx == len(self.layers) - 1
+            if buckets > 1 and not last and layer.token_selector.pads_tokens and attention_mask is not None:
+                groups = count_groups(counts, buckets)
+                if len(groups) > 1:
+                    rest = [
+                        self.encode(
+                            layer.layer_idx + 1,
+                            *trim_group(hidden_states, patch_positions, attention_mask, rows, width),
+                            sparsity,
+                            max(1, buckets // len(groups)),
+                            layer_kwargs,
+                        )
+                        for rows, width in groups
+                    ]
+                    merged = merge_groups(rest, [rows for rows, _ in groups])
+                    return EncodedTokens(
+                        merged.hidden_states,
+                        merged.patch_positions,
+                        kept_token_indices + merged.kept_token_indices,
+                        kept_token_counts + merged.kept_token_counts,
+                        _add_losses(auxiliary_loss, merged.auxiliary_loss),
+                    )
+        return EncodedTokens(hidden_states, patch_positions, kept_token_indices, kept_token_counts, auxiliary_loss)
 
 
 class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
@@ -312,6 +413,7 @@ class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             kept_token_indices=outputs.kept_token_indices,
+            kept_token_counts=outputs.kept_token_counts,
             auxiliary_loss=outputs.auxiliary_loss,
         )
 

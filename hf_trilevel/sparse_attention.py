@@ -17,7 +17,7 @@ and the standard library.
 
 import torch
 
-from .token_reduction import gather_tokens, num_kept_tokens
+from .token_reduction import gather_tokens, kept_counts_for_rate, num_kept_tokens
 
 MASKED_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
@@ -34,7 +34,10 @@ def check_masked_attention_implementation(attn_implementation: str | None) -> No
 
 @torch.no_grad()
 def select_connections(
-    connection_scores: torch.Tensor, keep_rate: float, has_trailing_summary_token: bool
+    connection_scores: torch.Tensor,
+    keep_rate: float,
+    has_trailing_summary_token: bool,
+    num_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean mask keeping, in every query row, the top `ceil(patches * keep_rate)` patch connections.
 
@@ -43,6 +46,9 @@ def select_connections(
             `[class, patches..., (fused)]`.
         keep_rate: fraction of each row's patch connections to keep, in (0, 1].
         has_trailing_summary_token: whether the last token is a fused summary token (treated like the class token).
+        num_valid: `[batch]` valid patches per image when the patch axis is padded (per-image counts), or None.
+            Each image's budget is then `ceil(num_valid * keep_rate)`, what it would get alone, so its result does
+            not depend on the other images of the batch.
 
     Returns:
         `[batch, tokens, tokens]` bool, True where attention is allowed. As in Tri-Level E-ViT, summary columns are
@@ -53,7 +59,14 @@ def select_connections(
     num_patches = num_tokens - 1 - int(has_trailing_summary_token)
     num_keep = num_kept_tokens(num_patches, keep_rate)
     summary = [0, num_tokens - 1] if has_trailing_summary_token else [0]
-    patch_index = torch.topk(connection_scores[..., 1 : 1 + num_patches], num_keep, dim=-1, sorted=False).indices
+    patch_index = torch.topk(
+        connection_scores[..., 1 : 1 + num_patches], num_keep, dim=-1, sorted=num_valid is not None
+    )
+    patch_index = patch_index.indices
+    if num_valid is not None:  # beyond an image's own budget, point at its first choice again (a repeated True)
+        budget = kept_counts_for_rate(num_valid, keep_rate)
+        beyond = torch.arange(num_keep, device=budget.device) >= budget[:, None, None]
+        patch_index = torch.where(beyond, patch_index[..., :1], patch_index)
     mask = torch.zeros_like(connection_scores, dtype=torch.bool).scatter_(-1, patch_index + 1, True)
     mask[..., summary] = True
     mask[:, summary, :] = True
@@ -85,7 +98,8 @@ def sparse_attention_mask(
             its row and column are always kept.
         dtype: the attention's compute dtype (the query's), so the kernels never cast the mask.
         key_valid: `[batch, kept]` False at padded slots of the new sequence (per-image counts), or None. Padded
-            columns are scored below every real one, so they never take a place in a row's budget.
+            columns are scored below every real one, so they never take a place in a row's budget, and each image's
+            budget follows its own valid count.
     """
     with torch.no_grad():
         rows = gather_tokens(query, sequence_index, token_dim=2)
@@ -98,7 +112,8 @@ def sparse_attention_mask(
             scores = scores.masked_fill(~key_valid[:, None, :], -1.0)
         if has_trailing_summary_token:
             scores = torch.nn.functional.pad(scores, (0, 1, 0, 1))
-        keep = select_connections(scores, keep_rate, has_trailing_summary_token).unsqueeze(1)
+        num_valid = None if key_valid is None else key_valid[:, 1:].sum(dim=1)
+        keep = select_connections(scores, keep_rate, has_trailing_summary_token, num_valid).unsqueeze(1)
         return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
 
 

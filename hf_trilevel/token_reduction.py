@@ -101,6 +101,82 @@ def select_top_tokens_per_image(
     return torch.gather(ranked, 1, order), torch.gather(valid_mask, 1, order)
 
 
+def kept_counts_for_rate(num_valid: torch.Tensor, keep_rate: float) -> torch.Tensor:
+    """`num_kept_tokens` per image: `ceil(n * keep_rate)` of each image's `n` valid patches, at least 1 and at most n.
+
+    Computed in float64 with the same 6-decimal rounding as `num_kept_tokens`, so a fixed-rate count and a per-image
+    count of the same `n` agree exactly.
+    """
+    scaled = torch.round(num_valid.to(torch.float64) * keep_rate * 1e6) / 1e6
+    return torch.minimum(torch.ceil(scaled).long().clamp_min(1), num_valid.clamp_min(1))
+
+
+def mass_kept_counts(
+    importance: torch.Tensor, num_valid: torch.Tensor, keep_mass: float, keep_rate: float, min_keep_rate: float
+) -> torch.Tensor:
+    """Per-image counts (SaiT): the fewest patches whose importance reaches `keep_mass`, within the rate bounds.
+
+    Args:
+        importance: `[batch, patches]` non-negative, each row summing to 1 over its valid patches and 0 at padding.
+        num_valid: `[batch]` int64 valid patches per image.
+        keep_mass: share of the importance to keep, in (0, 1]; 1.0 gives the upper bound.
+        keep_rate: upper bound, `ceil(n * keep_rate)`.
+        min_keep_rate: lower bound, `ceil(n * min(min_keep_rate, keep_rate))`.
+
+    Returns:
+        `[batch]` int64 counts in [lower, upper].
+    """
+    upper = kept_counts_for_rate(num_valid, keep_rate)
+    if keep_mass >= 1.0:  # a float cumulative sum may never reach 1.0 exactly; the bound is the answer anyway
+        return upper
+    lower = kept_counts_for_rate(num_valid, min(min_keep_rate, keep_rate))
+    cumulative = importance.sort(dim=-1, descending=True).values.cumsum(dim=-1)
+    reached = (cumulative < keep_mass).sum(dim=-1) + 1
+    return torch.maximum(torch.minimum(reached, upper), lower)
+
+
+def gumbel_top_tokens(
+    log_scores: torch.Tensor, num_keep: int | torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Gumbel top-k with a straight-through hard decision: which patches to keep, and gates that carry gradients.
+
+    Each patch's log-score is perturbed with Gumbel(0, 1) noise and the top `num_keep` perturbed patches are kept (a
+    sample without replacement from the softmax of the scores). The soft decision of patch `i` is
+    `sigmoid((z_i - t) / temperature)`, with `z` the perturbed scores and `t` (no gradient) half-way between the
+    last kept and the first dropped one. Its straight-through gate `soft - soft.detach() + 1` is exactly 1 in value,
+    so multiplying the kept tokens by it changes nothing in the forward pass while the backward pass gives the
+    scorer the gradient of keeping each kept token more or less (dropped tokens are gone and get none; the noise
+    gives every token turns at being kept).
+
+    Args:
+        log_scores: `[batch, patches]`; `-inf` at padded slots.
+        num_keep: the same count for every image (int), or `[batch]` int64 per-image counts.
+        temperature: > 0; high early in training (soft, exploratory), low late (close to the hard decision).
+
+    Returns:
+        `(patch_index, valid_mask, gates)`: as `select_top_tokens` (valid_mask None) or `select_top_tokens_per_image`
+        for per-image counts, and `[batch, kept]` gates (1 at padded slots).
+    """
+    uniform = torch.rand_like(log_scores, dtype=torch.float32).clamp_(1e-10, 1.0 - 1e-7)
+    perturbed = log_scores.float() - torch.log(-torch.log(uniform))
+    ranked = perturbed.detach().sort(dim=-1, descending=True).values
+    if isinstance(num_keep, int):
+        patch_index, valid_mask = select_top_tokens(perturbed.detach(), num_keep), None
+        boundary = ranked[:, num_keep - 1 : num_keep + 1]
+    else:
+        patch_index, valid_mask = select_top_tokens_per_image(perturbed.detach(), num_keep)
+        last_kept = (num_keep - 1).clamp(0, ranked.shape[1] - 1).unsqueeze(1)
+        first_dropped = num_keep.clamp(max=ranked.shape[1] - 1).unsqueeze(1)
+        boundary = torch.cat([ranked.gather(1, last_kept), ranked.gather(1, first_dropped)], dim=1)
+    # An image that keeps everything (or whose next patch is padding) has no dropped neighbour: use the kept one.
+    threshold = torch.where(torch.isfinite(boundary), boundary, boundary[:, :1]).mean(dim=1, keepdim=True)
+    soft = torch.sigmoid((perturbed - threshold) / temperature).gather(1, patch_index)
+    gates = soft - soft.detach() + 1.0
+    if valid_mask is not None:
+        gates = torch.where(valid_mask, gates, torch.ones_like(gates))
+    return patch_index, valid_mask, gates
+
+
 def gather_tokens(states: torch.Tensor, index: torch.Tensor, token_dim: int = 1) -> torch.Tensor:
     """Select tokens per image along `token_dim` with a `[batch, k]` index; other dims are kept whole."""
     shape = [1] * states.dim()

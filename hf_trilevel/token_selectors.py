@@ -21,7 +21,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .token_reduction import class_token_attention, num_kept_tokens, select_top_tokens
+from .token_reduction import (
+    class_token_attention,
+    gumbel_top_tokens,
+    mass_kept_counts,
+    num_kept_tokens,
+    select_top_tokens,
+    select_top_tokens_per_image,
+)
+
+# The built-in selector names whose pruning layers own a trained `TokenScorer`, and the importances "adaptive" ranks.
+LEARNED_SCORE_SELECTORS = ("learned",)
+TOKEN_IMPORTANCES = ("class_attention", "learned")
 
 
 @dataclass
@@ -37,6 +48,11 @@ class TokenSelection:
         valid_mask: `[batch, k]` bool, False at padded slots, or None when every slot is valid. Padded slots come
             after each image's valid ones; their indices are ignored (point them at any dropped patch).
         auxiliary_loss: a scalar tensor the model adds to its loss (e.g. a learned selector's budget term), or None.
+            Make it a mean over the batch's images: when the model splits a batch into groups by kept count, it
+            weights each group's term by the group's share of the images.
+        token_gates: `[batch, k]` multipliers of the kept patch tokens, or None. A straight-through gate is exactly
+            1 in value and carries the gradient of a soft keep decision, which is how a learned scorer trains while
+            the dropped tokens are physically removed.
     """
 
     patch_index: torch.Tensor
@@ -44,6 +60,7 @@ class TokenSelection:
     kept_counts: torch.Tensor | None = None
     valid_mask: torch.Tensor | None = None
     auxiliary_loss: torch.Tensor | None = None
+    token_gates: torch.Tensor | None = None
 
 
 class TokenSelector(nn.Module):
@@ -72,6 +89,7 @@ class TokenSelector(nn.Module):
         keep_rate: float,
         fusion: bool,
         scaling: float,
+        **settings,
     ) -> TokenSelection | None:
         """Decide which patch tokens survive; return None to keep them all.
 
@@ -83,6 +101,9 @@ class TokenSelector(nn.Module):
             keep_rate: this forward's `token_keep_rate`.
             fusion: whether the layer will fuse the dropped tokens (then `scores` is required).
             scaling: the attention's logit scale, `head_dim ** -0.5`.
+            settings: further settings of this forward, read once per forward like the keep rate; today
+                `sparsity`, the whole `SparsitySettings` (mass, floor, temperature). Accept `**settings` so that
+                later additions do not break a selector.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement `forward`.")
 
@@ -93,7 +114,9 @@ class ClassAttentionSelector(TokenSelector):
     The decision carries no gradient; the scores do only when fusion uses them as weights.
     """
 
-    def forward(self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling):
+    def forward(
+        self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings
+    ):
         num_patches = patch_positions.shape[1]
         num_keep = num_kept_tokens(num_patches, keep_rate)
         if num_keep >= num_patches:
@@ -105,7 +128,143 @@ class ClassAttentionSelector(TokenSelector):
         return TokenSelection(patch_index=patch_index, scores=scores)
 
 
-_TOKEN_SELECTORS: dict[str, type[TokenSelector]] = {"class_attention": ClassAttentionSelector}
+class ZeroInitLinear(nn.Linear):
+    """A `Linear` that the model's weight init sets to zero (see `TriLevelViTPreTrainedModel._init_weights`)."""
+
+
+class TokenScorer(nn.Module):
+    """A small MLP per pruning layer whose output corrects the log class-token attention of each patch.
+
+    `LayerNorm -> Linear(hidden, hidden // 4) -> GELU -> Linear(hidden // 4, 1)`, DynamicViT-style (an MLP per
+    pruning stage, reading that stage's tokens) rather than SViTE+'s single `Linear(hidden, 1)` after the
+    embeddings: a token's importance changes with depth, and the later stages are where most tokens go. The output
+    layer starts at zero, so a fresh scorer ranks exactly as class-token attention does, and a plain ViT (or
+    `"class_attention"`) checkpoint starts from its own ranking instead of a random one.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        width = max(1, config.hidden_size // 4)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.hidden = nn.Linear(config.hidden_size, width)
+        self.activation = nn.GELU()
+        self.output = ZeroInitLinear(width, 1)
+
+    def forward(self, patch_states: torch.Tensor) -> torch.Tensor:
+        """`[batch, patches, hidden]` -> `[batch, patches]` additive log-score corrections."""
+        return self.output(self.activation(self.hidden(self.norm(patch_states)))).squeeze(-1)
+
+
+def learned_scorer_flops(config) -> int:
+    """Forward FLOPs of one `TokenScorer` per patch token (2 per multiply-accumulate, as `flops.py` counts)."""
+    width = max(1, config.hidden_size // 4)
+    return 2 * config.hidden_size * width + 2 * width
+
+
+def patch_log_scores(
+    scorer: TokenScorer | None,
+    hidden_states: torch.Tensor,
+    class_attention: torch.Tensor,
+    patch_positions: torch.Tensor,
+) -> torch.Tensor:
+    """`[batch, patches]` log importance: log class-token attention, plus the scorer's correction; -inf at padding."""
+    num_patches = patch_positions.shape[1]
+    log_scores = class_attention[:, 1 : 1 + num_patches].clamp_min(torch.finfo(torch.float32).tiny).log()
+    if scorer is not None:
+        log_scores = log_scores + scorer(hidden_states[:, 1 : 1 + num_patches]).float()
+    return log_scores.masked_fill(patch_positions < 0, float("-inf"))
+
+
+class LearnedSelector(TokenSelector):
+    """SViTE+ / DynamicViT, with real savings: a trained `TokenScorer` ranks the patches; the rest are removed.
+
+    Keeps `ceil(n * token_keep_rate)` patches per image, like `"class_attention"`. In training the choice is a
+    Gumbel top-k sample at `token_selector_temperature`, and the kept tokens are multiplied by straight-through
+    gates (exactly 1) so the scorer trains with the task loss while dropped tokens are gathered away, not zeroed.
+    In evaluation the top scores are kept, without noise. Fusion weights are the class-token attention.
+    """
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.scorer = TokenScorer(config)
+
+    def forward(
+        self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings
+    ):
+        num_patches = patch_positions.shape[1]
+        num_keep = num_kept_tokens(num_patches, keep_rate)
+        if num_keep >= num_patches:
+            return None
+        sparsity = settings["sparsity"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and fusion):
+            attention = class_token_attention(query, key, scaling, attention_mask)
+        log_scores = patch_log_scores(self.scorer, hidden_states, attention.detach(), patch_positions)
+        if self.training:
+            patch_index, _, gates = gumbel_top_tokens(log_scores, num_keep, sparsity.token_selector_temperature)
+            return TokenSelection(patch_index=patch_index, scores=attention, token_gates=gates)
+        return TokenSelection(patch_index=select_top_tokens(log_scores.detach(), num_keep), scores=attention)
+
+
+class AdaptiveSelector(TokenSelector):
+    """SaiT: each image keeps the fewest patches whose importance reaches `token_keep_mass`, within bounds.
+
+    Importance is the class-token attention (`token_importance="class_attention"`) or the learned scores
+    (`"learned"`, trained as in `LearnedSelector`), renormalised over the image's current patches. Counts are
+    bounded by `ceil(n * token_keep_rate)` above and `ceil(n * min(token_min_keep_rate, token_keep_rate))` below,
+    see `mass_kept_counts`. The batch is padded to its largest count (`pads_tokens`), and the model splits it
+    into groups of similar counts (`token_count_buckets`) so the padding costs little.
+    """
+
+    pads_tokens = True
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.scorer = TokenScorer(config) if config.token_importance == "learned" else None
+
+    def patch_log_scores(
+        self, hidden_states: torch.Tensor, attention: torch.Tensor, patch_positions: torch.Tensor
+    ) -> torch.Tensor:
+        """`[batch, patches]` log importance (-inf at padding); its softmax is the mass the counts are taken from."""
+        return patch_log_scores(self.scorer, hidden_states, attention, patch_positions)
+
+    def forward(
+        self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings
+    ):
+        sparsity = settings["sparsity"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and fusion):
+            attention = class_token_attention(query, key, scaling, attention_mask)
+        log_scores = self.patch_log_scores(hidden_states, attention.detach(), patch_positions)
+        num_valid = (patch_positions >= 0).sum(dim=1)
+        with torch.no_grad():
+            importance = log_scores.softmax(dim=-1)
+            counts = mass_kept_counts(
+                importance, num_valid, sparsity.token_keep_mass, keep_rate, sparsity.token_min_keep_rate
+            )
+        padded = patch_positions.shape[1]
+        if bool((counts == num_valid).all()):  # every image keeps every patch it has: nothing to drop
+            return None
+        if bool((num_valid == padded).all()) and bool((counts == counts[0]).all()):
+            # No padding in or out (e.g. token_keep_mass=1.0): a rectangular decision, exactly the fixed rate's.
+            counts = int(counts[0])
+        if self.scorer is not None and self.training:
+            patch_index, valid_mask, gates = gumbel_top_tokens(log_scores, counts, sparsity.token_selector_temperature)
+        elif isinstance(counts, int):
+            patch_index, valid_mask, gates = select_top_tokens(log_scores.detach(), counts), None, None
+        else:
+            patch_index, valid_mask = select_top_tokens_per_image(log_scores.detach(), counts)
+            gates = None
+        kept_counts = None if valid_mask is None else counts
+        return TokenSelection(
+            patch_index=patch_index, scores=attention, kept_counts=kept_counts, valid_mask=valid_mask, token_gates=gates
+        )
+
+
+_BUILT_IN_SELECTORS: dict[str, type[TokenSelector]] = {
+    "class_attention": ClassAttentionSelector,
+    "learned": LearnedSelector,
+    "adaptive": AdaptiveSelector,
+}
+_TOKEN_SELECTORS: dict[str, type[TokenSelector]] = dict(_BUILT_IN_SELECTORS)
 
 
 def register_token_selector(name: str, selector_class: type[TokenSelector], *, overwrite: bool = False) -> None:
@@ -114,15 +273,17 @@ def register_token_selector(name: str, selector_class: type[TokenSelector], *, o
         raise ValueError(f"a token selector name must be a non-empty string, got {name!r}.")
     if not (isinstance(selector_class, type) and issubclass(selector_class, TokenSelector)):
         raise ValueError(f"`selector_class` must be a TokenSelector subclass, got {selector_class!r}.")
+    if name in _BUILT_IN_SELECTORS and _BUILT_IN_SELECTORS[name] is not selector_class:
+        raise ValueError(f"{name!r} is a built-in token selector and cannot be replaced; register under another name.")
     if name in _TOKEN_SELECTORS and not overwrite and _TOKEN_SELECTORS[name] is not selector_class:
         raise ValueError(f"a token selector named {name!r} is already registered; pass `overwrite=True` to replace.")
     _TOKEN_SELECTORS[name] = selector_class
 
 
 def unregister_token_selector(name: str) -> None:
-    """Remove a registered selector (the built-in `"class_attention"` stays)."""
-    if name == "class_attention":
-        raise ValueError("the built-in token selector 'class_attention' cannot be unregistered.")
+    """Remove a registered selector (the built-in ones stay)."""
+    if name in _BUILT_IN_SELECTORS:
+        raise ValueError(f"the built-in token selector {name!r} cannot be unregistered.")
     _TOKEN_SELECTORS.pop(name, None)
 
 
@@ -147,11 +308,15 @@ def build_token_selector(config, layer_idx: int) -> TokenSelector:
 
 
 __all__ = [
+    "AdaptiveSelector",
     "ClassAttentionSelector",
+    "LearnedSelector",
+    "TokenScorer",
     "TokenSelection",
     "TokenSelector",
     "build_token_selector",
     "check_token_selector",
+    "learned_scorer_flops",
     "register_token_selector",
     "registered_token_selectors",
     "unregister_token_selector",

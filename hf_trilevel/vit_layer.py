@@ -180,6 +180,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             keep_rate=sparsity.token_keep_rate,
             fusion=sparsity.token_fusion,
             scaling=self.attention.scaling,
+            sparsity=sparsity,
         )
         if selection is None and sparsity.attention_keep_rate >= 1.0:
             return hidden_states, patch_positions, attention_mask, None  # same tokens, same mask (padding included)
@@ -247,8 +248,19 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             fused = fuse_weighted_tokens(hidden_states, weights)
             if padded:
                 fused_valid = weights.sum(dim=-1) > 0
-        kept = keep_tokens(hidden_states, patch_positions, selection.patch_index, fused, selection.valid_mask)
-        return (*kept, fused_valid)
+        kept, positions, sequence_index = keep_tokens(
+            hidden_states, patch_positions, selection.patch_index, fused, selection.valid_mask
+        )
+        if selection.token_gates is not None:
+            kept = gate_kept_patches(kept, selection.token_gates)
+        return kept, positions, sequence_index, fused_valid
+
+
+def gate_kept_patches(hidden_states: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Multiply the kept patch tokens `[:, 1 : 1 + k]` by `[batch, k]` gates; class and fused tokens are left alone."""
+    num_kept = gates.shape[1]
+    patches = hidden_states[:, 1 : 1 + num_kept] * gates.unsqueeze(-1).to(hidden_states.dtype)
+    return torch.cat([hidden_states[:, :1], patches, hidden_states[:, 1 + num_kept :]], dim=1)
 
 
 __all__ = ["TriLevelViTAttention", "TriLevelViTLayer", "TriLevelViTMLP"]

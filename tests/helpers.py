@@ -33,3 +33,15 @@ def tiny_vit(seed: int = 0, **overrides) -> ViTForImageClassification:
 def images(batch_size: int = 3, seed: int = 1, size: int = 32) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch_size, 3, size, size, generator=generator)
+
+
+def sharpen_attention(model, factor: float = 6.0):
+    """Scale every layer's query and key weights so class-token attention is peaked and differs between images.
+
+    A freshly initialised ViT attends almost uniformly, so every image would get the same adaptive count.
+    """
+    with torch.no_grad():
+        for layer in model.vit.layers:
+            layer.attention.q_proj.weight.mul_(factor)
+            layer.attention.k_proj.weight.mul_(factor)
+    return model

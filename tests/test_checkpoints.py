@@ -16,12 +16,13 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification,
 
 from hf_trilevel import TriLevelViTForImageClassification, TriLevelViTModel
 
-from .helpers import images, tiny_model
+from .helpers import images, sharpen_attention, tiny_model
 
 REMOTE_CODE_FILES = {
     "configuration_trilevel_vit.py",
     "modeling_trilevel_vit.py",
     "sparse_attention.py",
+    "token_groups.py",
     "token_reduction.py",
     "token_selectors.py",
     "value_checks.py",
@@ -31,19 +32,38 @@ REMOTE_CODE_FILES = {
 PER_LAYER = {"num_attention_heads_per_layer": [2, 1, 2, 1], "intermediate_size_per_layer": [64, 32, 48, 16]}
 
 
-def sparse_model() -> TriLevelViTForImageClassification:
-    model = tiny_model(token_keep_rate=0.6, attention_keep_rate=0.4, token_fusion=True, **PER_LAYER)
+# Each selector's own settings; "learned" gets non-zero scorer outputs so its ranking differs from class attention.
+SELECTOR_SETTINGS = {
+    "class_attention": {},
+    "learned": {"token_selector": "learned"},
+    "adaptive": {"token_selector": "adaptive", "token_keep_rate": 0.9, "token_keep_mass": 0.6},
+}
+
+
+def sparse_model(selector: str = "class_attention") -> TriLevelViTForImageClassification:
+    settings = {"token_keep_rate": 0.6, **SELECTOR_SETTINGS[selector]}
+    model = tiny_model(attention_keep_rate=0.4, token_fusion=True, **PER_LAYER, **settings)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".scorer.output." in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    if selector == "adaptive":
+        sharpen_attention(model)
     model.config.id2label = {i: f"digit-{i}" for i in range(5)}
     model.config.label2id = {v: k for k, v in model.config.id2label.items()}
     return model
 
 
-@pytest.fixture
-def saved_folder(tmp_path) -> Path:
-    folder = tmp_path / "checkpoint"
-    sparse_model().save_pretrained(folder)
+def save_sparse_model(folder: Path, selector: str = "class_attention") -> Path:
+    sparse_model(selector).save_pretrained(folder)
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def saved_folder(tmp_path) -> Path:
+    return save_sparse_model(tmp_path / "checkpoint")
 
 
 def test_folder_holds_safetensors_config_with_auto_map_and_the_code(saved_folder):
@@ -152,7 +172,9 @@ CLEAN_ROOM_SCRIPT = textwrap.dedent(
 )
 
 
-def test_checkpoint_loads_in_a_clean_process_without_the_package(saved_folder, tmp_path):
+@pytest.mark.parametrize("selector", list(SELECTOR_SETTINGS))
+def test_checkpoint_loads_in_a_clean_process_without_the_package(selector, tmp_path):
+    saved_folder = save_sparse_model(tmp_path / "checkpoint", selector)
     work = tmp_path / "elsewhere"
     work.mkdir()
     (work / "load.py").write_text(CLEAN_ROOM_SCRIPT)
@@ -182,7 +204,7 @@ def test_checkpoint_loads_in_a_clean_process_without_the_package(saved_folder, t
     assert report["labels"] and set(report["labels"]) <= {f"digit-{i}" for i in range(5)}
 
     outputs = load_file(work / "outputs.safetensors")
-    original = sparse_model()
+    original = sparse_model(selector)
     with torch.no_grad():
         torch.testing.assert_close(outputs["logits"], original(pixel_values).logits, rtol=0, atol=1e-6)
         torch.testing.assert_close(outputs["hidden"], original.vit(pixel_values).last_hidden_state, rtol=0, atol=1e-6)

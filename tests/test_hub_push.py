@@ -25,6 +25,7 @@ REPO_ID = "tester/tiny-trilevel"
 REMOTE_CODE_FILES = {
     "configuration_trilevel_vit.py",
     "modeling_trilevel_vit.py",
+    "token_groups.py",
     "token_reduction.py",
     "sparse_attention.py",
     "token_selectors.py",

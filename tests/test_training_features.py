@@ -3,20 +3,30 @@
 import pytest
 import torch
 
-from .helpers import images, tiny_model
+from .helpers import images, sharpen_attention, tiny_model
 
 SPARSE = {"token_keep_rate": 0.5, "attention_keep_rate": 0.4, "token_fusion": True}
+SELECTORS = {
+    "class_attention": {},
+    "learned": {"token_selector": "learned", "token_prune_layers": [0, 1, 2]},
+    "adaptive": {"token_selector": "adaptive", "token_keep_rate": 0.8, "token_keep_mass": 0.6},
+    "adaptive_learned": {"token_selector": "adaptive", "token_importance": "learned", "token_keep_mass": 0.6},
+}
 
 
 def loss_and_gradients(model, pixel_values, labels):
     model.zero_grad()
+    torch.manual_seed(0)  # the same Gumbel noise for learned scores
     loss = model(pixel_values, labels=labels).loss
     loss.backward()
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
-    model = tiny_model(**SPARSE).train()
+@pytest.mark.parametrize("selector", list(SELECTORS))
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(selector):
+    model = tiny_model(**{**SPARSE, **SELECTORS[selector]}).train()
+    if selector.startswith("adaptive"):
+        sharpen_attention(model)
     pixel_values, labels = images(4), torch.tensor([0, 1, 2, 3])
     loss, gradients = loss_and_gradients(model, pixel_values, labels)
     model.activation_checkpointing_enable()
