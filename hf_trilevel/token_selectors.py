@@ -121,11 +121,18 @@ class ClassAttentionSelector(TokenSelector):
         num_keep = num_kept_tokens(num_patches, keep_rate)
         if num_keep >= num_patches:
             return None
-        with torch.set_grad_enabled(torch.is_grad_enabled() and fusion):
-            scores = class_token_attention(query, key, scaling, attention_mask)
+        scores = fusion_scores(query, key, scaling, attention_mask, fusion)
         with torch.no_grad():
             patch_index = select_top_tokens(scores[:, 1 : 1 + num_patches], num_keep)
         return TokenSelection(patch_index=patch_index, scores=scores)
+
+
+def fusion_scores(
+    query: torch.Tensor, key: torch.Tensor, scaling: float, attention_mask: torch.Tensor | None, fusion: bool
+) -> torch.Tensor:
+    """Class-token attention `[batch, tokens]`, with gradients only when fusion weighs the dropped tokens by it."""
+    with torch.set_grad_enabled(torch.is_grad_enabled() and fusion):
+        return class_token_attention(query, key, scaling, attention_mask)
 
 
 class ZeroInitLinear(nn.Linear):
@@ -195,12 +202,11 @@ class LearnedSelector(TokenSelector):
         num_keep = num_kept_tokens(num_patches, keep_rate)
         if num_keep >= num_patches:
             return None
-        sparsity = settings["sparsity"]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and fusion):
-            attention = class_token_attention(query, key, scaling, attention_mask)
+        attention = fusion_scores(query, key, scaling, attention_mask, fusion)
         log_scores = patch_log_scores(self.scorer, hidden_states, attention.detach(), patch_positions)
         if self.training:
-            patch_index, _, gates = gumbel_top_tokens(log_scores, num_keep, sparsity.token_selector_temperature)
+            temperature = settings["sparsity"].token_selector_temperature
+            patch_index, _, gates = gumbel_top_tokens(log_scores, num_keep, temperature)
             return TokenSelection(patch_index=patch_index, scores=attention, token_gates=gates)
         return TokenSelection(patch_index=select_top_tokens(log_scores.detach(), num_keep), scores=attention)
 
@@ -231,8 +237,7 @@ class AdaptiveSelector(TokenSelector):
         self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings
     ):
         sparsity = settings["sparsity"]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and fusion):
-            attention = class_token_attention(query, key, scaling, attention_mask)
+        attention = fusion_scores(query, key, scaling, attention_mask, fusion)
         log_scores = self.patch_log_scores(hidden_states, attention.detach(), patch_positions)
         num_valid = (patch_positions >= 0).sum(dim=1)
         with torch.no_grad():

@@ -1,5 +1,11 @@
 """Shared builders: tiny models that run in milliseconds on CPU, built locally (the Hub is unreachable here)."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
@@ -45,3 +51,14 @@ def sharpen_attention(model, factor: float = 6.0):
             layer.attention.q_proj.weight.mul_(factor)
             layer.attention.k_proj.weight.mul_(factor)
     return model
+
+
+def run_on_two_processes(job: Path, output: Path) -> list[dict]:
+    """Run `job OUTPUT` under `torchrun --nproc_per_node 2` (gloo on CPU); return each rank's `rank{r}.json`."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    completed = subprocess.run(
+        [*command, str(job), str(output)], capture_output=True, text=True, timeout=300, env=environment
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
+    return [json.loads((output / f"rank{rank}.json").read_text()) for rank in (0, 1)]

@@ -1,27 +1,18 @@
 """A real 2-process run (torchrun, gloo on CPU): every rank takes the same pruning decisions, and the ranks'
 batches split each epoch's kept set between them."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .helpers import run_on_two_processes
 
 JOB = Path(__file__).parent / "jobs" / "distributed_pruning.py"
 
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> list[dict]:
-    output = tmp_path_factory.mktemp("distributed")
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    completed = subprocess.run(
-        [*command, str(JOB), str(output)], capture_output=True, text=True, timeout=300, env=environment
-    )
-    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
-    return [json.loads((output / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    return run_on_two_processes(JOB, tmp_path_factory.mktemp("distributed"))
 
 
 @pytest.mark.parametrize("policy", ["forgetting", "loss"])
