@@ -7,9 +7,15 @@ import sys
 import pytest
 import torch
 
+from hf_trilevel.benchmarks.options import RunTarget, build_models_by_selector, model_shape
 from hf_trilevel.benchmarks.timing import TensorMemoryTracker
+from hf_trilevel.benchmarks.token_budget import calibrate_keep_mass, kept_token_counts
 from hf_trilevel.benchmarks.training import StepResult, project_epochs
-from hf_trilevel.cli import main
+from hf_trilevel.cli import build_parser, main
+from hf_trilevel.flops import measured_flops
+from hf_trilevel.token_reduction import token_schedule
+
+from .helpers import images, sharpen_attention, tiny_model
 
 TINY = ["--image-size", "32", "--patch-size", "4", "--hidden-size", "32", "--num-hidden-layers", "4",
         "--num-attention-heads", "2", "--intermediate-size", "64", "--num-labels", "10"]  # fmt: skip
@@ -35,13 +41,115 @@ def test_inference_writes_every_figure_and_the_environment(tmp_path, capsys):
         assert row["peak_memory_bytes"] > 0
     assert results["dense ViT (transformers)"]["speedup"] == 1.0
     assert results["keep 0.5"]["flops_limit"] > 1.2
-    # Inference peaks in the first layers, before any token is dropped.
-    assert results["keep 0.5"]["peak_memory_bytes"] == results["keep 1"]["peak_memory_bytes"]
+    # Inference peaks in the first layers, before any token is dropped (up to the model's few `[batch]` count
+    # tensors per pruning layer, which it keeps for `kept_token_counts`).
+    assert results["keep 0.5"]["peak_memory_bytes"] == pytest.approx(results["keep 1"]["peak_memory_bytes"], abs=256)
     overhead = results["keep 0.5, attention 0.3"]["attention_overhead"]
     ratio = results["keep 0.5, attention 0.3"]["median_seconds"] / results["keep 0.5"]["median_seconds"]
     assert overhead == pytest.approx(ratio - 1)
     assert results["keep 0.5"]["attention_overhead"] is None
     assert "| keep 0.5, attention 0.3 |" in capsys.readouterr().out
+
+
+def test_inference_times_every_selector_and_reports_the_tokens_it_kept(tmp_path, capsys):
+    path = tmp_path / "selectors.json"
+    arguments = ["bench", "inference", *TINY, *QUICK, "--keep-rates", "0.5", "--attention-keep-rates", "1",
+                 "--token-selector", "class_attention", "learned", "adaptive", "--token-keep-mass", "0.3", "1",
+                 "--no-memory", "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+
+    results = {row["setting"]: row for row in json.loads(path.read_text())["results"]}
+    assert list(results) == ["dense ViT (transformers)", "keep 0.5", "keep 0.5, learned",
+                             "keep 0.5, adaptive mass 0.3", "keep 0.5, adaptive mass 1"]  # fmt: skip
+    fixed, learned = results["keep 0.5"], results["keep 0.5, learned"]
+    assert fixed["mean_kept_tokens"] == learned["mean_kept_tokens"] == [32, 16, 8]
+    assert learned["token_selector"] == "learned"
+    assert learned["flops_limit"] < fixed["flops_limit"]  # its scorer runs on every current patch
+    assert results["dense ViT (transformers)"]["mean_kept_tokens"] is None
+    # Random weights attend almost uniformly: mass 0.3 keeps about 30% of each layer's patches, above the floor.
+    low = results["keep 0.5, adaptive mass 0.3"]
+    assert low["token_keep_mass"] == 0.3
+    assert all(a < b for a, b in zip(low["mean_kept_tokens"], fixed["mean_kept_tokens"], strict=True))
+    assert low["min_kept_tokens"][0] >= 16  # ceil(64 * min(token_min_keep_rate, token_keep_rate))
+    assert low["flops_limit"] > fixed["flops_limit"]
+    for name in ("keep 0.5, adaptive mass 0.3", "keep 0.5, adaptive mass 1"):
+        row = results[name]
+        assert row["fixed_rate_speedup_share"] == pytest.approx(row["speedup"] / fixed["speedup"])
+    assert results["keep 0.5, adaptive mass 1"]["mean_kept_tokens"] == [32, 16, 8]  # mass 1.0 is the fixed rate
+    assert fixed["fixed_rate_speedup_share"] is None
+    output = capsys.readouterr().out
+    assert "| keep 0.5, adaptive mass 0.3 |" in output and "| 32 / 16 / 8 |" in output
+    assert "random weights (seed 0)" in output
+
+
+def test_calibration_finds_the_mass_that_matches_a_fixed_rate_budget():
+    model = sharpen_attention(tiny_model(token_selector="adaptive", token_keep_rate=1.0), factor=8.0)
+    pixel_values = images(6)
+    target = token_schedule(64, 0.6, 3)[-1]  # 64 -> 39 -> 24 -> 15 patch tokens at the fixed rate
+    calibration = calibrate_keep_mass(model, pixel_values, float(target))
+    assert 0 < calibration.token_keep_mass < 1 and model.config.token_keep_mass == calibration.token_keep_mass
+    counts = kept_token_counts(model, pixel_values)
+    assert calibration.mean_kept_tokens == counts[-1].double().mean().item()
+    assert abs(calibration.mean_kept_tokens - target) <= 0.5
+    assert len(set(counts[-1].tolist())) > 1  # an equal budget on average, spread unequally over the images
+
+
+def test_match_fixed_rate_on_a_saved_folder_spends_the_fixed_rate_budget(tmp_path, capsys):
+    folder = tmp_path / "trained"
+    sharpen_attention(tiny_model(token_selector="learned", token_keep_rate=0.7), factor=5.0).save_pretrained(folder)
+    path = tmp_path / "matched.json"
+    arguments = ["bench", "inference", "--model", str(folder), *QUICK, "--batch-size", "6", "--keep-rates", "0.7",
+                 "--attention-keep-rates", "1", "--token-selector", "class_attention", "learned", "adaptive",
+                 "--match-fixed-rate", "--no-memory", "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+
+    report = json.loads(path.read_text())
+    assert report["shape"]["checkpoint"] == str(folder) and report["shape"]["hidden_size"] == 32
+    results = {row["setting"]: row for row in report["results"]}
+    assert list(results) == ["dense ViT (transformers)", "keep 0.7", "keep 0.7, learned", "adaptive at keep 0.7 tokens"]
+    matched = results["adaptive at keep 0.7 tokens"]
+    assert matched["token_keep_rate"] == 1.0 and matched["matched_keep_rate"] == 0.7
+    assert matched["target_kept_tokens"] == results["keep 0.7"]["mean_kept_tokens"][-1] == 23
+    assert abs(matched["mean_kept_tokens"][-1] - 23) <= 0.5
+    assert matched["min_kept_tokens"][0] < matched["max_kept_tokens"][0]
+    assert matched["fixed_rate_speedup_share"] == pytest.approx(matched["speedup"] / results["keep 0.7"]["speedup"])
+    assert f"weights from {folder}" in capsys.readouterr().out
+
+
+def test_models_built_from_a_saved_folder_hold_its_weights_and_its_scorer(tmp_path):
+    folder = tmp_path / "trained"
+    saved = sharpen_attention(tiny_model(token_selector="learned", token_keep_rate=0.7), factor=5.0)
+    with torch.no_grad():  # a scorer that has learned something: it no longer ranks as class attention does
+        for layer in (1, 2, 3):
+            torch.nn.init.normal_(saved.vit.layers[layer].token_selector.scorer.output.weight, std=5.0)
+    saved.save_pretrained(folder)
+    argv = ["bench", "inference", "--model", str(folder)]
+    shape = model_shape(build_parser(argv).parse_args(argv))
+    target = RunTarget(torch.device("cpu"), torch.float32, "sdpa")
+    dense, models = build_models_by_selector(shape, target, ["class_attention", "learned"])
+    pixel_values = images(3)
+    with torch.no_grad():
+        dense_logits = dense.eval()(pixel_values).logits
+        assert torch.allclose(models["class_attention"].eval()(pixel_values).logits, dense_logits, atol=1e-5)
+        models["learned"].eval().set_keep_rates(0.7)
+        models["class_attention"].set_keep_rates(0.7)
+        learned = models["learned"](pixel_values, output_kept_token_indices=True)
+        reference = saved(pixel_values, output_kept_token_indices=True)
+        ranked = models["class_attention"](pixel_values, output_kept_token_indices=True)
+    assert torch.allclose(learned.logits, reference.logits, atol=1e-5)
+    assert torch.equal(learned.kept_token_indices[-1], reference.kept_token_indices[-1])
+    assert not torch.equal(learned.kept_token_indices[-1], ranked.kept_token_indices[-1])
+
+
+def test_bench_flops_limit_is_the_measured_one():
+    model = sharpen_attention(
+        tiny_model(token_selector="adaptive", token_keep_rate=1.0, token_keep_mass=0.6), factor=5.0
+    )
+    counts = kept_token_counts(model, images(4))
+    with torch.no_grad():
+        direct = model(images(4), output_kept_token_indices=True).kept_token_counts
+    assert all(torch.equal(a, b) for a, b in zip(counts, direct, strict=True))
+    assert measured_flops(model.config, counts).speedup_limit > 1.0
 
 
 def test_train_times_steps_and_projects_epochs(tmp_path, capsys):
@@ -59,6 +167,22 @@ def test_train_times_steps_and_projects_epochs(tmp_path, capsys):
     assert [row["steps_per_epoch"] for row in epochs[:2]] == [250, 125]  # 1000 and 500 images at batch 4
     assert epochs[1]["speedup"] == pytest.approx(2.0)  # dense ViT on half the data: exactly half the steps
     assert "epoch of 1,000 images" in capsys.readouterr().out
+
+
+def test_train_times_each_selector_with_its_own_model(tmp_path):
+    path = tmp_path / "train_selectors.json"
+    arguments = ["bench", "train", *TINY, *QUICK, "--keep-rates", "0.5", "--token-selector", "learned", "adaptive",
+                 "--token-keep-mass", "0.5", "--example-keep-fractions", "1", "--dataset-size", "100", "--no-memory",
+                 "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+    steps = {row["setting"]: row for row in json.loads(path.read_text())["steps"]}
+    assert list(steps) == ["dense ViT (transformers)", "keep 0.5, learned", "keep 0.5, adaptive mass 0.5"]
+    assert steps["keep 0.5, learned"]["token_selector"] == "learned"
+    assert steps["keep 0.5, learned"]["mean_kept_tokens"] == [32, 16, 8]  # Gumbel noise in training, same count
+    adaptive = steps["keep 0.5, adaptive mass 0.5"]
+    assert adaptive["token_keep_mass"] == 0.5 and adaptive["mean_kept_tokens"][0] <= 32
+    assert adaptive["flops_limit"] >= steps["keep 0.5, learned"]["flops_limit"]  # no more tokens, no scorer
+    assert all(row["steps_per_second"] > 0 for row in steps.values())
 
 
 def test_epoch_projection_divides_the_step_limit_by_the_kept_fraction():
@@ -93,6 +217,20 @@ def test_time_to_accuracy_trains_dense_and_trilevel_on_the_digits(tmp_path):
         assert run["final_accuracy"] == run["curve"][-1]["accuracy"]
         assert run["train_seconds"] == pytest.approx(run["curve"][-1]["train_seconds"])
         assert run["seconds_to_target"] == run["curve"][0]["train_seconds"]  # chance accuracy beats 5%
+
+
+def test_time_to_accuracy_trains_the_learned_and_adaptive_selectors(tmp_path):
+    path = tmp_path / "tta_selectors.json"
+    arguments = ["bench", "train", "--time-to-accuracy", "--epochs", "1", "--max-train-samples", "32",
+                 "--hidden-size", "32", "--num-hidden-layers", "2", "--num-attention-heads", "2",
+                 "--intermediate-size", "64", "--keep-rates", "0.5", "--example-keep-fractions", "1",
+                 "--token-selector", "learned", "adaptive", "--token-keep-mass", "0.8", "--no-progress",
+                 "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+    runs = json.loads(path.read_text())["runs"]
+    assert [run["setting"] for run in runs] == ["dense ViT (transformers)", "keep 0.5, learned",
+                                                "keep 0.5, adaptive mass 0.8"]  # fmt: skip
+    assert all(0 <= run["final_accuracy"] <= 1 for run in runs)
 
 
 @pytest.mark.parametrize(
@@ -132,6 +270,42 @@ def test_time_to_accuracy_trains_dense_and_trilevel_on_the_digits(tmp_path):
         (["bench", "train", "--time-to-accuracy", "--image-size", "64"], "--image-size do not apply"),
         (["bench", "inference", "--keep-rates", "0.7", "0.7000001"], "values that print alike"),
         (["bench", "inference", "--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
+        (
+            ["bench", "inference", "--token-selector", "class_attention", "random"],
+            "`--token-selector` must be one of class_attention, learned, adaptive, got 'random'",
+        ),
+        (
+            ["bench", "train", "--token-selector", "adaptive", "--token-keep-mass", "0.9", "1.5"],
+            "`--token-keep-mass` must be in (0, 1], got 1.5",
+        ),
+        (["bench", "inference", "--token-selector", "adaptive", "--token-keep-mass", "0"], "`--token-keep-mass`"),
+        (["bench", "inference", "--token-keep-mass", "0.9"], "--token-keep-mass applies to the adaptive selector"),
+        (
+            ["bench", "inference", "--token-selector", "adaptive", "--match-fixed-rate", "--token-keep-mass", "0.9"],
+            "--token-keep-mass does not apply with --match-fixed-rate",
+        ),
+        (
+            [
+                "bench",
+                "inference",
+                "--token-selector",
+                "adaptive",
+                "--match-fixed-rate",
+                "--match-max-keep-rate",
+                "1.2",
+            ],
+            "`--match-max-keep-rate` must be in (0, 1]",
+        ),
+        (["bench", "inference", "--match-fixed-rate"], "--match-fixed-rate calibrates adaptive rows"),
+        (["bench", "inference", "--match-max-keep-rate", "0.9"], "applies with --match-fixed-rate only"),
+        (["bench", "train", "--token-count-buckets", "0"], "`--token-count-buckets` must be an integer >= 1"),
+        (["bench", "inference", "--model", "/no/such/folder"], "no config.json there"),
+        (["bench", "inference", "--model", "/no/such/folder", "--hidden-size", "64"], "do not apply with --model"),
+        (["bench", "train", "--time-to-accuracy", "--model", "/no/such/folder"], "--model do not apply"),
+        (
+            ["bench", "train", "--time-to-accuracy", "--token-selector", "bogus"],
+            "`--token-selector` must be one of",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message_naming_the_argument(arguments, message, capsys):

@@ -1,35 +1,41 @@
 """The one measurement loop behind `bench inference` and `bench train`: dense ViT against each TriLevel setting.
 
-Dense `ViTForImageClassification` and the TriLevel model hold the same weights (`build_models`) and run the same
-call on the same batch; only what that call is differs (a forward, or a training step). Each TriLevel setting is
-switched on untimed just before its timed call, every setting is timed once per round, and the rounds are
-interleaved (`timing.interleaved_times`), so drift of the machine's speed hits all settings alike. Medians over the
-rounds are reported beside the FLOPs limit of each setting, and one untimed pass records the peak extra memory.
+Dense `ViTForImageClassification` and the TriLevel models (one per token selector) hold the same weights
+(`build_models_by_selector`) and run the same call on the same batch; only what that call is differs (a forward, or
+a training step). Each TriLevel setting is switched on untimed just before its timed call, every setting is timed
+once per round, and the rounds are interleaved (`timing.interleaved_times`), so drift of the machine's speed hits
+all settings alike. Medians over the rounds are reported beside the FLOPs limit of each setting, computed from the
+tokens each image kept on the benchmark batch, and one untimed pass records the peak extra memory.
 """
 
 import argparse
+import copy
+import dataclasses
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..configuration_trilevel_vit import TriLevelViTConfig
-from ..flops import flops_speedup_limit
+from ..flops import MeasuredFlops, flops_speedup_limit, forward_flops, measured_flops, num_patches
+from ..token_reduction import token_schedule
 from .options import (
     DENSE_NAME,
     ModelShape,
     RunTarget,
     Setting,
-    build_models,
+    build_models_by_selector,
     compile_models,
     model_shape,
     run_target,
+    selector_config,
     settings,
     switch_setting,
     trilevel_config,
 )
 from .timing import interleaved_times, peak_memories, print_progress
+from .token_budget import Calibration, calibrate_keep_mass, kept_token_counts
 
 # (model to call, possibly compiled; the module itself, for its parameters) -> one timed call
 CallFactory = Callable[[Callable, torch.nn.Module], Callable[[], None]]
@@ -47,6 +53,12 @@ class TimingPlan:
     warmup: int = 2
     progress: Callable[[int, int], None] | None = None
     measure_memory: bool = True
+    config_extra: dict = field(default_factory=dict)  # config fields shared by every TriLevel model (buckets)
+
+    @property
+    def selectors(self) -> list[str]:
+        """The token selectors the settings use, in order of first use: one TriLevel model each."""
+        return list(dict.fromkeys(setting.token_selector for setting in self.settings))
 
 
 def timing_plan(args: argparse.Namespace, label: str) -> TimingPlan:
@@ -56,13 +68,25 @@ def timing_plan(args: argparse.Namespace, label: str) -> TimingPlan:
     target = run_target(args, trilevel_settings)
     progress = None if args.no_progress else print_progress(label)
     return TimingPlan(
-        shape, trilevel_settings, target, args.batch_size, args.repeats, args.warmup, progress, not args.no_memory
+        shape,
+        trilevel_settings,
+        target,
+        args.batch_size,
+        args.repeats,
+        args.warmup,
+        progress,
+        not args.no_memory,
+        selector_config(args),
     )
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One setting's timed calls and what follows from them; the dense model is measured as `Setting()`."""
+    """One setting's timed calls and what follows from them; the dense model is measured as `Setting()`.
+
+    `flops` holds the FLOPs and kept-token counts measured on the benchmark batch (None for the dense model), and
+    `calibration` the mass search of a `--match-fixed-rate` row.
+    """
 
     name: str
     setting: Setting
@@ -72,52 +96,114 @@ class Measurement:
     speedup: float
     flops_limit: float
     peak_memory_bytes: int | None
+    flops: MeasuredFlops | None = None
+    calibration: Calibration | None = None
 
     @property
     def fraction_of_limit(self) -> float:
         """How much of the FLOPs limit the measured speedup reaches."""
         return self.speedup / self.flops_limit
 
+    @property
+    def gflops_per_image(self) -> float:
+        """Forward GFLOPs per image: measured counts for TriLevel rows, the config's for the dense model."""
+        return (self.flops.flops_per_image if self.flops is not None else forward_flops(self.config)) / 1e9
 
-def measure_settings(plan: TimingPlan, make_call: CallFactory, *, training: bool) -> list[Measurement]:
+
+def measure_settings(
+    plan: TimingPlan, make_call: CallFactory, *, training: bool, pixel_values: torch.Tensor
+) -> list[Measurement]:
     """Time dense ViT and every TriLevel setting in interleaved rounds; the first measurement is the dense model.
 
-    `make_call(model, module)` is called once per model and returns the call to time; every TriLevel setting times
-    the same call (one model, one optimizer state), switched to its setting untimed. With `training`, weights stay
-    in float32 (mixed precision is the call's autocast) and both models are in train mode; otherwise weights are
-    cast to the target dtype and the models are in eval mode.
-    """
-    shape, trilevel_settings, target = plan.shape, plan.settings, plan.target
-    dense, trilevel = build_models(shape, target, cast_weights=not training)
-    dense.train(training)
-    trilevel.train(training)
-    dense_model, trilevel_model = compile_models(target, len(trilevel_settings), dense, trilevel)
-    dense_call, trilevel_call = make_call(dense_model, dense), make_call(trilevel_model, trilevel)
+    `make_call(model, module)` is called once per model and returns the call to time; every setting of one selector
+    times the same call (one model, one optimizer state), switched to its setting untimed. Each selector has its own
+    model with the same weights. With `training`, weights stay in float32 (mixed precision is the call's autocast)
+    and the models are in train mode; otherwise weights are cast to the target dtype and the models are in eval mode.
 
-    runs = {DENSE_NAME: dense_call} | {setting.name: trilevel_call for setting in trilevel_settings}
-    prepare = {setting.name: switch_setting(trilevel, setting) for setting in trilevel_settings}
+    Before timing, one untimed forward per setting on `pixel_values` (the benchmark batch) records the tokens each
+    image kept; the FLOPs limit comes from those counts (`flops.measured_flops`), so per-image adaptive counts are
+    counted as they fell. `--match-fixed-rate` rows are calibrated on the same batch first.
+    """
+    shape, target = plan.shape, plan.target
+    dense, trilevel = build_models_by_selector(
+        shape, target, plan.selectors, cast_weights=not training, **plan.config_extra
+    )
+    for model in (dense, *trilevel.values()):
+        model.train(training)
+    compiled = compile_models(target, len(plan.settings), dense, *trilevel.values())
+    dense_call = make_call(compiled[0], dense)
+    calls = {name: make_call(model, trilevel[name]) for name, model in zip(trilevel, compiled[1:], strict=True)}
+
+    trilevel_settings, calibrations = calibrate_matched_settings(plan, trilevel, pixel_values)
+    runs = {DENSE_NAME: dense_call} | {s.name: calls[s.token_selector] for s in trilevel_settings}
+    prepare = {s.name: switch_setting(trilevel[s.token_selector], s) for s in trilevel_settings}
+    counted = {}
+    for setting in trilevel_settings:
+        model = trilevel[setting.token_selector]
+        prepare[setting.name]()
+        config = copy.deepcopy(model.config)
+        counted[setting.name] = (config, measured_flops(config, kept_token_counts(model, pixel_values)))
+
     times = interleaved_times(runs, plan.repeats, plan.warmup, target.device, plan.progress, prepare)
     # The CPU tracker is a dispatch mode, which compiled graphs bypass: no figure rather than a wrong one.
     memory = peak_memories(runs, target.device, prepare, skip=not plan.measure_memory or target.compiled_on_cpu)
 
     dense_median = statistics.median(times[DENSE_NAME])
-    measurements = []
-    for name, setting in [(DENSE_NAME, Setting()), *((s.name, s) for s in trilevel_settings)]:
-        config = trilevel_config(shape, setting)
-        median = statistics.median(times[name])
+    dense_config = trilevel_config(shape)
+    measurements = [
+        Measurement(
+            DENSE_NAME, Setting(), dense_config, times[DENSE_NAME], dense_median, 1.0,
+            flops_speedup_limit(dense_config), memory[DENSE_NAME],
+        )
+    ]  # fmt: skip
+    for setting in trilevel_settings:
+        config, flops = counted[setting.name]
+        median = statistics.median(times[setting.name])
         measurements.append(
             Measurement(
-                name=name,
+                name=setting.name,
                 setting=setting,
                 config=config,
-                seconds=times[name],
+                seconds=times[setting.name],
                 median_seconds=median,
                 speedup=dense_median / median,
-                flops_limit=flops_speedup_limit(config),
-                peak_memory_bytes=memory[name],
+                flops_limit=flops.speedup_limit,
+                peak_memory_bytes=memory[setting.name],
+                flops=flops,
+                calibration=calibrations.get(setting.name),
             )
         )
     return measurements
+
+
+def calibrate_matched_settings(
+    plan: TimingPlan, trilevel: dict, pixel_values: torch.Tensor
+) -> tuple[list[Setting], dict[str, Calibration]]:
+    """The plan's settings with every `--match-fixed-rate` row's mass calibrated on the benchmark batch.
+
+    The target is the fixed-rate schedule's count after the last pruning layer at the row's matched keep rate
+    (`token_schedule`), which is what a class-attention or learned model keeps in every image.
+    """
+    calibrated, calibrations = [], {}
+    patches = num_patches(trilevel_config(plan.shape))
+    for setting in plan.settings:
+        if setting.matched_keep_rate is None:
+            calibrated.append(setting)
+            continue
+        model = trilevel[setting.token_selector]
+        switch_setting(model, setting)()
+        layers = len(model.config.token_prune_layers)
+        target = token_schedule(patches, setting.matched_keep_rate, layers)[-1] if layers else patches
+        calibration = calibrate_keep_mass(model, pixel_values, float(target))
+        setting = dataclasses.replace(setting, token_keep_mass=calibration.token_keep_mass)
+        calibrated.append(setting)
+        calibrations[setting.name] = calibration
+    return calibrated, calibrations
+
+
+def weights_note(shape: ModelShape) -> str:
+    """Where the weights came from, for the line above a table: random ones make class attention nearly uniform."""
+    return f"weights from {shape.checkpoint}" if shape.checkpoint else "random weights (seed 0)"
 
 
 def random_batch(plan: TimingPlan, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:

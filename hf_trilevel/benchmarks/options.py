@@ -1,14 +1,17 @@
 """What a benchmark compares: the model shape, the TriLevel operating points, and the device and dtype to run on.
 
 Every benchmark builds a dense `transformers.ViTForImageClassification` and a `TriLevelViTForImageClassification`
-with the *same weights*, so a measured difference is the cost of sparsity and nothing else. Arguments are checked
-here, before any model is built, and bad ones raise `CommandError` with the argument name and the allowed range.
+per token selector with the *same weights* (a learned selector's scorer is the only extra), so a measured
+difference is the cost of sparsity and nothing else. The weights are random (seeded), or those of a saved folder
+(`--model`). Arguments are checked here, before any model is built, and bad ones raise `CommandError` with the
+argument name and the allowed range.
 """
 
 import argparse
 import itertools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import ViTConfig, ViTForImageClassification
@@ -18,6 +21,13 @@ from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..errors import CommandError, checked_option
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..value_checks import as_pair, check_fraction, check_int, check_keep_rate
+
+TOKEN_SELECTORS = ("class_attention", "learned", "adaptive")
+# Fields of a `--model` folder's config that its models keep (the shape comes from `ModelShape`, sparsity per row):
+# those the dense ViT shares, then the TriLevel-only ones.
+CHECKPOINT_VIT_FIELDS = ("hidden_act", "layer_norm_eps", "qkv_bias")
+CHECKPOINT_TRILEVEL_FIELDS = ("token_importance", "token_min_keep_rate", "token_count_buckets")
+DEFAULT_KEEP_MASSES = [0.9]
 
 PRESETS: dict[str, dict[str, int]] = {
     "deit-tiny": {"hidden_size": 192, "num_hidden_layers": 12, "num_attention_heads": 3, "intermediate_size": 768},
@@ -45,6 +55,7 @@ class ModelShape:
     intermediate_size: int
     num_labels: int
     token_prune_layers: tuple[int, ...] | None = None
+    checkpoint: str | None = None  # a saved TriLevel or ViT folder whose weights every model starts from (`--model`)
 
     def vit_kwargs(self) -> dict:
         return {name: getattr(self, name) for name in SHAPE_FIELDS}
@@ -52,18 +63,51 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Setting:
-    """One TriLevel operating point."""
+    """One TriLevel operating point.
+
+    `token_keep_mass` applies to `"adaptive"` only. `matched_keep_rate` marks an adaptive row whose mass is calibrated
+    on the benchmark batch (`--match-fixed-rate`) so that it keeps, on average, as many patch tokens after the last
+    pruning layer as fixed-rate pruning at that keep rate; `token_keep_rate` is then its per-image upper bound.
+    """
 
     token_keep_rate: float = 1.0
     attention_keep_rate: float = 1.0
     token_fusion: bool = False
+    token_selector: str = "class_attention"
+    token_keep_mass: float = 1.0
+    matched_keep_rate: float | None = None
 
     @property
     def name(self) -> str:
-        name = f"keep {self.token_keep_rate:g}"
+        if self.matched_keep_rate is not None:  # the calibrated mass is a result, so it stays out of the name
+            name = f"adaptive at keep {self.matched_keep_rate:g} tokens"
+        else:
+            name = f"keep {self.token_keep_rate:g}"
+            if self.token_selector == "adaptive":
+                name += f", adaptive mass {self.token_keep_mass:g}"
+            elif self.token_selector != "class_attention":
+                name += f", {self.token_selector}"
         if self.attention_keep_rate < 1.0:
             name += f", attention {self.attention_keep_rate:g}"
         return name + (", fusion" if self.token_fusion else "")
+
+    def config_kwargs(self) -> dict:
+        """The `TriLevelViTConfig` fields this setting sets."""
+        kwargs = {
+            "token_keep_rate": self.token_keep_rate,
+            "attention_keep_rate": self.attention_keep_rate,
+            "token_fusion": self.token_fusion,
+            "token_selector": self.token_selector,
+        }
+        if self.token_selector == "adaptive":
+            kwargs["token_keep_mass"] = self.token_keep_mass
+        return kwargs
+
+    def fixed_rate_twin(self) -> "Setting":
+        """The class-attention setting an adaptive row is compared with: same keep rate (the matched one for a
+        calibrated row), attention and fusion."""
+        keep = self.token_keep_rate if self.matched_keep_rate is None else self.matched_keep_rate
+        return Setting(keep, self.attention_keep_rate, self.token_fusion)
 
 
 @dataclass(frozen=True)
@@ -88,6 +132,9 @@ def add_shape_arguments(parser: argparse.ArgumentParser, default_preset: str = "
         group.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, metavar="N")
     group.add_argument("--token-prune-layers", type=int, nargs="+", default=None, metavar="LAYER",
                        help="0-indexed pruning layers (default: 1/4, 1/2 and 3/4 of the depth)")  # fmt: skip
+    group.add_argument("--model", default=None, metavar="FOLDER",
+                       help="a saved TriLevel or ViT folder: its shape and weights replace the preset's (random) ones; "
+                            "with it, no shape field may be given")  # fmt: skip
 
 
 def add_setting_arguments(parser: argparse.ArgumentParser, keep_rates: list[float], attention: list[float]) -> None:
@@ -97,6 +144,14 @@ def add_setting_arguments(parser: argparse.ArgumentParser, keep_rates: list[floa
     group.add_argument("--attention-keep-rates", type=float, nargs="+", default=attention, metavar="RATE",
                        help="attention_keep_rate values, each in (0, 1]")  # fmt: skip
     group.add_argument("--fusion", choices=["off", "on", "both"], default="off", help="token_fusion")
+    group.add_argument("--token-selector", nargs="+", default=["class_attention"], metavar="SELECTOR",
+                       help=f"token selectors, each one of {', '.join(TOKEN_SELECTORS)}; each gets its own model with "
+                            "the same weights")  # fmt: skip
+    group.add_argument("--token-keep-mass", type=float, nargs="+", default=None, metavar="MASS",
+                       help=f"token_keep_mass values of the adaptive selector, each in (0, 1] (default: "
+                            f"{' '.join(map(str, DEFAULT_KEEP_MASSES))}; 1.0 is fixed-rate pruning)")  # fmt: skip
+    group.add_argument("--token-count-buckets", type=int, default=None, metavar="N",
+                       help="token_count_buckets of the adaptive selector (default: the config's)")  # fmt: skip
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
@@ -114,6 +169,8 @@ def add_target_arguments(parser: argparse.ArgumentParser, batch_size: int) -> No
 
 
 def model_shape(args: argparse.Namespace) -> ModelShape:
+    if getattr(args, "model", None) is not None:
+        return checkpoint_shape(args)
     if args.preset not in PRESETS:
         raise CommandError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}.")
     values = {**PRESETS[args.preset], **PRESET_IMAGE}
@@ -127,6 +184,41 @@ def model_shape(args: argparse.Namespace) -> ModelShape:
     check_divides(shape.vit_kwargs())
     try:  # the config's own checks name the field and its range (prune layers ...)
         TriLevelViTConfig(**shape.vit_kwargs(), token_prune_layers=list(layers) if layers else None)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    return shape
+
+
+def checkpoint_shape(args: argparse.Namespace) -> ModelShape:
+    """The shape of the saved folder `--model` names; shape flags are refused, the pruning layers may be replaced."""
+    given = [f"--{name.replace('_', '-')}" for name in SHAPE_FIELDS if getattr(args, name) is not None]
+    if given:
+        raise CommandError(f"{', '.join(given)} do not apply with --model (the saved folder fixes the shape).")
+    folder = Path(args.model).expanduser()
+    if not (folder / "config.json").is_file():
+        raise CommandError(f"--model {args.model}: no config.json there; give a folder written by save_pretrained.")
+    try:
+        config = TriLevelViTConfig.from_pretrained(str(folder))
+    except (OSError, ValueError) as error:
+        raise CommandError(f"--model {args.model}: cannot read its config ({error}).") from None
+    if any(
+        getattr(config, name) is not None for name in ("num_attention_heads_per_layer", "intermediate_size_per_layer")
+    ):
+        raise CommandError(
+            f"--model {args.model} is a slimmed model (per-layer heads or MLP sizes): the dense transformers ViT it "
+            "is compared with cannot hold its weights."
+        )
+    if not isinstance(config.image_size, int) or not isinstance(config.patch_size, int) or config.num_channels != 3:
+        raise CommandError(
+            f"--model {args.model}: only 3-channel square images and patches (integer sizes) are supported."
+        )
+    layers = args.token_prune_layers if args.token_prune_layers is not None else config.token_prune_layers
+    values = {name: getattr(config, name) for name in SHAPE_FIELDS}
+    shape = ModelShape(
+        name=f"{folder.name} (--model)", token_prune_layers=tuple(layers), checkpoint=str(folder), **values
+    )
+    try:
+        TriLevelViTConfig(**shape.vit_kwargs(), token_prune_layers=list(layers))
     except ValueError as error:
         raise CommandError(str(error)) from None
     return shape
@@ -147,16 +239,72 @@ def check_divides(shape: dict[str, int]) -> None:
 
 
 def settings(args: argparse.Namespace) -> list[Setting]:
+    """Every combination of keep rate, attention keep rate, fusion and selector (and mass, for adaptive).
+
+    With `--match-fixed-rate`, each adaptive setting instead targets the mean kept count of fixed-rate pruning at
+    its keep rate, bounded above by `--match-max-keep-rate`; its mass is calibrated later, on the benchmark batch.
+    """
     for flag, rates in (("--keep-rates", args.keep_rates), ("--attention-keep-rates", args.attention_keep_rates)):
         for rate in rates:
             checked_option(check_keep_rate, flag, rate)
+    selectors = token_selectors(args)
+    masses = keep_masses(args, selectors)
+    matched, cap = matching(args, selectors)
     fusion = {"off": [False], "on": [True], "both": [False, True]}[args.fusion]
     combos = itertools.product(dict.fromkeys(args.keep_rates), dict.fromkeys(args.attention_keep_rates), fusion)
-    chosen = [Setting(keep, attention, fused) for keep, attention, fused in combos]
+    chosen = []
+    for keep, attention, fused in combos:
+        for selector in selectors:
+            if selector != "adaptive":
+                chosen.append(Setting(keep, attention, fused, selector))
+            elif matched:
+                chosen.append(Setting(cap, attention, fused, "adaptive", 1.0, matched_keep_rate=keep))
+            else:
+                chosen.extend(Setting(keep, attention, fused, "adaptive", mass) for mass in masses)
     names = [setting.name for setting in chosen]
     if len(set(names)) < len(names):
-        raise CommandError(f"--keep-rates / --attention-keep-rates hold values that print alike: {names}.")
+        raise CommandError(
+            f"--keep-rates / --attention-keep-rates / --token-keep-mass hold values that print alike: {names}."
+        )
     return chosen
+
+
+def token_selectors(args: argparse.Namespace) -> list[str]:
+    """`--token-selector`, checked and without repeats."""
+    for selector in args.token_selector:
+        if selector not in TOKEN_SELECTORS:
+            raise CommandError(f"`--token-selector` must be one of {', '.join(TOKEN_SELECTORS)}, got {selector!r}.")
+    return list(dict.fromkeys(args.token_selector))
+
+
+def keep_masses(args: argparse.Namespace, selectors: list[str]) -> list[float]:
+    """`--token-keep-mass`, checked: each in (0, 1], given only where an adaptive row uses it."""
+    if args.token_keep_mass is None:
+        return DEFAULT_KEEP_MASSES
+    for mass in args.token_keep_mass:
+        checked_option(check_fraction, "--token-keep-mass", mass)
+    if "adaptive" not in selectors:
+        raise CommandError("--token-keep-mass applies to the adaptive selector only: add `--token-selector adaptive`.")
+    if getattr(args, "match_fixed_rate", False):
+        raise CommandError("--token-keep-mass does not apply with --match-fixed-rate: the mass is calibrated there.")
+    return list(dict.fromkeys(args.token_keep_mass))
+
+
+def matching(args: argparse.Namespace, selectors: list[str]) -> tuple[bool, float]:
+    """`--match-fixed-rate` (only with adaptive rows) and the matched rows' upper bound `--match-max-keep-rate`."""
+    matched, cap = getattr(args, "match_fixed_rate", False), getattr(args, "match_max_keep_rate", None)
+    if matched and "adaptive" not in selectors:
+        raise CommandError("--match-fixed-rate calibrates adaptive rows: add `--token-selector adaptive`.")
+    if cap is not None and not matched:
+        raise CommandError("--match-max-keep-rate applies with --match-fixed-rate only.")
+    return matched, 1.0 if cap is None else checked_option(check_keep_rate, "--match-max-keep-rate", cap)
+
+
+def selector_config(args: argparse.Namespace) -> dict:
+    """Config fields every TriLevel model of a benchmark shares (`--token-count-buckets`)."""
+    if args.token_count_buckets is None:
+        return {}
+    return {"token_count_buckets": checked_option(check_int, "--token-count-buckets", args.token_count_buckets)}
 
 
 def check_example_keep_fractions(fractions: list[float]) -> None:
@@ -202,11 +350,17 @@ def run_target(args: argparse.Namespace, settings: list[Setting]) -> RunTarget:
 
 
 def switch_setting(model: TriLevelViTForImageClassification, setting: Setting) -> Callable[[], None]:
-    """A call that puts `model` at `setting`; run untimed before each timed call of that setting."""
+    """A call that puts `model` at `setting`; run untimed before each timed call of that setting.
+
+    The selector is fixed when a model is built (a learned one owns weights), so each selector has its own model;
+    the keep rates, fusion and the adaptive mass are read by every forward and switch here.
+    """
 
     def apply() -> None:
         model.set_keep_rates(setting.token_keep_rate, setting.attention_keep_rate)
         model.config.token_fusion = setting.token_fusion
+        if setting.token_selector == "adaptive":
+            model.config.token_keep_mass = setting.token_keep_mass
 
     return apply
 
@@ -225,17 +379,57 @@ def compile_models(target: RunTarget, num_settings: int, *models: torch.nn.Modul
 
 def trilevel_config(shape: ModelShape, setting: Setting = Setting(), **extra) -> TriLevelViTConfig:
     layers = list(shape.token_prune_layers) if shape.token_prune_layers else None
-    return TriLevelViTConfig(**shape.vit_kwargs(), token_prune_layers=layers, **asdict(setting), **extra)
+    return TriLevelViTConfig(**shape.vit_kwargs(), token_prune_layers=layers, **setting.config_kwargs(), **extra)
+
+
+def load_shared_weights(trilevel: torch.nn.Module, state_dict: dict) -> None:
+    """Load another model's weights; only token-scorer weights (`.token_selector.`) may be missing or left over.
+
+    A scorer new to the source (a dense model, or a class-attention checkpoint) keeps its own initialisation, which
+    starts it at class-attention ranking; a source's scorer that the target has no place for is dropped on purpose
+    (the target ranks by class attention). Any other missing or unexpected weight would make the comparison wrong.
+    """
+    missing, unexpected = trilevel.load_state_dict(state_dict, strict=False)
+    missing = [key for key in missing if ".token_selector." not in key]
+    unexpected = [key for key in unexpected if ".token_selector." not in key]
+    if missing or unexpected:
+        raise RuntimeError(f"weights do not match the model: missing {missing}, unexpected {unexpected}.")
 
 
 def build_models(
     shape: ModelShape, target: RunTarget, cast_weights: bool = True
 ) -> tuple[ViTForImageClassification, TriLevelViTForImageClassification]:
-    """Dense ViT and TriLevel ViT with identical weights on the target device (weights cast for inference)."""
+    """Dense ViT and a class-attention TriLevel ViT with identical weights on the target device."""
+    dense, trilevel = build_models_by_selector(shape, target, ["class_attention"], cast_weights)
+    return dense, trilevel["class_attention"]
+
+
+def build_models_by_selector(
+    shape: ModelShape, target: RunTarget, selectors: list[str], cast_weights: bool = True, **config_extra
+) -> tuple[ViTForImageClassification, dict[str, TriLevelViTForImageClassification]]:
+    """Dense ViT and one TriLevel ViT per selector, all with identical weights, on the target device.
+
+    Weights are random (seed 0) or, with `shape.checkpoint`, the saved folder's: it is loaded once as saved, and
+    each selector's model takes its weights (a learned scorer it holds goes to the selectors that have one). Weights
+    are cast to the target dtype for inference (`cast_weights`), kept in float32 for training under autocast.
+    """
     torch.manual_seed(0)
     backend = {"attn_implementation": target.attn_implementation}
-    dense = ViTForImageClassification(ViTConfig(**shape.vit_kwargs(), **backend))
-    trilevel = TriLevelViTForImageClassification(trilevel_config(shape, **backend))
-    trilevel.load_state_dict(dense.state_dict())
+    if shape.checkpoint is None:
+        dense = ViTForImageClassification(ViTConfig(**shape.vit_kwargs(), **backend))
+        source, base = dense.state_dict(), {}
+    else:
+        saved = TriLevelViTForImageClassification.from_pretrained(shape.checkpoint)
+        source = saved.state_dict()
+        # The folder's activation, norms and selector details carry over; sparsity is set per row.
+        shared = {name: getattr(saved.config, name) for name in CHECKPOINT_VIT_FIELDS}
+        dense = ViTForImageClassification(ViTConfig(**shape.vit_kwargs(), **shared, **backend))
+        load_shared_weights(dense, source)
+        base = shared | {name: getattr(saved.config, name) for name in CHECKPOINT_TRILEVEL_FIELDS}
+    trilevel = {}
+    for selector in selectors:
+        config = trilevel_config(shape, Setting(token_selector=selector), **backend, **{**base, **config_extra})
+        trilevel[selector] = TriLevelViTForImageClassification(config)
+        load_shared_weights(trilevel[selector], source)
     dtype = target.dtype if cast_weights else torch.float32
-    return dense.to(target.device, dtype), trilevel.to(target.device, dtype)
+    return dense.to(target.device, dtype), {name: model.to(target.device, dtype) for name, model in trilevel.items()}

@@ -3,10 +3,11 @@
 Every run uses one recipe (model shape, optimizer, schedule, epochs, seed, batch order) and differs only in the
 sparsity asked for: dense runs are transformers' `ViTForImageClassification` under the stock `Trainer`; TriLevel runs
 are `TriLevelViTForImageClassification` with the same initial weights, under `TriLevelTrainer` when example pruning
-is on. Runs go one after another, never side by side. The clock counts training only: each epoch's time is taken
-between the epoch's begin and end callbacks, before the per-epoch evaluation. Reported per run: accuracy after the
-last epoch, the best accuracy, training time, and the training time until validation accuracy first reached
-`--target-accuracy`.
+is on. Learned scores (`--token-selector learned`) train with `TokenSelectorTemperatureCallback` (10 -> 0.1), from a
+scorer whose output starts at zero. Runs go one after another, never side by side. The clock counts training only:
+each epoch's time is taken between the epoch's begin and end callbacks, before the per-epoch evaluation. Reported
+per run: accuracy after the last epoch, the best accuracy, training time, and the training time until validation
+accuracy first reached `--target-accuracy`.
 """
 
 import argparse
@@ -27,7 +28,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from ..callbacks import ExamplePruningCallback
+from ..callbacks import ExamplePruningCallback, TokenSelectorTemperatureCallback
 from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..errors import CommandError, checked_option
 from ..image_data import load_digits_dataset
@@ -35,7 +36,15 @@ from ..metrics import compute_metrics
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..trainer import TriLevelTrainer
 from ..value_checks import check_fraction, check_int
-from .options import Setting, check_divides, check_example_keep_fractions, checked_device, settings
+from .options import (
+    Setting,
+    check_divides,
+    check_example_keep_fractions,
+    checked_device,
+    load_shared_weights,
+    selector_config,
+    settings,
+)
 from .report import check_writable, markdown_table, report_payload, write_report
 
 # The digits recipe of examples/run_image_classification.py: a small ViT on 32x32 images with 4x4 patches.
@@ -43,7 +52,7 @@ DIGITS_SHAPE = {"image_size": 32, "patch_size": 4, "hidden_size": 128, "num_hidd
                 "num_attention_heads": 4, "intermediate_size": 256, "num_labels": 10}  # fmt: skip
 # Shape flags of `bench train` that the digits recipe fixes; given with --time-to-accuracy they are refused.
 IGNORED_FLAGS = {"--image-size": "image_size", "--patch-size": "patch_size", "--num-labels": "num_labels",
-                 "--token-prune-layers": "token_prune_layers"}  # fmt: skip
+                 "--token-prune-layers": "token_prune_layers", "--model": "model"}  # fmt: skip
 RECIPE = {"learning_rate": 1e-3, "weight_decay": 0.05, "warmup_steps": 0.1, "lr_scheduler_type": "cosine",
           "per_device_train_batch_size": 64, "per_device_eval_batch_size": 256}  # fmt: skip
 
@@ -152,13 +161,17 @@ def train_once(
         model = reference
         name = "dense ViT (transformers)"
     else:
-        model = TriLevelViTForImageClassification(TriLevelViTConfig(**shape, **asdict(setting)))
-        model.load_state_dict(reference.state_dict())
+        model = TriLevelViTForImageClassification(
+            TriLevelViTConfig(**shape, **setting.config_kwargs(), **selector_config(args))
+        )
+        load_shared_weights(model, reference.state_dict())  # a learned selector's scorer keeps its own init
         name = setting.name + (f", examples {example_keep_fraction:g}" if example_keep_fraction < 1.0 else "")
     clock = TrainingClock(label)
     callbacks: list[TrainerCallback] = []
     if example_keep_fraction < 1.0:
         callbacks.append(ExamplePruningCallback("forgetting", keep_fraction=example_keep_fraction))
+    if not dense and model.config.uses_learned_scores():  # SViTE+'s Gumbel temperature, 10 -> 0.1 over the run
+        callbacks.append(TokenSelectorTemperatureCallback())
     callbacks.append(clock)  # last: its epoch end comes after the pruner's end-of-epoch work, which it must count
     with tempfile.TemporaryDirectory() as output_dir:
         training_args = TrainingArguments(
@@ -237,7 +250,7 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
     ]
     for setting, _ in plan:  # every config is checked before the first run trains for minutes
         try:
-            TriLevelViTConfig(**shape, **asdict(setting))
+            TriLevelViTConfig(**shape, **setting.config_kwargs(), **selector_config(args))
         except ValueError as error:
             raise CommandError(str(error)) from None
     for index, (setting, fraction) in enumerate(plan):

@@ -24,10 +24,9 @@ import torch
 
 from ..data_pruning import ForgettingPolicy
 from ..errors import checked_option
-from ..flops import forward_flops
 from ..formatting import format_duration
 from ..value_checks import check_int
-from .measure import CallFactory, TimingPlan, measure_settings, random_batch, timing_plan
+from .measure import CallFactory, TimingPlan, measure_settings, random_batch, timing_plan, weights_note
 from .options import (
     RunTarget,
     add_setting_arguments,
@@ -56,6 +55,9 @@ class StepResult:
     train_gflops_per_image: float
     peak_memory_bytes: int | None
     seconds: list[float] | None = None
+    token_selector: str = "class_attention"
+    token_keep_mass: float = 1.0
+    mean_kept_tokens: list[float] | None = None  # per pruning layer, mean over the batch's images (train mode)
 
 
 @dataclass
@@ -98,19 +100,25 @@ def _training_step(target: RunTarget, pixel_values: torch.Tensor, labels: torch.
 def benchmark_training_steps(plan: TimingPlan) -> list[StepResult]:
     """Median training-step time of dense ViT and every TriLevel setting; the first result is the dense model."""
     pixel_values, labels = random_batch(plan)
-    measurements = measure_settings(plan, _training_step(plan.target, pixel_values, labels), training=True)
+    step = _training_step(plan.target, pixel_values, labels)
+    measurements = measure_settings(plan, step, training=True, pixel_values=pixel_values)
     return [
         StepResult(
             setting=m.name,
-            **asdict(m.setting),
+            token_keep_rate=m.setting.token_keep_rate,
+            attention_keep_rate=m.setting.attention_keep_rate,
+            token_fusion=m.setting.token_fusion,
             median_seconds=m.median_seconds,
             steps_per_second=1 / m.median_seconds,
             speedup=m.speedup,
             flops_limit=m.flops_limit,
             fraction_of_limit=m.fraction_of_limit,
-            train_gflops_per_image=3 * forward_flops(m.config) / 1e9,
+            train_gflops_per_image=3 * m.gflops_per_image,
             peak_memory_bytes=m.peak_memory_bytes,
             seconds=m.seconds,
+            token_selector=m.setting.token_selector,
+            token_keep_mass=m.setting.token_keep_mass,
+            mean_kept_tokens=list(m.flops.mean_kept_tokens) if m.flops else None,
         )
         for m in measurements
     ]
@@ -150,6 +158,7 @@ def format_steps(results: list[StepResult]) -> str:
                 "speedup": f"{r.speedup:.2f}x",
                 "FLOPs limit": f"{r.flops_limit:.2f}x",
                 "of limit": f"{r.fraction_of_limit:.0%}",
+                "patch tokens kept": " / ".join(f"{mean:.4g}" for mean in r.mean_kept_tokens or []),
                 "peak MiB": mib(r.peak_memory_bytes),
             }
             for r in results
@@ -203,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{plan.shape.name}: training steps (forward + backward + AdamW), {plan.target.device.type} {args.dtype}"
         f"{' autocast' if plan.target.dtype != torch.float32 else ''}, {plan.target.attn_implementation}, batch "
-        f"{args.batch_size}, median of {args.repeats} interleaved rounds"
+        f"{args.batch_size}, median of {args.repeats} interleaved rounds; {weights_note(plan.shape)}"
     )
     print(format_steps(steps))
     print(f"\nepoch of {args.dataset_size:,} images at batch {args.batch_size}:")
