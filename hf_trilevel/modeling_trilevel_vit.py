@@ -337,8 +337,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             )
             if attention_mask is not None:
                 attention_mask = attention_mask.detach()  # reentrant checkpointing marks outputs as requiring grad
-            if layer_loss is not None:
-                auxiliary_loss = layer_loss if auxiliary_loss is None else auxiliary_loss + layer_loss
+            auxiliary_loss = _add_losses(auxiliary_loss, layer_loss)
             if layer.layer_idx not in sparsity.token_prune_layers:
                 continue
             counts = (patch_positions >= 0).sum(dim=1)
