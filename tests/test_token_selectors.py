@@ -102,7 +102,9 @@ def test_selectors_exist_only_at_pruning_layers_and_have_no_weights():
 
 
 def test_unknown_selector_is_a_config_error_listing_the_registered_ones():
-    with pytest.raises(ValueError, match=r"`token_selector` must be one of \['adaptive', 'class_attention', 'learned'\].*got 'magic'"):
+    with pytest.raises(
+        ValueError, match=r"`token_selector` must be one of \['adaptive', 'class_attention', 'learned'\].*got 'magic'"
+    ):
         TriLevelViTConfig(token_selector="magic")
 
 
@@ -121,7 +123,9 @@ class PerImageCountSelector(TokenSelector):
     COUNTS = (16, 40, 64)
     pads_tokens = True
 
-    def forward(self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings):
+    def forward(
+        self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings
+    ):
         if self.layer_idx != 1:
             return None
         scores = class_token_attention(query, key, scaling, attention_mask)
@@ -142,7 +146,9 @@ class PerImageEveryLayer(TokenSelector):
 
     pads_tokens = True
 
-    def forward(self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings):
+    def forward(
+        self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings
+    ):
         scores = class_token_attention(query, key, scaling, attention_mask)
         valid = (patch_positions >= 0).sum(1)
         counts = torch.tensor(PerImageCountSelector.COUNTS) if self.layer_idx == 1 else (valid + 1) // 2
@@ -157,7 +163,9 @@ class LinearScoreSelector(TokenSelector):
         super().__init__(config, layer_idx)
         self.score = nn.Linear(config.hidden_size, 1)
 
-    def forward(self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings):
+    def forward(
+        self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings
+    ):
         scores = self.score(hidden_states).squeeze(-1).softmax(dim=-1)
         num_keep = num_kept_tokens(patch_positions.shape[1], keep_rate)
         patch_index = select_top_tokens(scores[:, 1 : 1 + patch_positions.shape[1]].detach(), num_keep)
