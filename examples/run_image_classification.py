@@ -20,25 +20,39 @@ processor, `train_results.json`, `eval_results.json`, `all_results.json`, a mode
         --model_name_or_path path/to/vit-checkpoint --ignore_mismatched_sizes --token_keep_rate 0.7 \\
         --learning_rate 5e-5 --num_train_epochs 3                      # fine-tune a ViT/DeiT checkpoint
     accelerate launch --multi_gpu --num_processes 2 examples/run_image_classification.py --example_pruning forgetting
+    python examples/run_image_classification.py --token_selector adaptive --token_keep_mass 0.9   # per-image counts
+    python examples/run_image_classification.py --token_selector learned   # a trained scorer, temperature 10 -> 0.1
+
+Token selectors (`--token_selector`): `class_attention` (default, Tri-Level E-ViT), `learned` (a small scorer per
+pruning layer trained end to end; `--token_selector_temperature_start/_end` anneal its Gumbel temperature through
+`TokenSelectorTemperatureCallback`, added whenever the model trains learned scores) and `adaptive` (each image keeps
+the fewest patches whose importance mass reaches `--token_keep_mass`, between `--token_min_keep_rate` and
+`--token_keep_rate` of its patches; `--token_importance learned` ranks by learned scores). After the final evaluation
+`eval_results.json` also holds the mean patch tokens an image kept after each pruning layer on the validation set
+(`eval_kept_tokens_layer_<i>`, from the model's `kept_token_counts`) and the FLOPs per image those counts give
+(`eval_measured_gflops_per_image`, `eval_measured_flops_speedup_limit`); the model card quotes them for `adaptive`.
 
 Defaults that depend on other flags: the model shape and keep rates come from the checkpoint or `--config_name`
 (from scratch: the digits model below, token_keep_rate 0.7, attention_keep_rate 0.5); `--output_dir` is
 `outputs/<data set name>-trilevel`; `--use_cpu` turns on by itself when several processes are launched on a machine
 without GPUs (transformers would otherwise run every process as an independent copy).
 
-Bad input stops the run before training with exit status 2 and a message naming the flag: a missing image or label
-column, float or list labels (integer and string labels are encoded into a ClassLabel, with a notice), training data
-of one class (a `--train_dir` with a single class sub-folder), a checkpoint that is not a ViT, a `config.json` field
-of the wrong type, a classifier of another size without `--ignore_mismatched_sizes`, an `--output_dir` that is a file
-or holds a saved model without `--overwrite_output_dir` (or `--resume_from_checkpoint`), and with `--example_pruning`
-a fractional `--num_train_epochs`, any `--max_steps` (pruning plans whole epochs) or `--swap_epochs` outside the run;
-the checks that need no data run before the data loads. Unreadable image files are dropped with a warning and a count
-(`--check_images False` skips that check). The checks live in `hf_trilevel.image_data`, `hf_trilevel.example_support`
-and `ExamplePruningCallback.check_arguments`. `examples_seen` counts the examples trained (with
-`--dataloader_drop_last`, fewer than planned).
+Bad input stops the run before training with exit status 2 and a message naming the flag: a sparsity or selector
+field the config refuses (an unknown `--token_selector`, a `--token_keep_mass` outside (0, 1], `learned` without
+pruning layers; checked against the checkpoint's or `--config_name`'s config before any data loads), a missing image
+or label column, float or list labels (integer and string labels are encoded into a ClassLabel, with a notice),
+training data of one class (a `--train_dir` with a single class sub-folder), a checkpoint that is not a ViT, a
+`config.json` field of the wrong type, a classifier of another size without `--ignore_mismatched_sizes`, an
+`--output_dir` that is a file or holds a saved model without `--overwrite_output_dir` (or
+`--resume_from_checkpoint`), and with `--example_pruning` a fractional `--num_train_epochs`, any `--max_steps`
+(pruning plans whole epochs) or `--swap_epochs` outside the run; the checks that need no data run before the data
+loads. Unreadable image files are dropped with a warning and a count (`--check_images False` skips that check). The
+checks live in `hf_trilevel.image_data`, `hf_trilevel.example_support` and `ExamplePruningCallback.check_arguments`.
+`examples_seen` counts the examples trained (with `--dataloader_drop_last`, fewer than planned).
 """
 
 import logging
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -50,6 +64,7 @@ from transformers import HfArgumentParser, TrainingArguments, ViTImageProcessorP
 from hf_trilevel import (
     ExamplePruningCallback,
     KeepRateScheduleCallback,
+    TokenSelectorTemperatureCallback,
     TriLevelTrainer,
     TriLevelViTConfig,
     TriLevelViTForImageClassification,
@@ -58,16 +73,22 @@ from hf_trilevel.checkpoints import remove_checkpoints
 from hf_trilevel.example_support import (
     build_image_processor,
     build_trilevel_config,
+    check_config_overrides,
     check_output_dir,
     check_output_dir_is_a_folder,
     check_training_arguments,
+    collect_kept_token_counts,
     end_distributed,
     examples_trained_per_epoch,
+    fixed_kept_token_counts,
+    kept_token_metrics,
     launched_on_several_processes,
     load_trilevel_model,
     name_flags,
     parse_flags_or_json,
     resolve_resume_checkpoint,
+    selector_text,
+    uses_learned_scores,
 )
 from hf_trilevel.image_data import (
     DIGIT_NAMES,
@@ -87,7 +108,8 @@ from hf_trilevel.image_data import (
     train_transforms,
 )
 from hf_trilevel.metrics import build_compute_metrics, sparsity_metrics
-from hf_trilevel.value_checks import as_pair, check_fraction, check_int, num_patches
+from hf_trilevel.model_card_sections import KEPT_TOKENS_METRIC
+from hf_trilevel.value_checks import as_pair, check_fraction, check_int, check_number, num_patches
 
 logger = logging.getLogger("run_image_classification")
 
@@ -101,7 +123,20 @@ SCRATCH_SHAPE = {
     "intermediate_size": 256,
 }
 SCRATCH_SPARSITY = {"token_keep_rate": 0.7, "attention_keep_rate": 0.5}
-SPARSITY_FIELDS = ("token_keep_rate", "token_prune_layers", "token_fusion", "attention_keep_rate")
+# Config fields a flag may set, over a checkpoint's or `--config_name`'s values too; the config validates them.
+SPARSITY_FIELDS = (
+    "token_keep_rate",
+    "token_prune_layers",
+    "token_fusion",
+    "attention_keep_rate",
+    "token_selector",
+    "token_keep_mass",
+    "token_min_keep_rate",
+    "token_importance",
+    "token_count_buckets",
+)
+TOKEN_SELECTORS = ("class_attention", "learned", "adaptive")
+TOKEN_IMPORTANCES = ("class_attention", "learned")
 
 
 @dataclass
@@ -164,6 +199,37 @@ class ModelArguments:
         default=None,
         metadata={"help": "Share of attention connections kept per query, in (0, 1]; 1 is dense (scratch: 0.5)."},
     )
+    # No argparse `choices` for the next two: the config checks them, so flags and a JSON file get one message.
+    token_selector: str | None = field(
+        default=None,
+        metadata={
+            "help": "What picks the kept tokens: class_attention (Tri-Level E-ViT, the default), learned (a small "
+            "scorer per pruning layer, trained end to end) or adaptive (a per-image count from --token_keep_mass).",
+            "metavar": "{" + ",".join(TOKEN_SELECTORS) + "}",
+        },
+    )
+    token_keep_mass: float | None = field(
+        default=None,
+        metadata={
+            "help": "adaptive: each image keeps its fewest patches whose importance mass reaches this share, in "
+            "(0, 1]; --token_keep_rate caps the count (default 1.0: the fixed rate)."
+        },
+    )
+    token_min_keep_rate: float | None = field(
+        default=None,
+        metadata={"help": "adaptive: the fewest patches an image keeps, as a share of its patches, in (0, 1] (0.25)."},
+    )
+    token_importance: str | None = field(
+        default=None,
+        metadata={
+            "help": "adaptive: the scores it ranks and sums, class_attention (default) or learned.",
+            "metavar": "{" + ",".join(TOKEN_IMPORTANCES) + "}",
+        },
+    )
+    token_count_buckets: int | None = field(
+        default=None,
+        metadata={"help": "adaptive: batch groups of similar kept counts, at most this many, >= 1 (default 4)."},
+    )
 
     def hub_kwargs(self) -> dict:
         return {"cache_dir": self.cache_dir, "revision": self.model_revision, "token": self.token}
@@ -218,7 +284,7 @@ class DataArguments:
 
 @dataclass
 class PruningArguments:
-    """Example-level pruning and the token keep-rate warm-up."""
+    """Example-level pruning, the token keep-rate warm-up and the learned scores' temperature schedule."""
 
     example_pruning: str = field(
         default="none",
@@ -242,6 +308,16 @@ class PruningArguments:
     )
     keep_rate_decay_fraction: float = field(
         default=100 / 300, metadata={"help": "Share of training over which the rate decays to its target."}
+    )
+    token_selector_temperature_start: float = field(
+        default=10.0,
+        metadata={
+            "help": "Learned scores (--token_selector learned, or adaptive with --token_importance learned): Gumbel "
+            "temperature at the first step, > 0; annealed linearly per step."
+        },
+    )
+    token_selector_temperature_end: float = field(
+        default=0.1, metadata={"help": "Learned scores: the temperature at the last step, > 0."}
     )
 
 
@@ -350,6 +426,15 @@ def check_arguments(
         overwrite_output_dir=run_args.overwrite_output_dir,
         resume_from_checkpoint=training_args.resume_from_checkpoint,
     )
+    # The config's own checks of the fields given here (an unknown selector, a mass outside (0, 1], a learned selector
+    # without pruning layers) against the config they change, so they fail before any data loads, not after.
+    check_config_overrides(
+        config_overrides(model_args),
+        model_name_or_path=model_args.model_name_or_path,
+        config_name=model_args.config_name,
+        scratch=scratch_config(model_args),
+        **model_args.hub_kwargs(),
+    )
 
 
 def build_callbacks(pruning_args: PruningArguments, training_args: TrainingArguments | None = None) -> list:
@@ -370,20 +455,52 @@ def build_callbacks(pruning_args: PruningArguments, training_args: TrainingArgum
     if pruning_args.keep_rate_schedule:
         warmup, decay = pruning_args.keep_rate_warmup_fraction, pruning_args.keep_rate_decay_fraction
         callbacks.append(KeepRateScheduleCallback(warmup_fraction=warmup, decay_fraction=decay))
+    for name in TEMPERATURE_FLAGS:  # checked here, before the data; the callback joins once the config is known
+        check_number(name, getattr(pruning_args, name), 0.0, math.inf, high_open=True)
     return callbacks
 
 
+TEMPERATURE_FLAGS = ("token_selector_temperature_start", "token_selector_temperature_end")
+
+
+def build_temperature_callback(pruning_args: PruningArguments, config: TriLevelViTConfig) -> list:
+    """`[TokenSelectorTemperatureCallback]` when the model trains learned scores, else `[]` (with a notice when a
+    temperature flag was set for a selector that has no temperature).
+
+    Called once the config is built: the selector may come from a checkpoint or `--config_name`, not a flag.
+    """
+    start, end = (getattr(pruning_args, name) for name in TEMPERATURE_FLAGS)
+    if uses_learned_scores(config):
+        return [TokenSelectorTemperatureCallback(start=start, end=end)]
+    defaults = {item.name: item.default for item in fields(PruningArguments)}
+    changed = [name for name in TEMPERATURE_FLAGS if getattr(pruning_args, name) != defaults[name]]
+    if changed:
+        logger.warning(
+            "--%s is ignored: token_selector %r with token_importance %r trains no learned scores.",
+            changed[0], config.token_selector, getattr(config, "token_importance", "class_attention"),
+        )  # fmt: skip
+    return []
+
+
+def scratch_config(model_args: ModelArguments) -> dict:
+    """Config fields of a model trained from scratch: the shape flags (or the digits model) and its keep rates."""
+    shape = {name: getattr(model_args, name) or default for name, default in SCRATCH_SHAPE.items()}
+    return {**shape, **SCRATCH_SPARSITY}
+
+
+def config_overrides(model_args: ModelArguments) -> dict:
+    """The sparsity and selector fields given as flags; they win over a checkpoint's or config's values."""
+    return {name: getattr(model_args, name) for name in SPARSITY_FIELDS if getattr(model_args, name) is not None}
+
+
 def build_config(model_args: ModelArguments, label_names: list[str]) -> TriLevelViTConfig:
-    """The config from the checkpoint, `--config_name` or the scratch shape, with any keep rates given here."""
-    scratch = {name: getattr(model_args, name) or default for name, default in SCRATCH_SHAPE.items()}
+    """The config from the checkpoint, `--config_name` or the scratch shape, with any sparsity fields given here."""
     return build_trilevel_config(
         label_names,
         model_name_or_path=model_args.model_name_or_path,
         config_name=model_args.config_name,
-        scratch={**scratch, **SCRATCH_SPARSITY},
-        overrides={
-            name: getattr(model_args, name) for name in SPARSITY_FIELDS if getattr(model_args, name) is not None
-        },
+        scratch=scratch_config(model_args),
+        overrides=config_overrides(model_args),
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         **model_args.hub_kwargs(),
     )
@@ -433,6 +550,7 @@ def prepare(argv: list[str]) -> Setup:
             dataset = None if digits else load_user_dataset(data_args, model_args)
             label_names = DIGIT_NAMES if digits else next(iter(dataset.values())).features[LABEL].names
             config = build_config(model_args, label_names)
+            callbacks += build_temperature_callback(pruning_args, config)
             if digits:
                 fraction = 0.2 if data_args.train_val_split is None else data_args.train_val_split
                 dataset = load_digits_dataset(max(as_pair(config.image_size)), fraction, data_args.split_seed)
@@ -488,7 +606,8 @@ def describe(setup: Setup) -> str:
         f"TriLevel ViT: {setup.model.num_parameters():,} parameters, {config.num_hidden_layers} layers, "
         f"hidden {config.hidden_size}, {num_patches(config.image_size, config.patch_size)} patches; "
         f"token_keep_rate={config.token_keep_rate} at layers {config.token_prune_layers} "
-        f"(fusion {'on' if config.token_fusion else 'off'}), attention_keep_rate={config.attention_keep_rate}; "
+        f"(fusion {'on' if config.token_fusion else 'off'}, {selector_text(config)}), "
+        f"attention_keep_rate={config.attention_keep_rate}; "
         f"{config.num_labels} classes, {sizes} images; augmentation {setup.augmentation}."
     )
     if training_args.world_size > 1:
@@ -515,6 +634,31 @@ def examples_seen_metrics(trainer: TriLevelTrainer, num_train_examples: int) -> 
         seen = round(epochs * per_epoch)
     total = epochs * num_train_examples
     return {"examples_seen": seen, "example_fraction_seen": seen / total if total else 0.0}
+
+
+def measured_kept_tokens(trainer: TriLevelTrainer, eval_dataset) -> dict[str, float]:
+    """`eval_kept_tokens_layer_<i>` (the mean patch tokens an image keeps after pruning layer `i`) and the FLOPs per
+    image those counts give (`eval_measured_gflops_per_image`, `eval_measured_flops_speedup_limit`).
+
+    The adaptive selector's counts differ per image: they are measured on the validation set from the model's
+    `kept_token_counts`, in one extra pass sharded like the Trainer's evaluation, gathered over the processes and
+    under the Trainer's autocast. Fixed-count selectors keep the schedule in every image, so no pass is needed.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    counts = fixed_kept_token_counts(model.config)
+    if counts is None:
+        counts = collect_kept_token_counts(
+            model,
+            trainer.get_eval_dataloader(eval_dataset),
+            gather=trainer.accelerator.gather_for_metrics,
+            context=trainer.autocast_smart_context_manager,
+        )
+    return kept_token_metrics(model.config, counts)
+
+
+def kept_token_keys(config: TriLevelViTConfig) -> list[str]:
+    """The metric names `measured_kept_tokens` writes, in pruning-layer order."""
+    return ["eval_" + KEPT_TOKENS_METRIC.format(layer=layer) for layer in config.token_prune_layers]
 
 
 def model_card_kwargs(model_args: ModelArguments, data_args: DataArguments) -> dict:
@@ -576,6 +720,7 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
     if training_args.do_eval:
         eval_metrics = {**trainer.evaluate(), "eval_samples": len(dataset["validation"])}
         eval_metrics.update(sparsity_metrics(trainer.model.config))
+        eval_metrics.update(measured_kept_tokens(trainer, dataset["validation"]))
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
@@ -589,10 +734,15 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
         if "eval_accuracy" in metrics:
             top5 = f"  (top-5: {metrics['eval_top5_accuracy']:.4f})" if "eval_top5_accuracy" in metrics else ""
             print(f"\nvalidation accuracy: {metrics['eval_accuracy']:.4f}{top5}")
-            print(
-                f"forward GFLOPs per image: {metrics['eval_gflops_per_image']:.4g} "
-                f"({metrics['flops_speedup_limit']:.2f}x fewer than dense)"
-            )
+            gflops, limit = metrics["eval_gflops_per_image"], metrics["flops_speedup_limit"]
+            if "eval_measured_gflops_per_image" in metrics:  # per-image counts: the config gives an upper bound
+                gflops, limit = metrics["eval_measured_gflops_per_image"], metrics["eval_measured_flops_speedup_limit"]
+            print(f"forward GFLOPs per image: {gflops:.4g} ({limit:.2f}x fewer than dense)")
+            kept = [metrics[key] for key in kept_token_keys(model.config) if key in metrics]
+            if kept:
+                total = num_patches(model.config.image_size, model.config.patch_size)
+                print(f"patch tokens kept per image after each pruning layer (mean): "
+                      f"{' -> '.join(f'{count:.4g}' for count in kept)} of {total}")  # fmt: skip
         print(f"saved to {training_args.output_dir}")
     return trainer, metrics
 

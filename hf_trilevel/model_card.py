@@ -29,10 +29,13 @@ from .model_card_sections import (
     prunes_examples,
     results_rows,
     results_text,
+    selector_name,
     settings_rows,
     size_text,
+    token_method_text,
     training_table,
     training_text,
+    usage_text,
 )
 from .model_card_sources import dataset_info, log_history_metrics, read_result_files, training_from_arguments
 from .value_checks import check_fraction, check_number
@@ -40,6 +43,7 @@ from .value_checks import check_fraction, check_number
 TEMPLATE_NAME = "model_card_template.md"
 BASE_TAGS = ("trilevel-vit", "vision", "image-classification", "vision-transformer", "token-pruning")
 DEFAULT_LICENSE = "apache-2.0"
+SELECTOR_TAGS = {"learned": ["learned-token-selection"], "adaptive": ["adaptive-token-pruning"]}
 METRIC_TYPES = (("accuracy", "accuracy", "Top-1 accuracy"), ("top5_accuracy", "top_5_accuracy", "Top-5 accuracy"))
 
 
@@ -72,7 +76,10 @@ def build_model_card(
         metrics: measured numbers, with or without Trainer's `eval_` prefix: `accuracy` (a fraction in [0, 1]),
             `top5_accuracy`, `train_runtime` (seconds), `epoch`, `example_fraction_seen` (in (0, 1]),
             `measured_speedup` (inference speedup over dense, from `hf-trilevel bench inference`) with an optional
-            `measured_speedup_setup` string (device, batch size). Absent numbers are left out of the card.
+            `measured_speedup_setup` string (device, batch size); for selectors whose counts differ per image
+            (`"adaptive"`), `kept_tokens_layer_<i>` (mean patch tokens kept after pruning layer `i`),
+            `measured_gflops_per_image` and `measured_flops_speedup_limit`, as
+            `hf_trilevel.example_support.kept_token_metrics` writes them. Absent numbers are left out of the card.
         model_name: the card's title and its `model-index` name.
         dataset: Hub id (or loader name, e.g. `imagefolder`) of the data the accuracy was measured on; it becomes the
             `datasets` metadata and the `model-index` dataset. Without it the accuracy is recorded against a
@@ -121,6 +128,7 @@ def build_model_card(
         model_id=model_id or model_name,
         origin=origin,
         prune_layers_text=prune_layers_text(config),
+        token_method_text=token_method_text(config, training),
         fusion_text=fusion_text(config),
         example_text=example_text(training),
         settings_rows=settings_rows(config, num_parameters),
@@ -129,6 +137,7 @@ def build_model_card(
         image_size_text=size_text(config.image_size),
         training_text=training_text(measured, training),
         training_rows=training_table(training),
+        usage_text=usage_text(config),
         evaluation_text=evaluation_text,
     )
     return ModelCard(body)
@@ -203,6 +212,7 @@ def card_tags(config: TriLevelViTConfig, training: dict, extra: list[str] | str 
     tags = list(BASE_TAGS)
     if config.attention_keep_rate < 1.0:
         tags.append("sparse-attention")
+    tags += SELECTOR_TAGS.get(selector_name(config), [])
     if prunes_examples(training):
         tags.append("data-pruning")
     extra = [extra] if isinstance(extra, str) else list(extra or [])

@@ -3,12 +3,16 @@
 `hf_trilevel.model_card.build_model_card` fills the template with these. Nothing here knows about `Trainer` or the
 callbacks, so a card renders the same from a live run, a saved folder or hand-written numbers.
 
+The token selector (`config.token_selector`) shapes the method text, the settings (adaptive: mass, floor, importance)
+and the FLOPs rows: `"adaptive"` keeps per-image counts, so its config fixes only a cap, and the measured mean counts
+and FLOPs are shown when the metrics carry them.
+
 Model sizes are read per layer (`config.layer_num_attention_heads(i)`, `config.layer_intermediate_size(i)`), so a
 structurally slimmed checkpoint shows its real widths; a config without those methods is uniform.
 """
 
 from .configuration_trilevel_vit import TriLevelViTConfig
-from .flops import flops_speedup_limit, forward_flops
+from .flops import dense_config, flops_speedup_limit, forward_flops
 from .formatting import format_duration, format_flops
 from .token_reduction import token_schedule
 from .value_checks import as_pair, num_patches
@@ -24,7 +28,12 @@ TRAINING_FIELDS = {
     "seed": "seed",
     "example_pruning": "example pruning",
     "keep_rate_schedule": "token keep-rate warm-up",
+    "token_selector_temperature": "learned scores' Gumbel temperature",
 }
+# Metric of the mean patch tokens an image keeps after pruning layer `layer` (written by
+# `hf_trilevel.example_support.kept_token_metrics`, read back here; with Trainer's `eval_` prefix in results files).
+KEPT_TOKENS_METRIC = "kept_tokens_layer_{layer}"
+FIXED_COUNT_SELECTORS = ("class_attention", "learned")  # every image keeps `ceil(n * token_keep_rate)`
 
 
 def table_rows(rows: list[tuple[str, str]]) -> str:
@@ -58,6 +67,55 @@ def prune_layers_text(config: TriLevelViTConfig) -> str:
     return f"layers {', '.join(map(str, layers))} (0-indexed) of {config.num_hidden_layers}"
 
 
+def selector_name(config: TriLevelViTConfig) -> str:
+    return getattr(config, "token_selector", "class_attention")
+
+
+def importance_text(config: TriLevelViTConfig) -> str:
+    if getattr(config, "token_importance", "class_attention") == "learned":
+        return "learned scores: a small scorer per pruning layer added to the log of the class-token attention"
+    return "the class token's attention, averaged over heads"
+
+
+def token_method_text(config: TriLevelViTConfig, training: dict | None = None) -> str:
+    """Step 1 of the card's "Method": how this checkpoint's token selector picks the kept patches."""
+    selector = selector_name(config)
+    rate = "`ceil(n * token_keep_rate)`"
+    compounds = "the rate compounds from one pruning layer to the next."
+    if selector == "class_attention":
+        return (
+            "Every patch token is scored by the class token's attention, averaged over heads, and the top "
+            f"{rate} are kept; {compounds}"
+        )
+    if selector == "learned":
+        return (
+            "Every patch token is scored by a small learned scorer of its pruning layer (LayerNorm → Linear(hidden, "
+            "hidden/4) → GELU → Linear(hidden/4, 1), its last layer initialised at zero so that it starts from "
+            "class-attention ranking) added to the log of the class token's attention, and the top "
+            f"{rate} are kept; {compounds} In training the choice is a Gumbel top-k with a straight-through hard "
+            "decision, so the scorer learns from the task loss while dropped tokens are removed all the same"
+            f"{temperature_text(training)}."
+        )
+    if selector == "adaptive":
+        return (
+            "Each image keeps its own number of patch tokens (SaiT-style adaptive pruning): the fewest whose share "
+            f"of the importance ({importance_text(config)}), renormalised over its current patches, reaches "
+            f"`token_keep_mass` = {float(config.token_keep_mass):g}, at most {rate} and at least "
+            "`ceil(n * min(token_min_keep_rate, token_keep_rate))` of its `n` current patches. Easy images keep fewer "
+            "tokens than hard ones; a batch is padded to its largest count (in at most `token_count_buckets` groups "
+            "of similar counts) and padded tokens are masked out of attention."
+        )
+    return f"Patch tokens are picked by the registered `{selector}` token selector at {rate} per layer."
+
+
+def temperature_text(training: dict | None) -> str:
+    """`, its temperature annealed from 10 to 0.1 over the run` when the training dict records the schedule."""
+    schedule = (training or {}).get("token_selector_temperature")
+    if not isinstance(schedule, dict) or "start" not in schedule or "end" not in schedule:
+        return ""
+    return f", its temperature annealed linearly from {schedule['start']:g} to {schedule['end']:g} over the run"
+
+
 def fusion_text(config: TriLevelViTConfig) -> str:
     if config.token_fusion:
         return "The dropped tokens are fused into one extra token, their attention-weighted mean (EViT-style)."
@@ -82,20 +140,52 @@ def example_text(training: dict) -> str:
     return f"This checkpoint was trained with {describe_policy(training['example_pruning'])}."
 
 
-def settings_rows(config: TriLevelViTConfig, num_parameters: int | None) -> str:
-    """The "Settings of this checkpoint" table: keep rates, token schedule, architecture, input, classes."""
+def selector_rows(config: TriLevelViTConfig) -> list[tuple[str, str]]:
+    """The token selector and the config fields it reads (adaptive: mass, floor, importance, buckets)."""
+    selector = selector_name(config)
+    rows = [("`token_selector`", f"`{selector}`")]
+    if selector == "adaptive":
+        for name in ("token_keep_mass", "token_min_keep_rate"):
+            rows.append((f"`{name}`", str(float(getattr(config, name)))))
+        rows.append(("`token_importance`", f"`{getattr(config, 'token_importance', 'class_attention')}`"))
+        if hasattr(config, "token_count_buckets"):
+            rows.append(("`token_count_buckets`", str(config.token_count_buckets)))
+    return rows
+
+
+def kept_tokens_text(config: TriLevelViTConfig) -> str:
+    """`45 → 32 → 22 of 64`; for adaptive the range each image's count lies in (floor chain to cap chain)."""
     patches = num_patches(config.image_size, config.patch_size)
-    counts = token_schedule(patches, config.token_keep_rate, len(config.token_prune_layers))
+    layers = len(config.token_prune_layers)
+    counts = token_schedule(patches, config.token_keep_rate, layers)
+    if not counts:
+        return f"all {patches}"
+    if selector_name(config) != "adaptive":
+        return f"{' → '.join(map(str, counts))} of {patches}"
+    floor = token_schedule(patches, min(float(config.token_min_keep_rate), config.token_keep_rate), layers)
+    return f"per image, between {' → '.join(map(str, floor))} and {' → '.join(map(str, counts))} of {patches}"
+
+
+def measured_kept_tokens(config: TriLevelViTConfig, metrics: dict) -> list[float] | None:
+    """The measured mean kept patch tokens per pruning layer from `metrics` (`KEPT_TOKENS_METRIC`), or None unless
+    every pruning layer has one."""
+    keys = [KEPT_TOKENS_METRIC.format(layer=layer) for layer in config.token_prune_layers]
+    if not keys or any(key not in metrics for key in keys):
+        return None
+    return [float(metrics[key]) for key in keys]
+
+
+def settings_rows(config: TriLevelViTConfig, num_parameters: int | None) -> str:
+    """The "Settings of this checkpoint" table: keep rates, selector, token schedule, architecture, input, classes."""
+    patches = num_patches(config.image_size, config.patch_size)
     dense = " (dense)" if config.attention_keep_rate >= 1 else ""
     rows = [
         ("`token_keep_rate`", str(float(config.token_keep_rate))),
         ("`token_prune_layers`", str(list(config.token_prune_layers))),
         ("`token_fusion`", str(bool(config.token_fusion))),
         ("`attention_keep_rate`", str(float(config.attention_keep_rate)) + dense),
-        (
-            "patch tokens kept after each pruning layer",
-            f"{' → '.join(map(str, counts))} of {patches}" if counts else f"all {patches}",
-        ),
+        *selector_rows(config),
+        ("patch tokens kept after each pruning layer", kept_tokens_text(config)),
         ("architecture", architecture_text(config)),
         (
             "input",
@@ -122,12 +212,30 @@ def results_rows(config: TriLevelViTConfig, metrics: dict) -> str:
         rows.append(("top-1 accuracy", f"{100 * metrics['accuracy']:.2f}%"))
     if "top5_accuracy" in metrics:
         rows.append(("top-5 accuracy", f"{100 * metrics['top5_accuracy']:.2f}%"))
-    dense = TriLevelViTConfig(**{**config.to_dict(), "token_keep_rate": 1.0, "attention_keep_rate": 1.0})
+    per_image = selector_name(config) not in FIXED_COUNT_SELECTORS  # counts differ per image: measure them
+    measured = measured_kept_tokens(config, metrics)
+    if per_image and measured is not None:
+        patches = num_patches(config.image_size, config.patch_size)
+        rows.append(
+            (
+                "patch tokens kept per image after each pruning layer (measured mean)",
+                f"{' → '.join(f'{count:.1f}' for count in measured)} of {patches}",
+            )
+        )
+    cap = ", at its cap: every image at `token_keep_rate`" if per_image else ""
     rows += [
-        ("forward FLOPs per image (this setting)", format_flops(forward_flops(config))),
-        ("forward FLOPs per image, dense (keep rates 1.0)", format_flops(forward_flops(dense))),
-        ("FLOPs speedup limit", f"{flops_speedup_limit(config):.2f}x"),
+        (f"forward FLOPs per image (this setting{cap})", format_flops(forward_flops(config))),
+        ("forward FLOPs per image, dense (keep rates 1.0)", format_flops(forward_flops(dense_config(config)))),
+        (f"FLOPs speedup limit{' (at the cap)' if per_image else ''}", f"{flops_speedup_limit(config):.2f}x"),
     ]
+    if per_image and "measured_gflops_per_image" in metrics and "measured_flops_speedup_limit" in metrics:
+        rows += [
+            (
+                "forward FLOPs per image (measured: each evaluation image at its own counts, averaged)",
+                format_flops(metrics["measured_gflops_per_image"] * 1e9),
+            ),
+            ("FLOPs speedup limit (measured counts)", f"{metrics['measured_flops_speedup_limit']:.2f}x"),
+        ]
     if "measured_speedup" in metrics:
         setup = metrics.get("measured_speedup_setup")
         speedup = f"{metrics['measured_speedup']:.2f}x" + (f" ({setup})" if setup else "")
@@ -141,6 +249,18 @@ def results_rows(config: TriLevelViTConfig, metrics: dict) -> str:
             ("training examples seen (share of epochs x data)", f"{100 * metrics['example_fraction_seen']:.1f}%")
         )
     return table_rows(rows)
+
+
+def usage_text(config: TriLevelViTConfig) -> str:
+    """Extra lines of the usage snippet for the selector's own run-time setting (adaptive: the mass)."""
+    if selector_name(config) != "adaptive":
+        return ""
+    return (
+        "\n# Adaptive selector: a lower mass keeps fewer tokens per image (read on the next forward):\n"
+        "model.config.token_keep_mass = 0.8\n"
+        "# Valid patch tokens each image kept after each pruning layer (adaptive counts differ per image):\n"
+        "counts = model(**inputs, output_kept_token_indices=True).kept_token_counts"
+    )
 
 
 def training_text(metrics: dict, training: dict) -> str:

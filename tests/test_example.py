@@ -24,6 +24,7 @@ from transformers import pipeline
 from hf_trilevel import TriLevelViTForImageClassification
 from hf_trilevel.image_data import DIGIT_NAMES, load_digits_dataset
 from hf_trilevel.metrics import sparsity_metrics
+from hf_trilevel.token_reduction import token_schedule
 
 from .test_checkpoints import CLEAN_ROOM_SCRIPT
 
@@ -178,6 +179,14 @@ def test_example_writes_training_time_examples_seen_and_realised_sparsity(traine
     assert {key: evaluation[key] for key in expected} == pytest.approx(expected)
     assert evaluation["flops_speedup_limit"] > 1.2 and 0 < evaluation["token_fraction_kept"] < 1
     assert json.loads((trained_folder / "all_results.json").read_text()) == {**train, **evaluation}
+
+
+def test_example_writes_the_kept_tokens_per_pruning_layer(trained_folder):
+    evaluation = json.loads((trained_folder / "eval_results.json").read_text())
+    config = TriLevelViTForImageClassification.from_pretrained(trained_folder).config  # class_attention, keep 0.7
+    kept = [evaluation[f"eval_kept_tokens_layer_{layer}"] for layer in config.token_prune_layers]
+    assert kept == token_schedule(64, 0.7, 3) == [45, 32, 23]  # every image keeps the schedule
+    assert evaluation["eval_measured_gflops_per_image"] == pytest.approx(evaluation["eval_gflops_per_image"])
 
 
 def test_example_writes_a_model_card(trained_folder):

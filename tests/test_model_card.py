@@ -9,7 +9,12 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import TrainingArguments, ViTImageProcessorPil
 
-from hf_trilevel import ExamplePruningCallback, KeepRateScheduleCallback, TriLevelTrainer
+from hf_trilevel import (
+    ExamplePruningCallback,
+    KeepRateScheduleCallback,
+    TokenSelectorTemperatureCallback,
+    TriLevelTrainer,
+)
 from hf_trilevel.configuration_trilevel_vit import TriLevelViTConfig
 from hf_trilevel.flops import flops_speedup_limit, forward_flops
 from hf_trilevel.metrics import compute_metrics
@@ -88,6 +93,71 @@ def test_body_shows_flops_against_dense_and_the_flops_speedup_limit(tmp_path):
     assert f"| FLOPs speedup limit | {flops_speedup_limit(config):.2f}x |" in text
     assert "| top-1 accuracy | 87.50% |" in text and "| top-5 accuracy | 99.00% |" in text
     assert "| training time | 42.0 s |" in text
+
+
+ADAPTIVE = {"token_selector": "adaptive", "token_keep_rate": 0.7, "token_keep_mass": 0.8, "token_min_keep_rate": 0.3}
+# What the example writes after its evaluation (`example_support.kept_token_metrics`), prune layers 1, 2, 3.
+MEASURED_COUNTS = {
+    "eval_kept_tokens_layer_1": 38.25,
+    "eval_kept_tokens_layer_2": 24.5,
+    "eval_kept_tokens_layer_3": 15.0,
+    "eval_measured_gflops_per_image": 0.00123,
+    "eval_measured_flops_speedup_limit": 2.34,
+}
+
+
+def test_the_default_selector_is_named_and_described_as_before(tmp_path):
+    text = saved_card(tmp_path, metrics={**METRICS, **MEASURED_COUNTS}).text
+    assert "| `token_selector` | `class_attention` |" in text
+    assert "scored by the class token's attention, averaged over heads, and the top `ceil(n * token_keep_rate)`" in text
+    assert "token_keep_mass" not in text and "measured mean" not in text  # fixed counts: the schedule says it all
+
+
+def test_an_adaptive_card_states_mass_floor_importance_and_the_measured_counts(tmp_path):
+    card = saved_card(tmp_path, config=tiny_config(**ADAPTIVE), metrics={**METRICS, **MEASURED_COUNTS})
+    text = card.text
+    assert "adaptive-token-pruning" in card.data.tags
+    for row in (
+        "| `token_selector` | `adaptive` |",
+        "| `token_keep_mass` | 0.8 |",
+        "| `token_min_keep_rate` | 0.3 |",
+        "| `token_importance` | `class_attention` |",
+        "| `token_count_buckets` | 4 |",
+    ):
+        assert row in text
+    # per image between the floor chain ceil(64 * .3) = 20 -> 6 -> 2 and the cap chain 45 -> 32 -> 23
+    assert "| patch tokens kept after each pruning layer | per image, between 20 → 6 → 2 and 45 → 32 → 23 of 64" in text
+    assert "reaches `token_keep_mass` = 0.8" in text and "the class token's attention, averaged over heads" in text
+    assert "| patch tokens kept per image after each pruning layer (measured mean) | 38.2 → 24.5 → 15.0 of 64 |" in text
+    config = tiny_config(**ADAPTIVE)
+    cap = f"{forward_flops(config) / 1e6:.2f} MFLOPs"
+    assert f"| forward FLOPs per image (this setting, at its cap: every image at `token_keep_rate`) | {cap} |" in text
+    assert f"| FLOPs speedup limit (at the cap) | {flops_speedup_limit(config):.2f}x |" in text
+    assert (
+        "| forward FLOPs per image (measured: each evaluation image at its own counts, averaged) | 1.23 MFLOPs |"
+        in text
+    )
+    assert "| FLOPs speedup limit (measured counts) | 2.34x |" in text
+    assert "model.config.token_keep_mass = 0.8" in text  # the usage snippet shows the run-time knob
+
+
+def test_an_adaptive_card_without_measured_counts_shows_only_the_bounds(tmp_path):
+    text = saved_card(tmp_path, config=tiny_config(**ADAPTIVE, token_importance="learned")).text
+    assert "| `token_importance` | `learned` |" in text and "(learned scores: a small scorer" in text
+    assert "measured mean" not in text and "measured counts" not in text
+
+
+def test_a_learned_card_describes_the_scorer_and_its_temperature_schedule(tmp_path):
+    config = tiny_config(token_selector="learned", token_keep_rate=0.7)
+    schedule = TokenSelectorTemperatureCallback(start=10.0, end=0.1).card_settings()  # what the trainer passes
+    training = {"num_train_epochs": 3, "token_selector_temperature": schedule}
+    card = saved_card(tmp_path, config=config, training=training)
+    assert "learned-token-selection" in card.data.tags
+    assert "| `token_selector` | `learned` |" in card.text and "token_keep_mass" not in card.text
+    assert "Gumbel top-k with a straight-through hard decision" in card.text
+    assert "its temperature annealed linearly from 10 to 0.1 over the run" in card.text
+    assert "| learned scores' Gumbel temperature | start=10.0, end=0.1, schedule=linear per step |" in card.text
+    assert f"| FLOPs speedup limit | {flops_speedup_limit(config):.2f}x |" in card.text
 
 
 def test_measured_speedup_appears_only_when_it_was_measured(tmp_path):
@@ -209,6 +279,14 @@ def test_write_model_card_reads_a_saved_folder_and_its_result_files(tmp_path):
     assert "| training time | 5.0 min |" in card.text
     assert "| epochs | 2 |" in card.text and "| peak learning rate | 0.001 |" in card.text
     assert "| `token_keep_rate` | 0.5 |" in card.text
+
+
+def test_write_model_card_quotes_the_measured_counts_of_an_adaptive_folder(tmp_path):
+    tiny_model(**ADAPTIVE).save_pretrained(tmp_path)
+    (tmp_path / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.5, **MEASURED_COUNTS}))
+    card = ModelCard.load(write_model_card(tmp_path, model_name="saved"))
+    assert "| `token_selector` | `adaptive` |" in card.text
+    assert "(measured mean) | 38.2 → 24.5 → 15.0 of 64 |" in card.text
 
 
 # -- TriLevelTrainer.create_model_card ---------------------------------------------------------------------------------

@@ -10,9 +10,18 @@ import torch
 from PIL import Image
 from transformers import ViTForImageClassification, ViTImageProcessorPil
 
+from hf_trilevel import TriLevelViTForImageClassification
 from hf_trilevel.cli import main
 from hf_trilevel.image_data import load_digits_dataset
-from hf_trilevel.visualize import DROPPED_ALPHA, DROPPED_VEIL, kept_patch_masks, render_kept_tokens
+from hf_trilevel.visualize import (
+    DROPPED_ALPHA,
+    DROPPED_VEIL,
+    kept_patch_counts,
+    kept_patch_masks,
+    kept_tokens,
+    layer_titles,
+    render_kept_tokens,
+)
 
 from .helpers import tiny_model
 
@@ -28,6 +37,18 @@ def checkpoint(tmp_path_factory):
     """
     folder = tmp_path_factory.mktemp("visualize") / "model"
     tiny_model(token_keep_rate=0.5, num_labels=10, initializer_range=1.0).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adaptive_checkpoint(tmp_path_factory):
+    """A tiny model with the adaptive selector whose counts differ between digits (mass 0.7, floor 0.25)."""
+    folder = tmp_path_factory.mktemp("visualize") / "adaptive"
+    model = tiny_model(
+        token_selector="adaptive", token_keep_rate=0.7, token_keep_mass=0.7, num_labels=10, initializer_range=0.3
+    )
+    model.save_pretrained(folder)
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
 
@@ -52,6 +73,47 @@ def test_kept_patch_masks_mark_exactly_the_kept_positions():
 def test_kept_patch_masks_reject_positions_outside_the_grid():
     with pytest.raises(ValueError, match="outside the 2x2 patch grid"):
         kept_patch_masks((torch.tensor([[4]]),), grid=(2, 2))
+
+
+def test_padded_slots_are_no_patch_and_each_image_shows_its_own_kept_set():
+    # The adaptive selector's convention: a batch padded to its largest count, -1 after each image's valid slots.
+    kept = (torch.tensor([[0, 1, 5], [2, -1, -1]]), torch.tensor([[5, -1], [-1, -1]]))
+    masks = kept_patch_masks(kept, grid=(2, 3))
+    np.testing.assert_array_equal(masks[0, 0], [[True, True, False], [False, False, True]])
+    np.testing.assert_array_equal(masks[1, 0], [[False, False, True], [False, False, False]])
+    np.testing.assert_array_equal(masks[0, 1], [[False, False, False], [False, False, True]])
+    assert not masks[1, 1].any()  # position -1 would be the last patch if it were read as an index
+    np.testing.assert_array_equal(kept_patch_counts(kept), [[3, 1], [1, 0]])
+
+
+def test_indices_below_the_padding_marker_are_refused():
+    with pytest.raises(ValueError, match="-1 marks padding"):
+        kept_patch_masks((torch.tensor([[0, -2]]),), grid=(2, 2))
+    with pytest.raises(ValueError, match="-1 marks padding"):
+        kept_patch_counts((torch.tensor([[0, -2]]),))
+
+
+def test_titles_give_the_count_or_the_range_of_per_image_counts():
+    counts = np.array([[45, 32], [45, 20], [45, 27]])
+    assert layer_titles([1, 2], counts, 64) == ["input", "layer 1: 45/64", "layer 2: 20-32/64"]
+
+
+def test_cell_labels_are_tags_on_the_layer_cells_and_keep_the_grid_size():
+    black = Image.new("RGB", (16, 16), (0, 0, 0))
+    masks = np.ones((2, 1, 4, 4), dtype=bool)
+    plain = render_kept_tokens([black, black], masks, patch_size=4, scale=2, gap=4, label_height=10)
+    tagged = render_kept_tokens(
+        [black, black], masks, patch_size=4, scale=2, gap=4, label_height=10, cell_labels=[["16"], ["9"]]
+    )
+    assert tagged.size == plain.size
+    difference = np.any(np.asarray(tagged) != np.asarray(plain), axis=2)
+    rows, columns = np.nonzero(difference)
+    layer_left = 4 + 32 + 4  # after the input cell (16 px x scale 2) and two gaps
+    assert columns.min() >= layer_left and rows.min() >= 10 + 4  # only the layer cells, never the input column
+    second_top = 10 + 4 + 32 + 4
+    assert difference[second_top : second_top + 16, layer_left : layer_left + 16].any()  # the second image's tag
+    with pytest.raises(ValueError, match="`cell_labels` must hold 1 labels for each of the 2 images"):
+        render_kept_tokens([black, black], masks, patch_size=4, cell_labels=[["16"]])
 
 
 def test_rendered_grid_has_the_documented_size():
@@ -97,6 +159,60 @@ def test_kept_tokens_reads_an_image_folder(checkpoint, tmp_path, monkeypatch):
     argv = ["--model", str(checkpoint), "--data", "imagefolder", "--data-dir", str(tmp_path / "images")]
     assert run_cli("kept-tokens", *argv, "--images", "2", "--scale", "1", "--output", str(output)) == 0
     assert Image.open(output).size == (4 * 32 + 5 * 4, 14 + 2 * 32 + 3 * 4)
+
+
+def test_kept_tokens_of_an_adaptive_model_show_each_images_own_count(adaptive_checkpoint, tmp_path, monkeypatch):
+    drawn = {}
+
+    def capture(images, masks, patch_size, **kwargs):
+        drawn.update(masks=masks, **kwargs)
+        return render_kept_tokens(images, masks, patch_size, **kwargs)
+
+    monkeypatch.setattr(kept_tokens, "render_kept_tokens", capture)
+    output = tmp_path / "grid.png"
+    argv = ["--model", str(adaptive_checkpoint), "--images", "6", "--scale", "1", "--output", str(output)]
+    assert run_cli("kept-tokens", *argv) == 0
+    assert Image.open(output).size == (4 * 32 + 5 * 4, 14 + 6 * 32 + 7 * 4)
+
+    model = TriLevelViTForImageClassification.from_pretrained(adaptive_checkpoint).eval()
+    validation = load_digits_dataset(image_size=32)["validation"].select(range(6))
+    processor = ViTImageProcessorPil.from_pretrained(adaptive_checkpoint)
+    pixel_values = processor([image.convert("RGB") for image in validation["image"]], return_tensors="pt")
+    with torch.no_grad():
+        counts = torch.stack(model(**pixel_values, output_kept_token_indices=True).kept_token_counts, dim=1)
+    assert len(set(counts[:, -1].tolist())) > 1  # the images' counts differ: padded slots exist
+    np.testing.assert_array_equal(drawn["masks"].sum(axis=(2, 3)), counts.numpy())  # padding is no patch
+    assert drawn["cell_labels"] == [[str(count) for count in row] for row in counts.tolist()]
+    last = counts[:, -1]
+    assert drawn["titles"][-1] == f"layer {model.config.token_prune_layers[-1]}: {last.min()}-{last.max()}/64"
+
+
+def test_kept_tokens_of_a_fixed_rate_model_have_no_cell_labels(checkpoint, tmp_path, monkeypatch):
+    drawn = {}
+
+    def capture(images, masks, patch_size, **kwargs):
+        drawn.update(kwargs)
+        return render_kept_tokens(images, masks, patch_size, **kwargs)
+
+    monkeypatch.setattr(kept_tokens, "render_kept_tokens", capture)
+    argv = ["--model", str(checkpoint), "--images", "2", "--scale", "1", "--output", str(tmp_path / "grid.png")]
+    assert run_cli("kept-tokens", *argv) == 0
+    assert drawn["cell_labels"] is None
+    assert drawn["titles"] == ["input", "layer 1: 32/64", "layer 2: 16/64", "layer 3: 8/64"]
+
+
+def test_token_keep_mass_one_gives_an_adaptive_model_the_fixed_schedule(adaptive_checkpoint, tmp_path, monkeypatch):
+    drawn = {}
+
+    def capture(images, masks, patch_size, **kwargs):
+        drawn.update(kwargs)
+        return render_kept_tokens(images, masks, patch_size, **kwargs)
+
+    monkeypatch.setattr(kept_tokens, "render_kept_tokens", capture)
+    argv = ["--model", str(adaptive_checkpoint), "--token-keep-mass", "1.0", "--images", "3", "--scale", "1"]
+    assert run_cli("kept-tokens", *argv, "--output", str(tmp_path / "grid.png")) == 0
+    assert drawn["cell_labels"] is None
+    assert drawn["titles"] == ["input", "layer 1: 45/64", "layer 2: 32/64", "layer 3: 23/64"]
 
 
 # -- operating-points command ------------------------------------------------------------------------------------------
@@ -149,6 +265,8 @@ def test_keep_rate_one_has_the_accuracy_of_dense_vit_on_the_same_weights(operati
         (["kept-tokens", "--output", "grid.jpg"], "--output must be a .png file"),
         (["kept-tokens", "--data", "imagefolder"], "--data imagefolder needs --data-dir"),
         (["kept-tokens", "--split", "test"], "--split 'test' is not in the data"),
+        (["kept-tokens", "--token-keep-mass", "0"], "--token-keep-mass must be a number in (0, 1]"),
+        (["kept-tokens", "--token-keep-mass", "0.5"], "--token-keep-mass applies to the adaptive selector"),
         (["operating-points", "--keep-rates", "1.0", "1.5"], "--keep-rates must be a number in (0, 1]"),
         (["operating-points", "--keep-rates", "0.5", "0.5"], "--keep-rates must be distinct"),
     ],

@@ -6,8 +6,11 @@
 from .kept_tokens import (
     DROPPED_ALPHA,
     DROPPED_VEIL,
+    PADDED_SLOT,
     add_kept_tokens_arguments,
+    kept_patch_counts,
     kept_patch_masks,
+    layer_titles,
     render_kept_tokens,
     run_kept_tokens,
 )
@@ -21,9 +24,12 @@ from .operating_points import (
 __all__ = [
     "DROPPED_ALPHA",
     "DROPPED_VEIL",
+    "PADDED_SLOT",
     "add_kept_tokens_arguments",
     "add_operating_points_arguments",
+    "kept_patch_counts",
     "kept_patch_masks",
+    "layer_titles",
     "measure_operating_points",
     "plot_operating_points",
     "render_kept_tokens",

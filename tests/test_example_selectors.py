@@ -1,0 +1,252 @@
+"""The three token selectors in `examples/run_image_classification.py` and `hf_trilevel.example_support`: the
+`--token_selector` flags reach the config (from scratch and over a saved folder), bad values stop before any data
+loads (exit 2), learned scores get the temperature callback, and the final evaluation reports the mean kept tokens
+per pruning layer (measured from `kept_token_counts`) that model cards quote.
+
+One short end-to-end run (adaptive over learned scores, on 64 digits) checks the plumbing; the rest runs in-process
+and stops before training.
+"""
+
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from hf_trilevel import TokenSelectorTemperatureCallback, TriLevelViTForImageClassification
+from hf_trilevel.example_support import (
+    check_config_overrides,
+    collect_kept_token_counts,
+    fixed_kept_token_counts,
+    kept_token_counts,
+    kept_token_metrics,
+    uses_learned_scores,
+)
+from hf_trilevel.flops import measured_flops
+from hf_trilevel.token_reduction import token_schedule
+
+from .helpers import images, tiny_config, tiny_model
+from .test_example import load_example
+from .test_example_workflow import TINY_MODEL
+
+ADAPTIVE = {"token_selector": "adaptive", "token_keep_rate": 0.7, "token_keep_mass": 0.7}
+
+
+@pytest.fixture(scope="module")
+def example():
+    return load_example()
+
+
+def batches_of(pixel_values: torch.Tensor, size: int) -> list[dict]:
+    return [{"pixel_values": chunk, "labels": torch.zeros(len(chunk))} for chunk in pixel_values.split(size)]
+
+
+# --- hf_trilevel.example_support --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("selector", "importance", "learned"),
+    [
+        ("class_attention", "class_attention", False),
+        ("learned", "class_attention", True),
+        ("adaptive", "class_attention", False),
+        ("adaptive", "learned", True),
+    ],
+)
+def test_learned_scores_are_those_of_learned_and_of_adaptive_over_learned_importance(selector, importance, learned):
+    assert uses_learned_scores(tiny_config(token_selector=selector, token_importance=importance)) is learned
+
+
+def test_collected_counts_are_the_models_counts_per_image_and_the_mode_is_restored():
+    model = tiny_model(**ADAPTIVE, initializer_range=0.3).train()
+    pixel_values = images(batch_size=6)
+    gathered = []
+    counts = collect_kept_token_counts(model, batches_of(pixel_values, 4), gather=lambda c: gathered.append(c) or c)
+    assert model.training and len(gathered) == 2  # back in training mode; one gather per batch
+    with torch.no_grad():
+        expected = torch.stack(model.eval()(pixel_values, output_kept_token_indices=True).kept_token_counts, dim=1)
+    torch.testing.assert_close(counts, expected, rtol=0, atol=0)
+    assert counts.shape == (6, 3) and len(set(counts[:, -1].tolist())) > 1  # adaptive: counts differ per image
+
+
+def test_counts_fall_back_to_the_valid_slots_of_the_indices():
+    indices = (torch.tensor([[3, 1, 2], [4, -1, -1]]), torch.tensor([[1], [-1]]))
+    outputs = SimpleNamespace(kept_token_indices=indices)  # an output without `kept_token_counts`
+    torch.testing.assert_close(kept_token_counts(outputs), torch.tensor([[3, 1], [1, 0]]))
+
+
+def test_kept_token_metrics_give_the_mean_per_layer_and_the_measured_flops():
+    config = tiny_config(**ADAPTIVE)
+    counts = torch.tensor([[45, 30, 20], [40, 20, 10], [44, 31, 9]])
+    metrics = kept_token_metrics(config, counts)
+    flops = measured_flops(config, list(counts.T))
+    assert metrics == pytest.approx(
+        {
+            "eval_kept_tokens_layer_1": 43.0,
+            "eval_kept_tokens_layer_2": 27.0,
+            "eval_kept_tokens_layer_3": 13.0,
+            "eval_measured_gflops_per_image": flops.flops_per_image / 1e9,
+            "eval_measured_flops_speedup_limit": flops.speedup_limit,
+        }
+    )
+    assert kept_token_metrics(config, None) == {} and kept_token_metrics(config, counts[:0]) == {}
+
+
+def test_fixed_rate_selectors_measure_the_schedule():
+    model = tiny_model(token_keep_rate=0.5)
+    counts = collect_kept_token_counts(model, batches_of(images(batch_size=3), 2))
+    metrics = kept_token_metrics(model.config, counts, prefix="")
+    assert [metrics[f"kept_tokens_layer_{layer}"] for layer in (1, 2, 3)] == token_schedule(64, 0.5, 3)
+    assert collect_kept_token_counts(tiny_model(token_prune_layers=[]), batches_of(images(), 2)) is None
+
+
+@pytest.mark.parametrize("selector", ["class_attention", "learned"])
+def test_fixed_count_selectors_give_their_schedule_without_a_pass_over_data(selector):
+    model = tiny_model(token_selector=selector, token_keep_rate=0.7)
+    measured = collect_kept_token_counts(model, batches_of(images(batch_size=3), 3))
+    fixed = fixed_kept_token_counts(model.config)
+    assert fixed.tolist() == [token_schedule(64, 0.7, 3)] and (measured == fixed).all()
+    assert fixed_kept_token_counts(tiny_config(**ADAPTIVE)) is None  # per-image counts must be measured
+
+
+def test_config_overrides_are_checked_against_the_config_they_change(tmp_path):
+    scratch = {"image_size": 16, "patch_size": 4, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    check_config_overrides({"token_selector": "adaptive", "token_keep_mass": 0.9}, scratch=scratch)
+    with pytest.raises(ValueError, match="`token_selector` must be one of"):
+        check_config_overrides({"token_selector": "random"}, scratch=scratch)
+    tiny_model(token_prune_layers=[]).save_pretrained(tmp_path / "unpruned")
+    check_config_overrides({"token_selector": "adaptive"}, model_name_or_path=str(tmp_path / "unpruned"))
+    with pytest.raises(ValueError, match="`token_prune_layers` is empty"):  # the checkpoint's layers, not a default
+        check_config_overrides({"token_selector": "learned"}, model_name_or_path=str(tmp_path / "unpruned"))
+
+
+# --- examples/run_image_classification.py: flags ----------------------------------------------------------------------
+
+
+def test_selector_flags_reach_the_config_from_scratch(example):
+    argv = ["--token_selector", "adaptive", "--token_keep_mass", "0.8", "--token_min_keep_rate", "0.3"]
+    argv += ["--token_importance", "learned", "--token_count_buckets", "2"]
+    model_args = example.parse_flags_or_json(example.build_parser(), argv, example.resolve_defaults)[0]
+    config = example.build_config(model_args, ["a", "b"])
+    assert (config.token_selector, config.token_keep_mass, config.token_min_keep_rate) == ("adaptive", 0.8, 0.3)
+    assert (config.token_importance, config.token_count_buckets) == ("learned", 2)
+    assert config.token_keep_rate == 0.7  # the scratch default stays
+    assert "{class_attention,learned,adaptive}" in example.build_parser().format_help()
+
+
+def test_selector_flags_win_over_a_saved_folder_and_its_values_stay_otherwise(example, tmp_path):
+    tiny_model(**ADAPTIVE, token_min_keep_rate=0.4).save_pretrained(tmp_path / "adaptive")
+    names = [str(index) for index in range(5)]
+    kept = example.build_config(example.ModelArguments(model_name_or_path=str(tmp_path / "adaptive")), names)
+    assert (kept.token_selector, kept.token_keep_mass, kept.token_min_keep_rate) == ("adaptive", 0.7, 0.4)
+    given = example.ModelArguments(
+        model_name_or_path=str(tmp_path / "adaptive"), token_selector="learned", token_keep_mass=0.9
+    )
+    config = example.build_config(given, names)
+    assert (config.token_selector, config.token_keep_mass, config.token_min_keep_rate) == ("learned", 0.9, 0.4)
+
+
+@pytest.mark.parametrize(
+    ("pruning", "selector", "importance", "expected"),
+    [
+        ({}, "learned", "class_attention", (10.0, 0.1)),
+        ({"token_selector_temperature_start": 5.0}, "adaptive", "learned", (5.0, 0.1)),
+        ({}, "adaptive", "class_attention", None),
+        ({}, "class_attention", "class_attention", None),
+    ],
+)
+def test_learned_scores_get_the_temperature_callback(example, pruning, selector, importance, expected):
+    config = tiny_config(token_selector=selector, token_importance=importance)
+    callbacks = example.build_temperature_callback(example.PruningArguments(**pruning), config)
+    if expected is None:
+        assert callbacks == []
+    else:
+        (callback,) = callbacks
+        assert isinstance(callback, TokenSelectorTemperatureCallback)
+        assert (callback.start, callback.end) == expected
+
+
+def test_a_temperature_without_learned_scores_is_ignored_with_a_notice(example, caplog):
+    config = tiny_config(token_selector="class_attention")
+    with caplog.at_level(logging.WARNING, logger="run_image_classification"):
+        assert (
+            example.build_temperature_callback(example.PruningArguments(token_selector_temperature_end=1.0), config)
+            == []
+        )
+    assert "--token_selector_temperature_end is ignored" in caplog.text
+
+
+def test_prepare_builds_a_learned_model_with_the_temperature_callback(example, tmp_path):
+    argv = [*TINY_MODEL, "--token_selector", "learned", "--max_train_samples", "8", "--max_eval_samples", "8"]
+    setup = example.prepare([*argv, "--output_dir", str(tmp_path), "--disable_tqdm", "True"])
+    assert setup.model.config.token_selector == "learned"
+    assert [type(callback) for callback in setup.callbacks] == [TokenSelectorTemperatureCallback]
+
+
+# --- bad input: exit 2 before any data loads --------------------------------------------------------------------------
+
+BAD_SELECTOR_INPUT = {
+    "unknown selector": (["--token_selector", "random"], "`token_selector` must be one of"),
+    "mass above 1": (["--token_keep_mass", "1.5"], "`token_keep_mass` must be"),
+    "mass 0": (["--token_keep_mass", "0"], "`token_keep_mass` must be"),
+    "floor above 1": (["--token_min_keep_rate", "2"], "`token_min_keep_rate` must be"),
+    "unknown importance": (["--token_importance", "entropy"], "`token_importance` must be one of"),
+    "temperature 0": (["--token_selector_temperature_end", "0"], "--token_selector_temperature_end must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SELECTOR_INPUT))
+def test_bad_selector_input_stops_before_the_data_loads(case, example, tmp_path, capsys):
+    argv, message = BAD_SELECTOR_INPUT[case]
+    # A missing --train_dir would be the error if the data were loaded first.
+    argv = [*argv, "--train_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as raised:
+        example.main(argv)
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "--train_dir" not in error
+
+
+def test_a_learned_selector_without_pruning_layers_is_a_usage_error(example, tmp_path, capsys):
+    arguments = {"token_selector": "learned", "token_prune_layers": [], "output_dir": str(tmp_path / "out")}
+    (tmp_path / "args.json").write_text(json.dumps({**arguments, "train_dir": str(tmp_path / "missing")}))
+    with pytest.raises(SystemExit) as raised:
+        example.main([str(tmp_path / "args.json")])
+    assert raised.value.code == 2
+    assert "`token_prune_layers` is empty" in capsys.readouterr().err
+
+
+# --- end to end -------------------------------------------------------------------------------------------------------
+
+
+def test_an_adaptive_run_reports_the_mean_kept_tokens_per_layer_and_its_card_quotes_them(example, tmp_path, capsys):
+    example.run(
+        [
+            *TINY_MODEL,
+            "--token_selector", "adaptive", "--token_importance", "learned", "--token_keep_mass", "0.6",
+            "--num_train_epochs", "1", "--max_train_samples", "32", "--max_eval_samples", "32",
+            "--per_device_train_batch_size", "16", "--logging_steps", "1",
+            "--output_dir", str(tmp_path), "--disable_tqdm", "True",
+        ]
+    )  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert "selector adaptive (token_keep_mass=0.6" in stdout
+    assert "patch tokens kept per image after each pruning layer (mean): " in stdout
+    # The temperature callback annealed the learned scores from 10 (step 1) to 0.1 (the last step, 2).
+    assert "'token_selector_temperature': '10'" in stdout and "'token_selector_temperature': '0.1'" in stdout
+    model = TriLevelViTForImageClassification.from_pretrained(tmp_path)
+    config = model.config
+    assert (config.token_selector, config.token_importance, config.token_keep_mass) == ("adaptive", "learned", 0.6)
+    evaluation = json.loads((tmp_path / "eval_results.json").read_text())
+    patches, layers = 16, config.token_prune_layers  # 16 px images of 4 px patches; 2 layers: [0, 1]
+    means = [evaluation[f"eval_kept_tokens_layer_{layer}"] for layer in layers]
+    caps = token_schedule(patches, 0.7, len(layers))
+    floors = token_schedule(patches, 0.25, len(layers))
+    assert all(floor <= mean <= cap for floor, mean, cap in zip(floors, means, caps, strict=True))
+    assert evaluation["eval_measured_gflops_per_image"] <= evaluation["eval_gflops_per_image"]  # the cap
+    assert json.loads((tmp_path / "all_results.json").read_text())["eval_kept_tokens_layer_0"] == means[0]
+    card = (tmp_path / "README.md").read_text()
+    assert "| `token_selector` | `adaptive` |" in card and "| `token_keep_mass` | 0.6 |" in card
+    assert "(measured mean) | " + " → ".join(f"{mean:.1f}" for mean in means) in card
+    assert "| learned scores' Gumbel temperature | start=10.0, end=0.1, schedule=linear per step |" in card
