@@ -319,6 +319,13 @@ class PruningArguments:
     token_selector_temperature_end: float = field(
         default=0.1, metadata={"help": "Learned scores: the temperature at the last step, > 0."}
     )
+    token_selector_noise_start: float = field(
+        default=1.0, metadata={"help": "Learned scores: Gumbel noise scale at the first step, in [0, 1]."}
+    )
+    token_selector_noise_end: float = field(
+        default=1.0,
+        metadata={"help": "Learned scores: Gumbel noise scale at the last step, in [0, 1] (0: the top scores)."},
+    )
 
 
 @dataclass
@@ -456,11 +463,19 @@ def build_callbacks(pruning_args: PruningArguments, training_args: TrainingArgum
         warmup, decay = pruning_args.keep_rate_warmup_fraction, pruning_args.keep_rate_decay_fraction
         callbacks.append(KeepRateScheduleCallback(warmup_fraction=warmup, decay_fraction=decay))
     for name in TEMPERATURE_FLAGS:  # checked here, before the data; the callback joins once the config is known
-        check_number(name, getattr(pruning_args, name), 0.0, math.inf, high_open=True)
+        if "noise" in name:
+            check_number(name, getattr(pruning_args, name), 0.0, 1.0, low_open=False)
+        else:
+            check_number(name, getattr(pruning_args, name), 0.0, math.inf, high_open=True)
     return callbacks
 
 
-TEMPERATURE_FLAGS = ("token_selector_temperature_start", "token_selector_temperature_end")
+TEMPERATURE_FLAGS = (
+    "token_selector_temperature_start",
+    "token_selector_temperature_end",
+    "token_selector_noise_start",
+    "token_selector_noise_end",
+)
 
 
 def build_temperature_callback(pruning_args: PruningArguments, config: TriLevelViTConfig) -> list:
@@ -469,9 +484,9 @@ def build_temperature_callback(pruning_args: PruningArguments, config: TriLevelV
 
     Called once the config is built: the selector may come from a checkpoint or `--config_name`, not a flag.
     """
-    start, end = (getattr(pruning_args, name) for name in TEMPERATURE_FLAGS)
+    start, end, noise_start, noise_end = (getattr(pruning_args, name) for name in TEMPERATURE_FLAGS)
     if uses_learned_scores(config):
-        return [TokenSelectorTemperatureCallback(start=start, end=end)]
+        return [TokenSelectorTemperatureCallback(start, end, noise_start=noise_start, noise_end=noise_end)]
     defaults = {item.name: item.default for item in fields(PruningArguments)}
     changed = [name for name in TEMPERATURE_FLAGS if getattr(pruning_args, name) != defaults[name]]
     if changed:

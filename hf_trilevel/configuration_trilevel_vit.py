@@ -86,6 +86,7 @@ class SparsitySettings:
     token_min_keep_rate: float = 0.25
     token_selector_temperature: float = 1.0
     token_count_buckets: int = 4
+    token_selector_noise: float = 1.0
 
     @classmethod
     def from_config(cls, config: "TriLevelViTConfig") -> "SparsitySettings":
@@ -105,6 +106,7 @@ class SparsitySettings:
                 "token_selector_temperature", config.token_selector_temperature, 0.0, math.inf, high_open=True
             ),
             check_int("token_count_buckets", config.token_count_buckets, low=1),
+            check_number("token_selector_noise", config.token_selector_noise, 0.0, 1.0, low_open=False),
         )
 
 
@@ -151,6 +153,9 @@ class TriLevelViTConfig(ViTConfig):
         token_selector_temperature (`float`, *optional*, defaults to 1.0):
             Gumbel temperature (> 0) of the learned scores' straight-through top-k in training; anneal it with
             `TokenSelectorTemperatureCallback` (10 -> 0.1 as in SViTE+). Evaluation takes the top scores, no noise.
+        token_selector_noise (`float`, *optional*, defaults to 1.0):
+            Scale of the Gumbel noise on learned scores in training, in [0, 1]: 1.0 keeps a sample from the softmax
+            of the scores, 0.0 their top `k` as evaluation does; `TokenSelectorTemperatureCallback` can anneal it.
         token_count_buckets (`int`, *optional*, defaults to 4):
             `"adaptive"` only: a batch is split into at most this many groups of similar kept counts after a pruning
             layer, each padded to its own largest count, so padding costs little (1 pads the whole batch to its
@@ -177,6 +182,7 @@ class TriLevelViTConfig(ViTConfig):
     token_importance: Any = "class_attention"
     token_selector_temperature: Any = 1.0
     token_count_buckets: Any = 4
+    token_selector_noise: Any = 1.0
     num_attention_heads_per_layer: Any = None
     intermediate_size_per_layer: Any = None
 
@@ -248,6 +254,7 @@ class TriLevelViTConfig(ViTConfig):
         self.token_prune_layers = list(settings.token_prune_layers)
         self.token_keep_mass, self.token_min_keep_rate = settings.token_keep_mass, settings.token_min_keep_rate
         self.token_selector_temperature = settings.token_selector_temperature
+        self.token_selector_noise = settings.token_selector_noise
         for name in PER_LAYER_FIELDS:
             setattr(self, name, check_per_layer_sizes(name, getattr(self, name), self.num_hidden_layers))
 

@@ -18,6 +18,7 @@ This file is part of the remote-code set copied into every saved checkpoint: it 
 the standard library and its flat siblings.
 """
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ except ImportError as error:
 from .configuration_trilevel_vit import SparsitySettings, TriLevelViTConfig, check_keep_rate
 from .sparse_attention import check_masked_attention_implementation
 from .token_groups import EncodedTokens, count_groups, merge_groups, trim_group
-from .token_selectors import ZeroInitLinear
+from .token_selectors import ZeroInitLinear, selector_pads_tokens
 from .value_checks import as_pair
 from .vit_layer import TriLevelViTAttention, TriLevelViTLayer
 
@@ -53,6 +54,7 @@ from .vit_layer import TriLevelViTAttention, TriLevelViTLayer
 # registering the ViT renames under our model type makes plain ViT/DeiT folders (and our own saves) load.
 register_checkpoint_conversion_mapping("trilevel_vit", get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
 _V4_KEY_RENAMES = get_checkpoint_conversion_mapping("ViTModel")
+_SCORER_LAYER = re.compile(r"layers?\.(\d+)\.token_selector\.")
 
 AUTO_MAP = {
     "AutoConfig": "configuration_trilevel_vit.TriLevelViTConfig",
@@ -85,8 +87,8 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
     """
 
     kept_token_indices: tuple[torch.LongTensor, ...] | None = None
-    kept_token_counts: tuple[torch.LongTensor, ...] | None = None
     auxiliary_loss: torch.FloatTensor | None = None
+    kept_token_counts: tuple[torch.LongTensor, ...] | None = None  # last, so older tuple positions stay
 
 
 @dataclass
@@ -101,8 +103,8 @@ class TriLevelViTImageClassifierOutput(ImageClassifierOutput):
     """
 
     kept_token_indices: tuple[torch.LongTensor, ...] | None = None
-    kept_token_counts: tuple[torch.LongTensor, ...] | None = None
     auxiliary_loss: torch.FloatTensor | None = None
+    kept_token_counts: tuple[torch.LongTensor, ...] | None = None  # last, so older tuple positions stay
 
 
 class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
@@ -143,13 +145,15 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
         )
         unused = sorted(key for key in info.get("unexpected_keys", ()) if ".token_selector." in key)
         if unused:
+            layers = sorted({int(match.group(1)) for key in unused if (match := _SCORER_LAYER.search(key))})
+            config = model.config
             raise ValueError(
-                f"{pretrained_model_name_or_path} holds trained token-scorer weights ({len(unused)} tensors, e.g. "
-                f"{unused[0]!r}) that `token_selector={model.config.token_selector!r}` (token_importance="
-                f"{model.config.token_importance!r}) has no place for, so they would be dropped. Load it with "
-                "`token_selector='learned'` (or `token_selector='adaptive', token_importance='learned'`), as saved; "
-                "to rank by class-token attention on purpose, load with learned scores and save a copy without "
-                "the `token_selector.` weights."
+                f"{pretrained_model_name_or_path} holds trained token-scorer weights for layers {layers} that this "
+                f"model has no place for (`token_selector={config.token_selector!r}`, `token_importance="
+                f"{config.token_importance!r}`, `token_prune_layers={list(config.token_prune_layers)}`), so they "
+                "would be dropped. Load it with its saved `token_selector` (and `token_importance`) and with "
+                "`token_prune_layers` that include those layers; to rank by class-token attention on purpose, load "
+                "it as saved and save a copy without the `token_selector.` weights."
             )
         return (model, info) if return_info else model
 
@@ -191,6 +195,7 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
         self.config.check_trilevel_fields()
         if self.config.attention_keep_rate < 1.0:
             check_masked_attention_implementation(self.config._attn_implementation)
+        check_padding_attention_implementation(self.config)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save like transformers does (weights under ViT's v4 key names), with every Auto class in `auto_map`.
@@ -203,7 +208,18 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
 
 
 def _add_losses(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
+    """The sum of two optional scalar losses (None when both are)."""
     return second if first is None else first if second is None else first + second
+
+
+def check_padding_attention_implementation(config: TriLevelViTConfig) -> None:
+    """A selector with per-image counts masks its padding through the attention mask, which flash kernels ignore."""
+    if config.token_prune_layers and selector_pads_tokens(config.token_selector):
+        check_masked_attention_implementation(
+            config._attn_implementation,
+            needed_by=f"`token_selector={config.token_selector!r}` (per-image counts, padding masked out of attention)",
+            alternative="use a selector with fixed counts such as 'class_attention'",
+        )
 
 
 def _rename_v4_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
@@ -288,6 +304,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         sparsity = SparsitySettings.from_config(self.config)
         if sparsity.attention_keep_rate < 1.0:
             check_masked_attention_implementation(self.config._attn_implementation)
+        check_padding_attention_implementation(self.config)
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
 
         hidden_states = self.embeddings(
@@ -300,7 +317,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             for name in ("output_hidden_states", "output_attentions")
         )
         buckets = 1 if captures_layers else sparsity.token_count_buckets  # hooks must see whole-batch layers
-        encoded = self.encode(0, hidden_states, patch_positions, None, sparsity, buckets, kwargs)
+        encoded = self._encode(0, hidden_states, patch_positions, None, sparsity, buckets, kwargs)
 
         sequence_output = self.layernorm(encoded.hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
@@ -312,7 +329,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             auxiliary_loss=encoded.auxiliary_loss,
         )
 
-    def encode(
+    def _encode(
         self,
         start: int,
         hidden_states: torch.Tensor,
@@ -348,7 +365,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
                 groups = count_groups(counts, buckets)
                 if len(groups) > 1:
                     rest = [
-                        self.encode(
+                        self._encode(
                             layer.layer_idx + 1,
                             *trim_group(hidden_states, patch_positions, attention_mask, rows, width),
                             sparsity,

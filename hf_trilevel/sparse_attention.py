@@ -22,13 +22,21 @@ from .token_reduction import gather_tokens, kept_counts_for_rate, num_kept_token
 MASKED_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
-def check_masked_attention_implementation(attn_implementation: str | None) -> None:
-    """Raise `ValueError` unless `attn_implementation` can apply an arbitrary attention mask."""
+def check_masked_attention_implementation(
+    attn_implementation: str | None,
+    needed_by: str = "`attention_keep_rate` < 1",
+    alternative: str = "keep `attention_keep_rate=1.0`",
+) -> None:
+    """Raise `ValueError` unless `attn_implementation` can apply an arbitrary attention mask.
+
+    `needed_by` names the setting that needs the mask (attention sparsity, or a selector that pads per-image counts)
+    and `alternative` how to do without it.
+    """
     if attn_implementation not in MASKED_ATTENTION_IMPLEMENTATIONS:
         raise ValueError(
-            f"`attention_keep_rate` < 1 needs an attention implementation that takes an arbitrary mask, one of "
+            f"{needed_by} needs an attention implementation that takes an arbitrary mask, one of "
             f"{list(MASKED_ATTENTION_IMPLEMENTATIONS)}; the model uses {attn_implementation!r}. Load it with "
-            f"`attn_implementation='sdpa'`, or keep `attention_keep_rate=1.0`."
+            f"`attn_implementation='sdpa'`, or {alternative}."
         )
 
 

@@ -104,11 +104,12 @@ def select_top_tokens_per_image(
 def kept_counts_for_rate(num_valid: torch.Tensor, keep_rate: float) -> torch.Tensor:
     """`num_kept_tokens` per image: `ceil(n * keep_rate)` of each image's `n` valid patches, at least 1 and at most n.
 
-    Computed in float64 with the same 6-decimal rounding as `num_kept_tokens`, so a fixed-rate count and a per-image
-    count of the same `n` agree exactly.
+    Integer arithmetic on the rate in millionths (the 6-decimal rounding `num_kept_tokens` applies), so a fixed-rate
+    count and a per-image count of the same `n` agree, and no float64 is needed (some accelerators lack it).
     """
-    scaled = torch.round(num_valid.to(torch.float64) * keep_rate * 1e6) / 1e6
-    return torch.minimum(torch.ceil(scaled).long().clamp_min(1), num_valid.clamp_min(1))
+    millionths = round(keep_rate * 1_000_000)
+    counts = (num_valid.long() * millionths + 999_999) // 1_000_000
+    return torch.minimum(counts.clamp_min(1), num_valid.long().clamp_min(1))
 
 
 def mass_kept_counts(
@@ -136,7 +137,7 @@ def mass_kept_counts(
 
 
 def gumbel_top_tokens(
-    log_scores: torch.Tensor, num_keep: int | torch.Tensor, temperature: float
+    log_scores: torch.Tensor, num_keep: int | torch.Tensor, temperature: float, noise_scale: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Gumbel top-k with a straight-through hard decision: which patches to keep, and gates that carry gradients.
 
@@ -151,14 +152,17 @@ def gumbel_top_tokens(
     Args:
         log_scores: `[batch, patches]`; `-inf` at padded slots.
         num_keep: the same count for every image (int), or `[batch]` int64 per-image counts.
-        temperature: > 0; high early in training (soft, exploratory), low late (close to the hard decision).
+        temperature: > 0, of the soft decision only (the sample does not depend on it): high early in training
+            (gradient for many tokens near the boundary), low late (for the tokens at the boundary).
+        noise_scale: in [0, 1], multiplies the Gumbel noise: 1.0 samples from the softmax of the scores, 0.0 keeps
+            their top `num_keep` (as evaluation does) while the gates still pass gradients.
 
     Returns:
         `(patch_index, valid_mask, gates)`: as `select_top_tokens` (valid_mask None) or `select_top_tokens_per_image`
         for per-image counts, and `[batch, kept]` gates (1 at padded slots).
     """
     uniform = torch.rand_like(log_scores, dtype=torch.float32).clamp_(1e-10, 1.0 - 1e-7)
-    perturbed = log_scores.float() - torch.log(-torch.log(uniform))
+    perturbed = log_scores.float() - noise_scale * torch.log(-torch.log(uniform))
     ranked = perturbed.detach().sort(dim=-1, descending=True).values
     if isinstance(num_keep, int):
         patch_index, valid_mask = select_top_tokens(perturbed.detach(), num_keep), None

@@ -16,6 +16,7 @@ This file is part of the remote-code set copied into every saved checkpoint: it 
 library and flat siblings.
 """
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -41,10 +42,13 @@ class TokenSelection:
 
     Attributes:
         patch_index: `[batch, k]` int64 indices into the layer's current patch axis (0 = first patch token after the
-            class token), ascending within each image's valid slots.
+            class token), ascending within each image's valid slots; or None to keep every token and return only
+            `auxiliary_loss` (how a learned scorer that dropped nothing this step still joins the backward pass, which
+            DDP without `find_unused_parameters` requires).
         scores: `[batch, tokens]` non-negative weights over the current sequence (class token first) that token
             fusion averages the dropped tokens with; required when `token_fusion=True`.
-        kept_counts: `[batch]` int64 number of valid slots per image, or None when every image keeps all `k`.
+        kept_counts: `[batch]` int64 number of valid slots per image, or None when every image keeps all `k`
+            (informational: the layer counts the valid slots from `valid_mask`).
         valid_mask: `[batch, k]` bool, False at padded slots, or None when every slot is valid. Padded slots come
             after each image's valid ones; their indices are ignored (point them at any dropped patch).
         auxiliary_loss: a scalar tensor the model adds to its loss (e.g. a learned selector's budget term), or None.
@@ -55,7 +59,7 @@ class TokenSelection:
             the dropped tokens are physically removed.
     """
 
-    patch_index: torch.Tensor
+    patch_index: torch.Tensor | None
     scores: torch.Tensor | None = None
     kept_counts: torch.Tensor | None = None
     valid_mask: torch.Tensor | None = None
@@ -182,6 +186,19 @@ def patch_log_scores(
     return log_scores.masked_fill(patch_positions < 0, float("-inf"))
 
 
+def scorer_in_graph(
+    scorer: TokenScorer | None, hidden_states: torch.Tensor, patch_positions: torch.Tensor, training: bool
+) -> TokenSelection | None:
+    """Keep every token; in training, add the scorer's output times zero to the loss so its weights get a (zero)
+    gradient. Under DDP without `find_unused_parameters` (the Trainer's setting with gradient checkpointing), a
+    parameter that misses one backward pass stops the run, and a keep-rate warm-up at 1.0 drops nothing for a while.
+    """
+    if scorer is None or not (training and torch.is_grad_enabled()):
+        return None
+    output = scorer(hidden_states[:, 1 : 1 + patch_positions.shape[1]])
+    return TokenSelection(patch_index=None, auxiliary_loss=output.sum() * 0.0)
+
+
 class LearnedSelector(TokenSelector):
     """SViTE+ / DynamicViT, with real savings: a trained `TokenScorer` ranks the patches; the rest are removed.
 
@@ -201,12 +218,14 @@ class LearnedSelector(TokenSelector):
         num_patches = patch_positions.shape[1]
         num_keep = num_kept_tokens(num_patches, keep_rate)
         if num_keep >= num_patches:
-            return None
+            return scorer_in_graph(self.scorer, hidden_states, patch_positions, self.training)
         attention = fusion_scores(query, key, scaling, attention_mask, fusion)
         log_scores = patch_log_scores(self.scorer, hidden_states, attention.detach(), patch_positions)
         if self.training:
-            temperature = settings["sparsity"].token_selector_temperature
-            patch_index, _, gates = gumbel_top_tokens(log_scores, num_keep, temperature)
+            sparsity = settings["sparsity"]
+            patch_index, _, gates = gumbel_top_tokens(
+                log_scores, num_keep, sparsity.token_selector_temperature, sparsity.token_selector_noise
+            )
             return TokenSelection(patch_index=patch_index, scores=attention, token_gates=gates)
         return TokenSelection(patch_index=select_top_tokens(log_scores.detach(), num_keep), scores=attention)
 
@@ -247,12 +266,14 @@ class AdaptiveSelector(TokenSelector):
             )
         padded = patch_positions.shape[1]
         if bool((counts == num_valid).all()):  # every image keeps every patch it has: nothing to drop
-            return None
+            return scorer_in_graph(self.scorer, hidden_states, patch_positions, self.training)
         if bool((num_valid == padded).all()) and bool((counts == counts[0]).all()):
             # No padding in or out (e.g. token_keep_mass=1.0): a rectangular decision, exactly the fixed rate's.
             counts = int(counts[0])
         if self.scorer is not None and self.training:
-            patch_index, valid_mask, gates = gumbel_top_tokens(log_scores, counts, sparsity.token_selector_temperature)
+            patch_index, valid_mask, gates = gumbel_top_tokens(
+                log_scores, counts, sparsity.token_selector_temperature, sparsity.token_selector_noise
+            )
         elif isinstance(counts, int):
             patch_index, valid_mask, gates = select_top_tokens(log_scores.detach(), counts), None, None
         else:
@@ -307,6 +328,17 @@ def check_token_selector(name: object) -> str:
     return name
 
 
+def selector_pads_tokens(name: str) -> bool:
+    """Whether the registered selector `name` returns per-image counts (and so pads batches)."""
+    return _TOKEN_SELECTORS[check_token_selector(name)].pads_tokens
+
+
+def accepts_settings(selector: TokenSelector) -> bool:
+    """Whether `selector.forward` takes the per-forward settings (`**settings` or a `sparsity` keyword)."""
+    parameters = inspect.signature(selector.forward).parameters.values()
+    return any(parameter.kind is parameter.VAR_KEYWORD or parameter.name == "sparsity" for parameter in parameters)
+
+
 def build_token_selector(config, layer_idx: int) -> TokenSelector:
     """The selector `config.token_selector` names, built for layer `layer_idx`."""
     return _TOKEN_SELECTORS[check_token_selector(config.token_selector)](config, layer_idx)
@@ -319,10 +351,12 @@ __all__ = [
     "TokenScorer",
     "TokenSelection",
     "TokenSelector",
+    "accepts_settings",
     "build_token_selector",
     "check_token_selector",
     "learned_scorer_flops",
     "register_token_selector",
     "registered_token_selectors",
+    "selector_pads_tokens",
     "unregister_token_selector",
 ]

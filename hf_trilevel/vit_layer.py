@@ -33,7 +33,7 @@ except ImportError as error:
 from .configuration_trilevel_vit import SparsitySettings
 from .sparse_attention import key_padding_mask, sparse_attention_mask
 from .token_reduction import dropped_token_weights, fuse_weighted_tokens, keep_tokens
-from .token_selectors import TokenSelection, build_token_selector
+from .token_selectors import TokenSelection, accepts_settings, build_token_selector
 
 
 class TriLevelViTAttention(nn.Module):
@@ -114,6 +114,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         # Built where the config prunes; a selector is a module so that a learned one's weights are checkpointed.
         prunes = layer_idx in config.token_prune_layers
         self.token_selector = build_token_selector(config, layer_idx) if prunes else None
+        self.selector_takes_settings = prunes and accepts_settings(self.token_selector)
 
     def forward(
         self,
@@ -171,6 +172,8 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
                 "with the pruning layers you want."
             )
         num_patches = patch_positions.shape[1]
+        # Selectors written before `**settings` existed take only the three keywords; they keep working.
+        settings = {"sparsity": sparsity} if self.selector_takes_settings else {}
         selection = self.token_selector(
             hidden_states,
             query,
@@ -180,10 +183,13 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             keep_rate=sparsity.token_keep_rate,
             fusion=sparsity.token_fusion,
             scaling=self.attention.scaling,
-            sparsity=sparsity,
+            **settings,
         )
+        keep_all_loss = None
+        if selection is not None and selection.patch_index is None:  # keeps every token, returns only a loss
+            keep_all_loss, selection = selection.auxiliary_loss, None
         if selection is None and sparsity.attention_keep_rate >= 1.0:
-            return hidden_states, patch_positions, attention_mask, None  # same tokens, same mask (padding included)
+            return hidden_states, patch_positions, attention_mask, keep_all_loss  # same tokens, same mask
 
         # With a padding selector, an incoming mask may carry padding from an earlier per-image decision; re-applying
         # it is exact (a masked_fill with nothing to fill) when there is none, and avoids a host sync to find out.
@@ -225,7 +231,12 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             )
         if padded:
             mask = key_padding_mask(patch_positions, hidden_states.shape[1], mask, query.dtype, fused_valid)
-        return hidden_states, patch_positions, mask, selection.auxiliary_loss if selection is not None else None
+        return (
+            hidden_states,
+            patch_positions,
+            mask,
+            selection.auxiliary_loss if selection is not None else keep_all_loss,
+        )
 
     def apply_selection(
         self,

@@ -51,7 +51,7 @@ def contrasting_images(batch_size: int = 8, seed: int = 1):
 
 def test_rate_counts_per_image_equal_the_fixed_rate_count_for_every_size():
     sizes = torch.arange(1, 200)
-    for rate in (0.1, 0.25, 0.3, 0.5, 0.7, 0.9, 1.0):
+    for rate in (0.1, 0.25, 0.3, 1 / 3, 0.5, 0.7, 0.9, 0.94, 1.0):
         expected = [num_kept_tokens(int(size), rate) for size in sizes]
         assert kept_counts_for_rate(sizes, rate).tolist() == expected, rate
 

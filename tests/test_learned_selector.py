@@ -130,10 +130,11 @@ def test_evaluation_is_deterministic_and_training_samples():
 
 def test_a_learned_checkpoint_loaded_as_class_attention_is_refused_naming_the_field(tmp_path):
     tiny_model(**LEARNED).save_pretrained(tmp_path)
-    with pytest.raises(
-        ValueError, match=r"token-scorer weights.*`token_selector='class_attention'`.*token_selector='learned'"
-    ):
+    refused = r"token-scorer weights for layers \[1, 2, 3\].*`token_selector='class_attention'`.*saved `token_selector`"
+    with pytest.raises(ValueError, match=refused):
         TriLevelViTForImageClassification.from_pretrained(tmp_path, token_selector="class_attention")
+    with pytest.raises(ValueError, match=r"layers \[3\].*`token_prune_layers=\[1, 2\]`"):
+        TriLevelViTForImageClassification.from_pretrained(tmp_path, token_prune_layers=[1, 2])
     loaded = TriLevelViTForImageClassification.from_pretrained(tmp_path)
     assert loaded.config.token_selector == "learned"
     _, info = TriLevelViTForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
@@ -214,3 +215,49 @@ def test_after_a_short_digits_training_learned_is_about_as_accurate_as_class_att
     learned, class_attention = train_on_digits("learned"), train_on_digits("class_attention")
     print(f"learned {learned:.4f}, class_attention {class_attention:.4f}")
     assert learned >= class_attention - 0.02
+
+
+@pytest.mark.parametrize("overrides", [LEARNED, {"token_selector": "adaptive", "token_importance": "learned"}])
+def test_a_scorer_that_drops_nothing_still_joins_the_backward_pass(overrides):
+    # DDP without find_unused_parameters (the Trainer's choice under gradient checkpointing) stops a run whose
+    # parameter misses a backward pass; a keep-rate warm-up at 1.0 drops nothing for a while.
+    model = tiny_model(**{**overrides, "token_prune_layers": [0, 1, 2]}).train()
+    model.set_keep_rates(token_keep_rate=1.0)
+    outputs = model(images(2), labels=torch.tensor([0, 1]), output_kept_token_indices=True)
+    assert all(kept.shape[1] == 64 for kept in outputs.kept_token_indices)
+    assert outputs.auxiliary_loss is not None and outputs.auxiliary_loss.item() == 0.0
+    outputs.loss.backward()
+    assert all(parameter.grad is not None for parameter in scorer_parameters(model).values())
+    with torch.no_grad():  # evaluation adds nothing
+        assert model.eval()(images(2)).auxiliary_loss is None
+
+
+def test_without_noise_training_keeps_the_top_scores_and_still_passes_gradients():
+    torch.manual_seed(0)
+    log_scores = torch.randn(3, 10, requires_grad=True)
+    patch_index, _, gates = gumbel_top_tokens(log_scores, 4, temperature=0.5, noise_scale=0.0)
+    assert torch.equal(patch_index, log_scores.detach().topk(4).indices.sort(dim=1).values)
+    gates.sum().backward()
+    assert (log_scores.grad.gather(1, patch_index) > 0).all()
+
+
+def test_the_callback_anneals_the_noise_scale_and_the_config_refuses_a_bad_one():
+    from types import SimpleNamespace
+
+    from hf_trilevel import TokenSelectorTemperatureCallback
+
+    with pytest.raises(ValueError, match=r"`noise_end` must be in \[0, 1\]"):
+        TokenSelectorTemperatureCallback(noise_end=1.5)
+    with pytest.raises(ValueError, match=r"`token_selector_noise` must be in \[0, 1\]"):
+        TriLevelViTConfig(token_selector="learned", token_selector_noise=-0.1)
+    model = tiny_model(**LEARNED)
+    callback = TokenSelectorTemperatureCallback(noise_start=1.0, noise_end=0.0)
+    state = SimpleNamespace(max_steps=3, global_step=0)
+    callback.on_train_begin(None, state, None, model=model)
+    noises = []
+    for step in range(3):
+        state.global_step = step
+        callback.on_step_begin(None, state, None, model=model)
+        noises.append(model.config.token_selector_noise)
+    assert noises == [1.0, 0.5, 0.0]
+    assert callback.card_settings()["noise_end"] == 0.0

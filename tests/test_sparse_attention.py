@@ -190,3 +190,12 @@ def test_key_padding_masks_padded_columns_and_keeps_the_rest_of_the_mask():
     combined = key_padding_mask(positions, 5, sparse, torch.float32)
     assert torch.all(combined[0, 0, :, 3] < 0) and torch.all(combined[:, 0, :, 1] < 0)
     assert torch.all(combined[1, 0, :, [0, 2, 3, 4]] == 0)
+
+
+def test_a_padding_selector_on_a_backend_that_cannot_mask_is_rejected_early(attention_without_masks):
+    with pytest.raises(ValueError, match=r"`token_selector='adaptive'` .* needs .*\['eager', 'sdpa'\].*test_no_mask"):
+        tiny_model(token_selector="adaptive", token_keep_mass=0.6, attn_implementation=attention_without_masks)
+    for selector in ("class_attention", "learned"):  # fixed counts: no padding to mask
+        model = tiny_model(token_keep_rate=0.5, token_selector=selector, attn_implementation=attention_without_masks)
+        with torch.no_grad():
+            assert model(images(1)).logits.shape == (1, 5)

@@ -266,3 +266,29 @@ def test_a_selector_that_pads_without_saying_so_is_refused():
             model(images(3))
     finally:
         unregister_token_selector("undeclared_padding")
+
+
+class PreSettingsSelector(ClassAttentionSelector):
+    """A selector written to the first published signature, without `**settings`: it must keep working."""
+
+    def forward(self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling):
+        return super().forward(
+            hidden_states,
+            query,
+            key,
+            patch_positions,
+            attention_mask,
+            keep_rate=keep_rate,
+            fusion=fusion,
+            scaling=scaling,
+        )
+
+
+def test_a_selector_without_settings_in_its_signature_still_runs():
+    register_token_selector("pre_settings", PreSettingsSelector)
+    try:
+        model = tiny_model(token_selector="pre_settings", token_keep_rate=0.5)
+        with torch.no_grad():
+            assert torch.equal(model(images(2)).logits, tiny_model(token_keep_rate=0.5)(images(2)).logits)
+    finally:
+        unregister_token_selector("pre_settings")
