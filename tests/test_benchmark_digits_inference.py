@@ -1,0 +1,45 @@
+"""examples/benchmark_digits_inference.py: trained folders timed on the real digits validation images."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from transformers import ViTImageProcessorPil
+
+from .helpers import sharpen_attention, tiny_model
+
+SCRIPT = Path(__file__).parents[1] / "examples" / "benchmark_digits_inference.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_digits_inference", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rows_report_accuracy_tokens_flops_and_speed_against_dense_vit(tmp_path):
+    folder = tmp_path / "adaptive"
+    model = sharpen_attention(
+        tiny_model(token_selector="adaptive", token_keep_rate=0.9, token_keep_mass=0.6, num_labels=10)
+    )
+    model.save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    output = tmp_path / "rows.json"
+    specs = [str(folder), f'{folder}:{{"token_keep_mass": 1.0}}']
+    threads = torch.get_num_threads()
+    try:
+        rows = load_script().main(
+            [*specs, "--repeats", "1", "--batch-size", "180", "--threads", "1", "--json", str(output)]
+        )
+    finally:
+        torch.set_num_threads(threads)  # the script sets torch's threads for the whole process
+    assert [row["model"] for row in rows] == [*specs, "dense ViT"]
+    adaptive, fixed, dense = rows
+    assert fixed["mean_kept_tokens"] == [58.0, 53.0, 48.0]  # mass 1.0: the cap, ceil(0.9 n) compounded from 64
+    assert all(a <= f for a, f in zip(adaptive["mean_kept_tokens"], fixed["mean_kept_tokens"], strict=True))
+    assert adaptive["flops_speedup_limit"] > fixed["flops_speedup_limit"] > 1.0
+    assert 0.0 <= adaptive["accuracy"] <= 100.0 and dense["speedup"] == 1.0
+    assert all(row["images_per_second"] > 0 for row in rows)
+    assert json.loads(output.read_text())["rows"] == rows
