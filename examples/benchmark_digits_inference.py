@@ -7,7 +7,8 @@
 keeps on real images. This script times each `FOLDER[:JSON overrides]` (any `from_pretrained` keyword, e.g. the
 adaptive `token_keep_mass` or `attention_keep_rate`) on the 360 digits validation images, interleaved with a dense
 transformers `ViTForImageClassification` of the same shape: every model runs once per round, in batches of
-`--batch-size`, and the median round gives images/s and the speedup over dense. Beside each it prints the accuracy,
+`--batch-size`, and the median round gives images/s and the speedup over dense (`--training`: forward and
+backward in train mode, as a training step computes them without the optimizer). Beside each it prints the accuracy,
 the mean patch tokens kept after each pruning layer and the FLOPs limit from those measured counts
 (`hf_trilevel.flops.measured_flops`).
 """
@@ -58,19 +59,31 @@ def describe(model, pixel_values: torch.Tensor, labels: torch.Tensor) -> dict:
     }
 
 
-def time_rounds(models: dict, batches: list[torch.Tensor], repeats: int) -> dict[str, list[float]]:
-    """Seconds per pass over `batches` for every model, interleaved: each round runs each model once."""
-    times = {name: [] for name in models}
-    with torch.no_grad():
-        for model in models.values():  # warm-up
+def run_pass(model, batches: list[torch.Tensor], labels: list[torch.Tensor] | None) -> None:
+    """One pass over `batches`: inference without gradients, or (with labels) forward and backward in train mode."""
+    if labels is None:
+        with torch.no_grad():
             for batch in batches:
                 model(batch)
-        for _ in range(repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                for batch in batches:
-                    model(batch)
-                times[name].append(time.perf_counter() - start)
+        return
+    for batch, batch_labels in zip(batches, labels, strict=True):
+        model(batch, labels=batch_labels).loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def time_rounds(
+    models: dict, batches: list[torch.Tensor], repeats: int, labels: list[torch.Tensor] | None = None
+) -> dict[str, list[float]]:
+    """Seconds per pass over `batches` for every model, interleaved: each round runs each model once."""
+    times = {name: [] for name in models}
+    for model in models.values():  # warm-up
+        model.train(labels is not None)
+        run_pass(model, batches, labels)
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            run_pass(model, batches, labels)
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -83,6 +96,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=120)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", default=None, help="write the rows to this file")
+    parser.add_argument(
+        "--training", action="store_true", help="time forward + backward in train mode instead of inference"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.batch_size < 1:
         parser.error("--repeats and --batch-size must be >= 1")
@@ -100,7 +116,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dense_shape.update(intermediate_size=config.intermediate_size, num_labels=config.num_labels)
     models[DENSE] = ViTForImageClassification(ViTConfig(**dense_shape)).eval()
 
-    times = time_rounds(models, list(pixel_values.split(args.batch_size)), args.repeats)
+    labels_per_batch = list(labels.split(args.batch_size)) if args.training else None
+    times = time_rounds(models, list(pixel_values.split(args.batch_size)), args.repeats, labels_per_batch)
     dense = statistics.median(times[DENSE])
     results = []
     for name, seconds in times.items():

@@ -43,3 +43,10 @@ def test_rows_report_accuracy_tokens_flops_and_speed_against_dense_vit(tmp_path)
     assert 0.0 <= adaptive["accuracy"] <= 100.0 and dense["speedup"] == 1.0
     assert all(row["images_per_second"] > 0 for row in rows)
     assert json.loads(output.read_text())["rows"] == rows
+    try:
+        training = load_script().main(
+            [str(folder), "--repeats", "1", "--batch-size", "180", "--threads", "1", "--training"]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert [row["model"] for row in training] == [str(folder), "dense ViT"] and training[0]["images_per_second"] > 0
