@@ -85,7 +85,7 @@ class SparsitySettings:
     token_keep_mass: float = 1.0
     token_min_keep_rate: float = 0.25
     token_selector_temperature: float = 1.0
-    token_count_buckets: int = 4
+    token_count_buckets: int = 1
     token_selector_noise: float = 1.0
 
     @classmethod
@@ -156,10 +156,12 @@ class TriLevelViTConfig(ViTConfig):
         token_selector_noise (`float`, *optional*, defaults to 1.0):
             Scale of the Gumbel noise on learned scores in training, in [0, 1]: 1.0 keeps a sample from the softmax
             of the scores, 0.0 their top `k` as evaluation does; `TokenSelectorTemperatureCallback` can anneal it.
-        token_count_buckets (`int`, *optional*, defaults to 4):
+        token_count_buckets (`int`, *optional*, defaults to 1):
             `"adaptive"` only: a batch is split into at most this many groups of similar kept counts after a pruning
-            layer, each padded to its own largest count, so padding costs little (1 pads the whole batch to its
-            largest count). Not applied when hidden states or attentions are requested.
+            layer, each padded to its own largest count (1 pads the whole batch to its largest count). Groups trade
+            padding for smaller batches and more kernel calls; on the CPU digits benchmark they did not pay (see
+            docs/benchmarks.md), so they are off by default. Not applied when hidden states or attentions are
+            requested.
         num_attention_heads_per_layer (`list[int]`, *optional*):
             Heads of each layer (one entry per layer); absent means `num_attention_heads` everywhere. The head size
             stays `hidden_size / num_attention_heads`, so a layer with `h` heads projects to `h * head_size`.
@@ -181,7 +183,7 @@ class TriLevelViTConfig(ViTConfig):
     token_min_keep_rate: Any = 0.25
     token_importance: Any = "class_attention"
     token_selector_temperature: Any = 1.0
-    token_count_buckets: Any = 4
+    token_count_buckets: Any = 1
     token_selector_noise: Any = 1.0
     num_attention_heads_per_layer: Any = None
     intermediate_size_per_layer: Any = None

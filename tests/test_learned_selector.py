@@ -210,7 +210,7 @@ def train_on_digits(selector: str) -> float:
 
 
 def test_after_a_short_digits_training_learned_is_about_as_accurate_as_class_attention():
-    # docs/token_selection.md gives the measured accuracies; the tolerance covers run-to-run differences of a
+    # docs/token_selection.md gives the measured accuracies (full runs too); the tolerance covers differences of a
     # 360-image validation set (one image is 0.28 points).
     learned, class_attention = train_on_digits("learned"), train_on_digits("class_attention")
     print(f"learned {learned:.4f}, class_attention {class_attention:.4f}")

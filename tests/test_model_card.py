@@ -122,7 +122,7 @@ def test_an_adaptive_card_states_mass_floor_importance_and_the_measured_counts(t
         "| `token_keep_mass` | 0.8 |",
         "| `token_min_keep_rate` | 0.3 |",
         "| `token_importance` | `class_attention` |",
-        "| `token_count_buckets` | 4 |",
+        "| `token_count_buckets` | 1 |",
     ):
         assert row in text
     # per image between the floor chain ceil(64 * .3) = 20 -> 6 -> 2 and the cap chain 45 -> 32 -> 23
