@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every GPU row of docs/benchmarks.md in one run (target: under 8 minutes on one H200), JSON per row group in $OUT.
+#
+#   OUT=gpu-results bash benchmarks/gpu_rows.sh                       # on the GPU machine
+#   DEVICE=cpu DTYPE=float32 BATCH=4 REPEATS=1 SHAPE="--hidden-size 32 --num-hidden-layers 4 --num-attention-heads 2 \
+#     --intermediate-size 64 --image-size 32 --patch-size 4" OUT=/tmp/gpu-dry bash benchmarks/gpu_rows.sh   # CPU dry run
+#
+# Rows: dense vs TriLevel keep rates and attention sparsity (inference and training steps), and the three token
+# selectors at fixed-rate's token budget (random weights: selector overhead; a trained folder via MODEL=path).
+set -euo pipefail
+DEVICE=${DEVICE:-cuda}
+DTYPE=${DTYPE:-bfloat16}
+BATCH=${BATCH:-256}
+REPEATS=${REPEATS:-9}
+PRESET=${PRESET:-deit-small}
+SHAPE=${SHAPE:-}
+OUT=${OUT:-gpu-results}
+MODEL=${MODEL:-}
+mkdir -p "$OUT"
+BENCH=(python -m hf_trilevel bench)
+COMMON=(--device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH" --repeats "$REPEATS" --no-progress)
+if [[ -z "$SHAPE" ]]; then read -r -a SHAPE_ARGS <<< "--preset $PRESET"; else read -r -a SHAPE_ARGS <<< "$SHAPE"; fi
+
+echo "== inference: keep rates and attention sparsity"
+"${BENCH[@]}" inference "${SHAPE_ARGS[@]}" "${COMMON[@]}" --keep-rates 1 0.7 0.5 --attention-keep-rates 1 0.3 \
+    --json "$OUT/inference.json"
+echo "== training steps"
+"${BENCH[@]}" train "${SHAPE_ARGS[@]}" "${COMMON[@]}" --keep-rates 1 0.7 0.5 --attention-keep-rates 1 \
+    --json "$OUT/train.json"
+echo "== token selectors at fixed-rate's token budget (issue 11)"
+SOURCE=("${SHAPE_ARGS[@]}")
+if [[ -n "$MODEL" ]]; then SOURCE=(--model "$MODEL"); fi
+"${BENCH[@]}" inference "${SOURCE[@]}" "${COMMON[@]}" --keep-rates 0.7 0.5 --attention-keep-rates 1 \
+    --token-selector class_attention learned adaptive --match-fixed-rate --json "$OUT/selectors.json"
+"${BENCH[@]}" inference "${SOURCE[@]}" "${COMMON[@]}" --keep-rates 0.7 --attention-keep-rates 1 \
+    --token-selector adaptive --match-fixed-rate --token-count-buckets 4 --json "$OUT/selectors_groups.json"
+echo "done: $OUT"
