@@ -77,18 +77,14 @@ from hf_trilevel.example_support import (
     check_output_dir,
     check_output_dir_is_a_folder,
     check_training_arguments,
-    collect_kept_token_counts,
     end_distributed,
     examples_trained_per_epoch,
-    fixed_kept_token_counts,
-    kept_token_metrics,
     launched_on_several_processes,
     load_trilevel_model,
     name_flags,
     parse_flags_or_json,
     resolve_resume_checkpoint,
     selector_text,
-    uses_learned_scores,
 )
 from hf_trilevel.image_data import (
     DIGIT_NAMES,
@@ -109,6 +105,7 @@ from hf_trilevel.image_data import (
 )
 from hf_trilevel.metrics import build_compute_metrics, sparsity_metrics
 from hf_trilevel.model_card_sections import KEPT_TOKENS_METRIC
+from hf_trilevel.token_counts import collect_kept_token_counts, fixed_kept_token_counts, kept_token_metrics
 from hf_trilevel.value_checks import as_pair, check_fraction, check_int, check_number, num_patches
 
 logger = logging.getLogger("run_image_classification")
@@ -485,7 +482,7 @@ def build_temperature_callback(pruning_args: PruningArguments, config: TriLevelV
     Called once the config is built: the selector may come from a checkpoint or `--config_name`, not a flag.
     """
     start, end, noise_start, noise_end = (getattr(pruning_args, name) for name in TEMPERATURE_FLAGS)
-    if uses_learned_scores(config):
+    if config.uses_learned_scores():
         return [TokenSelectorTemperatureCallback(start, end, noise_start=noise_start, noise_end=noise_end)]
     defaults = {item.name: item.default for item in fields(PruningArguments)}
     changed = [name for name in TEMPERATURE_FLAGS if getattr(pruning_args, name) != defaults[name]]

@@ -72,12 +72,6 @@ def num_patches(config: TriLevelViTConfig) -> int:
     return _num_patches(config.image_size, config.patch_size)
 
 
-def _uses_learned_scores(config: TriLevelViTConfig) -> bool:
-    return config.token_selector == "learned" or (
-        config.token_selector == "adaptive" and config.token_importance == "learned"
-    )
-
-
 def _selector_scores(config: TriLevelViTConfig, patches: int) -> bool:
     """Whether a pruning layer's selector computes scores for an image with `patches` current patch tokens.
 
@@ -90,7 +84,7 @@ def _selector_scores(config: TriLevelViTConfig, patches: int) -> bool:
 def _selector_flops(config: TriLevelViTConfig, tokens: int, patches: int, inner: int) -> int:
     """A selector's scoring work at one pruning layer, per image, when it scores."""
     flops = 2 * tokens * inner  # class query against every key
-    if _uses_learned_scores(config):
+    if config.uses_learned_scores():
         flops += patches * learned_scorer_flops(config)
     return flops
 

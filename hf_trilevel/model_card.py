@@ -79,7 +79,7 @@ def build_model_card(
             `measured_speedup_setup` string (device, batch size); for selectors whose counts differ per image
             (`"adaptive"`), `kept_tokens_layer_<i>` (mean patch tokens kept after pruning layer `i`),
             `measured_gflops_per_image` and `measured_flops_speedup_limit`, as
-            `hf_trilevel.example_support.kept_token_metrics` writes them. Absent numbers are left out of the card.
+            `hf_trilevel.token_counts.kept_token_metrics` writes them. Absent numbers are left out of the card.
         model_name: the card's title and its `model-index` name.
         dataset: Hub id (or loader name, e.g. `imagefolder`) of the data the accuracy was measured on; it becomes the
             `datasets` metadata and the `model-index` dataset. Without it the accuracy is recorded against a

@@ -31,7 +31,7 @@ TRAINING_FIELDS = {
     "token_selector_temperature": "learned scores' Gumbel temperature",
 }
 # Metric of the mean patch tokens an image keeps after pruning layer `layer` (written by
-# `hf_trilevel.example_support.kept_token_metrics`, read back here; with Trainer's `eval_` prefix in results files).
+# `hf_trilevel.token_counts.kept_token_metrics`, read back here; with Trainer's `eval_` prefix in results files).
 KEPT_TOKENS_METRIC = "kept_tokens_layer_{layer}"
 FIXED_COUNT_SELECTORS = ("class_attention", "learned")  # every image keeps `ceil(n * token_keep_rate)`
 

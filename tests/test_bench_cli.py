@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from hf_trilevel.benchmarks.options import RunTarget, build_models_by_selector, model_shape
+from hf_trilevel.benchmarks.models import build_models_by_selector
+from hf_trilevel.benchmarks.options import RunTarget, model_shape
 from hf_trilevel.benchmarks.timing import TensorMemoryTracker
 from hf_trilevel.benchmarks.token_budget import calibrate_keep_mass, kept_token_counts
 from hf_trilevel.benchmarks.training import StepResult, project_epochs

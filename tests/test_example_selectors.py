@@ -15,15 +15,14 @@ import pytest
 import torch
 
 from hf_trilevel import TokenSelectorTemperatureCallback, TriLevelViTForImageClassification
-from hf_trilevel.example_support import (
-    check_config_overrides,
+from hf_trilevel.example_support import check_config_overrides
+from hf_trilevel.flops import measured_flops
+from hf_trilevel.token_counts import (
     collect_kept_token_counts,
     fixed_kept_token_counts,
     kept_token_counts,
     kept_token_metrics,
-    uses_learned_scores,
 )
-from hf_trilevel.flops import measured_flops
 from hf_trilevel.token_reduction import token_schedule
 
 from .helpers import images, tiny_config, tiny_model
@@ -55,7 +54,7 @@ def batches_of(pixel_values: torch.Tensor, size: int) -> list[dict]:
     ],
 )
 def test_learned_scores_are_those_of_learned_and_of_adaptive_over_learned_importance(selector, importance, learned):
-    assert uses_learned_scores(tiny_config(token_selector=selector, token_importance=importance)) is learned
+    assert tiny_config(token_selector=selector, token_importance=importance).uses_learned_scores() is learned
 
 
 def test_collected_counts_are_the_models_counts_per_image_and_the_mode_is_restored():

@@ -96,7 +96,7 @@ def test_body_shows_flops_against_dense_and_the_flops_speedup_limit(tmp_path):
 
 
 ADAPTIVE = {"token_selector": "adaptive", "token_keep_rate": 0.7, "token_keep_mass": 0.8, "token_min_keep_rate": 0.3}
-# What the example writes after its evaluation (`example_support.kept_token_metrics`), prune layers 1, 2, 3.
+# What the example writes after its evaluation (`token_counts.kept_token_metrics`), prune layers 1, 2, 3.
 MEASURED_COUNTS = {
     "eval_kept_tokens_layer_1": 38.25,
     "eval_kept_tokens_layer_2": 24.5,

@@ -27,7 +27,8 @@ import torch
 
 from ..value_checks import num_patches
 from .measure import Measurement, TimingPlan, measure_settings, random_batch, timing_plan, weights_note
-from .options import Setting, add_setting_arguments, add_shape_arguments, add_target_arguments, trilevel_config
+from .models import trilevel_config
+from .options import Setting, add_setting_arguments, add_shape_arguments, add_target_arguments
 from .report import check_writable, markdown_table, mib, report_payload, write_report
 
 

@@ -20,19 +20,16 @@ import torch
 from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..flops import MeasuredFlops, flops_speedup_limit, forward_flops, measured_flops, num_patches
 from ..token_reduction import token_schedule
+from .models import build_models_by_selector, compile_models, switch_setting, trilevel_config
 from .options import (
     DENSE_NAME,
     ModelShape,
     RunTarget,
     Setting,
-    build_models_by_selector,
-    compile_models,
     model_shape,
     run_target,
     selector_config,
     settings,
-    switch_setting,
-    trilevel_config,
 )
 from .timing import interleaved_times, peak_memories, print_progress
 from .token_budget import Calibration, calibrate_keep_mass, kept_token_counts

@@ -1,32 +1,26 @@
 """What a benchmark compares: the model shape, the TriLevel operating points, and the device and dtype to run on.
 
-Every benchmark builds a dense `transformers.ViTForImageClassification` and a `TriLevelViTForImageClassification`
-per token selector with the *same weights* (a learned selector's scorer is the only extra), so a measured
-difference is the cost of sparsity and nothing else. The weights are random (seeded), or those of a saved folder
-(`--model`). Arguments are checked here, before any model is built, and bad ones raise `CommandError` with the
-argument name and the allowed range.
+The command-line options and the checked values they become (`ModelShape`, `Setting`, `RunTarget`). The models
+they describe are built in `models.py`, with random (seeded) weights or those of a saved folder (`--model`).
+Arguments are checked here, before any model is built, and bad ones raise `CommandError` with the argument name and
+the allowed range.
 """
 
 import argparse
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import ViTConfig, ViTForImageClassification
 from transformers.utils import is_flash_attn_2_available
 
 from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..errors import CommandError, checked_option
-from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..value_checks import as_pair, check_fraction, check_int, check_keep_rate
 
 TOKEN_SELECTORS = ("class_attention", "learned", "adaptive")
 # Fields of a `--model` folder's config that its models keep (the shape comes from `ModelShape`, sparsity per row):
 # those the dense ViT shares, then the TriLevel-only ones.
-CHECKPOINT_VIT_FIELDS = ("hidden_act", "layer_norm_eps", "qkv_bias")
-CHECKPOINT_TRILEVEL_FIELDS = ("token_importance", "token_min_keep_rate", "token_count_buckets")
 DEFAULT_KEEP_MASSES = [0.9]
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -347,89 +341,3 @@ def run_target(args: argparse.Namespace, settings: list[Setting]) -> RunTarget:
     if args.compile and args.warmup < 1:
         raise CommandError("--compile needs --warmup >= 1, so compilation is not timed.")
     return RunTarget(device, DTYPES[args.dtype], args.attn_implementation, args.compile)
-
-
-def switch_setting(model: TriLevelViTForImageClassification, setting: Setting) -> Callable[[], None]:
-    """A call that puts `model` at `setting`; run untimed before each timed call of that setting.
-
-    The selector is fixed when a model is built (a learned one owns weights), so each selector has its own model;
-    the keep rates, fusion and the adaptive mass are read by every forward and switch here.
-    """
-
-    def apply() -> None:
-        model.set_keep_rates(setting.token_keep_rate, setting.attention_keep_rate)
-        model.config.token_fusion = setting.token_fusion
-        if setting.token_selector == "adaptive":
-            model.config.token_keep_mass = setting.token_keep_mass
-
-    return apply
-
-
-def compile_models(target: RunTarget, num_settings: int, *models: torch.nn.Module) -> list:
-    """`torch.compile` each model if asked, allowing one graph per setting.
-
-    The TriLevel model's rates are config values that dynamo specialises on, so each setting is its own graph;
-    beyond `recompile_limit` (8 by default) dynamo would silently fall back to eager and time that instead.
-    """
-    if not target.compile:
-        return list(models)
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, num_settings + 2)
-    return [torch.compile(model) for model in models]
-
-
-def trilevel_config(shape: ModelShape, setting: Setting = Setting(), **extra) -> TriLevelViTConfig:
-    layers = list(shape.token_prune_layers) if shape.token_prune_layers else None
-    return TriLevelViTConfig(**shape.vit_kwargs(), token_prune_layers=layers, **setting.config_kwargs(), **extra)
-
-
-def load_shared_weights(trilevel: torch.nn.Module, state_dict: dict) -> None:
-    """Load another model's weights; only token-scorer weights (`.token_selector.`) may be missing or left over.
-
-    A scorer new to the source (a dense model, or a class-attention checkpoint) keeps its own initialisation, which
-    starts it at class-attention ranking; a source's scorer that the target has no place for is dropped on purpose
-    (the target ranks by class attention). Any other missing or unexpected weight would make the comparison wrong.
-    """
-    missing, unexpected = trilevel.load_state_dict(state_dict, strict=False)
-    missing = [key for key in missing if ".token_selector." not in key]
-    unexpected = [key for key in unexpected if ".token_selector." not in key]
-    if missing or unexpected:
-        raise RuntimeError(f"weights do not match the model: missing {missing}, unexpected {unexpected}.")
-
-
-def build_models(
-    shape: ModelShape, target: RunTarget, cast_weights: bool = True
-) -> tuple[ViTForImageClassification, TriLevelViTForImageClassification]:
-    """Dense ViT and a class-attention TriLevel ViT with identical weights on the target device."""
-    dense, trilevel = build_models_by_selector(shape, target, ["class_attention"], cast_weights)
-    return dense, trilevel["class_attention"]
-
-
-def build_models_by_selector(
-    shape: ModelShape, target: RunTarget, selectors: list[str], cast_weights: bool = True, **config_extra
-) -> tuple[ViTForImageClassification, dict[str, TriLevelViTForImageClassification]]:
-    """Dense ViT and one TriLevel ViT per selector, all with identical weights, on the target device.
-
-    Weights are random (seed 0) or, with `shape.checkpoint`, the saved folder's: it is loaded once as saved, and
-    each selector's model takes its weights (a learned scorer it holds goes to the selectors that have one). Weights
-    are cast to the target dtype for inference (`cast_weights`), kept in float32 for training under autocast.
-    """
-    torch.manual_seed(0)
-    backend = {"attn_implementation": target.attn_implementation}
-    if shape.checkpoint is None:
-        dense = ViTForImageClassification(ViTConfig(**shape.vit_kwargs(), **backend))
-        source, base = dense.state_dict(), {}
-    else:
-        saved = TriLevelViTForImageClassification.from_pretrained(shape.checkpoint)
-        source = saved.state_dict()
-        # The folder's activation, norms and selector details carry over; sparsity is set per row.
-        shared = {name: getattr(saved.config, name) for name in CHECKPOINT_VIT_FIELDS}
-        dense = ViTForImageClassification(ViTConfig(**shape.vit_kwargs(), **shared, **backend))
-        load_shared_weights(dense, source)
-        base = shared | {name: getattr(saved.config, name) for name in CHECKPOINT_TRILEVEL_FIELDS}
-    trilevel = {}
-    for selector in selectors:
-        config = trilevel_config(shape, Setting(token_selector=selector), **backend, **{**base, **config_extra})
-        trilevel[selector] = TriLevelViTForImageClassification(config)
-        load_shared_weights(trilevel[selector], source)
-    dtype = target.dtype if cast_weights else torch.float32
-    return dense.to(target.device, dtype), {name: model.to(target.device, dtype) for name, model in trilevel.items()}

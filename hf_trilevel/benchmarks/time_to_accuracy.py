@@ -36,12 +36,12 @@ from ..metrics import compute_metrics
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..trainer import TriLevelTrainer
 from ..value_checks import check_fraction, check_int
+from .models import load_shared_weights
 from .options import (
     Setting,
     check_divides,
     check_example_keep_fractions,
     checked_device,
-    load_shared_weights,
     selector_config,
     settings,
 )

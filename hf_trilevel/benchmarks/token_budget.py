@@ -13,6 +13,7 @@ import torch
 
 from ..errors import CommandError
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
+from ..token_counts import kept_token_counts as per_image_counts
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,7 @@ def kept_token_counts(model: TriLevelViTForImageClassification, pixel_values: to
     """Per pruning layer, the `[batch]` patch tokens each image kept in one untimed forward at the model's settings."""
     with torch.no_grad():
         outputs = model(pixel_values, output_kept_token_indices=True)
-    counts = getattr(outputs, "kept_token_counts", None)
-    if counts is None:  # valid slots are the non-negative positions (padding is -1)
-        counts = tuple((indices >= 0).sum(dim=1) for indices in outputs.kept_token_indices)
-    return tuple(count.cpu() for count in counts)
+    return tuple(per_image_counts(outputs).T.cpu())
 
 
 def mean_last_count(model: TriLevelViTForImageClassification, pixel_values: torch.Tensor) -> float:
