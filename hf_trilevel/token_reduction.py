@@ -80,21 +80,22 @@ def select_top_tokens(patch_scores: torch.Tensor, num_keep: int) -> torch.Tensor
 
 
 def select_top_tokens_per_image(
-    patch_scores: torch.Tensor, kept_counts: torch.Tensor
+    patch_scores: torch.Tensor, kept_counts: torch.Tensor, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The `kept_counts[i]` highest-scoring patches of image `i`, padded to the largest count.
 
     Args:
         patch_scores: `[batch, patches]`.
         kept_counts: `[batch]` int64, each in [1, patches].
+        width: `max(kept_counts)` if the caller already read it on the host; otherwise it is read here (one device
+            synchronisation).
 
     Returns:
         `(patch_index, valid_mask)`, both `[batch, max(kept_counts)]`: each row holds its kept patches in ascending
         order, then padded slots (`valid_mask` False) whose indices point at dropped patches and must be ignored.
-        Reading `max(kept_counts)` synchronises with the device once per call.
     """
     num_patches = patch_scores.shape[1]
-    width = int(kept_counts.max())
+    width = int(kept_counts.max()) if width is None else width
     ranked = torch.topk(patch_scores, width, dim=-1, sorted=True).indices
     valid_mask = torch.arange(width, device=ranked.device) < kept_counts.unsqueeze(1)
     order = torch.where(valid_mask, ranked, ranked + num_patches).sort(dim=-1).indices
@@ -137,7 +138,11 @@ def mass_kept_counts(
 
 
 def gumbel_top_tokens(
-    log_scores: torch.Tensor, num_keep: int | torch.Tensor, temperature: float, noise_scale: float = 1.0
+    log_scores: torch.Tensor,
+    num_keep: int | torch.Tensor,
+    temperature: float,
+    noise_scale: float = 1.0,
+    width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Gumbel top-k with a straight-through hard decision: which patches to keep, and gates that carry gradients.
 
@@ -156,6 +161,7 @@ def gumbel_top_tokens(
             (gradient for many tokens near the boundary), low late (for the tokens at the boundary).
         noise_scale: in [0, 1], multiplies the Gumbel noise: 1.0 samples from the softmax of the scores, 0.0 keeps
             their top `num_keep` (as evaluation does) while the gates still pass gradients.
+        width: with per-image counts, their maximum if already read on the host (see `select_top_tokens_per_image`).
 
     Returns:
         `(patch_index, valid_mask, gates)`: as `select_top_tokens` (valid_mask None) or `select_top_tokens_per_image`
@@ -168,7 +174,7 @@ def gumbel_top_tokens(
         patch_index, valid_mask = select_top_tokens(perturbed.detach(), num_keep), None
         boundary = ranked[:, num_keep - 1 : num_keep + 1]
     else:
-        patch_index, valid_mask = select_top_tokens_per_image(perturbed.detach(), num_keep)
+        patch_index, valid_mask = select_top_tokens_per_image(perturbed.detach(), num_keep, width)
         last_kept = (num_keep - 1).clamp(0, ranked.shape[1] - 1).unsqueeze(1)
         first_dropped = num_keep.clamp(max=ranked.shape[1] - 1).unsqueeze(1)
         boundary = torch.cat([ranked.gather(1, last_kept), ranked.gather(1, first_dropped)], dim=1)

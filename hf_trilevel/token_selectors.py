@@ -264,20 +264,22 @@ class AdaptiveSelector(TokenSelector):
             counts = mass_kept_counts(
                 importance, num_valid, sparsity.token_keep_mass, keep_rate, sparsity.token_min_keep_rate
             )
-        padded = patch_positions.shape[1]
-        if bool((counts == num_valid).all()):  # every image keeps every patch it has: nothing to drop
+        # One host read decides the path (and the padded width) for the whole batch.
+        counts_host, valid_host = torch.stack([counts, num_valid]).tolist()
+        if counts_host == valid_host:  # every image keeps every patch it has: nothing to drop
             return scorer_in_graph(self.scorer, hidden_states, patch_positions, self.training)
-        if bool((num_valid == padded).all()) and bool((counts == counts[0]).all()):
+        width = max(counts_host)
+        if min(valid_host) == patch_positions.shape[1] and min(counts_host) == width:
             # No padding in or out (e.g. token_keep_mass=1.0): a rectangular decision, exactly the fixed rate's.
-            counts = int(counts[0])
+            counts = width
         if self.scorer is not None and self.training:
             patch_index, valid_mask, gates = gumbel_top_tokens(
-                log_scores, counts, sparsity.token_selector_temperature, sparsity.token_selector_noise
+                log_scores, counts, sparsity.token_selector_temperature, sparsity.token_selector_noise, width
             )
         elif isinstance(counts, int):
             patch_index, valid_mask, gates = select_top_tokens(log_scores.detach(), counts), None, None
         else:
-            patch_index, valid_mask = select_top_tokens_per_image(log_scores.detach(), counts)
+            patch_index, valid_mask = select_top_tokens_per_image(log_scores.detach(), counts, width)
             gates = None
         kept_counts = None if valid_mask is None else counts
         return TokenSelection(
