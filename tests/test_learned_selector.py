@@ -167,14 +167,22 @@ def test_the_temperature_callback_refuses_bad_values_and_models_without_learned_
     state = SimpleNamespace(max_steps=4, global_step=0)
     with pytest.raises(ValueError, match=r"`token_selector='class_attention'`.*has none"):
         callback.on_train_begin(None, state, None, model=tiny_model())
-    model = tiny_model(**LEARNED)
+    schedule = scheduled_values(callback, tiny_model(**LEARNED), 4)
+    assert [temperature for temperature, _ in schedule] == [4.0, 3.0, 2.0, 1.0]
+
+
+def scheduled_values(callback, model, steps: int) -> list[tuple[float, float]]:
+    """(temperature, noise) the callback sets on `model` before each of `steps` optimizer steps."""
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(max_steps=steps, global_step=0)
     callback.on_train_begin(None, state, None, model=model)
-    temperatures = []
-    for step in range(4):
+    values = []
+    for step in range(steps):
         state.global_step = step
         callback.on_step_begin(None, state, None, model=model)
-        temperatures.append(model.config.token_selector_temperature)
-    assert temperatures == [4.0, 3.0, 2.0, 1.0]
+        values.append((model.config.token_selector_temperature, model.config.token_selector_noise))
+    return values
 
 
 def train_on_digits(selector: str) -> float:
@@ -242,7 +250,6 @@ def test_without_noise_training_keeps_the_top_scores_and_still_passes_gradients(
 
 
 def test_the_callback_anneals_the_noise_scale_and_the_config_refuses_a_bad_one():
-    from types import SimpleNamespace
 
     from hf_trilevel import TokenSelectorTemperatureCallback
 
@@ -250,14 +257,7 @@ def test_the_callback_anneals_the_noise_scale_and_the_config_refuses_a_bad_one()
         TokenSelectorTemperatureCallback(noise_end=1.5)
     with pytest.raises(ValueError, match=r"`token_selector_noise` must be in \[0, 1\]"):
         TriLevelViTConfig(token_selector="learned", token_selector_noise=-0.1)
-    model = tiny_model(**LEARNED)
     callback = TokenSelectorTemperatureCallback(noise_start=1.0, noise_end=0.0)
-    state = SimpleNamespace(max_steps=3, global_step=0)
-    callback.on_train_begin(None, state, None, model=model)
-    noises = []
-    for step in range(3):
-        state.global_step = step
-        callback.on_step_begin(None, state, None, model=model)
-        noises.append(model.config.token_selector_noise)
+    noises = [noise for _, noise in scheduled_values(callback, tiny_model(**LEARNED), 3)]
     assert noises == [1.0, 0.5, 0.0]
     assert callback.card_settings()["noise_end"] == 0.0
