@@ -27,6 +27,7 @@ from .token_selectors import LEARNED_SCORE_SELECTORS, TOKEN_IMPORTANCES, check_t
 from .value_checks import as_pair, check_fraction, check_int, check_keep_rate, check_number
 
 PER_LAYER_FIELDS = ("num_attention_heads_per_layer", "intermediate_size_per_layer")
+DENSE_SPARSE_FIELD = "dense_sparse_keep_rates"
 
 
 def default_token_prune_layers(num_hidden_layers: int) -> list[int]:
@@ -70,6 +71,18 @@ def check_per_layer_sizes(name: str, value: object, num_hidden_layers: int) -> l
     return [check_int(f"{name}[{index}]", size, low=1) for index, size in enumerate(value)]
 
 
+def check_dense_sparse_keep_rates(value: object, name: str = DENSE_SPARSE_FIELD) -> list[float] | None:
+    """None, or the distinct keep rates in (0, 1] as a list sorted from the densest; else `ValueError` naming `name`."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"`{name}` must be None or a non-empty list of token keep rates in (0, 1], got {value!r}.")
+    rates = [check_keep_rate(f"{name}[{index}]", rate) for index, rate in enumerate(value)]
+    if len(set(rates)) != len(rates):
+        raise ValueError(f"`{name}` must hold distinct keep rates, got {list(value)}.")
+    return sorted(rates, reverse=True)
+
+
 @dataclass(frozen=True)
 class SparsitySettings:
     """The token- and attention-level settings one forward pass uses, read from the config once.
@@ -87,6 +100,7 @@ class SparsitySettings:
     token_selector_temperature: float = 1.0
     token_count_buckets: int = 1
     token_selector_noise: float = 1.0
+    record_token_importance: bool = False
 
     @classmethod
     def from_config(cls, config: "TriLevelViTConfig") -> "SparsitySettings":
@@ -167,6 +181,11 @@ class TriLevelViTConfig(ViTConfig):
             stays `hidden_size / num_attention_heads`, so a layer with `h` heads projects to `h * head_size`.
         intermediate_size_per_layer (`list[int]`, *optional*):
             MLP width of each layer (one entry per layer); absent means `intermediate_size` everywhere.
+        dense_sparse_keep_rates (`list[float]`, *optional*):
+            The token keep rates this checkpoint was trained to serve with one set of weights (SaiT dense/sparse
+            training, `hf_trilevel.DenseSparseTraining`), densest first; rate 1.0 is the dense model (no token
+            dropping, full attention). A record for cards and tools: the model runs at `token_keep_rate`, which
+            `set_keep_rates` changes. None when the checkpoint was trained at one rate.
 
     Keep rates may be changed on a live model with `model.set_keep_rates(...)`; each forward reads them once. Read
     per-layer sizes through `layer_num_attention_heads(index)` and `layer_intermediate_size(index)`.
@@ -187,6 +206,7 @@ class TriLevelViTConfig(ViTConfig):
     token_selector_noise: Any = 1.0
     num_attention_heads_per_layer: Any = None
     intermediate_size_per_layer: Any = None
+    dense_sparse_keep_rates: Any = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -240,6 +260,7 @@ class TriLevelViTConfig(ViTConfig):
                 f"`token_prune_layers` is empty, so there is no scorer to train. Pass layers in "
                 f"[0, {self.num_hidden_layers - 1}] or use `token_selector='class_attention'`."
             )
+        check_dense_sparse_keep_rates(self.dense_sparse_keep_rates)
 
     def uses_learned_scores(self) -> bool:
         """Whether the pruning layers own a trained scorer (`"learned"`, or `"adaptive"` over learned importance)."""
@@ -259,6 +280,7 @@ class TriLevelViTConfig(ViTConfig):
         self.token_selector_noise = settings.token_selector_noise
         for name in PER_LAYER_FIELDS:
             setattr(self, name, check_per_layer_sizes(name, getattr(self, name), self.num_hidden_layers))
+        self.dense_sparse_keep_rates = check_dense_sparse_keep_rates(self.dense_sparse_keep_rates)
 
     def layer_num_attention_heads(self, index: int) -> int:
         """Attention heads of layer `index`: the one place every reader (model, FLOPs, cards) takes them from."""

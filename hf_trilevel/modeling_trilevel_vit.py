@@ -21,7 +21,7 @@ the standard library and its flat siblings.
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import transformers
@@ -80,6 +80,12 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
         entries of `kept_token_indices`); all equal unless the selector chooses per-image counts.
     auxiliary_loss (`torch.FloatTensor` of shape `()`, *optional*):
         Sum of the token selectors' auxiliary losses over the pruning layers, or None if none returned one.
+    token_importance (`tuple[torch.FloatTensor]`, *optional*, returned with `output_token_importance=True`):
+        One `[batch, patches]` tensor per pruning layer, then one for the last layer, over the original patch
+        positions: the log importance each pruning layer's selector ranked its incoming patches by (its
+        `log_importance`), and the last layer's log class-token attention (what the prediction reads); -inf at
+        patches already dropped (or padded). Not normalised, and carrying gradients: dense/sparse training's
+        importance distillation (`hf_trilevel.DenseSparseTraining`) aligns the first with the dense pass's last.
 
     With per-image counts, `last_hidden_state` is `[class, patches padded to the batch's widest image, (fused)]`;
     padded slots hold no token (zeros where the batch was split into groups by count), so pool patch tokens with
@@ -88,7 +94,8 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
 
     kept_token_indices: tuple[torch.LongTensor, ...] | None = None
     auxiliary_loss: torch.FloatTensor | None = None
-    kept_token_counts: tuple[torch.LongTensor, ...] | None = None  # last, so older tuple positions stay
+    kept_token_counts: tuple[torch.LongTensor, ...] | None = None  # after the older fields, so their positions stay
+    token_importance: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -100,11 +107,14 @@ class TriLevelViTImageClassifierOutput(ImageClassifierOutput):
         See [`TriLevelViTModelOutput`].
     auxiliary_loss (`torch.FloatTensor` of shape `()`, *optional*):
         See [`TriLevelViTModelOutput`]; already included in `loss` when `labels` are given.
+    token_importance (`tuple[torch.FloatTensor]`, *optional*, returned with `output_token_importance=True`):
+        See [`TriLevelViTModelOutput`].
     """
 
     kept_token_indices: tuple[torch.LongTensor, ...] | None = None
     auxiliary_loss: torch.FloatTensor | None = None
-    kept_token_counts: tuple[torch.LongTensor, ...] | None = None  # last, so older tuple positions stay
+    kept_token_counts: tuple[torch.LongTensor, ...] | None = None  # after the older fields, so their positions stay
+    token_importance: tuple[torch.FloatTensor, ...] | None = None
 
 
 class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
@@ -212,6 +222,16 @@ def _add_losses(first: torch.Tensor | None, second: torch.Tensor | None) -> torc
     return second if first is None else first if second is None else first + second
 
 
+def scatter_importance(importance: torch.Tensor, positions: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """`[batch, patches]` importance of the current tokens placed at their original positions; -inf elsewhere.
+
+    Padded slots (position -1) go to a spare last column, which is dropped.
+    """
+    spare = torch.where(positions >= 0, positions, num_patches)
+    placed = importance.new_full((len(importance), num_patches + 1), float("-inf"))
+    return placed.scatter(1, spare, importance)[:, :num_patches]
+
+
 def check_padding_attention_implementation(config: TriLevelViTConfig) -> None:
     """A selector with per-image counts masks its padding through the attention mask, which flash kernels ignore."""
     if config.token_prune_layers and selector_pads_tokens(config.token_selector):
@@ -284,6 +304,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         bool_masked_pos: torch.BoolTensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         output_kept_token_indices: bool | None = None,
+        output_token_importance: bool | None = None,
         **kwargs,
     ) -> TriLevelViTModelOutput:
         r"""
@@ -293,6 +314,9 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             Patches replaced by the mask token (only if the model was built with `use_mask_token=True`).
         output_kept_token_indices (`bool`, *optional*):
             Also return, per pruning layer, the original positions of the surviving patches.
+        output_token_importance (`bool`, *optional*):
+            Also return each pruning layer's and the last layer's token importance (`token_importance`), with
+            gradients; for distillation of token selection. Costs one class-token attention row per such layer.
         """
         if kwargs.get("attention_mask") is not None:
             raise ValueError(
@@ -302,6 +326,8 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         kwargs.pop("attention_mask", None)
         check_pixel_values(pixel_values, self.config, bool(interpolate_pos_encoding))
         sparsity = SparsitySettings.from_config(self.config)
+        if output_token_importance:
+            sparsity = replace(sparsity, record_token_importance=True)
         if sparsity.attention_keep_rate < 1.0:
             check_masked_attention_implementation(self.config._attn_implementation)
         check_padding_attention_implementation(self.config)
@@ -316,7 +342,8 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             kwargs.get(name, getattr(self.config, name, False))
             for name in ("output_hidden_states", "output_attentions")
         )
-        buckets = 1 if captures_layers else sparsity.token_count_buckets  # hooks must see whole-batch layers
+        # Hooks must see whole-batch layers, and importance is returned over the whole batch.
+        buckets = 1 if captures_layers or output_token_importance else sparsity.token_count_buckets
         encoded = self._encode(0, hidden_states, patch_positions, None, sparsity, buckets, kwargs)
 
         sequence_output = self.layernorm(encoded.hidden_states)
@@ -327,6 +354,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             kept_token_indices=tuple(encoded.kept_token_indices) if output_kept_token_indices else None,
             kept_token_counts=tuple(encoded.kept_token_counts) if output_kept_token_indices else None,
             auxiliary_loss=encoded.auxiliary_loss,
+            token_importance=tuple(encoded.token_importance) if output_token_importance else None,
         )
 
     def _encode(
@@ -347,11 +375,14 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         (without further splitting unless buckets are left), then merged back in the original order. Every layer
         treats images independently, so this changes no image's result, only the padding computed.
         """
-        kept_token_indices, kept_token_counts, auxiliary_loss = [], [], None
+        kept_token_indices, kept_token_counts, auxiliary_loss, token_importance = [], [], None, []
+        num_patches = patch_positions.shape[1]  # all of them when importance is recorded (never split into groups)
         for layer in self.layers[start:]:
-            hidden_states, patch_positions, attention_mask, layer_loss = layer(
+            incoming_positions = patch_positions
+            hidden_states, patch_positions, attention_mask, layer_loss, importance = layer(
                 hidden_states, patch_positions, attention_mask, sparsity=sparsity, **layer_kwargs
             )
+            token_importance += [scatter_importance(entry, incoming_positions, num_patches) for entry in importance]
             if attention_mask is not None:
                 attention_mask = attention_mask.detach()  # reentrant checkpointing marks outputs as requiring grad
             auxiliary_loss = _add_losses(auxiliary_loss, layer_loss)
@@ -382,7 +413,9 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
                         kept_token_counts + merged.kept_token_counts,
                         _add_losses(auxiliary_loss, merged.auxiliary_loss),
                     )
-        return EncodedTokens(hidden_states, patch_positions, kept_token_indices, kept_token_counts, auxiliary_loss)
+        return EncodedTokens(
+            hidden_states, patch_positions, kept_token_indices, kept_token_counts, auxiliary_loss, token_importance
+        )
 
 
 class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
@@ -402,19 +435,21 @@ class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         output_kept_token_indices: bool | None = None,
+        output_token_importance: bool | None = None,
         **kwargs,
     ) -> TriLevelViTImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `[batch]`, *optional*):
             Class indices for the loss (cross-entropy for `num_labels > 1`, as in transformers' ViT). The selectors'
             `auxiliary_loss`, if any, is added to it, so a stock `Trainer` trains a learned selector too.
-        output_kept_token_indices (`bool`, *optional*):
+        output_kept_token_indices, output_token_importance (`bool`, *optional*):
             See [`TriLevelViTModel.forward`].
         """
         outputs: TriLevelViTModelOutput = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_kept_token_indices=output_kept_token_indices,
+            output_token_importance=output_token_importance,
             **kwargs,
         )
         logits = self.classifier(outputs.last_hidden_state[:, 0, :])
@@ -431,6 +466,7 @@ class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
             kept_token_indices=outputs.kept_token_indices,
             kept_token_counts=outputs.kept_token_counts,
             auxiliary_loss=outputs.auxiliary_loss,
+            token_importance=outputs.token_importance,
         )
 
 

@@ -12,7 +12,7 @@ This file is part of the remote-code set copied into every saved checkpoint: it 
 library.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +30,7 @@ class EncodedTokens:
     kept_token_indices: list[torch.Tensor]
     kept_token_counts: list[torch.Tensor]
     auxiliary_loss: torch.Tensor | None
+    token_importance: list[torch.Tensor] = field(default_factory=list)  # recorded only for unsplit batches
 
 
 def count_groups(counts: torch.Tensor, max_groups: int) -> list[tuple[torch.Tensor, int]]:

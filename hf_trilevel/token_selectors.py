@@ -111,6 +111,26 @@ class TokenSelector(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement `forward`.")
 
+    def log_importance(
+        self,
+        hidden_states: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        patch_positions: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        *,
+        scaling: float,
+    ) -> torch.Tensor:
+        """`[batch, patches]` log importance of the current patch tokens (-inf at padding), with gradients.
+
+        What the selector ranks by, so that a distillation term can teach it (dense/sparse training aligns it with
+        the dense model's). The default is the log class-token attention, plus the corrections of the selector's
+        `scorer` (a `TokenScorer`) if it has one, as `"learned"` and `"adaptive"` over learned importance rank; a
+        selector with other scores overrides this. Called only when the forward records token importance.
+        """
+        attention = class_token_attention(query, key, scaling, attention_mask)
+        return patch_log_scores(getattr(self, "scorer", None), hidden_states, attention, patch_positions)
+
 
 class ClassAttentionSelector(TokenSelector):
     """Tri-Level E-ViT / EViT: keep the patches the class token attends to most (heads averaged).

@@ -32,8 +32,8 @@ except ImportError as error:
 
 from .configuration_trilevel_vit import SparsitySettings
 from .sparse_attention import key_padding_mask, sparse_attention_mask
-from .token_reduction import dropped_token_weights, fuse_weighted_tokens, keep_tokens
-from .token_selectors import TokenSelection, accepts_settings, build_token_selector
+from .token_reduction import class_token_attention, dropped_token_weights, fuse_weighted_tokens, keep_tokens
+from .token_selectors import TokenSelection, accepts_settings, build_token_selector, patch_log_scores
 
 
 class TriLevelViTAttention(nn.Module):
@@ -114,6 +114,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         # Built where the config prunes; a selector is a module so that a learned one's weights are checkpointed.
         prunes = layer_idx in config.token_prune_layers
         self.token_selector = build_token_selector(config, layer_idx) if prunes else None
+        self.is_last_layer = layer_idx == config.num_hidden_layers - 1
         self.selector_takes_settings = prunes and accepts_settings(self.token_selector)
 
     def forward(
@@ -124,7 +125,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         *,
         sparsity: SparsitySettings,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, ...]]:
         """
         Args:
             hidden_states: `[batch, tokens, hidden]`, class token first (and a fused token last, after fusion).
@@ -134,14 +135,20 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             sparsity: this forward's settings, passed by keyword so a checkpointing recompute reuses them.
 
         Returns:
-            `(hidden_states, patch_positions, attention_mask, auxiliary_loss)`, reduced if this is a pruning layer;
-            `auxiliary_loss` is the selector's (or None).
+            `(hidden_states, patch_positions, attention_mask, auxiliary_loss, token_importance)`, reduced if this is
+            a pruning layer; `auxiliary_loss` is the selector's (or None). `token_importance` is empty unless
+            `sparsity.record_token_importance`: then a pruning layer adds the `[batch, patches]` log importance its
+            selector ranks the incoming patch tokens by, and the last layer its log class-token attention (-inf at
+            padding, with gradients); see `TriLevelViTModelOutput.token_importance`.
         """
         residual = hidden_states
         hidden_states = self.layernorm_before(hidden_states)
         hidden_states, _, query_key = self.attention(hidden_states, attention_mask, **kwargs)
         hidden_states = self.dropout(hidden_states) + residual
 
+        token_importance = ()
+        if sparsity.record_token_importance:
+            token_importance = self.token_importance(hidden_states, patch_positions, *query_key, attention_mask)
         auxiliary_loss = None
         if self.layer_idx in sparsity.token_prune_layers:
             hidden_states, patch_positions, attention_mask, auxiliary_loss = self.reduce(
@@ -153,7 +160,27 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         hidden_states = self.layernorm_after(hidden_states)
         hidden_states = self.mlp(hidden_states)
         hidden_states = self.dropout(hidden_states) + residual
-        return hidden_states, patch_positions, attention_mask, auxiliary_loss
+        return hidden_states, patch_positions, attention_mask, auxiliary_loss, token_importance
+
+    def token_importance(
+        self,
+        hidden_states: torch.Tensor,
+        patch_positions: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """`[batch, patches]` log importance of the current patches: the selector's ranking scores at a pruning
+        layer, then the class token's log attention at the last layer (what the prediction reads)."""
+        found = []
+        log_importance = getattr(self.token_selector, "log_importance", None)
+        if callable(log_importance):
+            scaling = self.attention.scaling
+            found.append(log_importance(hidden_states, query, key, patch_positions, attention_mask, scaling=scaling))
+        if self.is_last_layer:
+            attention = class_token_attention(query, key, self.attention.scaling, attention_mask)
+            found.append(patch_log_scores(None, hidden_states, attention, patch_positions))
+        return tuple(found)
 
     def reduce(
         self,
