@@ -229,6 +229,7 @@ class KeepRateScheduleCallback(TrainingTechnique):
         self._total_steps = 0
 
     name = "keep_rate_schedule"
+    sets_keep_rates = True
 
     def card_settings(self) -> dict:
         return {

@@ -51,12 +51,22 @@ def composed_loss(
     labels = inputs.pop("labels", None)
     if labels is None:
         raise ValueError(missing_labels_message(techniques, inputs, data_collator))
+    for technique in techniques:
+        inputs.update(technique.forward_kwargs())
+
+    def task_loss(outputs: object) -> torch.Tensor:
+        if per_example_loss_func is not None:
+            return per_example_loss_func(outputs, labels)
+        return per_example_loss(model_output(outputs, "logits"), labels, config, label_smoothing)
+
+    def forward(**changes) -> object:
+        return model(**{**inputs, **changes})
+
     outputs = model(**inputs)
-    if per_example_loss_func is not None:
-        losses = per_example_loss_func(outputs, labels)
-    else:
-        losses = per_example_loss(model_output(outputs, "logits"), labels, config, label_smoothing)
-    batch = TrainingBatch(inputs, labels, outputs, losses, example_index=example_index)
+    losses = task_loss(outputs)
+    batch = TrainingBatch(
+        inputs, labels, outputs, losses, example_index=example_index, forward=forward, task_loss=task_loss
+    )
     for technique in techniques:
         technique.observe(batch)
     weighted = losses
@@ -64,6 +74,7 @@ def composed_loss(
         weights = technique.loss_weights(batch)
         if weights is not None:
             weighted = weighted * weights
+            batch.example_weights = weights if batch.example_weights is None else batch.example_weights * weights
     task, batch.step_share = reduce_per_example_loss(weighted, labels, num_items_in_batch, num_processes)
     terms = {TASK_TERM: task}
     auxiliary = model_output(outputs, "auxiliary_loss")

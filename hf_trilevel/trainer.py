@@ -130,6 +130,12 @@ class TriLevelTrainer(Trainer):
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
         num_examples = len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else None
+        setters = [type(technique).__name__ for technique in techniques if technique.sets_keep_rates]
+        if len(setters) > 1:
+            raise ValueError(
+                f"{' and '.join(setters)} all set the model's keep rates every step; pass one of them (a keep-rate "
+                "warm-up goes to DenseSparseTraining as `warmup_fraction` / `decay_fraction`)."
+            )
         for technique in techniques:
             technique.setup(self.args, num_examples, self.args.device)
         self._check_per_example_losses(techniques)

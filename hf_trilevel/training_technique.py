@@ -22,6 +22,7 @@ Nothing here overrides a Trainer method; `TriLevelTrainer` owns the few override
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,13 @@ class TrainingBatch:
         example_index: `[batch]` dataset positions, when a technique set `needs_example_index`.
         step_share: the share of the optimizer step this micro-batch carries; multiply a batch-mean extra term by
             it so it is weighted like the task loss under gradient accumulation and several processes.
+        example_weights: `[batch]` product of every technique's `loss_weights`, or None for all ones; set before
+            `extra_losses` is asked, so a term computed per example can be weighted like the task loss.
+        forward: runs the model again on these inputs exactly as the trainer ran it (the process-wrapped model,
+            under the Trainer's autocast), with keyword arguments added or replaced; for techniques that need more
+            passes of the same batch (dense/sparse training). Its outputs join the same backward pass.
+        task_loss: `(outputs) -> [batch]` per-example task losses of another pass's outputs, computed as
+            `per_example_loss` was (the model's loss function, label smoothing, `per_example_loss_func`).
     """
 
     inputs: dict
@@ -66,6 +74,9 @@ class TrainingBatch:
     per_example_loss: torch.Tensor
     example_index: torch.Tensor | None = None
     step_share: float | torch.Tensor = 1.0
+    example_weights: torch.Tensor | None = None
+    forward: Callable[..., object] | None = None
+    task_loss: Callable[[object], torch.Tensor] | None = None
 
 
 class TrainingTechnique(TrainerCallback):
@@ -75,6 +86,8 @@ class TrainingTechnique(TrainerCallback):
     name: str = "technique"
     #: Whether every batch must carry `example_index` (the dataset position of each example).
     needs_example_index: bool = False
+    #: Whether the technique sets the model's keep rates every step; a run takes at most one such technique.
+    sets_keep_rates: bool = False
 
     def setup(self, args, num_examples: int | None, device: torch.device) -> None:
         """Called once before the train dataloader is built: check the run and plan (raise `ValueError` early)."""
@@ -86,6 +99,10 @@ class TrainingTechnique(TrainerCallback):
             getattr(cls, hook) is not getattr(TrainingTechnique, hook)
             for hook in ("observe", "loss_weights", "extra_losses")
         )
+
+    def forward_kwargs(self) -> dict:
+        """Extra keyword arguments for the model's training forward (e.g. `output_token_importance=True`)."""
+        return {}
 
     def observe(self, batch: TrainingBatch) -> None:
         """Record statistics of a batch (no host synchronisation, please: it runs every step)."""
