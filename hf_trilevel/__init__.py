@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from .callbacks import ExamplePruningCallback, KeepRateScheduleCallback, TokenSelectorTemperatureCallback
 from .configuration_trilevel_vit import TriLevelViTConfig, default_token_prune_layers
 from .data_pruning import ForgettingPolicy, LossPolicy, NoPruning, PruningPolicy
+from .dense_sparse import DenseSparseTraining, operating_point
 from .modeling_trilevel_vit import (
     TriLevelViTForImageClassification,
     TriLevelViTImageClassifierOutput,
@@ -29,6 +30,7 @@ AutoModelForImageClassification.register(TriLevelViTConfig, TriLevelViTForImageC
 __version__ = "0.1.0"
 
 __all__ = [
+    "DenseSparseTraining",
     "ExamplePruningCallback",
     "ForgettingPolicy",
     "KeepRateScheduleCallback",
@@ -48,6 +50,7 @@ __all__ = [
     "TriLevelViTModelOutput",
     "TriLevelViTPreTrainedModel",
     "default_token_prune_layers",
+    "operating_point",
     "register_token_selector",
     "registered_token_selectors",
     "sum_across_processes",
