@@ -25,6 +25,7 @@ from .model_card_sections import (
     TRAINING_FIELDS,
     example_text,
     fusion_text,
+    operating_points_text,
     prune_layers_text,
     prunes_examples,
     results_rows,
@@ -33,17 +34,20 @@ from .model_card_sections import (
     settings_rows,
     size_text,
     token_method_text,
+    trained_keep_rates,
     training_table,
     training_text,
     usage_text,
 )
 from .model_card_sources import dataset_info, log_history_metrics, read_result_files, training_from_arguments
+from .operating_point_table import checked_report, read_operating_points_report
 from .value_checks import check_fraction, check_number
 
 TEMPLATE_NAME = "model_card_template.md"
 BASE_TAGS = ("trilevel-vit", "vision", "image-classification", "vision-transformer", "token-pruning")
 DEFAULT_LICENSE = "apache-2.0"
 SELECTOR_TAGS = {"learned": ["learned-token-selection"], "adaptive": ["adaptive-token-pruning"]}
+DENSE_SPARSE_TAG = "dense-sparse-weight-sharing"
 METRIC_TYPES = (("accuracy", "accuracy", "Top-1 accuracy"), ("top5_accuracy", "top_5_accuracy", "Top-5 accuracy"))
 
 
@@ -68,6 +72,7 @@ def build_model_card(
     language: str | list[str] | None = None,
     tags: list[str] | None = None,
     num_parameters: int | None = None,
+    operating_points: dict | list[dict] | None = None,
 ) -> ModelCard:
     """Render the model card of a TriLevel checkpoint from plain data.
 
@@ -95,6 +100,10 @@ def build_model_card(
         license: license identifier for the metadata.
         language, tags: extra metadata; the TriLevel tags are always added.
         num_parameters: parameter count to show, if known.
+        operating_points: the operating-point report of the checkpoint (`operating_points.json`, as
+            `hf_trilevel.operating_point_table.read_operating_points_report` returns it: `points`, `environment`,
+            `batch_size`, ...; a bare list of points is accepted, shown without its setup). It becomes the
+            "Operating points" section; a dense/sparse checkpoint without one gets the rates it was trained for.
 
     Raises:
         ValueError: naming the argument or metric that is missing or out of range.
@@ -105,6 +114,7 @@ def build_model_card(
         raise ValueError(f"`model_name` must be a non-empty string, got {model_name!r}.")
     measured = normalize_metrics(metrics)
     training = check_training(training)
+    report = None if operating_points is None else checked_report(operating_points, "operating_points")
     dataset_name = dataset_name or dataset or "custom dataset"
     evaluation_text = f"the `{dataset_split}` split of {dataset_name}"
     card_data = ModelCardData(
@@ -134,6 +144,7 @@ def build_model_card(
         settings_rows=settings_rows(config, num_parameters),
         results_text=results_text("accuracy" in measured, evaluation_text),
         results_rows=results_rows(config, measured),
+        operating_points_section=operating_points_text(config, report),
         image_size_text=size_text(config.image_size),
         training_text=training_text(measured, training),
         training_rows=training_table(training),
@@ -213,6 +224,8 @@ def card_tags(config: TriLevelViTConfig, training: dict, extra: list[str] | str 
     if config.attention_keep_rate < 1.0:
         tags.append("sparse-attention")
     tags += SELECTOR_TAGS.get(selector_name(config), [])
+    if trained_keep_rates(config):
+        tags.append(DENSE_SPARSE_TAG)
     if prunes_examples(training):
         tags.append("data-pruning")
     extra = [extra] if isinstance(extra, str) else list(extra or [])
@@ -235,6 +248,9 @@ def trainer_model_card(
     dataset_args: str | list[str] | None = None,
 ) -> ModelCard:
     """The card of the model a `TriLevelTrainer` trained, from what the trainer exposes (see `create_model_card`).
+
+    The operating-point table comes from `args.output_dir/operating_points.json` when the run wrote one
+    (`hf_trilevel.operating_point_table.write_operating_points`).
 
     Metrics: the `*_results.json` files in `args.output_dir`, overridden by this run's log history (its last training
     summary and its last evaluation), so a stale file from an earlier run in the same folder never wins; the share of
@@ -274,11 +290,13 @@ def trainer_model_card(
         language=language,
         tags=[tags] if isinstance(tags, str) else tags,
         num_parameters=model.num_parameters(),
+        operating_points=read_operating_points_report(args.output_dir),
     )
 
 
 __all__ = [
     "DEFAULT_LICENSE",
+    "DENSE_SPARSE_TAG",
     "TEMPLATE_NAME",
     "TRAINING_FIELDS",
     "build_model_card",

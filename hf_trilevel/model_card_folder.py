@@ -3,8 +3,9 @@
     hf-trilevel card outputs/digits-trilevel --dataset-name "scikit-learn digits"
     hf-trilevel card outputs/run --output card.md --model-id you/run --dataset you/data
 
-The card is built from `config.json`, the `*_results.json` files and `training_args.json` (what `TriLevelTrainer`
-writes instead of a pickle), through the same plain-data renderer as a live run's card.
+The card is built from `config.json`, the `*_results.json` files, `training_args.json` (what `TriLevelTrainer`
+writes instead of a pickle) and `operating_points.json` (the operating-point table a dense/sparse run writes), through
+the same plain-data renderer as a live run's card.
 """
 
 import argparse
@@ -15,19 +16,22 @@ from .configuration_trilevel_vit import TriLevelViTConfig
 from .errors import CommandError
 from .model_card import DEFAULT_LICENSE, build_model_card
 from .model_card_sources import read_result_files, training_from_arguments
+from .operating_point_table import read_operating_points_report
 from .trainer import TRAINING_ARGS_JSON
 
 
 def write_model_card(
     folder: str | Path, *, model_name: str | None = None, output: str | Path | None = None, **kwargs
 ) -> Path:
-    """Write the card of a saved TriLevel folder from its `config.json`, `*_results.json` and `training_args.json`.
+    """Write the card of a saved TriLevel folder from its `config.json`, `*_results.json`, `training_args.json` and
+    `operating_points.json`.
 
     `kwargs` go to `build_model_card` (e.g. `dataset=`, `training=`); `model_name` defaults to the folder's name and
     `output` to `README.md` inside the folder. Returns the card's path.
 
     Raises:
-        ValueError: the folder has no `config.json`, or a value the card needs is out of range.
+        ValueError: the folder has no `config.json`, its `operating_points.json` is malformed, or a value the card
+            needs is out of range.
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -37,6 +41,7 @@ def write_model_card(
     if arguments_file.is_file():
         # The file holds the per-device batch size and not the number of processes: no total batch size.
         kwargs.setdefault("training", training_from_arguments(json.loads(arguments_file.read_text(encoding="utf-8"))))
+    kwargs.setdefault("operating_points", read_operating_points_report(folder))
     card = build_model_card(config, read_result_files(folder), model_name=model_name or folder.resolve().name, **kwargs)
     path = Path(output) if output is not None else folder / "README.md"
     card.save(path)

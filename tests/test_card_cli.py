@@ -92,6 +92,41 @@ def test_card_runs_as_python_dash_m(saved_folder):
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
 
 
+def test_card_of_a_dense_sparse_folder_shows_its_operating_points(tmp_path):
+    folder = tmp_path / "dense-sparse"
+    model = tiny_model(token_keep_rate=0.5, attention_keep_rate=0.6)
+    model.config.dense_sparse_keep_rates = [1.0, 0.5]
+    model.save_pretrained(folder)
+    points = [
+        {"token_keep_rate": 1.0, "attention_keep_rate": 1.0, "accuracy": 0.75, "images_per_second": 100.0,
+         "flops_speedup_limit": 1.0},
+        {"token_keep_rate": 0.5, "attention_keep_rate": 0.6, "accuracy": 0.5, "images_per_second": 180.0,
+         "flops_speedup_limit": 1.6},
+    ]  # fmt: skip
+    environment = {"device": "cpu", "processor": "x86_64", "threads": 2}
+    report = {"num_examples": 40, "batch_size": 8, "repeats": 3, "environment": environment, "points": points}
+    (folder / "operating_points.json").write_text(json.dumps(report))
+    assert main(["card", str(folder)]) == 0
+    card = ModelCard.load(folder / "README.md")
+    assert "dense-sparse-weight-sharing" in card.data.tags
+    assert "| 1.0 | 1.0 | 75.00% | 100.0 | 1.00x | 1.00x |" in card.text
+    assert "| 0.5 | 0.6 | 50.00% | 180.0 | 1.80x | 1.60x |" in card.text
+    assert "measured on CPU (x86_64, 2 threads), batches of 8 images, the median of 3 timed rounds" in card.text
+
+
+def test_a_folder_without_operating_points_has_no_section(saved_folder):
+    assert main(["card", str(saved_folder)]) == 0
+    assert "Operating points" not in (saved_folder / "README.md").read_text()
+
+
+def test_a_malformed_operating_points_json_is_a_usage_error(saved_folder, capsys):
+    (saved_folder / "operating_points.json").write_text(json.dumps({"points": "fast"}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["card", str(saved_folder)])
+    assert exit_info.value.code == 2
+    assert "operating_points.json` must hold a `points` list" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [(42.0, "42.0 s"), (119.9, "119.9 s"), (300.0, "5.0 min"), (7199.0, "120.0 min"), (62172.0, "17.27 h")],

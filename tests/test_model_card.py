@@ -376,3 +376,114 @@ def test_trainer_card_is_written_by_the_main_process_only(tmp_path, monkeypatch)
     monkeypatch.undo()
     trainer.create_model_card()
     assert (tmp_path / "README.md").exists()
+
+
+# -- dense/sparse checkpoints: the operating-point section -------------------------------------------------------------
+
+OPERATING_POINTS = {
+    "num_examples": 360,
+    "batch_size": 64,
+    "repeats": 5,
+    "environment": {"device": "NVIDIA H200", "processor": "x86_64", "threads": 16},
+    "points": [
+        {"token_keep_rate": 1.0, "attention_keep_rate": 1.0, "accuracy": 0.9, "images_per_second": 800.0,
+         "flops_speedup_limit": 1.0},
+        {"token_keep_rate": 0.5, "attention_keep_rate": 0.6, "accuracy": 0.85, "images_per_second": 1200.0,
+         "flops_speedup_limit": 1.6},
+    ],
+}  # fmt: skip
+DENSE_SPARSE_SETTINGS = {  # what `DenseSparseTraining.card_settings()` returns
+    "keep_rates": [1.0, 0.5],
+    "schedule": "dense_and_one",
+    "distillation": "self",
+    "distillation_temperature": 2.0,
+    "distillation_weight": 0.5,
+    "importance_weight": 0.0,
+}
+
+
+def dense_sparse_config(**overrides) -> TriLevelViTConfig:
+    return tiny_config(token_keep_rate=0.5, attention_keep_rate=0.6, dense_sparse_keep_rates=[1.0, 0.5], **overrides)
+
+
+def test_a_measured_table_becomes_the_operating_points_section_with_its_setup(tmp_path):
+    card = saved_card(tmp_path, config=dense_sparse_config(), operating_points=OPERATING_POINTS)
+    section = card.text.split("## Operating points\n", 1)[1].split("\n## ", 1)[0]
+    assert "trained with dense/sparse training (SaiT) for token keep rates 1.0 and 0.5" in section
+    assert "One set of weights serves every row: `model.set_keep_rates(token_keep_rate=r, attention_keep_rate=a)`" in (
+        section
+    )
+    assert "keep rate 1.0 is the dense model" in section
+    assert "| 1.0 | 1.0 | 90.00% | 800.0 | 1.00x | 1.00x |" in section
+    assert "| 0.5 | 0.6 | 85.00% | 1,200.0 | 1.50x | 1.60x |" in section
+    assert "Accuracy over 360 images." in section
+    assert "measured on NVIDIA H200, batches of 64 images, the median of 5 timed rounds" in section
+    assert "dense-sparse-weight-sharing" in card.data.tags
+
+
+def test_a_dense_sparse_checkpoint_without_a_table_names_the_rates_it_was_trained_for(tmp_path):
+    config = tiny_config(token_keep_rate=0.5, attention_keep_rate=0.6, dense_sparse_keep_rates=[0.5, 1.0, 0.7])
+    card = saved_card(tmp_path, config=config)
+    section = card.text.split("## Operating points\n", 1)[1].split("\n## ", 1)[0]
+    assert "for token keep rates 1.0, 0.7 and 0.5: one set of weights serves every one of them" in section
+    assert "training paired `r` = 1.0 with `a` = 1.0 (the dense model), 0.7 with 0.6, 0.5 with 0.6" in section
+    assert "No operating-point table was measured" in section and "| keep rate |" not in section
+    assert "dense-sparse-weight-sharing" in card.data.tags
+
+
+def test_a_single_rate_checkpoint_without_a_table_has_no_operating_points_section(tmp_path):
+    card = saved_card(tmp_path)
+    assert "Operating points" not in card.text and "dense-sparse-weight-sharing" not in card.data.tags
+    assert "can fall short of it (or pass it).\n\n## How to use" in card.text  # the template's layout, unchanged
+
+
+def test_a_single_rate_checkpoint_with_a_table_shows_it_as_untrained_rates(tmp_path):
+    text = saved_card(tmp_path, operating_points=OPERATING_POINTS["points"]).text
+    assert "## Operating points" in text and "| 0.5 | 0.6 | 85.00% |" in text
+    assert "the other rows run the same weights at rates they were not trained for" in text
+    assert "keep rate 1.0 at attention keep rate 1.0 is the dense model" in text
+
+
+def test_dense_sparse_settings_are_shown_in_the_training_section(tmp_path):
+    training = {"num_train_epochs": 3, "dense_sparse": DENSE_SPARSE_SETTINGS}
+    text = saved_card(tmp_path, config=dense_sparse_config(), training=training).text
+    assert (
+        "Dense/sparse training (SaiT) updated one set of weights at token keep rates 1.0 and 0.5 (schedule "
+        "`dense_and_one`), the sparse passes distilled from the dense pass of the same weights (temperature 2, "
+        "weight 0.5)." in text
+    )
+    assert (
+        "| dense/sparse training (one set of weights for every keep rate) | keep_rates=[1.0, 0.5], "
+        "schedule=dense_and_one, distillation=self, distillation_temperature=2.0, distillation_weight=0.5, "
+        "importance_weight=0.0 |" in text
+    )
+    teacher = {**DENSE_SPARSE_SETTINGS, "distillation": "teacher", "teacher": "tester/big", "importance_weight": 0.1}
+    text = saved_card(tmp_path, config=dense_sparse_config(), training={"dense_sparse": teacher}).text
+    assert "distilled from the teacher `tester/big`" in text and "token-importance distillation weight 0.1" in text
+    assert "Dense/sparse training" not in saved_card(tmp_path, training={"num_train_epochs": 3}).text
+
+
+def test_a_malformed_operating_point_report_is_refused_naming_the_argument():
+    with pytest.raises(ValueError, match="`operating_points` must hold a `points` list"):
+        build_model_card(tiny_config(), METRICS, model_name="tiny", operating_points={"points": [{"accuracy": 1}]})
+
+
+def test_write_model_card_shows_the_folders_operating_points_json(tmp_path):
+    tiny_model(token_keep_rate=0.5, attention_keep_rate=0.6, dense_sparse_keep_rates=[1.0, 0.5]).save_pretrained(
+        tmp_path
+    )
+    (tmp_path / "operating_points.json").write_text(json.dumps(OPERATING_POINTS))
+    card = ModelCard.load(write_model_card(tmp_path, model_name="saved"))
+    assert "| 0.5 | 0.6 | 85.00% | 1,200.0 | 1.50x | 1.60x |" in card.text
+    assert "dense-sparse-weight-sharing" in card.data.tags
+
+
+def test_trainer_card_shows_the_operating_points_its_run_wrote(trained):
+    trainer, _, _ = trained
+    path = Path(trainer.args.output_dir) / "operating_points.json"
+    path.write_text(json.dumps(OPERATING_POINTS))
+    try:
+        text = trainer_model_card(trainer).text
+    finally:
+        path.unlink()  # the other tests of this fixture compare cards without it
+    assert "## Operating points" in text and "| 1.0 | 1.0 | 90.00% | 800.0 | 1.00x | 1.00x |" in text

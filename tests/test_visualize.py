@@ -20,10 +20,12 @@ from hf_trilevel.visualize import (
     kept_patch_masks,
     kept_tokens,
     layer_titles,
+    measure_operating_points,
     render_kept_tokens,
 )
+from hf_trilevel.visualize.operating_points import DEFAULT_KEEP_RATES
 
-from .helpers import tiny_model
+from .helpers import images, tiny_model
 
 NUM_EXAMPLES = 48
 
@@ -252,6 +254,50 @@ def test_keep_rate_one_has_the_accuracy_of_dense_vit_on_the_same_weights(operati
     assert report["points"][0]["accuracy"] == pytest.approx(dense_accuracy)
     # Meaningful only if the keep rate changes predictions: otherwise any rate would pass the check above.
     assert len({point["accuracy"] for point in report["points"]}) > 1
+
+
+def attention_rates(model, keep_rates, **kwargs) -> list[float]:
+    """The attention keep rate each measured point used."""
+    labels = torch.zeros(4, dtype=torch.long)
+    points = measure_operating_points(model, images(4), labels, keep_rates, repeats=1, warmup=0, **kwargs)
+    return [point["attention_keep_rate"] for point in points]
+
+
+def test_a_dense_sparse_checkpoint_is_dense_at_keep_one_and_sparse_elsewhere():
+    model = tiny_model(token_keep_rate=0.5, attention_keep_rate=0.6)
+    model.config.dense_sparse_keep_rates = [1.0, 0.5]
+    assert attention_rates(model, [1.0, 0.7, 0.5]) == [1.0, 0.6, 0.6]
+    assert model.config.attention_keep_rate == 0.6  # the checkpoint's own setting is restored
+
+
+def test_other_checkpoints_keep_their_attention_rate_at_every_point():
+    assert attention_rates(tiny_model(token_keep_rate=0.5, attention_keep_rate=0.6), [1.0, 0.5]) == [0.6, 0.6]
+
+
+def test_an_explicit_attention_rate_wins_at_every_point_of_a_dense_sparse_checkpoint():
+    model = tiny_model(token_keep_rate=0.5, attention_keep_rate=0.6)
+    model.config.dense_sparse_keep_rates = [1.0, 0.5]
+    assert attention_rates(model, [1.0, 0.5], attention_keep_rate=0.8) == [0.8, 0.8]
+
+
+def saved_checkpoint(folder, dense_sparse_keep_rates=None):
+    model = tiny_model(token_keep_rate=0.5, attention_keep_rate=0.6, num_labels=10)
+    model.config.dense_sparse_keep_rates = dense_sparse_keep_rates
+    model.save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("trained_rates", "expected"),
+    [([0.5, 1.0], [(1.0, 1.0), (0.5, 0.6)]), (None, [(rate, 0.6) for rate in DEFAULT_KEEP_RATES])],
+)
+def test_default_keep_rates_are_those_a_dense_sparse_checkpoint_was_trained_for(tmp_path, trained_rates, expected):
+    folder = saved_checkpoint(tmp_path / "model", trained_rates)
+    argv = ["operating-points", "--model", str(folder), "--max-examples", "4", "--batch-size", "4", "--repeats", "1"]
+    assert run_cli(*argv, "--warmup", "0", "--device", "cpu", "--output", str(tmp_path / "curve.png")) == 0
+    points = json.loads((tmp_path / "curve.json").read_text())["points"]
+    assert [(point["token_keep_rate"], point["attention_keep_rate"]) for point in points] == expected
 
 
 # -- usage errors ------------------------------------------------------------------------------------------------------

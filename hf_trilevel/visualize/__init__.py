@@ -16,8 +16,10 @@ from .kept_tokens import (
 )
 from .operating_points import (
     add_operating_points_arguments,
+    default_keep_rates,
     measure_operating_points,
     plot_operating_points,
+    point_attention_keep_rate,
     run_operating_points,
 )
 
@@ -27,11 +29,13 @@ __all__ = [
     "PADDED_SLOT",
     "add_kept_tokens_arguments",
     "add_operating_points_arguments",
+    "default_keep_rates",
     "kept_patch_counts",
     "kept_patch_masks",
     "layer_titles",
     "measure_operating_points",
     "plot_operating_points",
+    "point_attention_keep_rate",
     "render_kept_tokens",
     "run_kept_tokens",
     "run_operating_points",

@@ -4,6 +4,11 @@ One checkpoint is evaluated at several keep rates (the same weights, `model.keep
 batch in interleaved rounds, and plotted (matplotlib, the `viz` extra); the numbers go to JSON as well. Accuracy is
 an `evaluate` metric: the package's shipped top-1 / top-5 accuracy by default, or any metric passed to
 `measure_operating_points(metric=...)`.
+
+A checkpoint trained with dense/sparse training (`config.dense_sparse_keep_rates`, `hf_trilevel.DenseSparseTraining`)
+is measured by default at the rates it was trained for, each at its operating point
+(`hf_trilevel.dense_sparse.operating_point`): keep 1.0 is the dense model with full attention, as in training, not
+the checkpoint's attention sparsity without token dropping.
 """
 
 import argparse
@@ -18,6 +23,7 @@ from transformers import EvalPrediction
 from ..benchmarks.options import checked_device
 from ..benchmarks.report import environment
 from ..benchmarks.timing import interleaved_times, medians
+from ..dense_sparse import operating_point
 from ..errors import CommandError
 from ..flops import flops_speedup_limit, forward_flops
 from ..metrics import build_compute_metrics
@@ -52,6 +58,10 @@ def measure_operating_points(
 ) -> list[dict]:
     """Accuracy and measured throughput of one checkpoint at each token keep rate.
 
+    Each point's attention keep rate is `attention_keep_rate` when given; otherwise, for a dense/sparse checkpoint
+    (`config.dense_sparse_keep_rates` set), the one its operating point uses (`operating_point(config, rate)`: 1.0 at
+    keep rate 1.0), and the checkpoint's own `attention_keep_rate` for any other checkpoint.
+
     Accuracy is over all of `pixel_values` (`[examples, channels, height, width]`, on the CPU, moved a batch at a
     time), scored by `metric` (an `evaluate` module or combination, see `hf_trilevel.metrics.build_compute_metrics`;
     default: the shipped top-1 / top-5 accuracy). Throughput is timed on the first `batch_size` examples, the same
@@ -65,12 +75,12 @@ def measure_operating_points(
     """
     device = torch.device(device)
     model = model.to(device).eval()
-    attention = model.config.attention_keep_rate if attention_keep_rate is None else attention_keep_rate
+    attention = {rate: point_attention_keep_rate(model.config, rate, attention_keep_rate) for rate in keep_rates}
     timed_batch = pixel_values[:batch_size].to(device)
     compute_metrics = build_compute_metrics(metric)
 
     def forward_at(rate: float, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), model.keep_rates(token_keep_rate=rate, attention_keep_rate=attention):
+        with torch.inference_mode(), model.keep_rates(token_keep_rate=rate, attention_keep_rate=attention[rate]):
             return model(pixel_values=batch).logits
 
     runs = {str(rate): (lambda rate=rate: forward_at(rate, timed_batch)) for rate in keep_rates}
@@ -82,12 +92,12 @@ def measure_operating_points(
             for start in range(0, len(pixel_values), batch_size)
         ]
         scores = compute_metrics(EvalPrediction(predictions=torch.cat(logits).numpy(), label_ids=np.asarray(labels)))
-        with model.keep_rates(token_keep_rate=rate, attention_keep_rate=attention):
+        with model.keep_rates(token_keep_rate=rate, attention_keep_rate=attention[rate]):
             flops, limit = forward_flops(model.config), flops_speedup_limit(model.config)
         points.append(
             {
                 "token_keep_rate": rate,
-                "attention_keep_rate": attention,
+                "attention_keep_rate": attention[rate],
                 **scores,
                 "images_per_second": len(timed_batch) / seconds[str(rate)],
                 "median_batch_seconds": seconds[str(rate)],
@@ -96,6 +106,24 @@ def measure_operating_points(
             }
         )
     return points
+
+
+def point_attention_keep_rate(config, token_keep_rate: float, attention_keep_rate: float | None = None) -> float:
+    """The attention keep rate one operating point runs at: an explicit `attention_keep_rate` wins at every point;
+    a dense/sparse checkpoint uses the rate its training paired with `token_keep_rate` (`operating_point`), and any
+    other checkpoint its own `attention_keep_rate`, so older curves are measured as before."""
+    if attention_keep_rate is not None:
+        return float(attention_keep_rate)
+    if getattr(config, "dense_sparse_keep_rates", None):
+        return operating_point(config, token_keep_rate)[1]
+    return float(config.attention_keep_rate)
+
+
+def default_keep_rates(config) -> list[float]:
+    """The keep rates to measure when none are asked for: those a dense/sparse checkpoint was trained for, else
+    `DEFAULT_KEEP_RATES`."""
+    trained = getattr(config, "dense_sparse_keep_rates", None)
+    return [float(rate) for rate in trained] if trained else list(DEFAULT_KEEP_RATES)
 
 
 def plot_operating_points(points: Sequence[dict], path: str | Path, title: str, figure_class: type) -> None:
@@ -127,12 +155,14 @@ def add_operating_points_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `operating-points`; value ranges are checked while parsing, so bad input fails before any work."""
     add_checkpoint_and_data_arguments(parser)
     parser.add_argument(
-        "--keep-rates", type=keep_rate("--keep-rates"), nargs="+", default=list(DEFAULT_KEEP_RATES),
-        help="token keep rates to evaluate, each in (0, 1]",
+        "--keep-rates", type=keep_rate("--keep-rates"), nargs="+",
+        help="token keep rates to evaluate, each in (0, 1] (default: the rates a dense/sparse checkpoint was trained "
+        f"for, else {' '.join(map(str, DEFAULT_KEEP_RATES))})",
     )  # fmt: skip
     parser.add_argument(
         "--attention-keep-rate", type=keep_rate("--attention-keep-rate"),
-        help="hold attention sparsity at this rate for every point (default: the checkpoint's own)",
+        help="hold attention sparsity at this rate for every point (default: the checkpoint's own; for a dense/sparse "
+        "checkpoint 1.0 at keep rate 1.0)",
     )  # fmt: skip
     parser.add_argument(
         "--max-examples", type=bounded_int("--max-examples", 1, 10**9), help="evaluate at most this many"
@@ -152,10 +182,11 @@ def run_operating_points(args: argparse.Namespace) -> int:
     figure_class = _import_figure()  # before any work: a missing extra should fail in a second, not after timing
     output = png_path(args.output)
     json_path = Path(args.json) if args.json else output.with_suffix(".json")
-    if len(set(args.keep_rates)) != len(args.keep_rates):
+    if args.keep_rates is not None and len(set(args.keep_rates)) != len(args.keep_rates):
         raise CommandError(f"--keep-rates must be distinct, got {args.keep_rates}.")
     device = checked_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     model, processor = load_checkpoint(args.model)
+    keep_rates = args.keep_rates if args.keep_rates is not None else default_keep_rates(model.config)
     if args.attention_keep_rate is not None:
         try:
             with model.keep_rates(attention_keep_rate=args.attention_keep_rate):
@@ -171,7 +202,7 @@ def run_operating_points(args: argparse.Namespace) -> int:
         )
     pixel_values = preprocess(processor, images, model.config)
     points = measure_operating_points(
-        model, pixel_values, labels, args.keep_rates, attention_keep_rate=args.attention_keep_rate,
+        model, pixel_values, labels, keep_rates, attention_keep_rate=args.attention_keep_rate,
         batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, device=device,
     )  # fmt: skip
     timed_batch = min(args.batch_size, len(pixel_values))
@@ -214,7 +245,9 @@ def _import_figure() -> type:
 __all__ = [
     "DEFAULT_KEEP_RATES",
     "add_operating_points_arguments",
+    "default_keep_rates",
     "measure_operating_points",
     "plot_operating_points",
+    "point_attention_keep_rate",
     "run_operating_points",
 ]
