@@ -22,6 +22,7 @@ processor, `train_results.json`, `eval_results.json`, `all_results.json`, a mode
     accelerate launch --multi_gpu --num_processes 2 examples/run_image_classification.py --example_pruning forgetting
     python examples/run_image_classification.py --token_selector adaptive --token_keep_mass 0.9   # per-image counts
     python examples/run_image_classification.py --token_selector learned   # a trained scorer, temperature 10 -> 0.1
+    python examples/run_image_classification.py --dense_sparse_keep_rates 1.0 0.7 0.5   # one checkpoint, 3 rates
 
 Token selectors (`--token_selector`): `class_attention` (default, Tri-Level E-ViT), `learned` (a small scorer per
 pruning layer trained end to end; `--token_selector_temperature_start/_end` anneal its Gumbel temperature through
@@ -31,6 +32,13 @@ the fewest patches whose importance mass reaches `--token_keep_mass`, between `-
 `eval_results.json` also holds the mean patch tokens an image kept after each pruning layer on the validation set
 (`eval_kept_tokens_layer_<i>`, from the model's `kept_token_counts`) and the FLOPs per image those counts give
 (`eval_measured_gflops_per_image`, `eval_measured_flops_speedup_limit`); the model card quotes them for `adaptive`.
+
+Dense/sparse training (`--dense_sparse_keep_rates 1.0 0.7 0.5`, SaiT): one checkpoint for several token keep rates,
+each step running the densest pass and a sparse pass of the same batch with shared weights, the sparse pass taught by
+`--distillation` (`self`: the dense pass, the default; `teacher`: `--teacher_model_name_or_path`; `none`) with
+`--distillation_temperature` and `--distillation_weight`, and optionally `--token_importance_distillation_weight`
+(see docs/dense_sparse.md). `--keep_rate_schedule` then warms every sparse rate up. After training the script
+measures accuracy and images/s at every trained rate and writes `operating_points.json`, which the card shows.
 
 Defaults that depend on other flags: the model shape and keep rates come from the checkpoint or `--config_name`
 (from scratch: the digits model below, token_keep_rate 0.7, attention_keep_rate 0.5); `--output_dir` is
@@ -62,6 +70,7 @@ from datasets import DatasetDict
 from transformers import HfArgumentParser, TrainingArguments, ViTImageProcessorPil, set_seed
 
 from hf_trilevel import (
+    DenseSparseTraining,
     ExamplePruningCallback,
     KeepRateScheduleCallback,
     TokenSelectorTemperatureCallback,
@@ -70,6 +79,11 @@ from hf_trilevel import (
     TriLevelViTForImageClassification,
 )
 from hf_trilevel.checkpoints import remove_checkpoints
+from hf_trilevel.dense_sparse_arguments import (
+    DenseSparseArguments,
+    build_dense_sparse_training,
+    check_dense_sparse_arguments,
+)
 from hf_trilevel.example_support import (
     build_image_processor,
     build_trilevel_config,
@@ -105,6 +119,7 @@ from hf_trilevel.image_data import (
 )
 from hf_trilevel.metrics import build_compute_metrics, sparsity_metrics
 from hf_trilevel.model_card_sections import KEPT_TOKENS_METRIC
+from hf_trilevel.operating_point_table import OPERATING_POINTS_FILE, operating_points_markdown, write_operating_points
 from hf_trilevel.token_counts import collect_kept_token_counts, fixed_kept_token_counts, kept_token_metrics
 from hf_trilevel.value_checks import as_pair, check_fraction, check_int, check_number, num_patches
 
@@ -338,13 +353,15 @@ class RunArguments:
     )
 
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, PruningArguments, RunArguments, TrainingArguments)
+ARGUMENT_GROUPS = (
+    ModelArguments, DataArguments, PruningArguments, DenseSparseArguments, RunArguments, TrainingArguments
+)  # fmt: skip
 # How the library's messages (argument names in backticks) become this script's flags, via `name_flags`. The config's
 # own messages keep its field names (`token_keep_rate`), so the sparsity fields are left out.
 FLAGS = {
     **{
         item.name: item.name
-        for group in ARGUMENT_GROUPS[:4]
+        for group in ARGUMENT_GROUPS[:5]
         for item in fields(group)
         if item.name not in SPARSITY_FIELDS
     },
@@ -441,11 +458,16 @@ def check_arguments(
     )
 
 
-def build_callbacks(pruning_args: PruningArguments, training_args: TrainingArguments | None = None) -> list:
+def build_callbacks(
+    pruning_args: PruningArguments,
+    training_args: TrainingArguments | None = None,
+    dense_sparse_args: DenseSparseArguments | None = None,
+) -> list:
     """The example-pruning and keep-rate callbacks the arguments ask for (settings are validated here).
 
     With `training_args`, example pruning's checks that need no data (whole epochs, no `--max_steps`, swap epochs
-    within the run) run here too, before any data is loaded.
+    within the run) run here too, before any data is loaded. With dense/sparse training the keep-rate warm-up is
+    applied by `DenseSparseTraining` to every sparse rate (`build_dense_sparse_training`), not by its own callback.
     """
     callbacks = []
     if pruning_args.example_pruning == "forgetting":
@@ -456,7 +478,10 @@ def build_callbacks(pruning_args: PruningArguments, training_args: TrainingArgum
         callbacks.append(ExamplePruningCallback("loss", **settings))
     if callbacks and training_args is not None and training_args.do_train:
         callbacks[0].check_arguments(training_args)  # the ExamplePruningCallback: nothing else is in the list yet
-    if pruning_args.keep_rate_schedule:
+    dense_sparse = dense_sparse_args is not None and dense_sparse_args.enabled()
+    if dense_sparse_args is not None:
+        check_dense_sparse_arguments(dense_sparse_args)
+    if pruning_args.keep_rate_schedule and not dense_sparse:
         warmup, decay = pruning_args.keep_rate_warmup_fraction, pruning_args.keep_rate_decay_fraction
         callbacks.append(KeepRateScheduleCallback(warmup_fraction=warmup, decay_fraction=decay))
     for name in TEMPERATURE_FLAGS:  # checked here, before the data; the callback joins once the config is known
@@ -492,6 +517,27 @@ def build_temperature_callback(pruning_args: PruningArguments, config: TriLevelV
             changed[0], config.token_selector, getattr(config, "token_importance", "class_attention"),
         )  # fmt: skip
     return []
+
+
+def dense_sparse_callbacks(
+    dense_sparse_args: DenseSparseArguments,
+    pruning_args: PruningArguments,
+    label_names: list[str],
+    config: TriLevelViTConfig,
+    training_args: TrainingArguments,
+    model_args: ModelArguments,
+) -> list:
+    """`[DenseSparseTraining]` when `--dense_sparse_keep_rates` is given (with the keep-rate warm-up, if asked, for
+    every sparse rate), else `[]`. A teacher's classes are checked here, from its config, before the data loads."""
+    if not dense_sparse_args.enabled():
+        return []
+    warmup = None
+    if pruning_args.keep_rate_schedule:
+        warmup = (pruning_args.keep_rate_warmup_fraction, pruning_args.keep_rate_decay_fraction)
+    technique = build_dense_sparse_training(
+        dense_sparse_args, label_names, config, warmup=warmup, device=training_args.device, **model_args.hub_kwargs()
+    )
+    return [technique]
 
 
 def scratch_config(model_args: ModelArguments) -> dict:
@@ -553,16 +599,18 @@ def prepare(argv: list[str]) -> Setup:
     parser = build_parser()
     try:
         parsed = parse_flags_or_json(parser, argv, resolve_defaults)
-        model_args, data_args, pruning_args, run_args, training_args = parsed
+        model_args, data_args, pruning_args, dense_sparse_args, run_args, training_args = parsed
         configure_logging(training_args)
         check_arguments(model_args, data_args, run_args, training_args)
-        callbacks = build_callbacks(pruning_args, training_args)
+        callbacks = build_callbacks(pruning_args, training_args, dense_sparse_args)
         digits = data_args.uses_digits()
         with training_args.main_process_first(desc="loading the data"):  # rank 0 fills the datasets cache first
             dataset = None if digits else load_user_dataset(data_args, model_args)
             label_names = DIGIT_NAMES if digits else next(iter(dataset.values())).features[LABEL].names
             config = build_config(model_args, label_names)
             callbacks += build_temperature_callback(pruning_args, config)
+            callbacks += dense_sparse_callbacks(dense_sparse_args, pruning_args, label_names, config, training_args,
+                                                model_args)  # fmt: skip
             if digits:
                 fraction = 0.2 if data_args.train_val_split is None else data_args.train_val_split
                 dataset = load_digits_dataset(max(as_pair(config.image_size)), fraction, data_args.split_seed)
@@ -698,6 +746,23 @@ def remove_earlier_checkpoints(trainer: TriLevelTrainer, model_args: ModelArgume
     trainer.accelerator.wait_for_everyone()
 
 
+def write_operating_point_table(trainer: TriLevelTrainer, setup: Setup) -> None:
+    """After dense/sparse training: accuracy and measured images/s at every trained rate, into
+    `operating_points.json` (which the model card shows); measured by the main process while the others wait."""
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        points = write_operating_points(model, setup.dataset["validation"], trainer.args.output_dir)
+        print(f"\noperating points of the one checkpoint (validation set):\n{operating_points_markdown(points)}")
+    trainer.accelerator.wait_for_everyone()
+
+
+def remove_stale_operating_points(trainer: TriLevelTrainer) -> None:
+    """A fresh run replaces the earlier run's results: its operating-point table must not reach the new card."""
+    stale = Path(trainer.args.output_dir) / OPERATING_POINTS_FILE
+    if trainer.is_world_process_zero() and stale.is_file():
+        stale.unlink()
+
+
 def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float]]:
     """Check everything, train, evaluate, save and write the model card; return the trainer and the metrics."""
     setup = prepare(sys.argv[1:] if argv is None else list(argv))
@@ -720,6 +785,7 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
     metrics = {}
     if training_args.do_train:
         if training_args.resume_from_checkpoint is None:
+            remove_stale_operating_points(trainer)
             remove_earlier_checkpoints(trainer, setup.model_args)
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()  # TriLevelTrainer writes training_args.json, not the training_args.bin pickle
@@ -736,6 +802,12 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
+    if (
+        training_args.do_train
+        and "validation" in dataset
+        and any(isinstance(callback, DenseSparseTraining) for callback in setup.callbacks)
+    ):
+        write_operating_point_table(trainer, setup)  # before the card, which shows the table
 
     kwargs = model_card_kwargs(setup.model_args, setup.data_args)
     if training_args.push_to_hub:

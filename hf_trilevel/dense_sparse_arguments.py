@@ -1,0 +1,143 @@
+"""The example script's dense/sparse training and distillation flags, their checks, and the technique they build.
+
+Kept out of `examples/run_image_classification.py` so the script stays a readable recipe. The checks that need no
+data run first (`check_dense_sparse_arguments`); the teacher's classes are checked against the data's label names as
+soon as they are known, from the teacher's config alone, before any weights load (`build_dense_sparse_training`).
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .configuration_trilevel_vit import check_dense_sparse_keep_rates
+from .dense_sparse import DISTILLATION_MODES, SCHEDULES, DenseSparseTraining
+from .distillation import check_temperature, load_teacher
+from .value_checks import check_keep_rate, check_number
+
+
+@dataclass
+class DenseSparseArguments:
+    """SaiT: one checkpoint for several token keep rates (dense/sparse weight sharing) and distillation."""
+
+    dense_sparse_keep_rates: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Train one checkpoint for these token keep rates (e.g. 1.0 0.7 0.5; 1.0 is the dense model): "
+            "every step runs the densest pass and sparse passes of the same batch with shared weights."
+        },
+    )
+    dense_sparse_schedule: str = field(
+        default="dense_and_one",
+        metadata={
+            "help": "dense_and_one: the densest pass and one sparse rate per step, in turn; every_rate: all rates.",
+            "choices": list(SCHEDULES),
+        },
+    )
+    distillation: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the sparse passes are taught: none, self (by the dense pass, in place; the default with "
+            "--dense_sparse_keep_rates) or teacher (by --teacher_model_name_or_path).",
+            "choices": list(DISTILLATION_MODES),
+        },
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "--distillation teacher: a ViT or TriLevel folder or Hub id with the data's classes."},
+    )
+    distillation_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature of the logit distillation, > 0."}
+    )
+    distillation_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the logit distillation term, >= 0 (0 turns it off)."}
+    )
+    token_importance_distillation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the term aligning each pruning layer's token importance with the dense pass's "
+            "last-layer class attention, >= 0 (0: off)."
+        },
+    )
+
+    def enabled(self) -> bool:
+        return self.dense_sparse_keep_rates is not None
+
+    def distillation_mode(self) -> str:
+        return self.distillation or "self"
+
+
+def check_dense_sparse_arguments(args: DenseSparseArguments) -> None:
+    """Refuse bad dense/sparse and distillation flags before any data loads; each message names its flag."""
+    given = [
+        name
+        for name, default in (("distillation", None), ("teacher_model_name_or_path", None))
+        if getattr(args, name) != default
+    ]
+    if not args.enabled():
+        if given:
+            raise ValueError(
+                f"`{given[0]}` teaches the sparse passes of dense/sparse training; pass `dense_sparse_keep_rates` "
+                "too (e.g. 1.0 0.7 0.5)."
+            )
+        return
+    for rate in args.dense_sparse_keep_rates:  # one name for every entry, so the message names the flag
+        check_keep_rate("dense_sparse_keep_rates", rate)
+    rates = check_dense_sparse_keep_rates(args.dense_sparse_keep_rates)
+    if len(rates) < 2:
+        raise ValueError(
+            f"`dense_sparse_keep_rates` must hold at least two keep rates in (0, 1], got {args.dense_sparse_keep_rates}"
+            "; to train at one rate use `token_keep_rate`."
+        )
+    mode = args.distillation_mode()
+    if mode == "teacher" and not args.teacher_model_name_or_path:
+        raise ValueError("`distillation` teacher needs `teacher_model_name_or_path` (a ViT or TriLevel checkpoint).")
+    if mode != "teacher" and args.teacher_model_name_or_path:
+        raise ValueError(
+            f"`teacher_model_name_or_path` is given but `distillation` is {mode}; pass `distillation` teacher."
+        )
+    check_temperature(args.distillation_temperature)
+    for name in ("distillation_weight", "token_importance_distillation_weight"):
+        check_number(name, getattr(args, name), 0.0, math.inf, low_open=False, high_open=True)
+
+
+def build_dense_sparse_training(
+    args: DenseSparseArguments,
+    label_names: list[str],
+    config,
+    *,
+    warmup: tuple[float, float] | None = None,
+    device: torch.device | str | None = None,
+    **hub_kwargs,
+) -> DenseSparseTraining:
+    """The technique the flags ask for, for the model `config`; loads and checks the teacher (its classes first,
+    from its config alone)."""
+    if args.token_importance_distillation_weight > 0 and not config.token_prune_layers:
+        raise ValueError(
+            "`token_importance_distillation_weight` aligns the pruning layers' token importance, but the model has "
+            "no `token_prune_layers`; set them or pass 0."
+        )
+    teacher = None
+    if args.distillation_mode() == "teacher":
+        teacher = load_teacher(
+            args.teacher_model_name_or_path,
+            label_names=label_names,
+            num_labels=len(label_names),
+            device=device,
+            **hub_kwargs,
+        )
+    warmup_fraction, decay_fraction = warmup if warmup is not None else (0.0, 0.0)
+    return DenseSparseTraining(
+        args.dense_sparse_keep_rates,
+        schedule=args.dense_sparse_schedule,
+        distillation=args.distillation_mode(),
+        teacher=teacher,
+        distillation_temperature=args.distillation_temperature,
+        distillation_weight=args.distillation_weight,
+        importance_weight=args.token_importance_distillation_weight,
+        warmup_fraction=warmup_fraction,
+        decay_fraction=decay_fraction,
+    )
+
+
+__all__ = ["DenseSparseArguments", "build_dense_sparse_training", "check_dense_sparse_arguments"]
