@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from hf_trilevel.benchmarks.models import build_models_by_selector
-from hf_trilevel.benchmarks.options import RunTarget, model_shape
+from hf_trilevel.benchmarks.options import RunTarget, Setting, model_shape
 from hf_trilevel.benchmarks.timing import TensorMemoryTracker
 from hf_trilevel.benchmarks.token_budget import calibrate_keep_mass, kept_token_counts
-from hf_trilevel.benchmarks.training import StepResult, project_epochs
+from hf_trilevel.benchmarks.training import StepResult, dense_sparse_step, project_epochs
 from hf_trilevel.cli import build_parser, main
-from hf_trilevel.flops import measured_flops
+from hf_trilevel.flops import forward_flops, measured_flops
 from hf_trilevel.token_reduction import token_schedule
 
-from .helpers import images, sharpen_attention, tiny_model
+from .helpers import images, sharpen_attention, tiny_config, tiny_model
 
 TINY = ["--image-size", "32", "--patch-size", "4", "--hidden-size", "32", "--num-hidden-layers", "4",
         "--num-attention-heads", "2", "--intermediate-size", "64", "--num-labels", "10"]  # fmt: skip
@@ -184,6 +184,63 @@ def test_train_times_each_selector_with_its_own_model(tmp_path):
     assert adaptive["token_keep_mass"] == 0.5 and adaptive["mean_kept_tokens"][0] <= 32
     assert adaptive["flops_limit"] >= steps["keep 0.5, learned"]["flops_limit"]  # no more tokens, no scorer
     assert all(row["steps_per_second"] > 0 for row in steps.values())
+
+
+def test_train_times_a_dense_sparse_step_against_dense_vit_and_counts_every_pass(tmp_path, capsys):
+    path = tmp_path / "dense_sparse.json"
+    arguments = ["bench", "train", *TINY, *QUICK, "--keep-rates", "1", "--attention-keep-rates", "0.5",
+                 "--dense-sparse-keep-rates", "0.5", "1", "--distillation", "none", "--example-keep-fractions", "1",
+                 "--dataset-size", "100", "--no-memory", "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+    steps = {row["setting"]: row for row in json.loads(path.read_text())["steps"]}
+    name = "dense/sparse 1/0.5, attention 0.5"
+    assert list(steps) == ["dense ViT (transformers)", "keep 1, attention 0.5", name]
+    row = steps[name]
+    assert (row["dense_sparse_keep_rates"], row["distillation"], row["dense_sparse_schedule"]) == (
+        [1.0, 0.5], "none", "dense_and_one"
+    )  # fmt: skip
+    # One step: the dense pass (keep 1.0, full attention) and the sparse pass (keep 0.5, attention 0.5).
+    shape = {"num_labels": 10}
+    dense = forward_flops(tiny_config(**shape))
+    sparse = forward_flops(tiny_config(**shape, token_keep_rate=0.5, attention_keep_rate=0.5))
+    assert row["flops_limit"] == pytest.approx(dense / (dense + sparse))
+    assert row["steps_per_second"] > 0 and row["speedup"] < 1.0
+    assert f"| {name} |" in capsys.readouterr().out
+
+
+def test_a_dense_sparse_step_runs_the_dense_pass_then_the_sparse_rates_in_turn():
+    model = tiny_model(token_keep_rate=0.5, attention_keep_rate=0.5).train()
+    passes = []
+    model.register_forward_pre_hook(
+        lambda module, args: passes.append((module.config.token_keep_rate, module.config.attention_keep_rate))
+    )
+    setting = Setting(0.5, 0.5, dense_sparse_keep_rates=(1.0, 0.7, 0.5), distillation="self")
+    target = RunTarget(torch.device("cpu"), torch.float32, "sdpa")
+    step = dense_sparse_step(target, images(2), torch.tensor([0, 1]))(model, model, setting)
+    before = model.classifier.weight.detach().clone()
+    step()
+    step()
+    assert passes == [(1.0, 1.0), (0.7, 0.5), (1.0, 1.0), (0.5, 0.5)]
+    assert (model.config.token_keep_rate, model.config.attention_keep_rate) == (0.5, 0.5)  # the row's own rates
+    assert model.config.dense_sparse_keep_rates is None  # shared with other rows: no record left behind
+    assert not torch.equal(model.classifier.weight, before)  # an optimizer step happened
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--distillation", "self"], "--distillation applies to dense/sparse rows"),
+        (["--dense-sparse-schedule", "every_rate"], "--dense-sparse-schedule applies to dense/sparse rows"),
+        (["--dense-sparse-keep-rates", "0.5"], "--dense-sparse-keep-rates must be at least two distinct keep rates"),
+        (["--dense-sparse-keep-rates", "1", "1.5"], "`--dense-sparse-keep-rates` must be in (0, 1]"),
+        (["--dense-sparse-keep-rates", "1", "0.5", "--time-to-accuracy"], "does not apply to --time-to-accuracy"),
+    ],
+)
+def test_bad_dense_sparse_arguments_exit_2_naming_the_argument(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "train", *TINY, *QUICK, *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_epoch_projection_divides_the_step_limit_by_the_kept_fraction():

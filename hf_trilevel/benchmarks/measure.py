@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..configuration_trilevel_vit import TriLevelViTConfig
+from ..dense_sparse import operating_point
 from ..flops import MeasuredFlops, flops_speedup_limit, forward_flops, measured_flops, num_patches
 from ..token_reduction import token_schedule
 from .models import build_models_by_selector, compile_models, switch_setting, trilevel_config
@@ -36,6 +37,8 @@ from .token_budget import Calibration, calibrate_keep_mass, kept_token_counts
 
 # (model to call, possibly compiled; the module itself, for its parameters) -> one timed call
 CallFactory = Callable[[Callable, torch.nn.Module], Callable[[], None]]
+# The same for one setting whose call differs from its selector's (a dense/sparse training step).
+SettingCallFactory = Callable[[Callable, torch.nn.Module, Setting], Callable[[], None]]
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,12 @@ class Measurement:
 
 
 def measure_settings(
-    plan: TimingPlan, make_call: CallFactory, *, training: bool, pixel_values: torch.Tensor
+    plan: TimingPlan,
+    make_call: CallFactory,
+    *,
+    training: bool,
+    pixel_values: torch.Tensor,
+    make_setting_call: SettingCallFactory | None = None,
 ) -> list[Measurement]:
     """Time dense ViT and every TriLevel setting in interleaved rounds; the first measurement is the dense model.
 
@@ -120,6 +128,9 @@ def measure_settings(
     Before timing, one untimed forward per setting on `pixel_values` (the benchmark batch) records the tokens each
     image kept; the FLOPs limit comes from those counts (`flops.measured_flops`), so per-image adaptive counts are
     counted as they fell. `--match-fixed-rate` rows are calibrated on the same batch first.
+
+    A dense/sparse row (`setting.dense_sparse_keep_rates`) times `make_setting_call(model, module, setting)`, its own
+    call on its selector's model, and its FLOPs are those of every forward one of its steps runs (`step_flops`).
     """
     shape, target = plan.shape, plan.target
     dense, trilevel = build_models_by_selector(
@@ -132,14 +143,26 @@ def measure_settings(
     calls = {name: make_call(model, trilevel[name]) for name, model in zip(trilevel, compiled[1:], strict=True)}
 
     trilevel_settings, calibrations = calibrate_matched_settings(plan, trilevel, pixel_values)
-    runs = {DENSE_NAME: dense_call} | {s.name: calls[s.token_selector] for s in trilevel_settings}
     prepare = {s.name: switch_setting(trilevel[s.token_selector], s) for s in trilevel_settings}
+    runs = {DENSE_NAME: dense_call}
+    for setting in trilevel_settings:
+        if setting.dense_sparse_keep_rates is None:
+            runs[setting.name] = calls[setting.token_selector]
+            continue
+        if make_setting_call is None:
+            raise ValueError(f"setting {setting.name!r} is a dense/sparse training row: pass `make_setting_call`.")
+        prepare[setting.name]()
+        index = list(trilevel).index(setting.token_selector) + 1
+        runs[setting.name] = make_setting_call(compiled[index], trilevel[setting.token_selector], setting)
     counted = {}
     for setting in trilevel_settings:
         model = trilevel[setting.token_selector]
         prepare[setting.name]()
         config = copy.deepcopy(model.config)
-        counted[setting.name] = (config, measured_flops(config, kept_token_counts(model, pixel_values)))
+        if setting.dense_sparse_keep_rates is None:
+            counted[setting.name] = (config, measured_flops(config, kept_token_counts(model, pixel_values)))
+        else:
+            counted[setting.name] = (config, step_flops(model, setting, pixel_values))
 
     times = interleaved_times(runs, plan.repeats, plan.warmup, target.device, plan.progress, prepare)
     # The CPU tracker is a dispatch mode, which compiled graphs bypass: no figure rather than a wrong one.
@@ -171,6 +194,23 @@ def measure_settings(
             )
         )
     return measurements
+
+
+def step_flops(model: torch.nn.Module, setting: Setting, pixel_values: torch.Tensor) -> MeasuredFlops:
+    """Forward FLOPs per image of one dense/sparse training step, against one dense forward.
+
+    The step runs its densest rate's pass and then, with `"dense_and_one"`, one sparse rate in turn (counted as
+    their mean) or, with `"every_rate"`, every sparse rate; each pass at its operating point
+    (`hf_trilevel.dense_sparse.operating_point`). Kept-token counts are the densest pass's.
+    """
+    passes = []
+    for rate in setting.dense_sparse_keep_rates:
+        with model.keep_rates(*operating_point(model.config, rate)):
+            config = copy.deepcopy(model.config)
+            passes.append(measured_flops(config, kept_token_counts(model, pixel_values)))
+    main, sparse = passes[0], [flops.flops_per_image for flops in passes[1:]]
+    extra = sum(sparse) if setting.dense_sparse_schedule == "every_rate" else statistics.mean(sparse)
+    return dataclasses.replace(main, flops_per_image=main.flops_per_image + extra)
 
 
 def calibrate_matched_settings(

@@ -70,11 +70,22 @@ class Setting:
     token_selector: str = "class_attention"
     token_keep_mass: float = 1.0
     matched_keep_rate: float | None = None
+    # A dense/sparse training row (`bench train --dense-sparse-keep-rates`): one step trains every pass of
+    # `DenseSparseTraining` at these rates; `token_keep_rate` is then the sparsest, the model's own setting.
+    dense_sparse_keep_rates: tuple[float, ...] | None = None
+    dense_sparse_schedule: str = "dense_and_one"
+    distillation: str = "none"
 
     @property
     def name(self) -> str:
         if self.matched_keep_rate is not None:  # the calibrated mass is a result, so it stays out of the name
             name = f"adaptive at keep {self.matched_keep_rate:g} tokens"
+        elif self.dense_sparse_keep_rates is not None:
+            name = "dense/sparse " + "/".join(f"{rate:g}" for rate in self.dense_sparse_keep_rates)
+            if self.token_selector == "adaptive":
+                name += f", adaptive mass {self.token_keep_mass:g}"
+            elif self.token_selector != "class_attention":
+                name += f", {self.token_selector}"
         else:
             name = f"keep {self.token_keep_rate:g}"
             if self.token_selector == "adaptive":
@@ -83,7 +94,11 @@ class Setting:
                 name += f", {self.token_selector}"
         if self.attention_keep_rate < 1.0:
             name += f", attention {self.attention_keep_rate:g}"
-        return name + (", fusion" if self.token_fusion else "")
+        name += ", fusion" if self.token_fusion else ""
+        if self.dense_sparse_keep_rates is not None:
+            name += ", every rate" if self.dense_sparse_schedule == "every_rate" else ""
+            name += ", self-distillation" if self.distillation == "self" else ""
+        return name
 
     def config_kwargs(self) -> dict:
         """The `TriLevelViTConfig` fields this setting sets."""
@@ -261,6 +276,37 @@ def settings(args: argparse.Namespace) -> list[Setting]:
             f"--keep-rates / --attention-keep-rates / --token-keep-mass hold values that print alike: {names}."
         )
     return chosen
+
+
+def dense_sparse_settings(args: argparse.Namespace, base: list[Setting]) -> list[Setting]:
+    """`bench train --dense-sparse-keep-rates`: one dense/sparse training row per attention rate, fusion, selector
+    and mass of the `base` rows (the keep rate is the dense/sparse one); none without the flag.
+
+    `--distillation` and `--dense-sparse-schedule` apply to these rows only, so they are refused without it.
+    """
+    rates = getattr(args, "dense_sparse_keep_rates", None)
+    distillation, schedule = getattr(args, "distillation", None), getattr(args, "dense_sparse_schedule", None)
+    if rates is None:
+        for flag, value in (("--distillation", distillation), ("--dense-sparse-schedule", schedule)):
+            if value is not None:
+                raise CommandError(f"{flag} applies to dense/sparse rows: add `--dense-sparse-keep-rates RATE ...`.")
+        return []
+    for rate in rates:
+        checked_option(check_keep_rate, "--dense-sparse-keep-rates", rate)
+    if len(set(rates)) != len(rates) or len(rates) < 2:
+        raise CommandError(f"--dense-sparse-keep-rates must be at least two distinct keep rates, got {rates}.")
+    ordered = tuple(sorted(rates, reverse=True))
+    rows = {}
+    for setting in base:
+        if setting.matched_keep_rate is not None:
+            continue  # a calibrated mass belongs to its own keep rate
+        row = Setting(
+            ordered[-1], setting.attention_keep_rate, setting.token_fusion, setting.token_selector,
+            setting.token_keep_mass, dense_sparse_keep_rates=ordered,
+            dense_sparse_schedule=schedule or "dense_and_one", distillation=distillation or "self",
+        )  # fmt: skip
+        rows[row.name] = row
+    return list(rows.values())
 
 
 def token_selectors(args: argparse.Namespace) -> list[str]:

@@ -12,27 +12,50 @@ fraction of the data (`--example-keep-fractions`, counted as the forgetting poli
 `--dataset-size` images (ImageNet-1k by default). Its FLOPs limit is the step's limit times dense steps over kept
 steps. Training FLOPs are taken as three times the
 forward FLOPs (forward, and backward to activations and weights), so a step's limit equals the forward limit.
+
+`--dense-sparse-keep-rates 1 0.7 0.5` adds dense/sparse training rows (SaiT weight sharing,
+`hf_trilevel.DenseSparseTraining`): one step is that technique's step through `TriLevelTrainer`'s loss
+(`hf_trilevel.loss_terms.composed_loss`): the densest pass, then the sparse passes its schedule takes
+(`--dense-sparse-schedule`: one per step in turn, or every rate), with `--distillation self` (the default) or
+`none`, all in one backward. Its FLOPs limit counts every pass, so it is below 1: the row says what one checkpoint
+for several keep rates costs per step against training dense ViT.
 """
 
 import argparse
 import contextlib
+import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import torch
 
 from ..data_pruning import ForgettingPolicy
-from ..errors import checked_option
+from ..dense_sparse import SCHEDULES, DenseSparseTraining
+from ..errors import CommandError, checked_option
 from ..formatting import format_duration
+from ..loss_terms import composed_loss
 from ..value_checks import check_int
-from .measure import CallFactory, TimingPlan, measure_settings, random_batch, timing_plan, weights_note
+from .measure import (
+    CallFactory,
+    SettingCallFactory,
+    TimingPlan,
+    measure_settings,
+    random_batch,
+    timing_plan,
+    weights_note,
+)
+from .models import switch_setting
 from .options import (
     RunTarget,
+    Setting,
     add_setting_arguments,
     add_shape_arguments,
     add_target_arguments,
     check_example_keep_fractions,
+    dense_sparse_settings,
 )
 from .report import check_writable, markdown_table, mib, report_payload, write_report
 
@@ -58,6 +81,9 @@ class StepResult:
     token_selector: str = "class_attention"
     token_keep_mass: float = 1.0
     mean_kept_tokens: list[float] | None = None  # per pruning layer, mean over the batch's images (train mode)
+    dense_sparse_keep_rates: list[float] | None = None  # a dense/sparse training row: the rates one step trains
+    dense_sparse_schedule: str | None = None
+    distillation: str | None = None
 
 
 @dataclass
@@ -73,20 +99,25 @@ class EpochProjection:
     fraction_of_limit: float
 
 
+def _optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
+    # No weight decay and a tiny lr: timing must not depend on how far training has moved the weights.
+    return torch.optim.AdamW(module.parameters(), lr=1e-6, weight_decay=0.0)
+
+
+def _autocast(target: RunTarget) -> contextlib.AbstractContextManager:
+    if target.dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(target.device.type, dtype=target.dtype)
+
+
 def _training_step(target: RunTarget, pixel_values: torch.Tensor, labels: torch.Tensor) -> CallFactory:
     """What `Trainer` does per batch, for one model with its own AdamW: forward with labels, backward, step, zero."""
 
     def make_step(model: Callable, module: torch.nn.Module) -> Callable[[], None]:
-        # No weight decay and a tiny lr: timing must not depend on how far training has moved the weights.
-        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-6, weight_decay=0.0)
-        autocast = (
-            torch.autocast(target.device.type, dtype=target.dtype)
-            if target.dtype != torch.float32
-            else contextlib.nullcontext()
-        )
+        optimizer = _optimizer(module)
 
         def step() -> None:
-            with autocast:
+            with _autocast(target):
                 loss = model(pixel_values=pixel_values, labels=labels).loss
             loss.backward()
             optimizer.step()
@@ -97,11 +128,52 @@ def _training_step(target: RunTarget, pixel_values: torch.Tensor, labels: torch.
     return make_step
 
 
+def dense_sparse_step(target: RunTarget, pixel_values: torch.Tensor, labels: torch.Tensor) -> SettingCallFactory:
+    """One `DenseSparseTraining` step as `TriLevelTrainer` runs it, for a dense/sparse row: the technique's step
+    events around the trainer's composed loss (the densest pass, then the sparse passes of this step), one
+    backward, AdamW step, zero. Successive calls are successive optimizer steps, so `"dense_and_one"` takes the
+    sparse rates in turn across the timed rounds."""
+
+    def make_step(model: Callable, module: torch.nn.Module, setting: Setting) -> Callable[[], None]:
+        technique = DenseSparseTraining(
+            setting.dense_sparse_keep_rates, schedule=setting.dense_sparse_schedule, distillation=setting.distillation
+        )
+        switch_setting(module, setting)()  # the technique reads the row's attention keep rate when training begins
+        recorded = module.config.dense_sparse_keep_rates
+        technique.on_train_begin(
+            SimpleNamespace(device=target.device), SimpleNamespace(max_steps=0), None, model=module
+        )
+        module.config.dense_sparse_keep_rates = recorded  # the other rows share this model: leave no record behind
+        optimizer = _optimizer(module)
+        steps = itertools.count()
+        inputs = {"pixel_values": pixel_values, "labels": labels}
+
+        def step() -> None:
+            state = SimpleNamespace(global_step=next(steps))
+            technique.on_step_begin(None, state, None, model=module)
+            with _autocast(target):
+                loss, _, _ = composed_loss(
+                    model, inputs, [technique], config=module.config, example_index=None, num_items_in_batch=None,
+                    num_processes=1, label_smoothing=0.0,
+                )  # fmt: skip
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            technique.on_step_end(None, state, None, model=module)
+
+        return step
+
+    return make_step
+
+
 def benchmark_training_steps(plan: TimingPlan) -> list[StepResult]:
     """Median training-step time of dense ViT and every TriLevel setting; the first result is the dense model."""
     pixel_values, labels = random_batch(plan)
     step = _training_step(plan.target, pixel_values, labels)
-    measurements = measure_settings(plan, step, training=True, pixel_values=pixel_values)
+    dense_sparse = dense_sparse_step(plan.target, pixel_values, labels)
+    measurements = measure_settings(
+        plan, step, training=True, pixel_values=pixel_values, make_setting_call=dense_sparse
+    )
     return [
         StepResult(
             setting=m.name,
@@ -119,9 +191,20 @@ def benchmark_training_steps(plan: TimingPlan) -> list[StepResult]:
             token_selector=m.setting.token_selector,
             token_keep_mass=m.setting.token_keep_mass,
             mean_kept_tokens=list(m.flops.mean_kept_tokens) if m.flops else None,
+            **_dense_sparse_fields(m.setting),
         )
         for m in measurements
     ]
+
+
+def _dense_sparse_fields(setting: Setting) -> dict:
+    if setting.dense_sparse_keep_rates is None:
+        return {}
+    return {
+        "dense_sparse_keep_rates": list(setting.dense_sparse_keep_rates),
+        "dense_sparse_schedule": setting.dense_sparse_schedule,
+        "distillation": setting.distillation,
+    }
 
 
 def project_epochs(
@@ -192,6 +275,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="share of the data each epoch trains on after example pruning, each in (0, 1]")  # fmt: skip
     group.add_argument("--dataset-size", type=int, default=IMAGENET_TRAIN_IMAGES, help="training images per epoch")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    group = parser.add_argument_group("dense/sparse training (one checkpoint for several keep rates)")
+    group.add_argument("--dense-sparse-keep-rates", type=float, nargs="+", default=None, metavar="RATE",
+                       help="also time DenseSparseTraining steps at these token keep rates (at least two, each in "
+                            "(0, 1]): the densest pass and the sparse passes of one step")  # fmt: skip
+    group.add_argument("--distillation", choices=["none", "self"], default=None,
+                       help="distillation of the dense/sparse rows (default: self)")  # fmt: skip
+    group.add_argument("--dense-sparse-schedule", choices=list(SCHEDULES), default=None,
+                       help="sparse passes per step of the dense/sparse rows (default: dense_and_one)")  # fmt: skip
     # Imported here so the time-to-accuracy options sit in the same `--help`.
     from .time_to_accuracy import add_time_to_accuracy_arguments
 
@@ -200,10 +291,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.time_to_accuracy:
+        if args.dense_sparse_keep_rates is not None:
+            raise CommandError(
+                "--dense-sparse-keep-rates times training steps; it does not apply to --time-to-accuracy."
+            )
         from .time_to_accuracy import run_time_to_accuracy
 
         return run_time_to_accuracy(args)
     plan = timing_plan(args, "bench train")
+    plan = dataclasses.replace(plan, settings=plan.settings + dense_sparse_settings(args, plan.settings))
     check_example_keep_fractions(args.example_keep_fractions)
     checked_option(check_int, "--dataset-size", args.dataset_size)
     check_writable(args.json)
