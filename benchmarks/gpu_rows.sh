@@ -6,7 +6,8 @@
 #     --intermediate-size 64 --image-size 32 --patch-size 4" OUT=/tmp/gpu-dry bash benchmarks/gpu_rows.sh   # CPU dry run
 #
 # Rows: dense vs TriLevel keep rates and attention sparsity (inference and training steps), and the three token
-# selectors at fixed-rate's token budget (random weights: selector overhead; a trained folder via MODEL=path).
+# selectors at fixed-rate's token budget (random weights: selector overhead; a trained folder via MODEL=path), and
+# a dense/sparse training step (the operating points' own throughputs are the keep-rate inference rows).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-bfloat16}
@@ -34,4 +35,7 @@ if [[ -n "$MODEL" ]]; then SOURCE=(--model "$MODEL"); fi
     --token-selector class_attention learned adaptive --match-fixed-rate --json "$OUT/selectors.json"
 "${BENCH[@]}" inference "${SOURCE[@]}" "${COMMON[@]}" --keep-rates 0.7 --attention-keep-rates 1 \
     --token-selector adaptive --match-fixed-rate --token-count-buckets 4 --json "$OUT/selectors_groups.json"
+echo "== dense/sparse training step: one checkpoint for keep rates 1 / 0.7 / 0.5 against dense (issue 12)"
+"${BENCH[@]}" train "${SHAPE_ARGS[@]}" "${COMMON[@]}" --keep-rates 1 --attention-keep-rates 1 \
+    --dense-sparse-keep-rates 1 0.7 0.5 --json "$OUT/dense_sparse_train.json"
 echo "done: $OUT"

@@ -100,7 +100,9 @@ class DenseSparseTraining(TrainingTechnique):
         warmup_fraction: float = 0.0,
         decay_fraction: float = 0.0,
     ):
-        rates = check_dense_sparse_keep_rates(list(keep_rates) if keep_rates is not None else [], "keep_rates")
+        if isinstance(keep_rates, (str, bytes)) or not isinstance(keep_rates, Sequence) or not keep_rates:
+            raise ValueError(f"`keep_rates` must be a list of at least two keep rates in (0, 1], got {keep_rates!r}.")
+        rates = check_dense_sparse_keep_rates(list(keep_rates), "keep_rates")
         if len(rates) < 2:
             raise ValueError(
                 f"`keep_rates` must hold at least two keep rates (one checkpoint for several operating points), got "

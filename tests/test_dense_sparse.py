@@ -214,7 +214,8 @@ def test_a_resumed_run_equals_the_uninterrupted_run(digits, tmp_path):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"keep_rates": []}, "`keep_rates` must be None or a non-empty list"),
+        ({"keep_rates": []}, r"`keep_rates` must be a list of at least two keep rates in \(0, 1\], got \[\]"),
+        ({"keep_rates": None}, "`keep_rates` must be a list of at least two"),
         ({"keep_rates": [0.7]}, "at least two keep rates"),
         ({"keep_rates": [1.0, 1.2]}, r"`keep_rates\[1\]` must be in \(0, 1\]"),
         ({"keep_rates": [1.0, 0.0]}, r"`keep_rates\[1\]` must be in \(0, 1\]"),
@@ -247,3 +248,23 @@ def test_importance_distillation_without_pruning_layers_is_refused(digits, tmp_p
     technique = DenseSparseTraining([1.0, 0.5], importance_weight=1.0)
     with pytest.raises(ValueError, match="`importance_weight` > 0 aligns the pruning layers"):
         train(digits, tmp_path, technique, model=tiny_classifier(token_prune_layers=[]), max_steps=1)
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        {"token_selector": "class_attention", "token_fusion": True},
+        {"token_selector": "learned"},
+        {"token_selector": "adaptive", "token_keep_mass": 0.6},
+        {"token_selector": "adaptive", "token_importance": "learned", "token_keep_mass": 0.6},
+    ],
+    ids=["class_attention_fusion", "learned", "adaptive", "adaptive_learned"],
+)
+def test_every_token_selector_trains_with_every_term(digits, tmp_path, selector):
+    model = tiny_classifier(attention_keep_rate=0.5, **selector)
+    technique = DenseSparseTraining([1.0, 0.5, 0.25], schedule="every_rate", importance_weight=0.5)
+    trainer = train(digits, tmp_path, technique, model=model, max_steps=2)
+    for entry in [e for e in trainer.state.log_history if "loss" in e]:
+        assert all(f"loss/{term}" in entry for term in (SPARSE_TASK_TERM, DISTILLATION_TERM, IMPORTANCE_TERM))
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in entry.items() if k.startswith("loss"))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
