@@ -529,7 +529,7 @@ def dense_sparse_callbacks(
 ) -> list:
     """`[DenseSparseTraining]` when `--dense_sparse_keep_rates` is given (with the keep-rate warm-up, if asked, for
     every sparse rate), else `[]`. A teacher's classes are checked here, from its config, before the data loads."""
-    if not dense_sparse_args.enabled():
+    if not dense_sparse_args.enabled() or not training_args.do_train:  # the technique only trains
         return []
     warmup = None
     if pruning_args.keep_rate_schedule:

@@ -38,7 +38,7 @@ from .configuration_trilevel_vit import check_dense_sparse_keep_rates
 from .distillation import check_temperature, freeze, importance_distillation, logit_distillation
 from .loss_terms import model_output
 from .training_technique import TrainingBatch, TrainingTechnique
-from .value_checks import check_fraction, check_number
+from .value_checks import as_pair, check_fraction, check_number
 
 SCHEDULES = ("dense_and_one", "every_rate")
 DISTILLATION_MODES = ("none", "self", "teacher")
@@ -167,11 +167,7 @@ class DenseSparseTraining(TrainingTechnique):
                 f"DenseSparseTraining needs a TriLevel model (one with `keep_rates`), got {type(model).__name__}."
             )
         config = model.config
-        if self.importance_weight > 0 and not config.token_prune_layers:
-            raise ValueError(
-                "`importance_weight` > 0 aligns the pruning layers' token importance, but `token_prune_layers` is "
-                "empty; set pruning layers or `importance_weight=0`."
-            )
+        check_model_for_dense_sparse(config, self.keep_rates, self.distillation)
         if self.teacher is not None:
             check_teacher_model(self.teacher, config)
             self.teacher.to(args.device)
@@ -187,6 +183,10 @@ class DenseSparseTraining(TrainingTechnique):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         model.set_keep_rates(*self._saved_rates)  # evaluation and checkpoints see the model's own rates
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._saved_rates is not None:
+            model.set_keep_rates(*self._saved_rates)
 
     # -- the loss seam -----------------------------------------------------------------------------------------
     def forward_kwargs(self) -> dict:
@@ -259,6 +259,31 @@ class DenseSparseTraining(TrainingTechnique):
         return settings
 
 
+def check_model_for_dense_sparse(config, keep_rates: list[float], distillation: str) -> None:
+    """Refuse a model that dense/sparse training cannot serve as asked, before the first step.
+
+    Without pruning layers every "sparse" pass would equal the dense one. The model's own `token_keep_rate` is the
+    operating point evaluation, `from_pretrained` and the card use, so it must be one of the trained rates.
+    Distillation compares class probabilities, so it needs single-label classification.
+    """
+    if not config.token_prune_layers:
+        raise ValueError(
+            "dense/sparse training needs pruning layers: `token_prune_layers` is empty, so every sparse pass would "
+            "equal the dense one; set `token_prune_layers`."
+        )
+    if float(config.token_keep_rate) not in keep_rates:
+        raise ValueError(
+            f"the model's `token_keep_rate` ({config.token_keep_rate}, its default operating point: evaluation, "
+            f"`from_pretrained` and the model card use it) is not among the trained `keep_rates` {keep_rates}; set "
+            "`token_keep_rate` to one of them."
+        )
+    if distillation != "none" and config.problem_type not in (None, "single_label_classification"):
+        raise ValueError(
+            f"`distillation={distillation!r}` distils class probabilities, but the model's problem_type is "
+            f"{config.problem_type!r}; use distillation='none'."
+        )
+
+
 def check_teacher_model(teacher: torch.nn.Module, config) -> None:
     """Refuse a teacher that cannot read the student's images or predicts other classes (from their configs)."""
     teacher_config = getattr(teacher, "config", None)
@@ -269,8 +294,8 @@ def check_teacher_model(teacher: torch.nn.Module, config) -> None:
             f"the teacher predicts {teacher_config.num_labels} classes but the model {config.num_labels}; distil "
             "from a teacher trained on the same label space."
         )
-    for name in ("image_size", "num_channels"):
-        if hasattr(teacher_config, name) and getattr(teacher_config, name) != getattr(config, name):
+    for name, read in (("image_size", as_pair), ("num_channels", int)):
+        if hasattr(teacher_config, name) and read(getattr(teacher_config, name)) != read(getattr(config, name)):
             raise ValueError(
                 f"the teacher's `{name}` is {getattr(teacher_config, name)} but the model's {getattr(config, name)}: "
                 "it must read the same `pixel_values`."

@@ -6,12 +6,12 @@ soon as they are known, from the teacher's config alone, before any weights load
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from .configuration_trilevel_vit import check_dense_sparse_keep_rates
-from .dense_sparse import DISTILLATION_MODES, SCHEDULES, DenseSparseTraining
+from .dense_sparse import DISTILLATION_MODES, SCHEDULES, DenseSparseTraining, check_model_for_dense_sparse
 from .distillation import check_temperature, load_teacher
 from .value_checks import check_keep_rate, check_number
 
@@ -69,16 +69,13 @@ class DenseSparseArguments:
 
 def check_dense_sparse_arguments(args: DenseSparseArguments) -> None:
     """Refuse bad dense/sparse and distillation flags before any data loads; each message names its flag."""
-    given = [
-        name
-        for name, default in (("distillation", None), ("teacher_model_name_or_path", None))
-        if getattr(args, name) != default
-    ]
     if not args.enabled():
+        defaults = DenseSparseArguments()
+        given = [item.name for item in fields(args) if getattr(args, item.name) != getattr(defaults, item.name)]
         if given:
             raise ValueError(
-                f"`{given[0]}` teaches the sparse passes of dense/sparse training; pass `dense_sparse_keep_rates` "
-                "too (e.g. 1.0 0.7 0.5)."
+                f"`{given[0]}` is a setting of dense/sparse training; pass `dense_sparse_keep_rates` too (e.g. "
+                "1.0 0.7 0.5)."
             )
         return
     for rate in args.dense_sparse_keep_rates:  # one name for every entry, so the message names the flag
@@ -112,11 +109,8 @@ def build_dense_sparse_training(
 ) -> DenseSparseTraining:
     """The technique the flags ask for, for the model `config`; loads and checks the teacher (its classes first,
     from its config alone)."""
-    if args.token_importance_distillation_weight > 0 and not config.token_prune_layers:
-        raise ValueError(
-            "`token_importance_distillation_weight` aligns the pruning layers' token importance, but the model has "
-            "no `token_prune_layers`; set them or pass 0."
-        )
+    check_model_for_dense_sparse(config, check_dense_sparse_keep_rates(args.dense_sparse_keep_rates),
+                                 args.distillation_mode())  # fmt: skip
     teacher = None
     if args.distillation_mode() == "teacher":
         teacher = load_teacher(

@@ -392,15 +392,16 @@ def operating_points_text(config: TriLevelViTConfig, report: dict | None) -> str
             f"This checkpoint was trained at one setting (`token_keep_rate` = {float(config.token_keep_rate):g}); the "
             "other rows run the same weights at rates they were not trained for"
         )
-    dense = (
-        "keep rate 1.0 is the dense model" if rates else "keep rate 1.0 at attention keep rate 1.0 is the dense model"
-    )
     points = report["points"]
+    # Name the dense row only if the table has one (keep 1.0 at attention 1.0); a table measured with attention
+    # held lower, or without rate 1.0, has no dense row.
+    dense_rows = [p for p in points if p.get("token_keep_rate") == 1.0 and p.get("attention_keep_rate") == 1.0]
+    dense = "; the keep rate 1.0 row is the dense model" if dense_rows else ""
     measured = f"{report['num_examples']} images" if isinstance(report.get("num_examples"), int) else "the evaluation"
     split = f" of the `{report['split']}` split" if isinstance(report.get("split"), str) else ""
     return (
         "\n## Operating points\n\n"
-        f"{trained}. One set of weights serves every row: {switch} picks one (`r` and `a` from the row); {dense}.\n\n"
+        f"{trained}. One set of weights serves every row: {switch} picks one (`r` and `a` from the row){dense}.\n\n"
         f"{operating_points_markdown(points)}\n\n"
         f"Accuracy over {measured}{split}. Throughput measured on {measurement_setup(report)}, every rate on the "
         "same batch in interleaved rounds; it depends on the hardware and batch size, and `hf-trilevel visualize "

@@ -379,7 +379,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         num_patches = patch_positions.shape[1]  # all of them when importance is recorded (never split into groups)
         for layer in self.layers[start:]:
             incoming_positions = patch_positions
-            hidden_states, patch_positions, attention_mask, layer_loss, importance = layer(
+            hidden_states, patch_positions, attention_mask, layer_loss, *importance = layer(
                 hidden_states, patch_positions, attention_mask, sparsity=sparsity, **layer_kwargs
             )
             token_importance += [scatter_importance(entry, incoming_positions, num_patches) for entry in importance]

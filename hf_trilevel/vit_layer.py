@@ -125,7 +125,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         *,
         sparsity: SparsitySettings,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, ...]]:
+    ) -> tuple[torch.Tensor | None, ...]:
         """
         Args:
             hidden_states: `[batch, tokens, hidden]`, class token first (and a fused token last, after fusion).
@@ -135,8 +135,10 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             sparsity: this forward's settings, passed by keyword so a checkpointing recompute reuses them.
 
         Returns:
-            `(hidden_states, patch_positions, attention_mask, auxiliary_loss, token_importance)`, reduced if this is
-            a pruning layer; `auxiliary_loss` is the selector's (or None). `token_importance` is empty unless
+            `(hidden_states, patch_positions, attention_mask, auxiliary_loss, *token_importance)`, reduced if this is
+            a pruning layer; `auxiliary_loss` is the selector's (or None). The importance tensors come last, each
+            at the top level of the tuple, where reentrant gradient checkpointing keeps their gradients (it drops
+            those of tensors nested deeper). `token_importance` is empty unless
             `sparsity.record_token_importance`: then a pruning layer adds the `[batch, patches]` log importance its
             selector ranks the incoming patch tokens by, and the last layer its log class-token attention (-inf at
             padding, with gradients); see `TriLevelViTModelOutput.token_importance`.
@@ -160,7 +162,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         hidden_states = self.layernorm_after(hidden_states)
         hidden_states = self.mlp(hidden_states)
         hidden_states = self.dropout(hidden_states) + residual
-        return hidden_states, patch_positions, attention_mask, auxiliary_loss, token_importance
+        return hidden_states, patch_positions, attention_mask, auxiliary_loss, *token_importance
 
     def token_importance(
         self,

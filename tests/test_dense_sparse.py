@@ -196,18 +196,18 @@ def test_a_teacher_with_other_classes_or_image_size_is_refused_before_training(d
 
 # -- checkpoints and resume ---------------------------------------------------------------------------------------
 def test_a_resumed_run_equals_the_uninterrupted_run(digits, tmp_path):
-    def technique():
-        return DenseSparseTraining([1.0, 0.5, 0.25], importance_weight=0.3)
+    def technique():  # resumed at an odd step, with the warm-up: a per-run counter would pick other rates
+        return DenseSparseTraining([1.0, 0.5, 0.25], importance_weight=0.3, warmup_fraction=0.2, decay_fraction=0.5)
 
-    full = train(digits, tmp_path / "full", technique(), save_strategy="steps", save_steps=4)
+    full = train(digits, tmp_path / "full", technique(), save_strategy="steps", save_steps=3)
     resumed = train(
-        digits, tmp_path / "resumed", technique(), save_strategy="steps", save_steps=4,
-        resume=str(tmp_path / "full" / "checkpoint-4"),
+        digits, tmp_path / "resumed", technique(), save_strategy="steps", save_steps=3,
+        resume=str(tmp_path / "full" / "checkpoint-3"),
     )  # fmt: skip
     for first, second in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(first, second, rtol=0, atol=0)
     losses = [[e["loss"] for e in trainer.state.log_history if "loss" in e] for trainer in (full, resumed)]
-    assert len(losses[0]) == 12 and losses[0] == losses[1]  # the resumed log carries the checkpoint's first 4
+    assert len(losses[0]) == 12 and losses[0] == losses[1]  # the resumed log carries the checkpoint's first 3
 
 
 # -- bad input ----------------------------------------------------------------------------------------------------
@@ -244,10 +244,37 @@ def test_a_second_keep_rate_setter_is_refused_before_training(digits, tmp_path):
         trainer.train()
 
 
-def test_importance_distillation_without_pruning_layers_is_refused(digits, tmp_path):
-    technique = DenseSparseTraining([1.0, 0.5], importance_weight=1.0)
-    with pytest.raises(ValueError, match="`importance_weight` > 0 aligns the pruning layers"):
+def test_a_model_without_pruning_layers_is_refused(digits, tmp_path):
+    technique = DenseSparseTraining([1.0, 0.5])
+    with pytest.raises(ValueError, match="dense/sparse training needs pruning layers"):
         train(digits, tmp_path, technique, model=tiny_classifier(token_prune_layers=[]), max_steps=1)
+
+
+def test_a_model_whose_own_keep_rate_was_not_trained_is_refused(digits, tmp_path):
+    with pytest.raises(ValueError, match=r"`token_keep_rate` \(0.5, its default operating point"):
+        train(digits, tmp_path, DenseSparseTraining([1.0, 0.7, 0.3]), max_steps=1)
+
+
+def test_the_sparse_terms_are_weighted_per_example_like_the_task_loss():
+    from hf_trilevel import TrainingBatch
+    from hf_trilevel.distillation import logit_distillation
+    from hf_trilevel.losses import per_example_loss
+
+    model = tiny_classifier()
+    pixels, labels = images(4, size=16), torch.tensor([0, 1, 2, 3])
+    weights = torch.tensor([0.0, 1.0, 2.0, 0.5])
+    teacher = torch.randn(4, 10)
+    outputs = model(pixels)
+    batch = TrainingBatch(
+        {"pixel_values": pixels}, labels, outputs, per_example_loss(outputs.logits, labels, model.config),
+        example_weights=weights, task_loss=lambda out: per_example_loss(out.logits, labels, model.config),
+    )  # fmt: skip
+    technique = DenseSparseTraining([1.0, 0.5], distillation_weight=3.0, distillation_temperature=2.0)
+    terms = technique._pass_terms(batch, outputs, teacher, None)
+    expected_task = (per_example_loss(outputs.logits, labels, model.config) * weights).mean()
+    expected_kd = 3.0 * (logit_distillation(outputs.logits, teacher, 2.0) * weights).mean()
+    torch.testing.assert_close(terms[SPARSE_TASK_TERM], expected_task)
+    torch.testing.assert_close(terms[DISTILLATION_TERM], expected_kd)
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,22 @@ def test_the_model_returns_each_pruning_layers_importance_then_the_last_layers_c
     torch.testing.assert_close(first, attention[:, 1:].log())
 
 
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_importance_keeps_its_gradients_under_gradient_checkpointing(reentrant):
+    model = tiny_model(token_keep_rate=0.5, token_prune_layers=[1, 3]).train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    outputs = model(images(2), output_token_importance=True)
+    assert len(outputs.token_importance) == 3  # layer 1, layer 3 as a pruning layer, layer 3 as the last layer
+    importance_distillation(list(outputs.token_importance[:-1]), outputs.token_importance[-1]).sum().backward()
+    assert model.vit.layers[1].attention.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_the_last_layer_as_a_pruning_layer_reports_both_entries_over_the_same_patches():
+    model = tiny_model(token_keep_rate=0.5, token_prune_layers=[1, 3])
+    pruning, last = model(images(2), output_token_importance=True).token_importance[1:]
+    torch.testing.assert_close(pruning, last)  # class attention ranks and is read: the same scores
+
+
 def test_importance_is_recorded_only_when_asked_and_changes_no_output():
     model = tiny_model(token_keep_rate=0.5, attention_keep_rate=0.5)
     pixels = images(2)

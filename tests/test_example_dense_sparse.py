@@ -69,6 +69,7 @@ BAD_INPUT = {
     "teacher without a path": ([*RATES, "--distillation", "teacher"], "needs --teacher_model_name_or_path"),
     "a path without teacher": ([*RATES, "--teacher_model_name_or_path", "x"], "pass --distillation teacher"),
     "distillation without rates": (["--distillation", "self"], "pass --dense_sparse_keep_rates too"),
+    "a weight without rates": (["--distillation_weight", "2"], "--distillation_weight is a setting of dense/sparse"),
     "temperature 0": ([*RATES, "--distillation_temperature", "0"], "--distillation_temperature must be in (0, inf)"),
     "negative weight": ([*RATES, "--distillation_weight", "-1"], "--distillation_weight must be in [0, inf)"),
     "negative importance weight": (
@@ -88,6 +89,13 @@ def test_bad_dense_sparse_input_stops_before_the_data_loads(case, example, tmp_p
     assert raised.value.code == 2
     error = capsys.readouterr().err
     assert message in error and "--train_dir" not in error
+
+
+def test_rates_that_leave_the_models_own_rate_untrained_are_refused_before_training(example, tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:  # from scratch the model's own rate is 0.7
+        setup_of(example, tmp_path, RATES[0], "1.0", "0.5")
+    assert raised.value.code == 2
+    assert "`token_keep_rate` (0.7, its default operating point" in capsys.readouterr().err
 
 
 def test_a_teacher_with_other_classes_is_refused_before_training(example, tmp_path, capsys):

@@ -413,7 +413,7 @@ def test_a_measured_table_becomes_the_operating_points_section_with_its_setup(tm
     assert "One set of weights serves every row: `model.set_keep_rates(token_keep_rate=r, attention_keep_rate=a)`" in (
         section
     )
-    assert "keep rate 1.0 is the dense model" in section
+    assert "(`r` and `a` from the row); the keep rate 1.0 row is the dense model." in section
     assert "| 1.0 | 1.0 | 90.00% | 800.0 | 1.00x | 1.00x |" in section
     assert "| 0.5 | 0.6 | 85.00% | 1,200.0 | 1.50x | 1.60x |" in section
     assert "Accuracy over 360 images." in section
@@ -441,7 +441,10 @@ def test_a_single_rate_checkpoint_with_a_table_shows_it_as_untrained_rates(tmp_p
     text = saved_card(tmp_path, operating_points=OPERATING_POINTS["points"]).text
     assert "## Operating points" in text and "| 0.5 | 0.6 | 85.00% |" in text
     assert "the other rows run the same weights at rates they were not trained for" in text
-    assert "keep rate 1.0 at attention keep rate 1.0 is the dense model" in text
+    assert "the keep rate 1.0 row is the dense model" in text
+    without_dense = [dict(point, attention_keep_rate=0.6) for point in OPERATING_POINTS["points"]]
+    text = saved_card(tmp_path / "held", operating_points=without_dense).text  # attention held at 0.6: no dense row
+    assert "(`r` and `a` from the row)." in text and "is the dense model" not in text.split("## Operating points")[1]
 
 
 def test_dense_sparse_settings_are_shown_in_the_training_section(tmp_path):
