@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
@@ -62,3 +63,14 @@ def run_on_two_processes(job: Path, output: Path) -> list[dict]:
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
     return [json.loads((output / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def assert_usage_error_before_the_data(example, argv: list[str], message: str, tmp_path: Path, capsys) -> None:
+    """The example stops with exit 2 and `message`, before it loads data: a missing `--train_dir` would be the
+    error if the data were loaded first."""
+    argv = [*argv, "--train_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as raised:
+        example.main(argv)
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "--train_dir" not in error

@@ -9,7 +9,7 @@ import pytest
 from hf_trilevel import DenseSparseTraining, KeepRateScheduleCallback, TriLevelViTForImageClassification
 from hf_trilevel.operating_point_table import OPERATING_POINTS_FILE
 
-from .helpers import tiny_vit
+from .helpers import assert_usage_error_before_the_data, tiny_vit
 from .test_example import load_example
 from .test_example_workflow import TINY_MODEL
 
@@ -81,14 +81,7 @@ BAD_INPUT = {
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))
 def test_bad_dense_sparse_input_stops_before_the_data_loads(case, example, tmp_path, capsys):
-    argv, message = BAD_INPUT[case]
-    # A missing --train_dir would be the error if the data were loaded first.
-    argv = [*argv, "--train_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")]
-    with pytest.raises(SystemExit) as raised:
-        example.main(argv)
-    assert raised.value.code == 2
-    error = capsys.readouterr().err
-    assert message in error and "--train_dir" not in error
+    assert_usage_error_before_the_data(example, *BAD_INPUT[case], tmp_path, capsys)
 
 
 def test_rates_that_leave_the_models_own_rate_untrained_are_refused_before_training(example, tmp_path, capsys):

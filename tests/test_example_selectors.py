@@ -25,7 +25,7 @@ from hf_trilevel.token_counts import (
 )
 from hf_trilevel.token_reduction import token_schedule
 
-from .helpers import images, tiny_config, tiny_model
+from .helpers import assert_usage_error_before_the_data, images, tiny_config, tiny_model
 from .test_example import load_example
 from .test_example_workflow import TINY_MODEL
 
@@ -197,14 +197,7 @@ BAD_SELECTOR_INPUT = {
 
 @pytest.mark.parametrize("case", list(BAD_SELECTOR_INPUT))
 def test_bad_selector_input_stops_before_the_data_loads(case, example, tmp_path, capsys):
-    argv, message = BAD_SELECTOR_INPUT[case]
-    # A missing --train_dir would be the error if the data were loaded first.
-    argv = [*argv, "--train_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")]
-    with pytest.raises(SystemExit) as raised:
-        example.main(argv)
-    assert raised.value.code == 2
-    error = capsys.readouterr().err
-    assert message in error and "--train_dir" not in error
+    assert_usage_error_before_the_data(example, *BAD_SELECTOR_INPUT[case], tmp_path, capsys)
 
 
 def test_a_learned_selector_without_pruning_layers_is_a_usage_error(example, tmp_path, capsys):

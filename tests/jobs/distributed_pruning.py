@@ -122,8 +122,12 @@ def main(output_dir: str) -> None:
     dataset = load_digits_dataset(image_size=16)["train"].select(range(128)).with_transform(to_pixels)
     report = {policy: run(policy, f"{output_dir}/{policy}", dataset) for policy in ("forgetting", "loss")}
     report["composed_against_stock"] = composed_against_stock(output_dir, dataset)
-    rank = dist.get_rank()
-    with open(f"{output_dir}/rank{rank}.json", "w") as file:
+    write_report_and_finish(output_dir, report)
+
+
+def write_report_and_finish(output_dir: str, report: dict) -> None:
+    """Write this rank's `rank{r}.json`, wait for every rank, and end the process group (the other jobs use it too)."""
+    with open(f"{output_dir}/rank{dist.get_rank()}.json", "w") as file:
         json.dump(report, file)
     dist.barrier()
     dist.destroy_process_group()  # without it gloo processes sometimes abort at exit

@@ -2,12 +2,11 @@
 token selectors on two gloo processes and write, per rank, a digest of the weights and what the schedule logged."""
 
 import hashlib
-import json
 import sys
 
 import torch
 import torch.distributed as dist
-from distributed_pruning import collate, to_pixels  # the sibling job script's data helpers
+from distributed_pruning import collate, to_pixels, write_report_and_finish  # the sibling job script's helpers
 from transformers import TrainingArguments
 
 from hf_trilevel import (
@@ -54,11 +53,7 @@ def run(name: str, output_dir: str, dataset) -> dict:
 
 def main(output_dir: str) -> None:
     dataset = load_digits_dataset(image_size=16)["train"].select(range(96)).with_transform(to_pixels)
-    report = {name: run(name, f"{output_dir}/{name}", dataset) for name in SELECTORS}
-    with open(f"{output_dir}/rank{dist.get_rank()}.json", "w") as file:
-        json.dump(report, file)
-    dist.barrier()
-    dist.destroy_process_group()
+    write_report_and_finish(output_dir, {name: run(name, f"{output_dir}/{name}", dataset) for name in SELECTORS})
 
 
 if __name__ == "__main__":
