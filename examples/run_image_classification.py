@@ -83,6 +83,8 @@ from hf_trilevel.dense_sparse_arguments import (
     DenseSparseArguments,
     build_dense_sparse_training,
     check_dense_sparse_arguments,
+    remove_stale_operating_points,
+    write_operating_point_table,
 )
 from hf_trilevel.example_support import (
     build_image_processor,
@@ -119,7 +121,6 @@ from hf_trilevel.image_data import (
 )
 from hf_trilevel.metrics import build_compute_metrics, sparsity_metrics
 from hf_trilevel.model_card_sections import KEPT_TOKENS_METRIC
-from hf_trilevel.operating_point_table import OPERATING_POINTS_FILE, operating_points_markdown, write_operating_points
 from hf_trilevel.token_counts import collect_kept_token_counts, fixed_kept_token_counts, kept_token_metrics
 from hf_trilevel.value_checks import as_pair, check_fraction, check_int, check_number, num_patches
 
@@ -746,23 +747,6 @@ def remove_earlier_checkpoints(trainer: TriLevelTrainer, model_args: ModelArgume
     trainer.accelerator.wait_for_everyone()
 
 
-def write_operating_point_table(trainer: TriLevelTrainer, setup: Setup) -> None:
-    """After dense/sparse training: accuracy and measured images/s at every trained rate, into
-    `operating_points.json` (which the model card shows); measured by the main process while the others wait."""
-    if trainer.is_world_process_zero():
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        points = write_operating_points(model, setup.dataset["validation"], trainer.args.output_dir)
-        print(f"\noperating points of the one checkpoint (validation set):\n{operating_points_markdown(points)}")
-    trainer.accelerator.wait_for_everyone()
-
-
-def remove_stale_operating_points(trainer: TriLevelTrainer) -> None:
-    """A fresh run replaces the earlier run's results: its operating-point table must not reach the new card."""
-    stale = Path(trainer.args.output_dir) / OPERATING_POINTS_FILE
-    if trainer.is_world_process_zero() and stale.is_file():
-        stale.unlink()
-
-
 def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float]]:
     """Check everything, train, evaluate, save and write the model card; return the trainer and the metrics."""
     setup = prepare(sys.argv[1:] if argv is None else list(argv))
@@ -807,7 +791,7 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
         and "validation" in dataset
         and any(isinstance(callback, DenseSparseTraining) for callback in setup.callbacks)
     ):
-        write_operating_point_table(trainer, setup)  # before the card, which shows the table
+        write_operating_point_table(trainer, dataset["validation"])  # before the card, which shows it
 
     kwargs = model_card_kwargs(setup.model_args, setup.data_args)
     if training_args.push_to_hub:

@@ -1,4 +1,5 @@
-"""The example script's dense/sparse training and distillation flags, their checks, and the technique they build.
+"""The example script's dense/sparse training and distillation flags, their checks, the technique they build, and
+the operating-point table it writes after training.
 
 Kept out of `examples/run_image_classification.py` so the script stays a readable recipe. The checks that need no
 data run first (`check_dense_sparse_arguments`); the teacher's classes are checked against the data's label names as
@@ -7,12 +8,14 @@ soon as they are known, from the teacher's config alone, before any weights load
 
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import torch
 
 from .configuration_trilevel_vit import check_dense_sparse_keep_rates
 from .dense_sparse import DISTILLATION_MODES, SCHEDULES, DenseSparseTraining, check_model_for_dense_sparse
 from .distillation import check_temperature, load_teacher
+from .operating_point_table import OPERATING_POINTS_FILE, operating_points_markdown, write_operating_points
 from .value_checks import check_keep_rate, check_number
 
 
@@ -134,4 +137,36 @@ def build_dense_sparse_training(
     )
 
 
-__all__ = ["DenseSparseArguments", "build_dense_sparse_training", "check_dense_sparse_arguments"]
+# The table is measured on at most this many validation images: they are decoded and stacked in memory at once.
+OPERATING_POINT_EXAMPLES = 5000
+
+
+def write_operating_point_table(trainer, validation) -> list[dict] | None:
+    """After dense/sparse training: accuracy and measured images/s at every trained rate on (at most
+    `OPERATING_POINT_EXAMPLES` of) the validation set, into `operating_points.json`, which the model card shows.
+    The main process measures while the others wait."""
+    points = None
+    if trainer.is_world_process_zero():
+        if hasattr(validation, "select") and len(validation) > OPERATING_POINT_EXAMPLES:
+            validation = validation.select(range(OPERATING_POINT_EXAMPLES))
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        points = write_operating_points(model, validation, trainer.args.output_dir)
+        print(f"\noperating points of the one checkpoint (validation set):\n{operating_points_markdown(points)}")
+    trainer.accelerator.wait_for_everyone()
+    return points
+
+
+def remove_stale_operating_points(trainer) -> None:
+    """A fresh run replaces the earlier run's results: its operating-point table must not reach the new card."""
+    stale = Path(trainer.args.output_dir) / OPERATING_POINTS_FILE
+    if trainer.is_world_process_zero() and stale.is_file():
+        stale.unlink()
+
+
+__all__ = [
+    "DenseSparseArguments",
+    "build_dense_sparse_training",
+    "check_dense_sparse_arguments",
+    "remove_stale_operating_points",
+    "write_operating_point_table",
+]

@@ -21,11 +21,11 @@ from string import Template
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_trilevel_vit import TriLevelViTConfig
+from .model_card_dense_sparse import operating_points_text, trained_keep_rates
 from .model_card_sections import (
     TRAINING_FIELDS,
     example_text,
     fusion_text,
-    operating_points_text,
     prune_layers_text,
     prunes_examples,
     results_rows,
@@ -34,7 +34,6 @@ from .model_card_sections import (
     settings_rows,
     size_text,
     token_method_text,
-    trained_keep_rates,
     training_table,
     training_text,
     usage_text,
