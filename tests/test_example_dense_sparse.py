@@ -1,15 +1,22 @@
 """Dense/sparse training and distillation in `examples/run_image_classification.py`: the flags build
 `DenseSparseTraining` (with the warm-up and a teacher), bad values stop before any data loads (exit 2, naming the
-flag), and a short end-to-end run records the trained rates and writes the operating-point table into the card."""
+flag), and a short end-to-end run records the trained rates and writes the operating-point table into the card.
+Also `examples/evaluate_keep_rates.py`, which scores saved folders at several keep rates."""
 
+import importlib.util
 import json
 
 import pytest
+import torch
+from transformers import AutoImageProcessor, ViTForImageClassification
 
 from hf_trilevel import DenseSparseTraining, KeepRateScheduleCallback, TriLevelViTForImageClassification
+from hf_trilevel.example_support import build_image_processor
+from hf_trilevel.image_data import load_digits_dataset
 from hf_trilevel.operating_point_table import OPERATING_POINTS_FILE
+from hf_trilevel.visualize.inputs import preprocess
 
-from .helpers import assert_usage_error_before_the_data, tiny_vit
+from .helpers import assert_usage_error_before_the_data, tiny_model, tiny_vit
 from .test_example import load_example
 from .test_example_workflow import TINY_MODEL
 
@@ -119,3 +126,22 @@ def test_a_dense_sparse_run_records_its_rates_and_writes_the_operating_point_tab
     assert points == [(1.0, 1.0), (0.7, 0.5), (0.5, 0.5)] and report["num_examples"] == 32
     card = (tmp_path / "README.md").read_text()
     assert "## Operating points" in card and "| 0.7 | 0.5 |" in card
+
+
+def test_evaluate_keep_rates_scores_keep_one_as_transformers_vit_does(tmp_path):
+    model = tiny_model(image_size=16, patch_size=4, num_labels=10, token_keep_rate=0.5, attention_keep_rate=0.5)
+    model.save_pretrained(tmp_path / "model")
+    processor, _ = build_image_processor(model.config)
+    processor.save_pretrained(tmp_path / "model")
+    spec = importlib.util.spec_from_file_location("evaluate_keep_rates", "examples/evaluate_keep_rates.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = script.main([str(tmp_path / "model"), "--keep-rates", "1.0", "0.5", "--json", str(tmp_path / "a.json")])
+    assert json.loads((tmp_path / "a.json").read_text()) == results
+    validation = load_digits_dataset(16)["validation"]
+    vit = ViTForImageClassification.from_pretrained(tmp_path / "model").eval()
+    pixels = preprocess(AutoImageProcessor.from_pretrained(tmp_path / "model"), list(validation["image"]), vit.config)
+    with torch.no_grad():
+        dense = (vit(pixels).logits.argmax(-1) == torch.tensor(list(validation["label"]))).float().mean().item()
+    assert results[str(tmp_path / "model")]["1"] == pytest.approx(dense, abs=1e-6)
+    assert set(results[str(tmp_path / "model")]) == {"1", "0.5"}
