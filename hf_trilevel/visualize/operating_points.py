@@ -143,6 +143,8 @@ def plot_operating_points(points: Sequence[dict], path: str | Path, title: str, 
         # Alternate above and below, so neighbouring points with close throughputs keep readable labels.
         offset = (5, 6) if index % 2 == 0 else (5, -13)
         axes.annotate(f"keep {point['token_keep_rate']:g}", (x, y), textcoords="offset points", xytext=offset)
+    low, high = axes.get_ylim()
+    axes.set_ylim(low, min(high, 100.5))  # equal accuracies would otherwise centre the axis past 100%
     axes.set_xlabel("measured throughput (images/s)")
     axes.set_ylabel("validation accuracy (%)")
     axes.set_title(title, fontsize=10)
