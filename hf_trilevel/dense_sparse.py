@@ -133,6 +133,7 @@ class DenseSparseTraining(TrainingTechnique):
             raise ValueError("`warmup_fraction` > 0 needs `decay_fraction` > 0 (the steps that lower the rates).")
         self.warmup_fraction, self.decay_fraction = float(warmup), float(decay)
         self._model = None
+        self._set_up = False
         self._attention_keep_rate = 1.0
         self._saved_rates: tuple[float, float] | None = None
         self._total_steps = 0
@@ -161,7 +162,17 @@ class DenseSparseTraining(TrainingTechnique):
         return pass_rates(self.warmed_rate(rate, step), self._attention_keep_rate)
 
     # -- Trainer events ----------------------------------------------------------------------------------------
+    def setup(self, args, num_examples, device) -> None:
+        self._set_up = True  # only TriLevelTrainer calls this: it is the trainer that runs the extra passes
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self._set_up:
+            raise RuntimeError(
+                "DenseSparseTraining runs extra passes of each batch through the loss seam, which the stock Trainer "
+                "does not have (it would train the dense pass only): use `hf_trilevel.TriLevelTrainer`, a drop-in "
+                "replacement for `transformers.Trainer`."
+            )
+        self._set_up = False
         if model is None or not hasattr(model, "keep_rates"):
             raise ValueError(
                 f"DenseSparseTraining needs a TriLevel model (one with `keep_rates`), got {type(model).__name__}."

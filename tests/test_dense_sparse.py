@@ -235,6 +235,17 @@ def test_bad_settings_are_refused_at_construction(settings, message):
         DenseSparseTraining(**settings)
 
 
+def test_the_stock_trainer_is_told_to_use_trilevel_trainer(digits, tmp_path):
+    from transformers import Trainer
+
+    trainer = Trainer(
+        model=tiny_classifier(), args=training_args(tmp_path), train_dataset=digits, data_collator=collate,
+        callbacks=[DenseSparseTraining([1.0, 0.5])],
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"use `hf_trilevel\.TriLevelTrainer`"):
+        trainer.train()
+
+
 def test_a_second_keep_rate_setter_is_refused_before_training(digits, tmp_path):
     trainer = TriLevelTrainer(
         model=tiny_classifier(), args=training_args(tmp_path), train_dataset=digits, data_collator=collate,

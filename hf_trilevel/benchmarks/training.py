@@ -140,6 +140,7 @@ def dense_sparse_step(target: RunTarget, pixel_values: torch.Tensor, labels: tor
         )
         switch_setting(module, setting)()  # the technique reads the row's attention keep rate when training begins
         recorded = module.config.dense_sparse_keep_rates
+        technique.setup(None, None, target.device)  # as TriLevelTrainer does before training begins
         technique.on_train_begin(
             SimpleNamespace(device=target.device), SimpleNamespace(max_steps=0), None, model=module
         )
