@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .benchmarks.report import environment, markdown_table
+from .image_data import collate
 from .value_checks import check_int, check_keep_rate
 
 OPERATING_POINTS_FILE = "operating_points.json"
@@ -28,15 +29,6 @@ def format_rate(rate: float) -> str:
     """A keep rate as people write it: `1.0`, `0.7`, `0.25`."""
     rate = float(rate)
     return f"{rate:.1f}" if rate == round(rate, 1) else f"{rate:g}"
-
-
-def stack_examples(examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-    """`pixel_values` `[examples, channels, height, width]` and `labels` `[examples]` from per-example dicts (tensor
-    `pixel_values`, int `labels`), as a validation split with an image transform yields them."""
-    return {
-        "pixel_values": torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples]),
-        "labels": torch.tensor([int(example["labels"]) for example in examples]),
-    }
 
 
 def checked_keep_rates(keep_rates: Sequence[float] | None, config) -> list[float]:
@@ -83,7 +75,7 @@ def write_operating_points(
             median round on the first `batch_size` images, see `measure_operating_points`).
         device: where to measure; default: where the model's weights are.
         gather: turns a list of dataset items into a batch dict with `pixel_values` and `labels` (e.g. the run's
-            data collator); default: `stack_examples`.
+            data collator); default: `hf_trilevel.image_data.collate`, the example's.
 
     Returns:
         The points, as `hf_trilevel.visualize.measure_operating_points` returns them; the file also records the
@@ -104,7 +96,7 @@ def write_operating_points(
     warmup = check_int("warmup", warmup, low=0)
     if not hasattr(dataset, "__len__") or len(dataset) == 0:
         raise ValueError("`dataset` must be a non-empty indexable split of examples with `pixel_values` and `labels`.")
-    batch = (gather or stack_examples)([dataset[index] for index in range(len(dataset))])
+    batch = (gather or collate)([dataset[index] for index in range(len(dataset))])
     missing = [key for key in ("pixel_values", "labels") if key not in batch]
     if missing:
         raise ValueError(f"`gather` must return a dict with `pixel_values` and `labels`; it lacks {missing}.")
@@ -248,6 +240,5 @@ __all__ = [
     "operating_points_markdown",
     "read_operating_points",
     "read_operating_points_report",
-    "stack_examples",
     "write_operating_points",
 ]
