@@ -134,7 +134,6 @@ class DenseSparseTraining(TrainingTechnique):
         self.warmup_fraction, self.decay_fraction = float(warmup), float(decay)
         self._model = None
         self._set_up = False
-        self._attention_keep_rate = 1.0
         self._saved_rates: tuple[float, float] | None = None
         self._total_steps = 0
         self._step = 0
@@ -159,7 +158,8 @@ class DenseSparseTraining(TrainingTechnique):
 
     def pass_rates(self, rate: float, step: int) -> tuple[float, float]:
         """`(token, attention)` keep rates of the pass at target `rate` in step `step`."""
-        return pass_rates(self.warmed_rate(rate, step), self._attention_keep_rate)
+        attention = self._saved_rates[1] if self._saved_rates is not None else 1.0  # the model's own, from train begin
+        return pass_rates(self.warmed_rate(rate, step), attention)
 
     # -- Trainer events ----------------------------------------------------------------------------------------
     def setup(self, args, num_examples, device) -> None:
@@ -183,7 +183,6 @@ class DenseSparseTraining(TrainingTechnique):
             check_teacher_model(self.teacher, config)
             self.teacher.to(args.device)
         self._model = model
-        self._attention_keep_rate = float(config.attention_keep_rate)
         self._saved_rates = (config.token_keep_rate, config.attention_keep_rate)
         self._total_steps = state.max_steps
         config.dense_sparse_keep_rates = list(self.keep_rates)  # saved with every checkpoint and the final model
@@ -221,11 +220,7 @@ class DenseSparseTraining(TrainingTechnique):
     def _teacher_logits(self, batch: TrainingBatch) -> torch.Tensor | None:
         if self.distillation == "none" or self.distillation_weight == 0:
             return None
-        if self._model.config.problem_type not in (None, "single_label_classification"):
-            raise ValueError(
-                f"`distillation={self.distillation!r}` distils class probabilities, but the model's problem_type "
-                f"is {self._model.config.problem_type!r}; use distillation='none'."
-            )
+        check_distillable(self._model.config, self.distillation)  # problem_type may be set by the first batch
         if self.distillation == "self":
             return model_output(batch.outputs, "logits").detach()
         with torch.no_grad():
@@ -275,7 +270,7 @@ def check_model_for_dense_sparse(config, keep_rates: list[float], distillation: 
 
     Without pruning layers every "sparse" pass would equal the dense one. The model's own `token_keep_rate` is the
     operating point evaluation, `from_pretrained` and the card use, so it must be one of the trained rates.
-    Distillation compares class probabilities, so it needs single-label classification.
+    Distillation needs single-label classification (`check_distillable`).
     """
     if not config.token_prune_layers:
         raise ValueError(
@@ -288,6 +283,11 @@ def check_model_for_dense_sparse(config, keep_rates: list[float], distillation: 
             f"`from_pretrained` and the model card use it) is not among the trained `keep_rates` {keep_rates}; set "
             "`token_keep_rate` to one of them."
         )
+    check_distillable(config, distillation)
+
+
+def check_distillable(config, distillation: str) -> None:
+    """Distillation compares class probabilities: refuse it for a multi-label or regression `problem_type`."""
     if distillation != "none" and config.problem_type not in (None, "single_label_classification"):
         raise ValueError(
             f"`distillation={distillation!r}` distils class probabilities, but the model's problem_type is "
