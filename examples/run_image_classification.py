@@ -55,7 +55,8 @@ training data of one class (a `--train_dir` with a single class sub-folder), a c
 `--resume_from_checkpoint`), and with `--example_pruning` a fractional `--num_train_epochs`, any `--max_steps`
 (pruning plans whole epochs) or `--swap_epochs` outside the run; the checks that need no data run before the data
 loads. Unreadable image files are dropped with a warning and a count (`--check_images False` skips that check). The
-checks live in `hf_trilevel.image_data`, `hf_trilevel.example_support` and `ExamplePruningCallback.check_arguments`.
+checks live in `hf_trilevel.image_data`, `hf_trilevel.example_support`, `hf_trilevel.example_model` and
+`ExamplePruningCallback.check_arguments`.
 `examples_seen` counts the examples trained (with `--dataloader_drop_last`, fewer than planned).
 """
 
@@ -86,21 +87,23 @@ from hf_trilevel.dense_sparse_arguments import (
     remove_stale_operating_points,
     write_operating_point_table,
 )
-from hf_trilevel.example_support import (
+from hf_trilevel.example_model import (
     build_image_processor,
     build_trilevel_config,
     check_config_overrides,
+    load_trilevel_model,
+    selector_text,
+)
+from hf_trilevel.example_support import (
     check_output_dir,
     check_output_dir_is_a_folder,
     check_training_arguments,
     end_distributed,
     examples_trained_per_epoch,
     launched_on_several_processes,
-    load_trilevel_model,
     name_flags,
     parse_flags_or_json,
     resolve_resume_checkpoint,
-    selector_text,
 )
 from hf_trilevel.image_data import (
     DIGIT_NAMES,

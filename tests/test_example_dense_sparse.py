@@ -11,7 +11,7 @@ import torch
 from transformers import AutoImageProcessor, ViTForImageClassification
 
 from hf_trilevel import DenseSparseTraining, KeepRateScheduleCallback, TriLevelViTForImageClassification
-from hf_trilevel.example_support import build_image_processor
+from hf_trilevel.example_model import build_image_processor
 from hf_trilevel.image_data import load_digits_dataset
 from hf_trilevel.operating_point_table import OPERATING_POINTS_FILE
 from hf_trilevel.visualize.inputs import preprocess

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hf_trilevel import TokenSelectorTemperatureCallback, TriLevelViTForImageClassification
-from hf_trilevel.example_support import check_config_overrides
+from hf_trilevel.example_model import check_config_overrides
 from hf_trilevel.flops import measured_flops
 from hf_trilevel.token_counts import (
     collect_kept_token_counts,

@@ -9,14 +9,12 @@ from datasets import ClassLabel, Dataset, DatasetDict, Image
 from PIL import Image as PILImage
 from transformers import BertConfig, TrainingArguments, ViTImageProcessorPil
 
+from hf_trilevel.example_model import build_image_processor, build_trilevel_config, read_vit_config
 from hf_trilevel.example_support import (
-    build_image_processor,
-    build_trilevel_config,
     check_output_dir,
     check_training_arguments,
     name_flags,
     parse_flags_or_json,
-    read_vit_config,
     resolve_resume_checkpoint,
     saved_run_files,
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CommandError
-from ..example_support import CHECKPOINT_MODEL_TYPES
+from ..example_model import CHECKPOINT_MODEL_TYPES
 from ..value_checks import as_pair, check_keep_rate
 
 DATA_SOURCES = ("digits", "imagefolder")
