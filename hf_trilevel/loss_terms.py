@@ -69,12 +69,11 @@ def composed_loss(
     )
     for technique in techniques:
         technique.observe(batch)
-    weighted = losses
     for technique in techniques:
         weights = technique.loss_weights(batch)
         if weights is not None:
-            weighted = weighted * weights
             batch.example_weights = weights if batch.example_weights is None else batch.example_weights * weights
+    weighted = losses if batch.example_weights is None else losses * batch.example_weights
     task, batch.step_share = reduce_per_example_loss(weighted, labels, num_items_in_batch, num_processes)
     terms = {TASK_TERM: task}
     auxiliary = model_output(outputs, "auxiliary_loss")
