@@ -1,4 +1,4 @@
-"""hf-trilevel: measure TriLevel ViT speedups (`bench`), draw what it keeps (`visualize`), write model cards (`card`).
+"""hf-trilevel: measure speedups (`bench`), draw what is kept (`visualize`), write cards (`card`), slim (`slim`).
 
 Each command lives in its own module, which exposes `add_arguments(parser)` and `run(args) -> int`; this module
 only wires them together and turns bad input into a usage line, a one-line message and exit status 2, never a
@@ -24,6 +24,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "operating-points": ("hf_trilevel.visualize", "Accuracy against measured throughput for several keep rates."),
     },
     "card": ("hf_trilevel.model_card_folder", "Write the model card (README.md) of a saved TriLevel folder."),
+    "slim": ("hf_trilevel.slim_folder", "Remove the pruned heads and MLP neurons of a saved TriLevel folder."),
 }
 
 

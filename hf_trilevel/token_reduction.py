@@ -41,7 +41,11 @@ def token_schedule(num_patches: int, keep_rate: float, num_pruning_layers: int) 
 
 
 def class_token_attention(
-    query: torch.Tensor, key: torch.Tensor, scaling: float, attention_mask: torch.Tensor | None = None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    attention_mask: torch.Tensor | None = None,
+    num_heads: int | None = None,
 ) -> torch.Tensor:
     """Head-averaged attention probabilities of the class token over every token.
 
@@ -49,6 +53,10 @@ def class_token_attention(
         query, key: `[batch, heads, tokens, head_dim]`, with the class token at position 0.
         attention_mask: the additive mask the layer's attention used (`[batch, 1, tokens or 1, tokens]`), or None.
             Its class row is all zeros except at padded keys, which therefore score 0.
+        num_heads: the model's head count (`config.num_attention_heads`) when this layer has fewer heads (a
+            physically slimmed model): each missing head counts as uniform attention over the valid keys, which is
+            exactly what a pruned head (zero queries and keys) of the masked model computed, so slimming changes
+            no score. None: average the heads given.
 
     Returns:
         `[batch, tokens]` in float32, each row summing to 1.
@@ -57,6 +65,9 @@ def class_token_attention(
     works with fused attention kernels (sdpa, flash) that never materialise the tokens x tokens matrix.
     """
     logits = torch.matmul(query[:, :, :1], key.transpose(-1, -2)) * scaling
+    missing = 0 if num_heads is None else num_heads - logits.shape[1]
+    if missing > 0:
+        logits = torch.cat([logits, logits.new_zeros(logits.shape[0], missing, *logits.shape[2:])], dim=1)
     if attention_mask is not None:
         logits = logits + attention_mask[:, :, :1]
     return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1).squeeze(1)

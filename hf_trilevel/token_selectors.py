@@ -81,6 +81,9 @@ class TokenSelector(nn.Module):
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
+        # The model's head count: a slimmed layer's missing heads count in the head average as the uniform
+        # attention they had when masked (`class_token_attention`), so slimming changes no score.
+        self.num_heads = config.num_attention_heads
 
     def forward(
         self,
@@ -128,7 +131,7 @@ class TokenSelector(nn.Module):
         `scorer` (a `TokenScorer`) if it has one, as `"learned"` and `"adaptive"` over learned importance rank; a
         selector with other scores overrides this. Called only when the forward records token importance.
         """
-        attention = class_token_attention(query, key, scaling, attention_mask)
+        attention = class_token_attention(query, key, scaling, attention_mask, getattr(self, "num_heads", None))
         return patch_log_scores(getattr(self, "scorer", None), hidden_states, attention, patch_positions)
 
 
@@ -145,18 +148,23 @@ class ClassAttentionSelector(TokenSelector):
         num_keep = num_kept_tokens(num_patches, keep_rate)
         if num_keep >= num_patches:
             return None
-        scores = fusion_scores(query, key, scaling, attention_mask, fusion)
+        scores = fusion_scores(query, key, scaling, attention_mask, fusion, self.num_heads)
         with torch.no_grad():
             patch_index = select_top_tokens(scores[:, 1 : 1 + num_patches], num_keep)
         return TokenSelection(patch_index=patch_index, scores=scores)
 
 
 def fusion_scores(
-    query: torch.Tensor, key: torch.Tensor, scaling: float, attention_mask: torch.Tensor | None, fusion: bool
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    attention_mask: torch.Tensor | None,
+    fusion: bool,
+    num_heads: int | None = None,
 ) -> torch.Tensor:
     """Class-token attention `[batch, tokens]`, with gradients only when fusion weighs the dropped tokens by it."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and fusion):
-        return class_token_attention(query, key, scaling, attention_mask)
+        return class_token_attention(query, key, scaling, attention_mask, num_heads)
 
 
 class ZeroInitLinear(nn.Linear):
@@ -239,7 +247,7 @@ class LearnedSelector(TokenSelector):
         num_keep = num_kept_tokens(num_patches, keep_rate)
         if num_keep >= num_patches:
             return scorer_in_graph(self.scorer, hidden_states, patch_positions, self.training)
-        attention = fusion_scores(query, key, scaling, attention_mask, fusion)
+        attention = fusion_scores(query, key, scaling, attention_mask, fusion, self.num_heads)
         log_scores = patch_log_scores(self.scorer, hidden_states, attention.detach(), patch_positions)
         if self.training:
             sparsity = settings["sparsity"]
@@ -276,7 +284,7 @@ class AdaptiveSelector(TokenSelector):
         self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings
     ):
         sparsity = settings["sparsity"]
-        attention = fusion_scores(query, key, scaling, attention_mask, fusion)
+        attention = fusion_scores(query, key, scaling, attention_mask, fusion, self.num_heads)
         log_scores = self.patch_log_scores(hidden_states, attention.detach(), patch_positions)
         num_valid = (patch_positions >= 0).sum(dim=1)
         with torch.no_grad():

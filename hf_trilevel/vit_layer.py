@@ -180,7 +180,9 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             scaling = self.attention.scaling
             found.append(log_importance(hidden_states, query, key, patch_positions, attention_mask, scaling=scaling))
         if self.is_last_layer:
-            attention = class_token_attention(query, key, self.attention.scaling, attention_mask)
+            attention = class_token_attention(
+                query, key, self.attention.scaling, attention_mask, self.attention.config.num_attention_heads
+            )
             found.append(patch_log_scores(None, hidden_states, attention, patch_positions))
         return tuple(found)
 
