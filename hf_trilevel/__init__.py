@@ -18,6 +18,8 @@ from .modeling_trilevel_vit import (
     TriLevelViTModelOutput,
     TriLevelViTPreTrainedModel,
 )
+from .slimming import slim, structured_unit_masks
+from .sparse_training import SparseTrainingCallback
 from .token_reduction import token_schedule
 from .token_selectors import TokenSelection, TokenSelector, register_token_selector, registered_token_selectors
 from .trainer import TriLevelTrainer
@@ -37,6 +39,7 @@ __all__ = [
     "LossPolicy",
     "NoPruning",
     "PruningPolicy",
+    "SparseTrainingCallback",
     "TokenSelection",
     "TokenSelector",
     "TokenSelectorTemperatureCallback",
@@ -53,6 +56,8 @@ __all__ = [
     "operating_point",
     "register_token_selector",
     "registered_token_selectors",
+    "slim",
+    "structured_unit_masks",
     "sum_across_processes",
     "token_schedule",
 ]
