@@ -23,6 +23,7 @@ processor, `train_results.json`, `eval_results.json`, `all_results.json`, a mode
     python examples/run_image_classification.py --token_selector adaptive --token_keep_mass 0.9   # per-image counts
     python examples/run_image_classification.py --token_selector learned   # a trained scorer, temperature 10 -> 0.1
     python examples/run_image_classification.py --dense_sparse_keep_rates 1.0 0.7 0.5   # one checkpoint, 3 rates
+    python examples/run_image_classification.py --weight_sparsity structured --slim_output_dir outputs/slim
 
 Token selectors (`--token_selector`): `class_attention` (default, Tri-Level E-ViT), `learned` (a small scorer per
 pruning layer trained end to end; `--token_selector_temperature_start/_end` anneal its Gumbel temperature through
@@ -39,6 +40,13 @@ each step running the densest pass and a sparse pass of the same batch with shar
 `--distillation_temperature` and `--distillation_weight`, and optionally `--token_importance_distillation_weight`
 (see docs/dense_sparse.md). `--keep_rate_schedule` then warms every sparse rate up. After training the script
 measures accuracy and images/s at every trained rate and writes `operating_points.json`, which the card shows.
+
+Weight sparsity (`--weight_sparsity unstructured|structured`, SViTE; see docs/weight_sparsity.md): sparse weights
+within a fixed budget, prune-and-grow every `--sparse_update_interval` steps. `unstructured` keeps
+`--weight_density` of the 2-D weights (ERK per layer; `--sparsity_pattern 2:4` for sparse tensor cores); `structured`
+keeps `--head_density` of each layer's heads and `--neuron_density` of its MLP neurons, and `--slim_output_dir`
+saves the model with the pruned units removed (the same logits, fewer FLOPs: the speedup on any hardware).
+`--sparse_one_shot` prunes a loaded checkpoint once instead, then fine-tunes.
 
 Defaults that depend on other flags: the model shape and keep rates come from the checkpoint or `--config_name`
 (from scratch: the digits model below, token_keep_rate 0.7, attention_keep_rate 0.5); `--output_dir` is
@@ -124,8 +132,18 @@ from hf_trilevel.image_data import (
 )
 from hf_trilevel.metrics import build_compute_metrics, sparsity_metrics
 from hf_trilevel.model_card_sections import KEPT_TOKENS_METRIC
+from hf_trilevel.sparse_training import SparseTrainingCallback
 from hf_trilevel.token_counts import collect_kept_token_counts, fixed_kept_token_counts, kept_token_metrics
 from hf_trilevel.value_checks import as_pair, check_fraction, check_int, check_number, num_patches
+from hf_trilevel.weight_sparsity_arguments import (
+    CALLBACK_FLAGS,
+    WeightSparsityArguments,
+    build_sparse_training,
+    check_weight_sparsity_arguments,
+    optimizer_steps,
+    save_slimmed_model,
+    weight_sparsity_metrics,
+)
 
 logger = logging.getLogger("run_image_classification")
 
@@ -358,14 +376,15 @@ class RunArguments:
 
 
 ARGUMENT_GROUPS = (
-    ModelArguments, DataArguments, PruningArguments, DenseSparseArguments, RunArguments, TrainingArguments
+    ModelArguments, DataArguments, PruningArguments, DenseSparseArguments, WeightSparsityArguments, RunArguments,
+    TrainingArguments,
 )  # fmt: skip
 # How the library's messages (argument names in backticks) become this script's flags, via `name_flags`. The config's
 # own messages keep its field names (`token_keep_rate`), so the sparsity fields are left out.
 FLAGS = {
     **{
         item.name: item.name
-        for group in ARGUMENT_GROUPS[:5]
+        for group in ARGUMENT_GROUPS[:6]
         for item in fields(group)
         if item.name not in SPARSITY_FIELDS
     },
@@ -374,6 +393,7 @@ FLAGS = {
     "image_column": "image_column_name",
     "label_column": "label_column_name",
     "validation_fraction": "train_val_split",  # the digits' split
+    **CALLBACK_FLAGS,
 }
 
 
@@ -595,6 +615,7 @@ class Setup:
     dataset: dict  # transformed splits (`pixel_values`, `labels`); train is an `AugmentedSplit`
     callbacks: list
     augmentation: str
+    slim_output_dir: str | None = None
 
 
 def prepare(argv: list[str]) -> Setup:
@@ -603,9 +624,10 @@ def prepare(argv: list[str]) -> Setup:
     parser = build_parser()
     try:
         parsed = parse_flags_or_json(parser, argv, resolve_defaults)
-        model_args, data_args, pruning_args, dense_sparse_args, run_args, training_args = parsed
+        model_args, data_args, pruning_args, dense_sparse_args, sparsity_args, run_args, training_args = parsed
         configure_logging(training_args)
         check_arguments(model_args, data_args, run_args, training_args)
+        check_weight_sparsity_arguments(sparsity_args, training_args.output_dir, run_args.overwrite_output_dir)
         callbacks = build_callbacks(pruning_args, training_args, dense_sparse_args)
         digits = data_args.uses_digits()
         with training_args.main_process_first(desc="loading the data"):  # rank 0 fills the datasets cache first
@@ -615,6 +637,9 @@ def prepare(argv: list[str]) -> Setup:
             callbacks += build_temperature_callback(pruning_args, config)
             callbacks += dense_sparse_callbacks(dense_sparse_args, pruning_args, label_names, config, training_args,
                                                 model_args)  # fmt: skip
+            sparse_training = build_sparse_training(sparsity_args, config)
+            if sparse_training is not None and training_args.do_train:
+                callbacks.append(sparse_training)
             if digits:
                 fraction = 0.2 if data_args.train_val_split is None else data_args.train_val_split
                 dataset = load_digits_dataset(max(as_pair(config.image_size)), fraction, data_args.split_seed)
@@ -625,6 +650,8 @@ def prepare(argv: list[str]) -> Setup:
                 dataset, limits, data_args.split_seed,
                 check_images=data_args.check_images and not digits, num_proc=data_args.preprocessing_num_workers,
             )  # fmt: skip
+            if sparse_training is not None and training_args.do_train:  # before the first step, not at it
+                sparse_training.check_run_length(optimizer_steps(training_args, len(dataset["train"])))
         for warning in warnings:
             logger.warning(warning)
         image_processor, notice = build_image_processor(
@@ -650,7 +677,8 @@ def prepare(argv: list[str]) -> Setup:
     except ValueError as error:
         parser.error(name_flags(str(error), FLAGS))
     dataset = attach_transforms(dataset, image_processor, transforms, random)
-    return Setup(model_args, data_args, training_args, model, image_processor, dataset, callbacks, augmentation)
+    return Setup(model_args, data_args, training_args, model, image_processor, dataset, callbacks, augmentation,
+                 sparsity_args.slim_output_dir if training_args.do_train else None)  # fmt: skip
 
 
 def configure_logging(training_args: TrainingArguments) -> None:
@@ -785,6 +813,8 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
     if training_args.do_eval:
         eval_metrics = {**trainer.evaluate(), "eval_samples": len(dataset["validation"])}
         eval_metrics.update(sparsity_metrics(trainer.model.config))
+        if any(isinstance(callback, SparseTrainingCallback) for callback in setup.callbacks):
+            eval_metrics.update(weight_sparsity_metrics(trainer.model))
         eval_metrics.update(measured_kept_tokens(trainer, dataset["validation"]))
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
@@ -801,6 +831,8 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
         trainer.push_to_hub(**kwargs)
     elif training_args.do_train:
         trainer.create_model_card(**kwargs)
+    if setup.slim_output_dir is not None:
+        save_slimmed_model(trainer, setup.slim_output_dir)
     if trainer.is_world_process_zero():
         if "eval_accuracy" in metrics:
             top5 = f"  (top-5: {metrics['eval_top5_accuracy']:.4f})" if "eval_top5_accuracy" in metrics else ""
@@ -809,6 +841,8 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
             if "eval_measured_gflops_per_image" in metrics:  # per-image counts: the config gives an upper bound
                 gflops, limit = metrics["eval_measured_gflops_per_image"], metrics["eval_measured_flops_speedup_limit"]
             print(f"forward GFLOPs per image: {gflops:.4g} ({limit:.2f}x fewer than dense)")
+            if "weight_density" in metrics:
+                print(f"non-zero share of the 2-D weights: {metrics['weight_density']:.3f}")
             kept = [metrics[key] for key in kept_token_keys(model.config) if key in metrics]
             if kept:
                 total = num_patches(model.config.image_size, model.config.patch_size)

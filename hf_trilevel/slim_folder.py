@@ -32,9 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
+    print(slim_folder(args.in_dir, args.out_dir, overwrite=args.overwrite))
+    return 0
+
+
+def slim_folder(in_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> str:
+    """Slim the model saved in `in_dir` into `out_dir` (weights, config, remote code, image processor, card);
+    return the per-layer summary. Bad input raises `CommandError` naming IN_DIR or OUT_DIR."""
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
     model_class = _model_class(in_dir)
-    _check_output(in_dir, out_dir, args.overwrite)
+    _check_output(in_dir, out_dir, overwrite)
     try:
         model = model_class.from_pretrained(in_dir)
         slimmed = slim(model)
@@ -45,10 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if (in_dir / IMAGE_PROCESSOR_FILE).is_file():
         shutil.copy2(in_dir / IMAGE_PROCESSOR_FILE, out_dir / IMAGE_PROCESSOR_FILE)
     card = write_model_card(out_dir)
-
-    print(_summary(model, slimmed))
-    print(f"wrote {out_dir} (model card {card})")
-    return 0
+    return f"{_summary(model, slimmed)}\nwrote {out_dir} (model card {card})"
 
 
 def _model_class(in_dir: Path) -> type[nn.Module]:
