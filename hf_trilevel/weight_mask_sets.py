@@ -84,6 +84,7 @@ class UnstructuredMasks:
         self.pattern, self.initial = pattern, initial
         self.densities = dict.fromkeys(shapes, 0.5) if pattern == "2:4" else erk_densities(shapes, density)
         self.masks: dict[str, torch.Tensor] = {}
+        self._factors: dict[str, torch.Tensor] = {}  # the masks in each weight's dtype, multiplied in every step
         self._grow_scores: dict[str, torch.Tensor] = {}
 
     def begin(self, generator: torch.Generator, dense: bool = False) -> None:
@@ -93,13 +94,18 @@ class UnstructuredMasks:
             else:
                 mask = initial_mask(weight, self.densities[name], self.pattern, self.initial, generator)
             self.masks[name] = mask.to(weight.device)
+        self._factors.clear()
         broadcast_masks(list(self.masks.values()))
         self.apply()
 
     @torch.no_grad()
     def apply(self) -> None:
+        """Masks onto the weights (and the cached factors refreshed, if the masks changed)."""
         for name, weight in self.weights.items():
-            weight.mul_(self.masks[name].to(weight.dtype))
+            factor = self._factors.get(name)
+            if factor is None or factor.dtype != weight.dtype:
+                factor = self._factors[name] = self.masks[name].to(weight.dtype)
+            weight.mul_(factor)
 
     @torch.no_grad()
     def before_optimizer(self, update: bool) -> None:
@@ -108,7 +114,7 @@ class UnstructuredMasks:
                 continue
             if update:
                 self._grow_scores[name] = weight.grad.detach().abs().clone()
-            weight.grad.mul_(self.masks[name].to(weight.grad.dtype))
+            weight.grad.mul_(self._factors[name].to(weight.grad.dtype))
 
     @torch.no_grad()
     def update(self, death_rate: float, generator: torch.Generator, optimizer, one_shot: bool, std: float) -> float:
@@ -126,6 +132,7 @@ class UnstructuredMasks:
                 count = prune_count(death_rate, int(old.sum()))
                 new = prune_and_grow(old, weight, gradient, count, self.pattern)
             self.masks[name] = new
+            self._factors.pop(name, None)
             moved += int((new & ~old).sum())
             active += int(old.sum())
         broadcast_masks(list(self.masks.values()))
@@ -150,6 +157,7 @@ class UnstructuredMasks:
         expected = {f"mask/{name}": tuple(weight.shape) for name, weight in self.weights.items()}
         check_saved_shapes(tensors, expected)
         self.masks = {name: tensors[f"mask/{name}"].bool().to(w.device) for name, w in self.weights.items()}
+        self._factors.clear()
         self.apply()
 
 
