@@ -91,6 +91,7 @@ def sparse_attention_mask(
     has_trailing_summary_token: bool,
     dtype: torch.dtype,
     key_valid: torch.Tensor | None = None,
+    num_heads: int | None = None,
 ) -> torch.Tensor:
     """Additive mask for the layers that follow a pruning layer, `[batch, 1, tokens, tokens]` in `dtype`.
 
@@ -108,13 +109,24 @@ def sparse_attention_mask(
         key_valid: `[batch, kept]` False at padded slots of the new sequence (per-image counts), or None. Padded
             columns are scored below every real one, so they never take a place in a row's budget, and each image's
             budget follows its own valid count.
+        num_heads: the model's head count when this layer has fewer (a slimmed model): each missing head counts in
+            the average as the uniform attention a pruned head (zero queries and keys) had, as in
+            `token_reduction.class_token_attention`. None: average the heads given.
     """
     with torch.no_grad():
         rows = gather_tokens(query, sequence_index, token_dim=2)
         logits = torch.matmul(rows, key.transpose(-1, -2)) * scaling
         if previous_mask is not None:
             logits = logits + gather_tokens(previous_mask, sequence_index, token_dim=2)
-        probabilities = logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1)
+        probabilities = logits.softmax(dim=-1, dtype=torch.float32)
+        missing = 0 if num_heads is None else num_heads - probabilities.shape[1]
+        total = probabilities.sum(dim=1)
+        if missing > 0:  # zero logits under the same mask: uniform over each row's allowed keys
+            uniform = torch.zeros_like(logits[:, :1])
+            if previous_mask is not None:
+                uniform = uniform + gather_tokens(previous_mask, sequence_index, token_dim=2)
+            total = total + missing * uniform.softmax(dim=-1, dtype=torch.float32)[:, 0]
+        probabilities = total / (probabilities.shape[1] + max(missing, 0))
         scores = gather_tokens(probabilities, sequence_index, token_dim=2)
         if key_valid is not None:
             scores = scores.masked_fill(~key_valid[:, None, :], -1.0)

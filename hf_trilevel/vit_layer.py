@@ -259,6 +259,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
                 has_trailing_summary_token=has_fused_token,
                 dtype=query.dtype,
                 key_valid=key_valid,
+                num_heads=self.attention.config.num_attention_heads,
             )
         if padded:
             mask = key_padding_mask(patch_positions, hidden_states.shape[1], mask, query.dtype, fused_valid)
