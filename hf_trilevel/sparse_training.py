@@ -19,6 +19,7 @@ leave those weights at exactly zero; after each step the masks are applied again
 fresh optimizer moments. Decisions depend only on the (all-reduced) gradients, the weights and a keyed generator, and
 rank 0's masks are broadcast after every change, so every process holds the same masks. Masks (and accumulated head
 scores) are saved in every checkpoint as safetensors and restored on resume, so a resumed run makes the same updates.
+A step the optimizer skips (an fp16 overflow) adds no scores and makes no update.
 The model saved at the end holds ordinary dense-shaped weights with zeros: any ViT reader loads it.
 
 On a CPU, unstructured zeros save nothing but disk (after compression): dense kernels multiply zeros as fast as
@@ -26,7 +27,10 @@ anything else. Structured sparsity saves time once slimmed; `2:4` needs GPUs wit
 """
 
 import math
+import os
+from pathlib import Path
 
+from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from .data_pruning_statistics import keyed_generator
@@ -146,7 +150,8 @@ class SparseTrainingCallback(TrainingTechnique):
     # -- Trainer events -----------------------------------------------------------------------------------------
     def setup(self, args: TrainingArguments, num_examples, device) -> None:
         self._set_up = True  # only TriLevelTrainer calls this, and only it saves the masks in checkpoints
-        if getattr(args, "fsdp", None) or getattr(args, "deepspeed", None):
+        accelerate_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+        if getattr(args, "fsdp", None) or getattr(args, "deepspeed", None) or accelerate_fsdp:
             raise ValueError(
                 "SparseTrainingCallback masks whole weights on every process; FSDP and DeepSpeed shard them. Train "
                 "with DDP (`accelerate launch --multi_gpu` or `torchrun`)."
@@ -165,11 +170,16 @@ class SparseTrainingCallback(TrainingTechnique):
         self.check_run_length(state.max_steps)
         self._end_step = math.floor(self.end_fraction * state.max_steps)
         self._init_std = getattr(model.config, "initializer_range", 0.02)
-        self.masks = self._build_masks(model)
         if self._restored is not None:
+            self.masks = self._build_masks(model)
             self.masks.load(self._restored)
             self._restored = None
+        elif self.masks is not None and self.masks.model is model:  # a second `train()` continues from these masks
+            self.updates, self.last_moved = 0, 0.0
+            self.masks.apply()
         else:
+            self.masks = self._build_masks(model)
+            self.updates, self.last_moved = 0, 0.0
             seed = args.seed if self.seed is None else self.seed
             self.masks.begin(keyed_generator(seed, 0, INITIAL_SALT), dense=self.one_shot)
 
@@ -183,7 +193,9 @@ class SparseTrainingCallback(TrainingTechnique):
         self.masks.before_optimizer(self._update_now)
 
     def on_optimizer_step(self, args, state: TrainerState, control: TrainerControl, optimizer=None, **kwargs):
-        if self._update_now:
+        taken = not getattr(optimizer, "step_was_skipped", False)  # accelerate: an fp16 overflow skips the step
+        self.masks.end_step(taken)
+        if self._update_now and taken:
             step = state.global_step + 1
             seed = args.seed if self.seed is None else self.seed
             self.last_moved = self.masks.update(
@@ -196,8 +208,13 @@ class SparseTrainingCallback(TrainingTechnique):
             self.masks.apply()
 
     def on_train_end(self, args, state: TrainerState, control: TrainerControl, **kwargs):
-        if self.masks is not None:
-            self.masks.finish()
+        if self.masks is None:
+            return
+        best = state.best_model_checkpoint if args.load_best_model_at_end else None
+        saved = Path(best, f"{self.name}.safetensors") if best else None
+        if saved is not None and saved.is_file():  # the Trainer loaded that checkpoint's weights: take its masks
+            self.masks.load(load_file(str(saved)))
+        self.masks.finish()
 
     # -- state, logs and card -----------------------------------------------------------------------------------
     def settings(self) -> dict:

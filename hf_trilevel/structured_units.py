@@ -51,6 +51,10 @@ class UnitLayer:
             params += [projection.weight] + ([projection.bias] if projection.bias is not None else [])
         return params
 
+    @property
+    def device(self) -> torch.device:
+        return self.mlp.fc1.weight.device
+
     def neuron_input_params(self) -> list[nn.Parameter]:
         fc1 = self.mlp.fc1
         return [fc1.weight] + ([fc1.bias] if fc1.bias is not None else [])
@@ -125,36 +129,41 @@ def head_taylor_scores(layer: UnitLayer) -> torch.Tensor:
     """`[heads]` |sum(dL/dA_h * A_h)| of this step, from o_proj's weight and gradient (zeros without a gradient)."""
     weight = layer.attention.o_proj.weight
     if weight.grad is None:
-        return torch.zeros(layer.num_heads)
+        return torch.zeros(layer.num_heads, device=weight.device)
     product = (weight * weight.grad).float().sum(0)  # [inner]: one entry per input column of o_proj
-    return _per_unit(product, layer.num_heads).abs().cpu()
+    return _per_unit(product, layer.num_heads).abs()
 
 
 @torch.no_grad()
 def head_gradient_norms(layer: UnitLayer) -> torch.Tensor:
     """`[heads]` gradient norm of each head's q/k/v rows (weights and biases)."""
-    squares = torch.zeros(layer.num_heads)
+    squares = torch.zeros(layer.num_heads, device=layer.device)
     for param in layer.head_input_params():
         if param.grad is not None:
-            squares += _per_unit(param.grad.float().pow(2).reshape(param.shape[0], -1).sum(-1), layer.num_heads).cpu()
-    return squares.sqrt()
+            squares += _per_unit(param.grad.float().pow(2).reshape(param.shape[0], -1).sum(-1), layer.num_heads)
+    return finite(squares.sqrt())
 
 
 @torch.no_grad()
 def neuron_magnitudes(layer: UnitLayer) -> torch.Tensor:
     """`[neurons]` L1 norm of each neuron's fc1 row and fc2 column."""
     fc1, fc2 = layer.mlp.fc1.weight, layer.mlp.fc2.weight
-    return (fc1.float().abs().sum(1) + fc2.float().abs().sum(0)).cpu()
+    return fc1.float().abs().sum(1) + fc2.float().abs().sum(0)
 
 
 @torch.no_grad()
 def neuron_gradient_norms(layer: UnitLayer) -> torch.Tensor:
     """`[neurons]` gradient L1 norm of each neuron's fc1 row (and bias)."""
-    total = torch.zeros(layer.num_neurons)
+    total = torch.zeros(layer.num_neurons, device=layer.device)
     for param in layer.neuron_input_params():
         if param.grad is not None:
-            total += param.grad.float().abs().reshape(param.shape[0], -1).sum(-1).cpu()
-    return total
+            total += param.grad.float().abs().reshape(param.shape[0], -1).sum(-1)
+    return finite(total)
+
+
+def finite(scores: torch.Tensor) -> torch.Tensor:
+    """Scores with NaN and infinities (an overflowed fp16 gradient) read as 0, so they never win a place."""
+    return torch.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def unit_prune_count(death_rate: float, active: int, inactive: int) -> int:
@@ -208,16 +217,36 @@ def reinitialise_grown_heads(layer: UnitLayer, grown: torch.Tensor, std: float, 
 
 @torch.no_grad()
 def reinitialise_grown_neurons(layer: UnitLayer, grown: torch.Tensor, std: float, generator: torch.Generator) -> None:
-    """Regrown neurons start with a zero fc1 row; an fc2 column of zeros (after slimming-ready zeroing) is redrawn."""
-    fc2 = layer.mlp.fc2.weight
+    """Give regrown neurons a start they can learn from without changing the model's output.
+
+    With an activation whose slope at 0 is non-zero (gelu, silu, ...) a zero fc1 row learns through the fc2 column
+    it kept while inactive (the column its regrowth score was measured through); a zero fc2 column is redrawn. With
+    a slope of 0 at 0 (relu) a zero fc1 row would never receive a gradient, so the row is drawn at random instead and
+    the fc2 column set to zero.
+    """
+    fc1, fc2 = layer.mlp.fc1.weight, layer.mlp.fc2.weight
+    flat_at_zero = activation_slope_at_zero(layer.mlp.activation_fn) == 0.0
     for neuron in grown.nonzero().flatten().tolist():
-        if not fc2[:, neuron].any():
+        if flat_at_zero:
+            fc1[neuron] = (torch.randn(fc1.shape[1], generator=generator) * std).to(fc1.device, fc1.dtype)
+            fc2[:, neuron] = 0.0
+        elif not fc2[:, neuron].any():
             fc2[:, neuron] = (torch.randn(fc2.shape[0], generator=generator) * std).to(fc2.device, fc2.dtype)
+
+
+def activation_slope_at_zero(activation) -> float:
+    """The derivative of an activation function at 0 (0 for relu, 0.5 for gelu)."""
+    with torch.enable_grad():
+        point = torch.zeros(1, requires_grad=True)
+        (slope,) = torch.autograd.grad(activation(point).sum(), point)
+    return float(slope)
 
 
 __all__ = [
     "UnitLayer",
+    "activation_slope_at_zero",
     "apply_unit_masks",
+    "finite",
     "head_gradient_norms",
     "head_taylor_scores",
     "mask_unit_gradients",

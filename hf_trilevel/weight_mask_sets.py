@@ -3,15 +3,18 @@
 `SparseTrainingCallback` (hf_trilevel.sparse_training) drives one of these two classes through a run:
 
     begin(generator)           first masks (random, by magnitude, or all-dense for one-shot), applied to the weights
-    before_optimizer(update)   every step: accumulate scores; at an update step also take the grow scores from the
+    before_optimizer(update)   every step: this step's scores; at an update step also the grow scores from the
                                dense gradient; then mask the gradients so the optimizer and its moments leave masked
                                weights at exactly zero
+    end_step(taken)            after the optimizer: keep this step's scores, or drop them if the step was skipped
+                               (an fp16 overflow), whose gradients are not finite
     update(rate, ...)          at an update step, after the optimizer: prune and grow (or the one-shot prune), reset
                                the optimizer moments of every weight that changed, apply the new masks
     apply()                    masks onto the weights (after every optimizer step)
     finish()                   at the end of training: what the saved model should hold
 
-Both keep their masks on the weights' device and save them, with any score they accumulate, as plain tensors.
+Both keep their masks and scores on the weights' device (no host synchronisation per step) and save them as plain
+tensors.
 """
 
 import torch
@@ -21,6 +24,7 @@ from torch import nn
 from .structured_units import (
     UnitLayer,
     apply_unit_masks,
+    finite,
     head_gradient_norms,
     head_taylor_scores,
     mask_unit_gradients,
@@ -38,6 +42,7 @@ from .structured_units import (
 from .training_technique import is_distributed
 from .weight_masks import (
     active_count,
+    as_matrix,
     check_pattern,
     erk_densities,
     initial_mask,
@@ -50,7 +55,10 @@ from .weight_masks import (
 
 
 def broadcast_masks(masks: list[torch.Tensor]) -> None:
-    """Make every process hold rank 0's masks (they are equal already under DDP; this guarantees it)."""
+    """Make every process hold rank 0's masks (they are equal already under DDP; this guarantees it).
+
+    The carrier lives on the masks' device, which is the weights': NCCL broadcasts only CUDA tensors, gloo CPU ones.
+    """
     if not is_distributed():
         return
     for mask in masks:
@@ -59,17 +67,23 @@ def broadcast_masks(masks: list[torch.Tensor]) -> None:
         mask.copy_(carrier.bool())
 
 
-def reset_moments(optimizer, param: nn.Parameter, keep: torch.Tensor) -> None:
+def reset_moments(optimizer, param: nn.Parameter, keep: torch.Tensor, dim: int = 0) -> None:
     """Zero the optimizer state (Adam's moments, SGD's momentum) of `param` wherever `keep` is False.
 
-    A regrown weight then starts from zero with no memory of gradients it received while masked, and a pruned one
-    carries no momentum if it is regrown later.
+    `keep` covers `param`'s leading dimensions (a whole mask), or, with `dim=1`, its columns. A regrown weight then
+    starts with no memory of gradients it received while masked, and a pruned one carries no momentum if it is
+    regrown later. Only floating-point states shaped like the parameter are touched (a quantised state's code 0 need
+    not mean 0).
     """
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
     state = inner.state.get(param, {}) if optimizer is not None else {}
     for value in state.values():
-        if torch.is_tensor(value) and value.shape == param.shape:
-            value.mul_(keep.to(value.device, value.dtype).reshape(*keep.shape, *([1] * (value.dim() - keep.dim()))))
+        if not (torch.is_tensor(value) and value.is_floating_point() and value.shape == param.shape):
+            continue
+        factor = keep.to(value.device, value.dtype)
+        if dim == 1:
+            factor = factor.reshape(1, -1)
+        value.mul_(factor.reshape(*factor.shape, *([1] * (value.dim() - factor.dim()))))
 
 
 class UnstructuredMasks:
@@ -78,8 +92,9 @@ class UnstructuredMasks:
     mode = "unstructured"
 
     def __init__(self, model: nn.Module, density: float, pattern: str, initial: str):
+        self.model = model
         self.weights = masked_weights(model)
-        shapes = {name: tuple(weight.shape) for name, weight in self.weights.items()}
+        shapes = {name: tuple(as_matrix(weight).shape) for name, weight in self.weights.items()}  # conv as a matrix
         check_pattern(pattern, shapes)
         self.pattern, self.initial = pattern, initial
         self.densities = dict.fromkeys(shapes, 0.5) if pattern == "2:4" else erk_densities(shapes, density)
@@ -113,8 +128,13 @@ class UnstructuredMasks:
             if weight.grad is None:
                 continue
             if update:
-                self._grow_scores[name] = weight.grad.detach().abs().clone()
+                self._grow_scores[name] = finite(weight.grad.detach().abs())
             weight.grad.mul_(self._factors[name].to(weight.grad.dtype))
+
+    def end_step(self, taken: bool) -> None:
+        """Nothing accumulates between updates in the unstructured mode; a skipped step's grow scores are dropped."""
+        if not taken:
+            self._grow_scores.clear()
 
     @torch.no_grad()
     def update(self, death_rate: float, generator: torch.Generator, optimizer, one_shot: bool, std: float) -> float:
@@ -167,6 +187,7 @@ class StructuredMasks:
     mode = "structured"
 
     def __init__(self, model: nn.Module, head_density: float, neuron_density: float):
+        self.model = model
         self.layers: list[UnitLayer] = unit_layers(model)
         self.head_counts = [unit_count("head_density", head_density, u.num_heads, i) for i, u in enumerate(self.layers)]
         self.neuron_counts = [
@@ -174,22 +195,26 @@ class StructuredMasks:
         ]
         self.heads: list[torch.Tensor] = []
         self.neurons: list[torch.Tensor] = []
-        self.taylor = [torch.zeros(u.num_heads) for u in self.layers]  # accumulated since the last update
+        self.taylor = self._zero_scores()  # head importance accumulated over the steps since the last update
+        self._step_taylor: list[torch.Tensor] = []  # this step's, kept only if the optimizer takes the step
         self._grow_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _zero_scores(self) -> list[torch.Tensor]:
+        return [torch.zeros(layer.num_heads, device=layer.device) for layer in self.layers]
 
     def begin(self, generator: torch.Generator, dense: bool = False) -> None:
         self.heads, self.neurons = [], []
         for layer, heads, neurons in zip(self.layers, self.head_counts, self.neuron_counts, strict=True):
             if dense:
-                self.heads.append(torch.ones(layer.num_heads, dtype=torch.bool))
-                self.neurons.append(torch.ones(layer.num_neurons, dtype=torch.bool))
+                self.heads.append(torch.ones(layer.num_heads, dtype=torch.bool, device=layer.device))
+                self.neurons.append(torch.ones(layer.num_neurons, dtype=torch.bool, device=layer.device))
                 continue
             head_mask = torch.zeros(layer.num_heads, dtype=torch.bool)
             head_mask[torch.randperm(layer.num_heads, generator=generator)[:heads]] = True
             neuron_mask = torch.zeros(layer.num_neurons, dtype=torch.bool)
             neuron_mask[torch.randperm(layer.num_neurons, generator=generator)[:neurons]] = True
-            self.heads.append(head_mask)
-            self.neurons.append(neuron_mask)
+            self.heads.append(head_mask.to(layer.device))
+            self.neurons.append(neuron_mask.to(layer.device))
         broadcast_masks(self.heads + self.neurons)
         self.apply()
 
@@ -199,11 +224,20 @@ class StructuredMasks:
 
     def before_optimizer(self, update: bool) -> None:
         self._grow_scores = []
+        self._step_taylor = [head_taylor_scores(layer) for layer in self.layers]
         for index, layer in enumerate(self.layers):
-            self.taylor[index] += head_taylor_scores(layer)
             if update:
                 self._grow_scores.append((head_gradient_norms(layer), neuron_gradient_norms(layer)))
             mask_unit_gradients(layer, self.heads[index], self.neurons[index])
+
+    def end_step(self, taken: bool) -> None:
+        """Add this step's head importance to the accumulated one, unless the optimizer skipped the step."""
+        if taken:
+            for total, step in zip(self.taylor, self._step_taylor, strict=True):
+                total += finite(step)
+        else:
+            self._grow_scores = []
+        self._step_taylor = []
 
     def update(self, death_rate: float, generator: torch.Generator, optimizer, one_shot: bool, std: float) -> float:
         moved = active = 0
@@ -225,7 +259,7 @@ class StructuredMasks:
         broadcast_masks(self.heads + self.neurons)
         for index, layer in enumerate(self.layers):
             self._restart_changed_units(index, layer, *old[index], optimizer, generator, std)
-        self.taylor = [torch.zeros(u.num_heads) for u in self.layers]
+        self.taylor = self._zero_scores()
         self._grow_scores = []
         return moved / max(active, 1)
 
@@ -249,6 +283,9 @@ class StructuredMasks:
             reset_moments(optimizer, param, rows_of(kept_heads, layer.head_dim))
         for param in layer.neuron_input_params():
             reset_moments(optimizer, param, kept_neurons)
+        # the output sides of regrown units start afresh too (pruned ones keep theirs: they stop mattering)
+        reset_moments(optimizer, layer.attention.o_proj.weight, ~rows_of(grown_heads, layer.head_dim), dim=1)
+        reset_moments(optimizer, layer.mlp.fc2.weight, ~grown_neurons, dim=1)
 
     def finish(self) -> None:
         """Masks applied, and pruned units' output sides zeroed: the saved model shows every pruned unit as zeros."""
@@ -280,9 +317,9 @@ class StructuredMasks:
             expected |= {f"heads/{index}": (layer.num_heads,), f"taylor/{index}": (layer.num_heads,)}
             expected[f"neurons/{index}"] = (layer.num_neurons,)
         check_saved_shapes(tensors, expected)
-        self.heads = [tensors[f"heads/{i}"].bool() for i in range(len(self.layers))]
-        self.neurons = [tensors[f"neurons/{i}"].bool() for i in range(len(self.layers))]
-        self.taylor = [tensors[f"taylor/{i}"].float() for i in range(len(self.layers))]
+        self.heads = [tensors[f"heads/{i}"].bool().to(u.device) for i, u in enumerate(self.layers)]
+        self.neurons = [tensors[f"neurons/{i}"].bool().to(u.device) for i, u in enumerate(self.layers)]
+        self.taylor = [tensors[f"taylor/{i}"].float().to(u.device) for i, u in enumerate(self.layers)]
         self.apply()
 
 

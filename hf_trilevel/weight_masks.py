@@ -160,9 +160,10 @@ def prune_and_grow(
     magnitude = torch.where(mask, weight.detach().abs(), torch.inf)
     drop = largest_mask(-magnitude, count)
     kept = mask & ~drop
+    growth = torch.nan_to_num(gradient.detach().abs(), nan=0.0, posinf=0.0)  # an overflowed gradient never wins
     if pattern == "2:4":
-        return two_four_mask(torch.where(kept, torch.inf, gradient.detach().abs()))
-    grow = largest_mask(torch.where(kept, -torch.inf, gradient.detach().abs()), count)
+        return two_four_mask(torch.where(kept, torch.inf, growth))
+    grow = largest_mask(torch.where(kept, -torch.inf, growth), count)
     return kept | grow
 
 

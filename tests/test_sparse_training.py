@@ -5,7 +5,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
-from hf_trilevel import SparseTrainingCallback, TriLevelTrainer
+from hf_trilevel import (
+    SparseTrainingCallback,
+    TriLevelTrainer,
+    TriLevelViTForImageClassification,
+    structured_unit_masks,
+)
 from hf_trilevel.structured_units import unit_layers
 from hf_trilevel.weight_masks import is_two_four, masked_weights
 
@@ -39,11 +44,13 @@ class MaskAudit(TrainerCallback):
             self.counts.append([int(mask.sum()) for mask in current.values()])
             for index, layer in enumerate(masks.layers):
                 rows = masks.heads[index].repeat_interleave(layer.head_dim)
-                for param in layer.head_input_params():
-                    if param.detach()[~rows].any():
-                        self.leaks.append(f"head rows of layer {index} at step {state.global_step}")
-                if layer.mlp.fc1.weight.detach()[~masks.neurons[index]].any():
-                    self.leaks.append(f"neurons of layer {index} at step {state.global_step}")
+                inputs = [(p, rows) for p in layer.head_input_params()]
+                inputs += [(p, masks.neurons[index]) for p in layer.neuron_input_params()]
+                for param, kept in inputs:
+                    moments = optimizer.optimizer.state[param]
+                    tensors = [param.detach()] + [moments[key] for key in ("exp_avg", "exp_avg_sq") if key in moments]
+                    if any(tensor[~kept].any() for tensor in tensors):
+                        self.leaks.append(f"inactive units of layer {index} at step {state.global_step}")
         self.masks.append(current)
 
 
@@ -185,3 +192,85 @@ def test_resuming_with_another_sparsity_setting_is_refused(digits, tmp_path):  #
     with pytest.raises(ValueError, match=r"trained with weight sparsity `density` 0.5, this run asks for 0.3"):
         train(digits, tmp_path / "again", SparseTrainingCallback(density=0.3, update_interval=2),
               resume=str(tmp_path / "run" / "checkpoint-3"))  # fmt: skip
+
+
+def test_load_best_model_at_end_keeps_the_best_checkpoints_masks(digits, tmp_path):  # noqa: F811
+    for sparsity in ("unstructured", "structured"):
+        technique = SparseTrainingCallback(sparsity, update_interval=1)
+        trainer = TriLevelTrainer(
+            model=tiny_classifier(), data_collator=collate, train_dataset=digits, eval_dataset=digits,
+            args=training_args(tmp_path / sparsity, eval_strategy="steps", eval_steps=3, save_strategy="steps",
+                               save_steps=3, load_best_model_at_end=True, metric_for_best_model="loss",
+                               greater_is_better=True),  # the highest loss: an early checkpoint "wins"
+            callbacks=[technique],
+        )  # fmt: skip
+        trainer.train()
+        best = trainer.state.best_model_checkpoint
+        assert best is not None and not best.endswith("checkpoint-12")  # otherwise the test shows nothing
+        saved = load_file(f"{best}/weight_sparsity.safetensors")
+        current = technique.state_tensors()
+        masks = [key for key in saved if not key.startswith("taylor/")]
+        assert all(torch.equal(saved[key].cpu(), current[key].cpu()) for key in masks), sparsity
+        weights = TriLevelViTForImageClassification.from_pretrained(best).state_dict()
+        for name, weight in trainer.model.state_dict().items():
+            if sparsity == "unstructured" or not name.endswith(("o_proj.weight", "fc2.weight")):
+                assert torch.equal(weight, weights[name]), name  # the best weights, untouched by the final masks
+        if sparsity == "structured":  # and the pruned units' output sides zeroed by the best masks
+            assert [m.tolist() for m in structured_unit_masks(trainer.model)[0]] == [
+                saved[f"heads/{i}"].tolist() for i in range(2)
+            ]
+
+
+class SkipSteps(TrainerCallback):
+    """Marks the optimizer steps `steps` as skipped, the way accelerate reports an fp16 overflow."""
+
+    def __init__(self, steps):
+        self.steps = set(steps)
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        optimizer._is_overflow = state.global_step + 1 in self.steps
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        optimizer._is_overflow = False
+
+
+def test_a_skipped_optimizer_step_makes_no_update(digits, tmp_path):  # noqa: F811
+    technique = SparseTrainingCallback("structured", update_interval=2)
+    audit = MaskAudit(technique)
+    trainer = TriLevelTrainer(
+        model=tiny_classifier(), args=training_args(tmp_path), train_dataset=digits, data_collator=collate,
+        callbacks=[technique, audit, SkipSteps({4, 5, 6})],
+    )  # fmt: skip
+    trainer.train()
+    assert technique.updates == 2  # at steps 2 and 8; the updates of steps 4 and 6 were skipped with their steps
+    assert all(torch.equal(audit.masks[2][key], audit.masks[6][key]) for key in audit.masks[2])  # steps 3 to 7
+
+
+def test_regrown_neurons_learn_under_an_activation_flat_at_zero(digits, tmp_path):  # noqa: F811
+    technique = SparseTrainingCallback("structured", neuron_density=0.5, update_interval=1)
+    train(digits, tmp_path, technique, model=tiny_classifier(hidden_act="relu"))
+    for layer, neurons in zip(technique.masks.layers, technique.masks.neurons, strict=True):
+        assert layer.mlp.fc1.weight[neurons].abs().sum(1).gt(0).all()  # relu'(0) = 0: a zero row would stay zero
+
+
+class MasksAtBegin(TrainerCallback):
+    def __init__(self, technique):
+        self.technique, self.seen = technique, []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.seen.append([mask.clone() for mask in self.technique.masks.neurons])
+
+
+def test_a_second_train_call_continues_from_the_trained_masks(digits, tmp_path):  # noqa: F811
+    technique = SparseTrainingCallback("structured", update_interval=2)
+    recorder = MasksAtBegin(technique)
+    trainer = TriLevelTrainer(
+        model=tiny_classifier(), args=training_args(tmp_path), train_dataset=digits, data_collator=collate,
+        callbacks=[technique, recorder],
+    )  # fmt: skip
+    trainer.train()
+    trained = [mask.clone() for mask in technique.masks.neurons]
+    assert not all(torch.equal(a, b) for a, b in zip(recorder.seen[0], trained, strict=True))
+    trainer.train()
+    assert all(torch.equal(a, b) for a, b in zip(recorder.seen[1], trained, strict=True))
+    assert technique.updates == 4  # counted afresh for the second run

@@ -138,3 +138,14 @@ def test_a_density_that_leaves_no_unit_is_refused_naming_the_argument():
         unit_count("head_density", 0.1, 4, 2)
     with pytest.raises(ValueError, match=r"`neuron_density` must be in \(0, 1\]"):
         unit_count("neuron_density", 1.5, 64, 0)
+
+
+def test_erk_reads_the_patch_convolution_as_a_matrix():
+    from hf_trilevel.weight_mask_sets import UnstructuredMasks
+
+    model = tiny_model()
+    masks = UnstructuredMasks(model, 0.5, "unstructured", "random")
+    shapes = {name: (w.shape[0], w[0].numel()) for name, w in masked_weights(model).items()}
+    assert masks.densities == erk_densities(shapes, 0.5)
+    projection = "vit.embeddings.patch_embeddings.projection.weight"
+    assert shapes[projection] == (32, 48)
