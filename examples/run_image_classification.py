@@ -626,8 +626,10 @@ def prepare(argv: list[str]) -> Setup:
         parsed = parse_flags_or_json(parser, argv, resolve_defaults)
         model_args, data_args, pruning_args, dense_sparse_args, sparsity_args, run_args, training_args = parsed
         configure_logging(training_args)
+        check_weight_sparsity_arguments(
+            sparsity_args, training_args.output_dir, run_args.overwrite_output_dir, training_args.do_train
+        )
         check_arguments(model_args, data_args, run_args, training_args)
-        check_weight_sparsity_arguments(sparsity_args, training_args.output_dir, run_args.overwrite_output_dir)
         callbacks = build_callbacks(pruning_args, training_args, dense_sparse_args)
         digits = data_args.uses_digits()
         with training_args.main_process_first(desc="loading the data"):  # rank 0 fills the datasets cache first

@@ -76,7 +76,7 @@ STRUCTURED_ONLY = ("head_density", "neuron_density", "slim_output_dir")
 
 
 def check_weight_sparsity_arguments(
-    args: WeightSparsityArguments, output_dir: str | None = None, overwrite: bool = False
+    args: WeightSparsityArguments, output_dir: str | None = None, overwrite: bool = False, do_train: bool = True
 ) -> None:
     """Refuse bad weight-sparsity flags before any data loads; each message names its flag. A `slim_output_dir`
     that holds files is refused unless `overwrite` (the script's `--overwrite_output_dir`)."""
@@ -92,6 +92,11 @@ def check_weight_sparsity_arguments(
                 f"`{given[0]}` is a setting of weight sparsity; pass `weight_sparsity` unstructured or structured too."
             )
         return
+    if not do_train:
+        raise ValueError(
+            f"`weight_sparsity` {args.weight_sparsity} trains sparse weights and needs `do_train`; to slim a saved "
+            "structured model without training use `hf-trilevel slim IN_DIR OUT_DIR`."
+        )
     other = STRUCTURED_ONLY if args.weight_sparsity == "unstructured" else UNSTRUCTURED_ONLY
     misplaced = [name for name in other if name in given]
     if misplaced:
@@ -107,6 +112,10 @@ def check_weight_sparsity_arguments(
         )
     check_int("sparse_update_interval", args.sparse_update_interval, low=1)
     check_fraction("sparse_end_fraction", args.sparse_end_fraction)
+    if args.slim_output_dir is not None and args.head_density == 1.0 and args.neuron_density == 1.0:
+        raise ValueError(
+            "`slim_output_dir` would have nothing to remove: `head_density` and `neuron_density` are both 1.0."
+        )
     slim_dir = Path(args.slim_output_dir) if args.slim_output_dir is not None else None
     if slim_dir is not None and slim_dir.exists() and not slim_dir.is_dir():
         raise ValueError(f"`slim_output_dir` {str(slim_dir)!r} is a file, not a folder.")
@@ -158,10 +167,12 @@ def optimizer_steps(training_args, num_examples: int) -> int:
 def save_slimmed_model(trainer, folder: str) -> None:
     """After structured training: the saved model (`output_dir`) with its pruned heads and neurons removed, saved
     into `folder` with the image processor and a card, as `hf-trilevel slim` does. The main process writes it."""
-    if trainer.is_world_process_zero():
-        print(f"\nslimmed model (pruned heads and neurons removed, the same logits):\n"
-              f"{slim_folder(trainer.args.output_dir, folder, overwrite=True)}")  # fmt: skip
-    trainer.accelerator.wait_for_everyone()
+    try:
+        if trainer.is_world_process_zero():
+            print(f"\nslimmed model (pruned heads and neurons removed, the same logits):\n"
+                  f"{slim_folder(trainer.args.output_dir, folder, overwrite=True)}")  # fmt: skip
+    finally:  # the other processes must not wait for ever on a failed slimming
+        trainer.accelerator.wait_for_everyone()
 
 
 def weight_sparsity_metrics(model) -> dict[str, float]:

@@ -62,6 +62,11 @@ BAD_INPUT = {
     ),
     "interval 0": ([*UNSTRUCTURED, "--sparse_update_interval", "0"], "--sparse_update_interval must be an integer"),
     "end fraction 0": ([*UNSTRUCTURED, "--sparse_end_fraction", "0"], "--sparse_end_fraction must be in (0, 1]"),
+    "nothing to slim": (
+        [*STRUCTURED, "--head_density", "1", "--neuron_density", "1", "--slim_output_dir", "x"],
+        "--slim_output_dir would have nothing to remove",
+    ),
+    "no training": ([*STRUCTURED, "--do_train", "False"], "needs --do_train; to slim a saved structured model"),
 }
 
 
@@ -130,3 +135,4 @@ def test_a_2_4_run_saves_dense_shaped_weights_with_two_of_every_four_zero(exampl
     for name, weight in masked_weights(model).items():
         groups = as_matrix(weight).reshape(weight.shape[0], -1, GROUP)
         assert (groups.ne(0).sum(-1) <= 2).all(), name
+        assert groups.ne(0).sum() >= 0.45 * weight.numel(), name  # half kept (a regrown weight may still be 0)
