@@ -7,7 +7,9 @@
 #
 # Rows: dense vs TriLevel keep rates and attention sparsity (inference and training steps), and the three token
 # selectors at fixed-rate's token budget (random weights: selector overhead; a trained folder via MODEL=path), and
-# a dense/sparse training step (the operating points' own throughputs are the keep-rate inference rows).
+# a dense/sparse training step (the operating points' own throughputs are the keep-rate inference rows), and
+# physically slimmed shapes (fewer heads and MLP neurons per layer, as `hf-trilevel slim` leaves them) on PRESET and,
+# without SHAPE, on deit-tiny too.
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-bfloat16}
@@ -38,4 +40,11 @@ if [[ -n "$MODEL" ]]; then SOURCE=(--model "$MODEL"); fi
 echo "== dense/sparse training step: one checkpoint for keep rates 1 / 0.7 / 0.5 against dense (issue 12)"
 "${BENCH[@]}" train "${SHAPE_ARGS[@]}" "${COMMON[@]}" --keep-rates 1 --attention-keep-rates 1 \
     --dense-sparse-keep-rates 1 0.7 0.5 --json "$OUT/dense_sparse_train.json"
+echo "== physically slimmed shapes: heads / MLP neurons 1, 0.7, 0.5 at token keep 1 and 0.7 (issue 13)"
+"${BENCH[@]}" inference "${SHAPE_ARGS[@]}" "${COMMON[@]}" --keep-rates 1 0.7 --attention-keep-rates 1 \
+    --head-densities 1 0.7 0.5 --neuron-densities 1 0.7 0.5 --json "$OUT/slimmed.json"
+if [[ -z "$SHAPE" && "$PRESET" != deit-tiny ]]; then
+    "${BENCH[@]}" inference --preset deit-tiny "${COMMON[@]}" --keep-rates 1 0.7 --attention-keep-rates 1 \
+        --head-densities 1 0.7 0.5 --neuron-densities 1 0.7 0.5 --json "$OUT/slimmed_tiny.json"
+fi
 echo "done: $OUT"

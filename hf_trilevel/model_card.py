@@ -14,11 +14,15 @@ A folder saved earlier gets its card from `hf-trilevel card FOLDER` (`hf_trileve
 
 import math
 import numbers
+import re
+from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 from string import Template
 
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
 
 from .configuration_trilevel_vit import TriLevelViTConfig
 from .model_card_dense_sparse import operating_points_text, trained_keep_rates
@@ -41,6 +45,7 @@ from .model_card_sections import (
 from .model_card_sources import dataset_info, log_history_metrics, read_result_files, training_from_arguments
 from .operating_point_table import checked_report, read_operating_points_report
 from .value_checks import check_fraction, check_number
+from .weight_masks import masked_weights
 
 TEMPLATE_NAME = "model_card_template.md"
 BASE_TAGS = ("trilevel-vit", "vision", "image-classification", "vision-transformer", "token-pruning")
@@ -48,6 +53,44 @@ DEFAULT_LICENSE = "apache-2.0"
 SELECTOR_TAGS = {"learned": ["learned-token-selection"], "adaptive": ["adaptive-token-pruning"]}
 DENSE_SPARSE_TAG = "dense-sparse-weight-sharing"
 METRIC_TYPES = (("accuracy", "accuracy", "Top-1 accuracy"), ("top5_accuracy", "top_5_accuracy", "Top-5 accuracy"))
+WEIGHT_SPARSITY_TAGS = {"unstructured": ["weight-sparsity"], "structured": ["weight-sparsity", "structured-pruning"]}
+# The weights `weight_masks.masked_weights` names (patch projection, q/k/v/o, fc1, fc2, classifier) as a saved file
+# holds them: under ViT's checkpoint names (`encoder.layer.{i}.attention.attention.query`, ...) or the model's own.
+SAVED_MASKED_WEIGHT = re.compile(
+    r"(^|\.)(patch_embeddings\.projection|attention\.[qkvo]_proj|mlp\.fc[12]|classifier"
+    r"|layer\.\d+\.(attention\.attention\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+    r")\.weight$"
+)
+
+
+def count_nonzero_weights(weights: Iterable[torch.Tensor]) -> tuple[int, int] | None:
+    """`(non-zero, total)` entries of `weights` (`weight_masks.masked_weights(model).values()`), or None if none."""
+    nonzero = total = 0
+    for tensor in weights:
+        nonzero += int(torch.count_nonzero(tensor.detach()))
+        total += tensor.numel()
+    return (nonzero, total) if total else None
+
+
+def model_nonzero_weights(model: torch.nn.Module) -> tuple[int, int]:
+    """`count_nonzero_weights` over the weights weight sparsity masks in a live model."""
+    return count_nonzero_weights(masked_weights(model).values())
+
+
+def saved_nonzero_weights(folder: str | Path) -> tuple[int, int] | None:
+    """`count_nonzero_weights` over the masked weights (`SAVED_MASKED_WEIGHT`) in the `*.safetensors` files of a saved
+    folder (sharded or not), or None without any; tensors are read one at a time, never the whole model."""
+    files_found = sorted(Path(folder).glob("*.safetensors"))
+    if not files_found:
+        return None
+    nonzero = total = 0
+    for path in files_found:
+        with safe_open(str(path), framework="pt") as saved:
+            names = [name for name in saved.keys() if SAVED_MASKED_WEIGHT.search(name)]  # noqa: SIM118
+            counted = count_nonzero_weights(saved.get_tensor(name) for name in names)
+        if counted is not None:
+            nonzero, total = nonzero + counted[0], total + counted[1]
+    return (nonzero, total) if total else None
 
 
 def load_template() -> Template:
@@ -72,6 +115,7 @@ def build_model_card(
     tags: list[str] | None = None,
     num_parameters: int | None = None,
     operating_points: dict | list[dict] | None = None,
+    nonzero_weights: tuple[int, int] | None = None,
 ) -> ModelCard:
     """Render the model card of a TriLevel checkpoint from plain data.
 
@@ -103,6 +147,8 @@ def build_model_card(
             `hf_trilevel.operating_point_table.read_operating_points_report` returns it: `points`, `environment`,
             `batch_size`, ...; a bare list of points is accepted, shown without its setup). It becomes the
             "Operating points" section; a dense/sparse checkpoint without one gets the rates it was trained for.
+        nonzero_weights: `(non-zero, total)` entries of the weight matrices sparse training masks
+            (`model_nonzero_weights(model)`); when some are zero the settings show the share that is not.
 
     Raises:
         ValueError: naming the argument or metric that is missing or out of range.
@@ -113,6 +159,7 @@ def build_model_card(
         raise ValueError(f"`model_name` must be a non-empty string, got {model_name!r}.")
     measured = normalize_metrics(metrics)
     training = check_training(training)
+    nonzero_weights = check_nonzero_weights(nonzero_weights)
     report = None if operating_points is None else checked_report(operating_points, "operating_points")
     dataset_name = dataset_name or dataset or "custom dataset"
     evaluation_text = f"the `{dataset_split}` split of {dataset_name}"
@@ -140,7 +187,7 @@ def build_model_card(
         token_method_text=token_method_text(config, training),
         fusion_text=fusion_text(config),
         example_text=example_text(training),
-        settings_rows=settings_rows(config, num_parameters),
+        settings_rows=settings_rows(config, num_parameters, nonzero_weights),
         results_text=results_text("accuracy" in measured, evaluation_text),
         results_rows=results_rows(config, measured),
         operating_points_section=operating_points_text(config, report),
@@ -217,6 +264,20 @@ def check_training(training: dict | None) -> dict:
     return {key: value for key, value in training.items() if value is not None}
 
 
+def check_nonzero_weights(nonzero_weights: object) -> tuple[int, int] | None:
+    """`(non-zero, total)` as two ints with 0 <= non-zero <= total and total >= 1, or None."""
+    if nonzero_weights is None:
+        return None
+    valid = isinstance(nonzero_weights, (tuple, list)) and len(nonzero_weights) == 2
+    valid = valid and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in nonzero_weights)
+    if not valid or not 0 <= nonzero_weights[0] <= nonzero_weights[1] or nonzero_weights[1] < 1:
+        raise ValueError(
+            "`nonzero_weights` must be (non-zero, total) integers with 0 <= non-zero <= total and total >= 1 "
+            f"(`model_nonzero_weights(model)`), got {nonzero_weights!r}."
+        )
+    return int(nonzero_weights[0]), int(nonzero_weights[1])
+
+
 def card_tags(config: TriLevelViTConfig, training: dict, extra: list[str] | str | None) -> list[str]:
     """Our tags first (they make the card findable), then the caller's, without duplicates."""
     tags = list(BASE_TAGS)
@@ -227,6 +288,9 @@ def card_tags(config: TriLevelViTConfig, training: dict, extra: list[str] | str 
         tags.append(DENSE_SPARSE_TAG)
     if prunes_examples(training):
         tags.append("data-pruning")
+    weight_sparsity = training.get("weight_sparsity")
+    if isinstance(weight_sparsity, dict):
+        tags += WEIGHT_SPARSITY_TAGS.get(weight_sparsity.get("sparsity"), ["weight-sparsity"])
     extra = [extra] if isinstance(extra, str) else list(extra or [])
     return list(dict.fromkeys(tags + extra))
 
@@ -254,7 +318,8 @@ def trainer_model_card(
     Metrics: the `*_results.json` files in `args.output_dir`, overridden by this run's log history (its last training
     summary and its last evaluation), so a stale file from an earlier run in the same folder never wins; the share of
     examples served from `trainer.example_fraction_seen()`. Hyperparameters: `args.to_dict()`, the training set's
-    size and `trainer.technique_settings()` (techniques whose name has a label in `TRAINING_FIELDS`).
+    size and `trainer.technique_settings()` (techniques whose name has a label in `TRAINING_FIELDS`). The share of
+    non-zero weights is counted on the model itself (`model_nonzero_weights`).
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
     args = trainer.args
@@ -290,6 +355,7 @@ def trainer_model_card(
         tags=[tags] if isinstance(tags, str) else tags,
         num_parameters=model.num_parameters(),
         operating_points=read_operating_points_report(args.output_dir),
+        nonzero_weights=model_nonzero_weights(model),
     )
 
 
@@ -299,8 +365,11 @@ __all__ = [
     "TEMPLATE_NAME",
     "TRAINING_FIELDS",
     "build_model_card",
+    "count_nonzero_weights",
+    "model_nonzero_weights",
     "normalize_metrics",
     "read_result_files",
+    "saved_nonzero_weights",
     "trainer_model_card",
     "training_from_arguments",
 ]

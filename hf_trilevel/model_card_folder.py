@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .configuration_trilevel_vit import TriLevelViTConfig
 from .errors import CommandError
-from .model_card import DEFAULT_LICENSE, build_model_card
+from .model_card import DEFAULT_LICENSE, build_model_card, saved_nonzero_weights
 from .model_card_sources import read_result_files, training_from_arguments
 from .operating_point_table import read_operating_points_report
 from .trainer import TRAINING_ARGS_JSON
@@ -42,6 +42,7 @@ def write_model_card(
         # The file holds the per-device batch size and not the number of processes: no total batch size.
         kwargs.setdefault("training", training_from_arguments(json.loads(arguments_file.read_text(encoding="utf-8"))))
     kwargs.setdefault("operating_points", read_operating_points_report(folder))
+    kwargs.setdefault("nonzero_weights", saved_nonzero_weights(folder))
     card = build_model_card(config, read_result_files(folder), model_name=model_name or folder.resolve().name, **kwargs)
     path = Path(output) if output is not None else folder / "README.md"
     card.save(path)

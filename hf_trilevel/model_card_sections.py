@@ -12,7 +12,10 @@ card gets an "Operating points" section, the measured table when the run left `o
 (`hf_trilevel.operating_point_table`), else the rates it was trained for.
 
 Model sizes are read per layer (`config.layer_num_attention_heads(i)`, `config.layer_intermediate_size(i)`), so a
-structurally slimmed checkpoint shows its real widths; a config without those methods is uniform.
+structurally slimmed checkpoint shows its real widths, and its FLOPs against the full-width shape it was cut from; a
+config without those methods is uniform. Weight sparsity (`SparseTrainingCallback.card_settings()`, the
+`weight_sparsity` training entry) is described in the training section, and the share of non-zero weights a
+checkpoint holds (counted by `hf_trilevel.model_card.model_nonzero_weights`) in its settings.
 """
 
 from .configuration_trilevel_vit import TriLevelViTConfig
@@ -35,6 +38,7 @@ TRAINING_FIELDS = {
     "keep_rate_schedule": "token keep-rate warm-up",
     "token_selector_temperature": "learned scores' Gumbel temperature",
     "dense_sparse": "dense/sparse training (one set of weights for every keep rate)",
+    "weight_sparsity": "weight sparsity (SViTE: sparse training of the weights)",
 }
 # Metric of the mean patch tokens an image keeps after pruning layer `layer` (written by
 # `hf_trilevel.token_counts.kept_token_metrics`, read back here; with Trainer's `eval_` prefix in results files).
@@ -59,6 +63,15 @@ def architecture_text(config: TriLevelViTConfig) -> str:
     heads_text = f"{heads[0]} heads" if len(set(heads)) == 1 else f"heads per layer {heads}"
     mlp_text = f"MLP {widths[0]}" if len(set(widths)) == 1 else f"MLP per layer {widths}"
     return f"{config.num_hidden_layers} layers, hidden size {config.hidden_size}, {heads_text}, {mlp_text}"
+
+
+def nonzero_weights_text(nonzero_weights: tuple[int, int]) -> str:
+    """`50.0% (1,234 of 2,468 weights of the patch projection, attention q/k/v/o, MLP fc1/fc2 and classifier)`."""
+    nonzero, total = nonzero_weights
+    return (
+        f"{100 * nonzero / total:.1f}% ({nonzero:,} of {total:,} weights of the patch projection, attention q/k/v/o, "
+        "MLP fc1/fc2 and classifier)"
+    )
 
 
 def size_text(value: int | list[int] | tuple[int, int]) -> str:
@@ -181,8 +194,13 @@ def measured_kept_tokens(config: TriLevelViTConfig, metrics: dict) -> list[float
     return [float(metrics[key]) for key in keys]
 
 
-def settings_rows(config: TriLevelViTConfig, num_parameters: int | None) -> str:
-    """The "Settings of this checkpoint" table: keep rates, selector, token schedule, architecture, input, classes."""
+def settings_rows(
+    config: TriLevelViTConfig, num_parameters: int | None, nonzero_weights: tuple[int, int] | None = None
+) -> str:
+    """The "Settings of this checkpoint" table: keep rates, selector, token schedule, architecture, input, classes.
+
+    `nonzero_weights` (non-zero, total) over the weight matrices sparse training masks adds a row when some are zero.
+    """
     patches = num_patches(config.image_size, config.patch_size)
     dense = " (dense)" if config.attention_keep_rate >= 1 else ""
     rows = [
@@ -193,6 +211,7 @@ def settings_rows(config: TriLevelViTConfig, num_parameters: int | None) -> str:
         *selector_rows(config),
         ("patch tokens kept after each pruning layer", kept_tokens_text(config)),
         ("architecture", architecture_text(config)),
+        *([("non-zero weights", nonzero_weights_text(nonzero_weights))] if _has_zeros(nonzero_weights) else []),
         (
             "input",
             f"{size_text(config.image_size)} px, {config.num_channels} channels, "
@@ -203,6 +222,21 @@ def settings_rows(config: TriLevelViTConfig, num_parameters: int | None) -> str:
     if num_parameters is not None:
         rows.append(("parameters", f"{num_parameters:,}"))
     return table_rows(rows)
+
+
+def _has_zeros(nonzero_weights: tuple[int, int] | None) -> bool:
+    return nonzero_weights is not None and nonzero_weights[0] < nonzero_weights[1]
+
+
+def full_width_config(config: TriLevelViTConfig) -> TriLevelViTConfig | None:
+    """The full-width shape a slimmed config was cut from (`num_attention_heads` and `intermediate_size` in every
+    layer), or None when every layer already has them."""
+    heads, widths = layer_sizes(config)
+    if set(heads) == {config.num_attention_heads} and set(widths) == {config.intermediate_size}:
+        return None
+    full = config.to_dict()
+    full.update(num_attention_heads_per_layer=None, intermediate_size_per_layer=None)
+    return TriLevelViTConfig(**full)
 
 
 def results_text(accuracy_measured: bool, evaluation_text: str) -> str:
@@ -234,6 +268,17 @@ def results_rows(config: TriLevelViTConfig, metrics: dict) -> str:
         ("forward FLOPs per image, dense (keep rates 1.0)", format_flops(forward_flops(dense_config(config)))),
         (f"FLOPs speedup limit{' (at the cap)' if per_image else ''}", f"{flops_speedup_limit(config):.2f}x"),
     ]
+    full = full_width_config(config)
+    if full is not None:
+        shape = f"{full.num_attention_heads} heads and MLP {full.intermediate_size} in every layer"
+        full_flops = forward_flops(dense_config(full))
+        rows += [
+            (f"forward FLOPs per image, full-width dense ({shape})", format_flops(full_flops)),
+            (
+                f"FLOPs speedup limit against the full-width dense shape{' (at the cap)' if per_image else ''}",
+                f"{full_flops / forward_flops(config):.2f}x",
+            ),
+        ]
     if per_image and "measured_gflops_per_image" in metrics and "measured_flops_speedup_limit" in metrics:
         rows += [
             (
@@ -282,7 +327,74 @@ def training_text(metrics: dict, training: dict) -> str:
         parts.append(f"Example pruning used {describe_policy(training['example_pruning'])}{seen_text}.")
     if isinstance(training.get("dense_sparse"), dict):
         parts.append(dense_sparse_sentence(training["dense_sparse"]))
+    if isinstance(training.get("weight_sparsity"), dict):
+        parts.append(weight_sparsity_sentence(training["weight_sparsity"]))
     return " ".join(parts)
+
+
+def _percent(value: object) -> str:
+    return f"{100 * value:g}%" if isinstance(value, (int, float)) else str(value)
+
+
+def describe_weight_sparsity(settings: dict) -> str:
+    """The hyperparameter-table cell of weight sparsity, from `SparseTrainingCallback.card_settings()`.
+
+    `structured, 50% of heads and 50% of MLP neurons kept per layer, prune-and-grow every 100 steps until 80% of
+    training, death rate 0.5 → 0.005 (cosine)`; unstructured shows its density and pattern; keys of the other mode
+    may be absent, and keys this function does not know are appended as `key=value`.
+    """
+    mode = settings.get("sparsity", "unstructured")
+    parts = [str(mode)]
+    if mode == "structured":
+        kept = [
+            f"{_percent(settings[key])} of {unit}"
+            for key, unit in (("head_density", "heads"), ("neuron_density", "MLP neurons"))
+            if key in settings
+        ]
+        if kept:
+            parts.append(" and ".join(kept) + " kept per layer")
+    else:
+        if "density" in settings:
+            parts.append(f"{_percent(settings['density'])} of the weights kept")
+        if settings.get("pattern") not in (None, "unstructured"):
+            parts.append(f"pattern {settings['pattern']}")
+        if "initial_mask" in settings:
+            parts.append(f"initial mask {settings['initial_mask']}")
+    if settings.get("one_shot"):
+        parts.append("one-shot: pruned once from a trained checkpoint by the same scores")
+    else:
+        schedule = []
+        if "update_interval" in settings:
+            schedule.append(f"prune-and-grow every {settings['update_interval']} steps")
+        if "end_fraction" in settings:
+            schedule.append(f"until {_percent(settings['end_fraction'])} of training")
+        if schedule:
+            parts.append(" ".join(schedule))
+        if "death_rate" in settings:
+            final = settings.get("final_death_rate")
+            decay = f" → {final:g} (cosine)" if isinstance(final, (int, float)) else ""
+            parts.append(f"death rate {settings['death_rate']:g}{decay}")
+    known = {"sparsity", "pattern", "density", "initial_mask", "head_density", "neuron_density", "update_interval",
+             "end_fraction", "death_rate", "final_death_rate", "one_shot"}  # fmt: skip
+    parts += [f"{key}={value}" for key, value in settings.items() if key not in known]
+    return ", ".join(parts)
+
+
+def weight_sparsity_sentence(settings: dict) -> str:
+    """The "Training" paragraph's sentence on weight sparsity: what the saved weights are and what they save."""
+    if settings.get("sparsity") == "structured":
+        return (
+            "Whole attention heads and MLP neurons were trained sparse (S2ViTE); the saved weights hold the pruned "
+            "units as zeros, and `hf-trilevel slim IN_DIR OUT_DIR` (or `hf_trilevel.slim(model)`) removes them for a "
+            "smaller, faster model with the same outputs."
+        )
+    pattern = " in a 2:4 pattern" if settings.get("pattern") == "2:4" else ""
+    speed = (
+        "GPUs with sparse tensor cores can run 2:4 weights faster; elsewhere the zeros save no time."
+        if pattern
+        else "Unstructured zeros save no time with dense kernels (on CPU they save disk space at most)."
+    )
+    return f"The weights were trained sparse (SViTE){pattern} and are saved dense-shaped with zeros. {speed}"
 
 
 def training_table(training: dict) -> str:
@@ -296,6 +408,8 @@ def training_table(training: dict) -> str:
             value = describe_policy(value)
         elif key == "dense_sparse" and isinstance(value, dict):
             value = describe_dense_sparse(value)
+        elif key == "weight_sparsity" and isinstance(value, dict):
+            value = describe_weight_sparsity(value)
         elif isinstance(value, dict):
             value = ", ".join(f"{name}={setting}" for name, setting in value.items())
         rows.append((label, str(value)))

@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
-from hf_trilevel.benchmarks.models import build_models_by_selector
-from hf_trilevel.benchmarks.options import RunTarget, Setting, model_shape
+import hf_trilevel
+from hf_trilevel.benchmarks.models import build_models_by_selector, slimmed_model
+from hf_trilevel.benchmarks.options import RunTarget, Setting, model_shape, settings, slimmed_size
 from hf_trilevel.benchmarks.timing import TensorMemoryTracker
 from hf_trilevel.benchmarks.token_budget import calibrate_keep_mass, kept_token_counts
 from hf_trilevel.benchmarks.training import StepResult, dense_sparse_step, project_epochs
@@ -81,6 +82,108 @@ def test_inference_times_every_selector_and_reports_the_tokens_it_kept(tmp_path,
     output = capsys.readouterr().out
     assert "| keep 0.5, adaptive mass 0.3 |" in output and "| 32 / 16 / 8 |" in output
     assert "random weights (seed 0)" in output
+
+
+def test_inference_times_slimmed_shapes_beside_dense_vit_with_their_kept_units_and_limit(tmp_path, capsys):
+    path = tmp_path / "slimmed.json"
+    arguments = ["bench", "inference", *TINY, *QUICK, "--keep-rates", "1", "0.5", "--attention-keep-rates", "1",
+                 "--head-densities", "1", "0.5", "--neuron-densities", "1", "0.25", "--no-memory",
+                 "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+
+    results = {row["setting"]: row for row in json.loads(path.read_text())["results"]}
+    assert list(results) == ["dense ViT (transformers)", "keep 1", "keep 0.5", "keep 1, heads 0.5, neurons 0.25",
+                             "keep 0.5, heads 0.5, neurons 0.25"]  # fmt: skip
+    full, slim = results["keep 1"], results["keep 1, heads 0.5, neurons 0.25"]
+    assert full["heads_per_layer"] == [2] * 4 and full["intermediate_size_per_layer"] == [64] * 4
+    assert slim["heads_per_layer"] == [1] * 4 and slim["intermediate_size_per_layer"] == [16] * 4
+    assert (slim["head_density"], slim["neuron_density"]) == (0.5, 0.25)
+    # The limit is against the full-width dense ViT, so it counts the removed units and the dropped tokens.
+    shape = {"num_labels": 10}
+    dense = forward_flops(tiny_config(**shape))
+    sizes = {"num_attention_heads_per_layer": [1] * 4, "intermediate_size_per_layer": [16] * 4}
+    assert slim["flops_limit"] == pytest.approx(dense / forward_flops(tiny_config(**shape, **sizes)))
+    both = results["keep 0.5, heads 0.5, neurons 0.25"]
+    assert both["mean_kept_tokens"] == results["keep 0.5"]["mean_kept_tokens"] == [32, 16, 8]
+    assert both["flops_limit"] == pytest.approx(
+        dense / forward_flops(tiny_config(**shape, **sizes, token_keep_rate=0.5))
+    )
+    assert both["fraction_of_limit"] == pytest.approx(both["speedup"] / both["flops_limit"])
+    assert "| 1 of 2 heads, 16 of 64 neurons |" in capsys.readouterr().out
+
+
+def bench_settings(*arguments: str) -> list[Setting]:
+    argv = ["bench", "inference", "--keep-rates", "1", "--attention-keep-rates", "1", *arguments]
+    return settings(build_parser(argv).parse_args(argv))
+
+
+def densities(rows: list[Setting]) -> list[tuple[float, float]]:
+    return [(row.head_density, row.neuron_density) for row in rows]
+
+
+def test_density_lists_pair_by_position_and_a_single_value_applies_to_every_shape():
+    assert densities(bench_settings()) == [(1.0, 1.0)]
+    assert densities(bench_settings("--head-densities", "1", "0.7", "--neuron-densities", "1", "0.5")) == [
+        (1.0, 1.0), (0.7, 0.5)
+    ]  # fmt: skip
+    assert densities(bench_settings("--head-densities", "0.5", "--neuron-densities", "1", "0.5")) == [
+        (0.5, 1.0), (0.5, 0.5)
+    ]  # fmt: skip
+    assert densities(bench_settings("--neuron-densities", "0.5")) == [(1.0, 0.5)]  # an absent flag is 1
+
+
+def test_every_keep_rate_row_is_timed_on_every_slimmed_shape():
+    rows = bench_settings("--keep-rates", "1", "0.7", "--head-densities", "0.5", "--neuron-densities", "0.5")
+    assert [row.name for row in rows] == ["keep 1, heads 0.5, neurons 0.5", "keep 0.7, heads 0.5, neurons 0.5"]
+    assert len({row.model_key for row in rows}) == 1  # one slimmed model, switched between the keep rates
+
+
+def test_a_layer_keeps_the_rounded_share_of_its_units_and_at_least_one():
+    assert [slimmed_size(density, 3) for density in (1.0, 0.7, 0.5, 0.01)] == [3, 2, 2, 1]
+    assert [slimmed_size(density, 1536) for density in (0.7, 0.5)] == [1075, 768]
+    assert slimmed_size(0.5, 5) == 3  # halves round up, as structured sparsity counts its units
+
+
+def test_a_slimmed_model_is_the_full_model_with_its_other_heads_and_neurons_zeroed():
+    model = tiny_model(token_keep_rate=0.5, attention_keep_rate=0.5)
+    slim = slimmed_model(model, 0.5, 0.5)
+    assert slim.config.num_attention_heads_per_layer == [1] * 4 and slim.config.intermediate_size_per_layer == [32] * 4
+    assert (slim.config.token_keep_rate, slim.config.attention_keep_rate) == (0.5, 0.5)
+    with torch.no_grad():
+        for layer in model.vit.layers:  # head 1 owns rows 16:32 of q/k/v and columns 16:32 of o_proj
+            attention, mlp = layer.attention, layer.mlp
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+                projection.weight[16:] = 0
+                projection.bias[16:] = 0
+            mlp.fc1.weight[32:] = 0
+            mlp.fc1.bias[32:] = 0
+            mlp.fc2.weight[:, 32:] = 0
+            attention.o_proj.weight[:, 16:] = 0
+        assert torch.allclose(slim(images(3)).logits, model(images(3)).logits, atol=1e-5)
+    # The very weights `hf_trilevel.slim` leaves of those zeros: the timed shape is the one a user gets.
+    reference = hf_trilevel.slim(model).state_dict()
+    assert all(torch.equal(tensor, reference[name]) for name, tensor in slim.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--head-densities", "0"], "`--head-densities` must be in (0, 1], got 0.0"),
+        (["--head-densities", "1", "1.5"], "`--head-densities` must be in (0, 1], got 1.5"),
+        (["--neuron-densities", "-0.5"], "`--neuron-densities` must be in (0, 1], got -0.5"),
+        (
+            ["--head-densities", "1", "0.7", "0.5", "--neuron-densities", "1", "0.5"],
+            "--head-densities and --neuron-densities pair up by position: give both the same number of values, or "
+            "one of them a single value for every shape; got 3 and 2 values.",
+        ),
+        (["--head-densities", "0.5", "0.5000001"], "values that print alike"),
+    ],
+)
+def test_bad_densities_exit_2_naming_the_flag(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "inference", *TINY, *QUICK, *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_calibration_finds_the_mass_that_matches_a_fixed_rate_budget():

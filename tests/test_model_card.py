@@ -6,6 +6,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
 from transformers import TrainingArguments, ViTImageProcessorPil
 
@@ -18,8 +19,16 @@ from hf_trilevel import (
 from hf_trilevel.configuration_trilevel_vit import TriLevelViTConfig
 from hf_trilevel.flops import flops_speedup_limit, forward_flops
 from hf_trilevel.metrics import compute_metrics
-from hf_trilevel.model_card import TEMPLATE_NAME, build_model_card, trainer_model_card
+from hf_trilevel.model_card import (
+    TEMPLATE_NAME,
+    build_model_card,
+    model_nonzero_weights,
+    saved_nonzero_weights,
+    trainer_model_card,
+)
 from hf_trilevel.model_card_folder import write_model_card
+from hf_trilevel.model_card_sections import describe_weight_sparsity
+from hf_trilevel.training_technique import TrainingTechnique
 
 from .helpers import TINY_SHAPE, tiny_config, tiny_model
 from .random_images import RandomImages, collate
@@ -490,3 +499,103 @@ def test_trainer_card_shows_the_operating_points_its_run_wrote(trained):
     finally:
         path.unlink()  # the other tests of this fixture compare cards without it
     assert "## Operating points" in text and "| 1.0 | 1.0 | 90.00% | 800.0 | 1.00x | 1.00x |" in text
+
+
+# -- weight sparsity (SViTE) and slimmed shapes ------------------------------------------------------------------------
+
+STRUCTURED = {"sparsity": "structured", "head_density": 0.5, "neuron_density": 0.5, "update_interval": 100,
+              "end_fraction": 0.8, "death_rate": 0.5, "final_death_rate": 0.005, "one_shot": False}  # fmt: skip
+UNSTRUCTURED = {"sparsity": "unstructured", "pattern": "2:4", "density": 0.5, "update_interval": 100,
+                "end_fraction": 0.8, "death_rate": 0.5, "final_death_rate": 0.005, "one_shot": False}  # fmt: skip
+
+
+def test_structured_weight_sparsity_is_described_in_the_training_table_and_paragraph(tmp_path):
+    card = saved_card(tmp_path, training={"weight_sparsity": STRUCTURED})
+    assert (
+        "| weight sparsity (SViTE: sparse training of the weights) | structured, 50% of heads and 50% of MLP neurons "
+        "kept per layer, prune-and-grow every 100 steps until 80% of training, death rate 0.5 → 0.005 (cosine) |"
+    ) in card.text
+    assert "`hf-trilevel slim IN_DIR OUT_DIR`" in card.text
+    assert {"weight-sparsity", "structured-pruning"} <= set(card.data.tags)
+
+
+def test_unstructured_weight_sparsity_names_its_density_and_pattern_and_what_it_saves(tmp_path):
+    card = saved_card(tmp_path, training={"weight_sparsity": UNSTRUCTURED})
+    assert "| unstructured, 50% of the weights kept, pattern 2:4, prune-and-grow every 100 steps" in card.text
+    assert "trained sparse (SViTE) in a 2:4 pattern and are saved dense-shaped with zeros" in card.text
+    assert "weight-sparsity" in card.data.tags and "structured-pruning" not in card.data.tags
+
+
+def test_one_shot_pruning_is_named_instead_of_the_prune_and_grow_schedule():
+    text = describe_weight_sparsity({"sparsity": "structured", "head_density": 0.5, "one_shot": True, "extra": 3})
+    assert text == (
+        "structured, 50% of heads kept per layer, one-shot: pruned once from a trained checkpoint by the same "
+        "scores, extra=3"
+    )
+
+
+def test_a_model_with_zero_weights_shows_the_share_that_is_not_zero(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        model.vit.layers[0].mlp.fc1.weight.zero_()  # 64 x 32 of the masked weights
+        model.vit.layers[0].mlp.fc1.bias.zero_()  # a bias: not counted
+    nonzero, total = model_nonzero_weights(model)
+    expected_total = 32 * 3 * 4 * 4 + 4 * (4 * 32 * 32 + 2 * 64 * 32) + 5 * 32
+    assert (total, nonzero) == (expected_total, expected_total - 64 * 32)
+    text = saved_card(tmp_path, nonzero_weights=(nonzero, total)).text
+    share = f"{100 * nonzero / total:.1f}%"
+    assert f"| non-zero weights | {share} ({nonzero:,} of {total:,} weights of the patch projection" in text
+    assert model_nonzero_weights(tiny_model())[0] == total  # dense weights: no row
+    assert "non-zero weights" not in saved_card(tmp_path, nonzero_weights=(total, total)).text
+
+
+@pytest.mark.parametrize("value", [(5, 4), (1, 0), (0.5, 1), "half", (1, 2, 3)])
+def test_a_malformed_nonzero_weights_count_is_refused(value):
+    with pytest.raises(ValueError, match="`nonzero_weights` must be"):
+        build_model_card(tiny_config(), METRICS, model_name="tiny", nonzero_weights=value)
+
+
+def test_a_slimmed_config_shows_its_flops_against_the_full_width_shape(tmp_path):
+    sizes = {"num_attention_heads_per_layer": [1] * 4, "intermediate_size_per_layer": [32] * 4}
+    config = tiny_config(**sizes)
+    text = saved_card(tmp_path, config=config).text
+    full = forward_flops(tiny_config())
+    assert "| forward FLOPs per image, full-width dense (2 heads and MLP 64 in every layer) |" in text
+    assert f"| FLOPs speedup limit against the full-width dense shape | {full / forward_flops(config):.2f}x |" in text
+    assert "full-width" not in saved_card(tmp_path).text
+
+
+def test_trainer_card_counts_the_models_nonzero_weights(tmp_path):
+    trainer = pruning_trainer(tmp_path)
+    with torch.no_grad():
+        trainer.model.classifier.weight.zero_()
+    text = trainer_model_card(trainer).text
+    nonzero, total = model_nonzero_weights(trainer.model)
+    assert nonzero == total - 5 * 32
+    assert f"| non-zero weights | {100 * nonzero / total:.1f}% ({nonzero:,} of {total:,}" in text
+
+
+def test_a_saved_folders_nonzero_weights_are_counted_from_its_safetensors(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        model.vit.layers[1].attention.q_proj.weight[:16] = 0  # one head's query rows
+    model.save_pretrained(tmp_path / "saved")
+    assert saved_nonzero_weights(tmp_path / "saved") == model_nonzero_weights(model)
+    assert saved_nonzero_weights(tmp_path) is None  # no weights there
+
+
+class WeightSparsityStandIn(TrainingTechnique):
+    """What `SparseTrainingCallback` shows the card: its name and `card_settings()` (no training here)."""
+
+    name = "weight_sparsity"
+
+    def card_settings(self) -> dict:
+        return STRUCTURED
+
+
+def test_trainer_card_shows_the_weight_sparsity_techniques_settings(tmp_path):
+    trainer = pruning_trainer(tmp_path)
+    trainer.add_callback(WeightSparsityStandIn())
+    card = trainer_model_card(trainer)
+    assert "| weight sparsity (SViTE: sparse training of the weights) | structured, 50% of heads" in card.text
+    assert "structured-pruning" in card.data.tags

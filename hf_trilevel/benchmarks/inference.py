@@ -16,6 +16,15 @@ patch tokens kept after each pruning layer, measured on the benchmark batch (mea
 limit from those counts. Adaptive rows run at each `--token-keep-mass`, or, with `--match-fixed-rate`, at the mass
 calibrated by bisection so that their mean count after the last pruning layer equals fixed-rate pruning's at the
 same keep rate; they also show the share of that fixed-rate row's speedup they reach.
+
+Physically slimmed shapes (`--head-densities`, `--neuron-densities`): the shape a model trained with structured
+sparsity has after `hf_trilevel.slim`, every layer keeping `max(1, round(density * size))` heads and MLP neurons.
+The i-th values of the two lists make one shape (a single value applies to every shape); each shape is its own
+model, and every TriLevel setting is timed on every shape. Rows show the heads and neurons kept per layer, and their
+FLOPs limit is against the full-width dense ViT.
+
+    hf-trilevel bench inference --preset deit-small --keep-rates 1 --attention-keep-rates 1 \
+        --head-densities 1 0.7 0.5 --neuron-densities 1 0.7 0.5
 """
 
 import argparse
@@ -28,7 +37,13 @@ import torch
 from ..value_checks import num_patches
 from .measure import Measurement, TimingPlan, measure_settings, random_batch, timing_plan, weights_note
 from .models import trilevel_config
-from .options import Setting, add_setting_arguments, add_shape_arguments, add_target_arguments
+from .options import (
+    Setting,
+    add_setting_arguments,
+    add_shape_arguments,
+    add_slimming_arguments,
+    add_target_arguments,
+)
 from .report import check_writable, markdown_table, mib, report_payload, write_report
 
 
@@ -57,6 +72,10 @@ class InferenceResult:
     max_kept_tokens: list[int] | None = None
     target_kept_tokens: float | None = None  # --match-fixed-rate: the count after the last pruning layer aimed at
     fixed_rate_speedup_share: float | None = None  # adaptive: speedup over the fixed-rate row's at the same budget
+    head_density: float = 1.0
+    neuron_density: float = 1.0
+    heads_per_layer: list[int] | None = None  # attention heads each layer of the timed model has
+    intermediate_size_per_layer: list[int] | None = None  # MLP neurons each layer of the timed model has
 
 
 def benchmark_inference(plan: TimingPlan) -> list[InferenceResult]:
@@ -99,6 +118,10 @@ def _result(m: Measurement, batch_size: int) -> InferenceResult:
         min_kept_tokens=list(counts.min_kept_tokens) if counts else None,
         max_kept_tokens=list(counts.max_kept_tokens) if counts else None,
         target_kept_tokens=m.calibration.target_kept_tokens if m.calibration else None,
+        head_density=m.setting.head_density,
+        neuron_density=m.setting.neuron_density,
+        heads_per_layer=[m.config.layer_num_attention_heads(i) for i in range(m.config.num_hidden_layers)],
+        intermediate_size_per_layer=[m.config.layer_intermediate_size(i) for i in range(m.config.num_hidden_layers)],
     )
 
 
@@ -131,8 +154,21 @@ def format_kept_tokens(result: InferenceResult) -> str:
     return text
 
 
+def format_kept_units(result: InferenceResult, dense: InferenceResult) -> str:
+    """`2 of 3 heads, 384 of 768 neurons` per layer; per-layer lists when the layers differ."""
+    parts = []
+    for kept, full, unit in (
+        (result.heads_per_layer, dense.heads_per_layer[0], "heads"),
+        (result.intermediate_size_per_layer, dense.intermediate_size_per_layer[0], "neurons"),
+    ):
+        count = str(kept[0]) if len(set(kept)) == 1 else str(kept)
+        parts.append(f"{count} of {full} {unit}")
+    return ", ".join(parts)
+
+
 def format_results(results: list[InferenceResult]) -> str:
     adaptive = any(r.token_selector == "adaptive" for r in results)
+    slimmed = any(r.head_density < 1.0 or r.neuron_density < 1.0 for r in results)
     rows = []
     for r in results:
         overhead = "" if r.attention_overhead is None else f"{r.attention_overhead:+.1%}"
@@ -145,6 +181,7 @@ def format_results(results: list[InferenceResult]) -> str:
             "of limit": f"{r.fraction_of_limit:.0%}",
             "GFLOPs/image": f"{r.gflops_per_image:.2f}",
             "patch tokens kept": format_kept_tokens(r),
+            **({"per layer": format_kept_units(r, results[0])} if slimmed else {}),
             "peak MiB": mib(r.peak_memory_bytes),
             "sparse-attention cost": overhead,
         }
@@ -160,6 +197,7 @@ def format_results(results: list[InferenceResult]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_shape_arguments(parser)
     add_setting_arguments(parser, keep_rates=[1.0, 0.7, 0.5], attention=[1.0, 0.3])
+    add_slimming_arguments(parser)
     group = parser.add_argument_group("equal token budget (adaptive against fixed rate)")
     group.add_argument("--match-fixed-rate", action="store_true",
                        help="calibrate each adaptive row's token_keep_mass by bisection on the benchmark batch so "

@@ -6,6 +6,10 @@ a training step). Each TriLevel setting is switched on untimed just before its t
 once per round, and the rounds are interleaved (`timing.interleaved_times`), so drift of the machine's speed hits
 all settings alike. Medians over the rounds are reported beside the FLOPs limit of each setting, computed from the
 tokens each image kept on the benchmark batch, and one untimed pass records the peak extra memory.
+
+A slimmed shape (`Setting.head_density` / `neuron_density`) runs on its own model, cut from its selector's
+(`models.slimmed_model`); its FLOPs limit is against the full-width dense ViT, so it counts the removed heads and
+neurons as well as the dropped tokens.
 """
 
 import argparse
@@ -21,7 +25,7 @@ from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..dense_sparse import operating_point
 from ..flops import MeasuredFlops, flops_speedup_limit, forward_flops, measured_flops, num_patches
 from ..token_reduction import token_schedule
-from .models import build_models_by_selector, compile_models, switch_setting, trilevel_config
+from .models import build_models_by_selector, compile_models, slimmed_model, switch_setting, trilevel_config
 from .options import (
     DENSE_NAME,
     ModelShape,
@@ -57,8 +61,13 @@ class TimingPlan:
 
     @property
     def selectors(self) -> list[str]:
-        """The token selectors the settings use, in order of first use: one TriLevel model each."""
+        """The token selectors the settings use, in order of first use: one full-width TriLevel model each."""
         return list(dict.fromkeys(setting.token_selector for setting in self.settings))
+
+    @property
+    def model_keys(self) -> list[tuple[str, float, float]]:
+        """`Setting.model_key` of each model the settings run on (selector, slimmed shape), in order of first use."""
+        return list(dict.fromkeys(setting.model_key for setting in self.settings))
 
 
 def timing_plan(args: argparse.Namespace, label: str) -> TimingPlan:
@@ -120,10 +129,11 @@ def measure_settings(
 ) -> list[Measurement]:
     """Time dense ViT and every TriLevel setting in interleaved rounds; the first measurement is the dense model.
 
-    `make_call(model, module)` is called once per model and returns the call to time; every setting of one selector
+    `make_call(model, module)` is called once per model and returns the call to time; every setting of one model
     times the same call (one model, one optimizer state), switched to its setting untimed. Each selector has its own
-    model with the same weights. With `training`, weights stay in float32 (mixed precision is the call's autocast)
-    and the models are in train mode; otherwise weights are cast to the target dtype and the models are in eval mode.
+    model with the same weights, and each slimmed shape of it its own model with the kept part of them. With
+    `training`, weights stay in float32 (mixed precision is the call's autocast) and the models are in train mode;
+    otherwise weights are cast to the target dtype and the models are in eval mode.
 
     Before timing, one untimed forward per setting on `pixel_values` (the benchmark batch) records the tokens each
     image kept; the FLOPs limit comes from those counts (`flops.measured_flops`), so per-image adaptive counts are
@@ -136,33 +146,41 @@ def measure_settings(
     dense, trilevel = build_models_by_selector(
         shape, target, plan.selectors, cast_weights=not training, **plan.config_extra
     )
-    for model in (dense, *trilevel.values()):
+    models = {(selector, 1.0, 1.0): model for selector, model in trilevel.items()}
+    for selector, heads, neurons in plan.model_keys:
+        if (selector, heads, neurons) not in models:
+            models[selector, heads, neurons] = slimmed_model(trilevel[selector], heads, neurons)
+    models = {key: models[key] for key in plan.model_keys}  # full-width models no setting uses are not timed
+    for model in (dense, *models.values()):
         model.train(training)
-    compiled = compile_models(target, len(plan.settings), dense, *trilevel.values())
-    dense_call = make_call(compiled[0], dense)
-    calls = {name: make_call(model, trilevel[name]) for name, model in zip(trilevel, compiled[1:], strict=True)}
+    compiled_models = compile_models(target, len(plan.settings), dense, *models.values())
+    dense_call = make_call(compiled_models[0], dense)
+    compiled = dict(zip(models, compiled_models[1:], strict=True))
+    calls = {key: make_call(compiled[key], model) for key, model in models.items()}
 
-    trilevel_settings, calibrations = calibrate_matched_settings(plan, trilevel, pixel_values)
-    prepare = {s.name: switch_setting(trilevel[s.token_selector], s) for s in trilevel_settings}
+    trilevel_settings, calibrations = calibrate_matched_settings(plan, models, pixel_values)
+    prepare = {s.name: switch_setting(models[s.model_key], s) for s in trilevel_settings}
     runs = {DENSE_NAME: dense_call}
     for setting in trilevel_settings:
         if setting.dense_sparse_keep_rates is None:
-            runs[setting.name] = calls[setting.token_selector]
+            runs[setting.name] = calls[setting.model_key]
             continue
         if make_setting_call is None:
             raise ValueError(f"setting {setting.name!r} is a dense/sparse training row: pass `make_setting_call`.")
         prepare[setting.name]()
-        index = list(trilevel).index(setting.token_selector) + 1
-        runs[setting.name] = make_setting_call(compiled[index], trilevel[setting.token_selector], setting)
+        runs[setting.name] = make_setting_call(compiled[setting.model_key], models[setting.model_key], setting)
     counted = {}
+    full_dense_flops = forward_flops(trilevel_config(shape))  # every token kept, dense attention, full widths
     for setting in trilevel_settings:
-        model = trilevel[setting.token_selector]
+        model = models[setting.model_key]
         prepare[setting.name]()
         config = copy.deepcopy(model.config)
         if setting.dense_sparse_keep_rates is None:
-            counted[setting.name] = (config, measured_flops(config, kept_token_counts(model, pixel_values)))
+            flops = measured_flops(config, kept_token_counts(model, pixel_values))
         else:
-            counted[setting.name] = (config, step_flops(model, setting, pixel_values))
+            flops = step_flops(model, setting, pixel_values)
+        # `measured_flops` counts against dense at the model's own widths; a slimmed row is against the full ViT.
+        counted[setting.name] = (config, dataclasses.replace(flops, dense_flops_per_image=full_dense_flops))
 
     times = interleaved_times(runs, plan.repeats, plan.warmup, target.device, plan.progress, prepare)
     # The CPU tracker is a dispatch mode, which compiled graphs bypass: no figure rather than a wrong one.
@@ -214,7 +232,7 @@ def step_flops(model: torch.nn.Module, setting: Setting, pixel_values: torch.Ten
 
 
 def calibrate_matched_settings(
-    plan: TimingPlan, trilevel: dict, pixel_values: torch.Tensor
+    plan: TimingPlan, models: dict, pixel_values: torch.Tensor
 ) -> tuple[list[Setting], dict[str, Calibration]]:
     """The plan's settings with every `--match-fixed-rate` row's mass calibrated on the benchmark batch.
 
@@ -227,7 +245,7 @@ def calibrate_matched_settings(
         if setting.matched_keep_rate is None:
             calibrated.append(setting)
             continue
-        model = trilevel[setting.token_selector]
+        model = models[setting.model_key]
         switch_setting(model, setting)()
         layers = len(model.config.token_prune_layers)
         target = token_schedule(patches, setting.matched_keep_rate, layers)[-1] if layers else patches

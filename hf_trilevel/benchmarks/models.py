@@ -3,8 +3,13 @@
 A measured difference must be the cost of sparsity and nothing else, so every TriLevel model takes the dense
 model's (or a saved folder's) weights (`load_shared_weights`); the only extra a model may hold is a learned
 selector's scorer. The operating point a row measures is switched on a built model (`switch_setting`), untimed.
+
+A physically slimmed shape (`Setting.head_density` / `neuron_density` below 1) is its own model, built with
+per-layer sizes (`num_attention_heads_per_layer`, `intermediate_size_per_layer`) and holding the first heads and
+MLP neurons of its selector's full-width weights (`slimmed_model`), as `hf_trilevel.slim` would leave them.
 """
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -12,7 +17,7 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
-from .options import ModelShape, RunTarget, Setting
+from .options import ModelShape, RunTarget, Setting, slimmed_size
 
 # Fields a saved folder's config passes on to the benchmark's models (its activation, norms, selector details).
 CHECKPOINT_VIT_FIELDS = ("hidden_act", "layer_norm_eps", "qkv_bias")
@@ -99,4 +104,38 @@ def build_models_by_selector(
     return dense.to(target.device, dtype), {name: model.to(target.device, dtype) for name, model in trilevel.items()}
 
 
-__all__ = ["build_models_by_selector", "compile_models", "load_shared_weights", "switch_setting", "trilevel_config"]
+def slimmed_model(
+    model: TriLevelViTForImageClassification, head_density: float, neuron_density: float
+) -> TriLevelViTForImageClassification:
+    """`model` with the first `slimmed_size(density, ...)` heads and MLP neurons of every layer kept, the rest removed.
+
+    Head h owns rows `h*d:(h+1)*d` of q/k/v (weights and biases) and those columns of o_proj; neuron j owns row j of
+    fc1 and column j of fc2. Same dtype, device and mode as `model`.
+    """
+    config = model.config
+    heads = slimmed_size(head_density, config.num_attention_heads)
+    neurons = slimmed_size(neuron_density, config.intermediate_size)
+    slim_config = copy.deepcopy(config)  # keeps every other field, the attention backend included
+    slim_config.num_attention_heads_per_layer = [heads] * config.num_hidden_layers
+    slim_config.intermediate_size_per_layer = [neurons] * config.num_hidden_layers
+    width = heads * (config.hidden_size // config.num_attention_heads)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        module, kind = name.split(".")[-2:]
+        if module in ("q_proj", "k_proj", "v_proj"):
+            tensor = tensor[:width]
+        elif module == "o_proj" and kind == "weight":
+            tensor = tensor[:, :width]
+        elif module == "fc1":
+            tensor = tensor[:neurons]
+        elif module == "fc2" and kind == "weight":
+            tensor = tensor[:, :neurons]
+        state[name] = tensor
+    parameter = next(model.parameters())
+    slim = TriLevelViTForImageClassification(slim_config).to(parameter.device, parameter.dtype)
+    load_shared_weights(slim, state)
+    return slim.train(model.training)
+
+
+__all__ = ["build_models_by_selector", "compile_models", "load_shared_weights", "slimmed_model", "switch_setting",
+           "trilevel_config"]  # fmt: skip

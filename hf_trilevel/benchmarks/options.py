@@ -7,7 +7,9 @@ the allowed range.
 """
 
 import argparse
+import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +77,19 @@ class Setting:
     dense_sparse_keep_rates: tuple[float, ...] | None = None
     dense_sparse_schedule: str = "dense_and_one"
     distillation: str = "none"
+    # A physically slimmed shape (`bench inference --head-densities / --neuron-densities`): every layer keeps
+    # `slimmed_size(density, size)` heads and MLP neurons; 1.0 and 1.0 is the full-width model.
+    head_density: float = 1.0
+    neuron_density: float = 1.0
+
+    @property
+    def slimmed(self) -> bool:
+        return self.head_density < 1.0 or self.neuron_density < 1.0
+
+    @property
+    def model_key(self) -> tuple[str, float, float]:
+        """Which model runs this setting: one per token selector and slimmed shape (rates switch on a built model)."""
+        return self.token_selector, self.head_density, self.neuron_density
 
     @property
     def name(self) -> str:
@@ -98,6 +113,8 @@ class Setting:
         if self.dense_sparse_keep_rates is not None:
             name += ", every rate" if self.dense_sparse_schedule == "every_rate" else ""
             name += ", self-distillation" if self.distillation == "self" else ""
+        if self.slimmed:
+            name += f", heads {self.head_density:g}, neurons {self.neuron_density:g}"
         return name
 
     def config_kwargs(self) -> dict:
@@ -116,7 +133,19 @@ class Setting:
         """The class-attention setting an adaptive row is compared with: same keep rate (the matched one for a
         calibrated row), attention and fusion."""
         keep = self.token_keep_rate if self.matched_keep_rate is None else self.matched_keep_rate
-        return Setting(keep, self.attention_keep_rate, self.token_fusion)
+        return Setting(
+            keep, self.attention_keep_rate, self.token_fusion,
+            head_density=self.head_density, neuron_density=self.neuron_density,
+        )  # fmt: skip
+
+
+def slimmed_size(density: float, size: int) -> int:
+    """Heads or MLP neurons a layer of `size` keeps at `density`: `max(1, round(density * size))`, halves up.
+
+    Rounded as structured weight sparsity counts its units (`structured_units.unit_count`: 2.5 -> 3, where Python's
+    `round` would give 2), so a timed shape is the one a slimmed checkpoint trained at that density has.
+    """
+    return max(1, math.floor(density * size + 0.5))
 
 
 @dataclass(frozen=True)
@@ -161,6 +190,47 @@ def add_setting_arguments(parser: argparse.ArgumentParser, keep_rates: list[floa
                             f"{' '.join(map(str, DEFAULT_KEEP_MASSES))}; 1.0 is fixed-rate pruning)")  # fmt: skip
     group.add_argument("--token-count-buckets", type=int, default=None, metavar="N",
                        help="token_count_buckets of the adaptive selector (default: the config's)")  # fmt: skip
+
+
+def add_slimming_arguments(parser: argparse.ArgumentParser) -> None:
+    pairing = (
+        "The i-th head density and the i-th neuron density make one shape, so both lists have the same length, or "
+        "one of them is a single value that applies to every entry of the other (an absent flag is 1). Every "
+        "TriLevel setting above (keep rate x attention x fusion x selector) is timed on every shape; 1 and 1 is "
+        "the full-width model, so leave it out to time slimmed shapes only. A slimmed model keeps the first heads "
+        "and neurons of the dense model's weights; its FLOPs limit is against the full dense ViT."
+    )
+    group = parser.add_argument_group(
+        "physically slimmed shapes (what `hf_trilevel.slim` makes of a model trained with structured sparsity)", pairing
+    )
+    group.add_argument("--head-densities", type=float, nargs="+", default=None, metavar="DENSITY",
+                       help="share of attention heads every layer keeps, each in (0, 1]: "
+                            "max(1, round(density * heads)) heads per layer, halves rounded up")  # fmt: skip
+    group.add_argument("--neuron-densities", type=float, nargs="+", default=None, metavar="DENSITY",
+                       help="share of MLP neurons every layer keeps, each in (0, 1]: "
+                            "max(1, round(density * intermediate_size)) neurons per layer, halves rounded "
+                            "up")  # fmt: skip
+
+
+def slimmed_shapes(args: argparse.Namespace) -> list[tuple[float, float]]:
+    """`(head_density, neuron_density)` pairs from `--head-densities` / `--neuron-densities`, checked and paired.
+
+    Pairwise by position; a single value broadcasts over the other list, an absent flag is 1.0. Without either
+    flag, only the full-width shape `(1.0, 1.0)`.
+    """
+    heads, neurons = getattr(args, "head_densities", None), getattr(args, "neuron_densities", None)
+    for flag, densities in (("--head-densities", heads), ("--neuron-densities", neurons)):
+        for density in densities or []:
+            checked_option(check_fraction, flag, density)
+    heads, neurons = heads or [1.0], neurons or [1.0]
+    if len(heads) != len(neurons) and 1 not in (len(heads), len(neurons)):
+        raise CommandError(
+            f"--head-densities and --neuron-densities pair up by position: give both the same number of values, or "
+            f"one of them a single value for every shape; got {len(heads)} and {len(neurons)} values."
+        )
+    count = max(len(heads), len(neurons))
+    heads, neurons = heads * (count // len(heads)), neurons * (count // len(neurons))
+    return list(dict.fromkeys(zip(heads, neurons, strict=True)))
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
@@ -248,7 +318,8 @@ def check_divides(shape: dict[str, int]) -> None:
 
 
 def settings(args: argparse.Namespace) -> list[Setting]:
-    """Every combination of keep rate, attention keep rate, fusion and selector (and mass, for adaptive).
+    """Every combination of keep rate, attention keep rate, fusion and selector (and mass, for adaptive), on every
+    slimmed shape (`slimmed_shapes`; the full-width one alone without the density flags).
 
     With `--match-fixed-rate`, each adaptive setting instead targets the mean kept count of fixed-rate pruning at
     its keep rate, bounded above by `--match-max-keep-rate`; its mass is calibrated later, on the benchmark batch.
@@ -270,11 +341,20 @@ def settings(args: argparse.Namespace) -> list[Setting]:
                 chosen.append(Setting(cap, attention, fused, "adaptive", 1.0, matched_keep_rate=keep))
             else:
                 chosen.extend(Setting(keep, attention, fused, "adaptive", mass) for mass in masses)
+    chosen = [
+        dataclasses.replace(setting, head_density=heads, neuron_density=neurons)
+        for heads, neurons in slimmed_shapes(args)
+        for setting in chosen
+    ]
     names = [setting.name for setting in chosen]
     if len(set(names)) < len(names):
-        raise CommandError(
-            f"--keep-rates / --attention-keep-rates / --token-keep-mass hold values that print alike: {names}."
-        )
+        flags = ["--keep-rates", "--attention-keep-rates", "--token-keep-mass"]
+        flags += [
+            flag
+            for flag in ("--head-densities", "--neuron-densities")
+            if getattr(args, flag[2:].replace("-", "_"), None)
+        ]
+        raise CommandError(f"{' / '.join(flags)} hold values that print alike: {names}.")
     return chosen
 
 
