@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,50 @@ def sharpen_attention(model, factor: float = 6.0):
             layer.attention.q_proj.weight.mul_(factor)
             layer.attention.k_proj.weight.mul_(factor)
     return model
+
+
+# The first lines of a script that must run where hf_trilevel cannot be imported: a user of a saved or pushed folder
+# has transformers and the folder's own remote code, not this package (installed here, so it is blocked).
+WITHOUT_HF_TRILEVEL = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockPackage(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_trilevel" or name.startswith("hf_trilevel."):
+                raise ImportError("hf_trilevel is deliberately unavailable in this process")
+
+    sys.meta_path.insert(0, BlockPackage())
+    try:
+        import hf_trilevel  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("hf_trilevel is importable; the check would prove nothing")
+    """
+)
+
+
+def run_without_hf_trilevel(script: str, folder: Path, work: Path, cache: Path) -> dict:
+    """Run `WITHOUT_HF_TRILEVEL + script FOLDER WORK` in an isolated, offline interpreter (fresh Hub and remote-code
+    caches under `cache`) from the folder `work`; return the JSON object its last line prints."""
+    (work / "load.py").write_text(WITHOUT_HF_TRILEVEL + textwrap.dedent(script))
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))
+    }
+    environment.update(
+        HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(cache / "modules"), HF_HOME=str(cache / "hf"), OMP_NUM_THREADS="1"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-I", "load.py", str(folder), str(work)],
+        cwd=work,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def run_on_two_processes(job: Path, output: Path) -> list[dict]:

@@ -2,10 +2,7 @@
 
 import ast
 import json
-import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification,
 
 from hf_trilevel import TriLevelViTForImageClassification, TriLevelViTModel
 
-from .helpers import images, sharpen_attention, tiny_model
+from .helpers import images, run_without_hf_trilevel, sharpen_attention, tiny_model
 
 REMOTE_CODE_FILES = {
     "configuration_trilevel_vit.py",
@@ -127,49 +124,32 @@ def test_base_model_loads_from_a_head_checkpoint(saved_folder):
     torch.testing.assert_close(base.embeddings.cls_token, sparse_model().vit.embeddings.cls_token, rtol=0, atol=0)
 
 
-CLEAN_ROOM_SCRIPT = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
+# Run after `helpers.WITHOUT_HF_TRILEVEL`: what a user of a pushed checkpoint does with transformers alone.
+LOAD_CHECKPOINT_SCRIPT = """
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForImageClassification, pipeline
 
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        # The package is installed in this environment; a user of a pushed checkpoint has only transformers.
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_trilevel" or name.startswith("hf_trilevel."):
-                raise ImportError("hf_trilevel is deliberately unavailable in this process")
-
-    sys.meta_path.insert(0, BlockPackage())
-    try:
-        import hf_trilevel  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("hf_trilevel is importable; the check would prove nothing")
-
-    import torch
-    from PIL import Image
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModel, AutoModelForImageClassification, pipeline
-
-    folder, work = sys.argv[1], sys.argv[2]
-    pixel_values = load_file(f"{work}/inputs.safetensors")["pixel_values"]
-    head = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    with torch.no_grad():
-        logits = head(pixel_values).logits
-        hidden = base(pixel_values).last_hidden_state
-    save_file({"logits": logits, "hidden": hidden}, f"{work}/outputs.safetensors")
-    classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
-    predictions = classifier(Image.open(f"{work}/digit.png"))
-    print(json.dumps({
-        "head_module": type(head).__module__,
-        "base_class": type(base).__name__,
-        "heads": [layer.attention.num_attention_heads for layer in head.vit.layers],
-        "mlp": [layer.mlp.fc1.out_features for layer in head.vit.layers],
-        "labels": [p["label"] for p in predictions],
-        "loaded_modules": sorted(m for m in sys.modules if m.startswith("hf_trilevel")),
-    }))
-    """
-)
+folder, work = sys.argv[1], sys.argv[2]
+pixel_values = load_file(f"{work}/inputs.safetensors")["pixel_values"]
+head = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = head(pixel_values).logits
+    hidden = base(pixel_values).last_hidden_state
+save_file({"logits": logits, "hidden": hidden}, f"{work}/outputs.safetensors")
+classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
+predictions = classifier(Image.open(f"{work}/digit.png"))
+print(json.dumps({
+    "head_module": type(head).__module__,
+    "base_class": type(base).__name__,
+    "heads": [layer.attention.num_attention_heads for layer in head.vit.layers],
+    "mlp": [layer.mlp.fc1.out_features for layer in head.vit.layers],
+    "labels": [p["label"] for p in predictions],
+    "loaded_modules": sorted(m for m in sys.modules if m.startswith("hf_trilevel")),
+}))
+"""
 
 
 @pytest.mark.parametrize("selector", list(SELECTOR_SETTINGS))
@@ -177,25 +157,11 @@ def test_checkpoint_loads_in_a_clean_process_without_the_package(selector, tmp_p
     saved_folder = save_sparse_model(tmp_path / "checkpoint", selector)
     work = tmp_path / "elsewhere"
     work.mkdir()
-    (work / "load.py").write_text(CLEAN_ROOM_SCRIPT)
     pixel_values = images(2)
     save_file({"pixel_values": pixel_values}, work / "inputs.safetensors")
     Image.fromarray((torch.rand(20, 24, 3) * 255).byte().numpy()).save(work / "digit.png")
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))
-    }
-    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
 
-    completed = subprocess.run(
-        [sys.executable, "-I", "load.py", str(saved_folder), str(work)],
-        cwd=work,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = run_without_hf_trilevel(LOAD_CHECKPOINT_SCRIPT, saved_folder, work, tmp_path)
     assert report["head_module"].startswith("transformers_modules.")
     assert report["base_class"] == "TriLevelViTModel"
     assert report["heads"] == PER_LAYER["num_attention_heads_per_layer"]

@@ -1,10 +1,6 @@
 """Physical slimming: pruned heads and neurons (all-zero units) removed, outputs, config and loading unchanged."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -16,7 +12,7 @@ from hf_trilevel import TriLevelViTForImageClassification, TriLevelViTModel
 from hf_trilevel.flops import forward_flops
 from hf_trilevel.slimming import slim, structured_unit_masks
 
-from .helpers import images, sharpen_attention, tiny_config, tiny_model, tiny_vit
+from .helpers import images, run_without_hf_trilevel, sharpen_attention, tiny_config, tiny_model, tiny_vit
 
 HIDDEN, HEAD_DIM, HEADS, MLP = 32, 16, 2, 64
 # Layer -> pruned heads / neurons. Layer 2 is left whole: a slimmed model may keep some layers dense.
@@ -256,41 +252,24 @@ def test_per_layer_sizes_round_trip_through_save_and_load(tmp_path):
         assert torch.equal(loaded(images(2)).logits, slimmed(images(2)).logits)
 
 
-CLEAN_ROOM_SCRIPT = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
+# Run after `helpers.WITHOUT_HF_TRILEVEL`: loads a slimmed folder with remote code alone.
+LOAD_SLIMMED_SCRIPT = """
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageClassification
 
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        # A user of a slimmed checkpoint has transformers and the folder's own code, not hf_trilevel.
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_trilevel" or name.startswith("hf_trilevel."):
-                raise ImportError("hf_trilevel is deliberately unavailable in this process")
-
-    sys.meta_path.insert(0, BlockPackage())
-    try:
-        import hf_trilevel  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("hf_trilevel is importable; the check would prove nothing")
-
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForImageClassification
-
-    folder, work = sys.argv[1], sys.argv[2]
-    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-    with torch.no_grad():
-        logits = model(load_file(f"{work}/inputs.safetensors")["pixel_values"]).logits
-    save_file({"logits": logits}, f"{work}/outputs.safetensors")
-    print(json.dumps({
-        "module": type(model).__module__,
-        "heads": [layer.attention.num_attention_heads for layer in model.vit.layers],
-        "mlp": [layer.mlp.fc1.out_features for layer in model.vit.layers],
-        "loaded_modules": sorted(m for m in sys.modules if m.startswith("hf_trilevel")),
-    }))
-    """
-)
+folder, work = sys.argv[1], sys.argv[2]
+model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = model(load_file(f"{work}/inputs.safetensors")["pixel_values"]).logits
+save_file({"logits": logits}, f"{work}/outputs.safetensors")
+print(json.dumps({
+    "module": type(model).__module__,
+    "heads": [layer.attention.num_attention_heads for layer in model.vit.layers],
+    "mlp": [layer.mlp.fc1.out_features for layer in model.vit.layers],
+    "loaded_modules": sorted(m for m in sys.modules if m.startswith("hf_trilevel")),
+}))
+"""
 
 
 def test_a_slimmed_folder_loads_with_remote_code_where_hf_trilevel_cannot_be_imported(tmp_path):
@@ -298,25 +277,10 @@ def test_a_slimmed_folder_loads_with_remote_code_where_hf_trilevel_cannot_be_imp
     folder, work = tmp_path / "slimmed", tmp_path / "elsewhere"
     slim(masked).save_pretrained(folder)
     work.mkdir()
-    (work / "load.py").write_text(CLEAN_ROOM_SCRIPT)
     pixel_values = images(2)
     save_file({"pixel_values": pixel_values}, work / "inputs.safetensors")
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))
-    }
-    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
-    environment["OMP_NUM_THREADS"] = "1"
 
-    completed = subprocess.run(
-        [sys.executable, "-I", "load.py", str(folder), str(work)],
-        cwd=work,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = run_without_hf_trilevel(LOAD_SLIMMED_SCRIPT, folder, work, tmp_path)
     assert report["module"].startswith("transformers_modules.")
     assert report["loaded_modules"] == []
     assert report["heads"] == KEPT_HEADS and report["mlp"] == KEPT_NEURONS
