@@ -14,15 +14,11 @@ A folder saved earlier gets its card from `hf-trilevel card FOLDER` (`hf_trileve
 
 import math
 import numbers
-import re
-from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 from string import Template
 
-import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from safetensors import safe_open
 
 from .configuration_trilevel_vit import TriLevelViTConfig
 from .model_card_dense_sparse import operating_points_text, trained_keep_rates
@@ -43,9 +39,9 @@ from .model_card_sections import (
     usage_text,
 )
 from .model_card_sources import dataset_info, log_history_metrics, read_result_files, training_from_arguments
+from .model_card_weight_sparsity import count_nonzero_weights, model_nonzero_weights, saved_nonzero_weights
 from .operating_point_table import checked_report, read_operating_points_report
 from .value_checks import check_fraction, check_number
-from .weight_masks import masked_weights
 
 TEMPLATE_NAME = "model_card_template.md"
 BASE_TAGS = ("trilevel-vit", "vision", "image-classification", "vision-transformer", "token-pruning")
@@ -54,43 +50,6 @@ SELECTOR_TAGS = {"learned": ["learned-token-selection"], "adaptive": ["adaptive-
 DENSE_SPARSE_TAG = "dense-sparse-weight-sharing"
 METRIC_TYPES = (("accuracy", "accuracy", "Top-1 accuracy"), ("top5_accuracy", "top_5_accuracy", "Top-5 accuracy"))
 WEIGHT_SPARSITY_TAGS = {"unstructured": ["weight-sparsity"], "structured": ["weight-sparsity", "structured-pruning"]}
-# The weights `weight_masks.masked_weights` names (patch projection, q/k/v/o, fc1, fc2, classifier) as a saved file
-# holds them: under ViT's checkpoint names (`encoder.layer.{i}.attention.attention.query`, ...) or the model's own.
-SAVED_MASKED_WEIGHT = re.compile(
-    r"(^|\.)(patch_embeddings\.projection|attention\.[qkvo]_proj|mlp\.fc[12]|classifier"
-    r"|layer\.\d+\.(attention\.attention\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
-    r")\.weight$"
-)
-
-
-def count_nonzero_weights(weights: Iterable[torch.Tensor]) -> tuple[int, int] | None:
-    """`(non-zero, total)` entries of `weights` (`weight_masks.masked_weights(model).values()`), or None if none."""
-    nonzero = total = 0
-    for tensor in weights:
-        nonzero += int(torch.count_nonzero(tensor.detach()))
-        total += tensor.numel()
-    return (nonzero, total) if total else None
-
-
-def model_nonzero_weights(model: torch.nn.Module) -> tuple[int, int]:
-    """`count_nonzero_weights` over the weights weight sparsity masks in a live model."""
-    return count_nonzero_weights(masked_weights(model).values())
-
-
-def saved_nonzero_weights(folder: str | Path) -> tuple[int, int] | None:
-    """`count_nonzero_weights` over the masked weights (`SAVED_MASKED_WEIGHT`) in the `*.safetensors` files of a saved
-    folder (sharded or not), or None without any; tensors are read one at a time, never the whole model."""
-    files_found = sorted(Path(folder).glob("*.safetensors"))
-    if not files_found:
-        return None
-    nonzero = total = 0
-    for path in files_found:
-        with safe_open(str(path), framework="pt") as saved:
-            names = [name for name in saved.keys() if SAVED_MASKED_WEIGHT.search(name)]  # noqa: SIM118
-            counted = count_nonzero_weights(saved.get_tensor(name) for name in names)
-        if counted is not None:
-            nonzero, total = nonzero + counted[0], total + counted[1]
-    return (nonzero, total) if total else None
 
 
 def load_template() -> Template:

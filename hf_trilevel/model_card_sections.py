@@ -22,6 +22,7 @@ from .configuration_trilevel_vit import TriLevelViTConfig
 from .flops import dense_config, flops_speedup_limit, forward_flops
 from .formatting import format_duration, format_flops
 from .model_card_dense_sparse import dense_sparse_sentence, describe_dense_sparse
+from .model_card_weight_sparsity import describe_weight_sparsity, nonzero_weights_text, weight_sparsity_sentence
 from .token_reduction import token_schedule
 from .value_checks import as_pair, num_patches
 
@@ -63,15 +64,6 @@ def architecture_text(config: TriLevelViTConfig) -> str:
     heads_text = f"{heads[0]} heads" if len(set(heads)) == 1 else f"heads per layer {heads}"
     mlp_text = f"MLP {widths[0]}" if len(set(widths)) == 1 else f"MLP per layer {widths}"
     return f"{config.num_hidden_layers} layers, hidden size {config.hidden_size}, {heads_text}, {mlp_text}"
-
-
-def nonzero_weights_text(nonzero_weights: tuple[int, int]) -> str:
-    """`50.0% (1,234 of 2,468 weights of the patch projection, attention q/k/v/o, MLP fc1/fc2 and classifier)`."""
-    nonzero, total = nonzero_weights
-    return (
-        f"{100 * nonzero / total:.1f}% ({nonzero:,} of {total:,} weights of the patch projection, attention q/k/v/o, "
-        "MLP fc1/fc2 and classifier)"
-    )
 
 
 def size_text(value: int | list[int] | tuple[int, int]) -> str:
@@ -330,71 +322,6 @@ def training_text(metrics: dict, training: dict) -> str:
     if isinstance(training.get("weight_sparsity"), dict):
         parts.append(weight_sparsity_sentence(training["weight_sparsity"]))
     return " ".join(parts)
-
-
-def _percent(value: object) -> str:
-    return f"{100 * value:g}%" if isinstance(value, (int, float)) else str(value)
-
-
-def describe_weight_sparsity(settings: dict) -> str:
-    """The hyperparameter-table cell of weight sparsity, from `SparseTrainingCallback.card_settings()`.
-
-    `structured, 50% of heads and 50% of MLP neurons kept per layer, prune-and-grow every 100 steps until 80% of
-    training, death rate 0.5 → 0.005 (cosine)`; unstructured shows its density and pattern; keys of the other mode
-    may be absent, and keys this function does not know are appended as `key=value`.
-    """
-    mode = settings.get("sparsity", "unstructured")
-    parts = [str(mode)]
-    if mode == "structured":
-        kept = [
-            f"{_percent(settings[key])} of {unit}"
-            for key, unit in (("head_density", "heads"), ("neuron_density", "MLP neurons"))
-            if key in settings
-        ]
-        if kept:
-            parts.append(" and ".join(kept) + " kept per layer")
-    else:
-        if "density" in settings:
-            parts.append(f"{_percent(settings['density'])} of the weights kept")
-        if settings.get("pattern") not in (None, "unstructured"):
-            parts.append(f"pattern {settings['pattern']}")
-        if "initial_mask" in settings:
-            parts.append(f"initial mask {settings['initial_mask']}")
-    if settings.get("one_shot"):
-        parts.append("one-shot: pruned once from a trained checkpoint by the same scores")
-    else:
-        schedule = []
-        if "update_interval" in settings:
-            schedule.append(f"prune-and-grow every {settings['update_interval']} steps")
-        if "end_fraction" in settings:
-            schedule.append(f"until {_percent(settings['end_fraction'])} of training")
-        if schedule:
-            parts.append(" ".join(schedule))
-        if "death_rate" in settings:
-            final = settings.get("final_death_rate")
-            decay = f" → {final:g} (cosine)" if isinstance(final, (int, float)) else ""
-            parts.append(f"death rate {settings['death_rate']:g}{decay}")
-    known = {"sparsity", "pattern", "density", "initial_mask", "head_density", "neuron_density", "update_interval",
-             "end_fraction", "death_rate", "final_death_rate", "one_shot"}  # fmt: skip
-    parts += [f"{key}={value}" for key, value in settings.items() if key not in known]
-    return ", ".join(parts)
-
-
-def weight_sparsity_sentence(settings: dict) -> str:
-    """The "Training" paragraph's sentence on weight sparsity: what the saved weights are and what they save."""
-    if settings.get("sparsity") == "structured":
-        return (
-            "Whole attention heads and MLP neurons were trained sparse (S2ViTE); the saved weights hold the pruned "
-            "units as zeros, and `hf-trilevel slim IN_DIR OUT_DIR` (or `hf_trilevel.slim(model)`) removes them for a "
-            "smaller, faster model with the same outputs."
-        )
-    pattern = " in a 2:4 pattern" if settings.get("pattern") == "2:4" else ""
-    speed = (
-        "GPUs with sparse tensor cores can run 2:4 weights faster; elsewhere the zeros save no time."
-        if pattern
-        else "Unstructured zeros save no time with dense kernels (on CPU they save disk space at most)."
-    )
-    return f"The weights were trained sparse (SViTE){pattern} and are saved dense-shaped with zeros. {speed}"
 
 
 def training_table(training: dict) -> str:

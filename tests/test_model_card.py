@@ -27,7 +27,7 @@ from hf_trilevel.model_card import (
     trainer_model_card,
 )
 from hf_trilevel.model_card_folder import write_model_card
-from hf_trilevel.model_card_sections import describe_weight_sparsity
+from hf_trilevel.model_card_weight_sparsity import describe_weight_sparsity
 from hf_trilevel.training_technique import TrainingTechnique
 
 from .helpers import TINY_SHAPE, tiny_config, tiny_model
