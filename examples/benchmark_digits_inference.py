@@ -10,7 +10,7 @@ transformers `ViTForImageClassification` of the same shape: every model runs onc
 `--batch-size`, and the median round gives images/s and the speedup over dense (`--training`: forward and
 backward in train mode, as a training step computes them without the optimizer). Beside each it prints the accuracy,
 the mean patch tokens kept after each pruning layer and the FLOPs limit from those measured counts
-(`hf_trilevel.flops.measured_flops`).
+(`hf_trilevel.flops.measured_flops`), against the full-width dense model even for a slimmed folder (`hf-trilevel slim`).
 """
 
 import argparse
@@ -22,7 +22,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 from hf_trilevel import TriLevelViTForImageClassification
-from hf_trilevel.flops import measured_flops
+from hf_trilevel.flops import dense_config, forward_flops, full_width_config, measured_flops
 from hf_trilevel.image_data import load_digits_dataset
 from hf_trilevel.image_data.preprocessing import preprocess
 from hf_trilevel.image_data.transforms import eval_transforms
@@ -52,10 +52,12 @@ def describe(model, pixel_values: torch.Tensor, labels: torch.Tensor) -> dict:
     with torch.no_grad():
         outputs = model(pixel_values, output_kept_token_indices=True)
     flops = measured_flops(model.config, outputs.kept_token_counts)
+    # Against the full-width dense ViT it is timed beside: a slimmed folder's removed heads and neurons count as saved.
+    dense_flops = forward_flops(dense_config(full_width_config(model.config)))
     return {
         "accuracy": round(100 * (outputs.logits.argmax(-1) == labels).float().mean().item(), 2),
         "mean_kept_tokens": [round(counts.float().mean().item(), 2) for counts in outputs.kept_token_counts],
-        "flops_speedup_limit": round(flops.speedup_limit, 3),
+        "flops_speedup_limit": round(dense_flops / flops.flops_per_image, 3),
     }
 
 

@@ -150,6 +150,15 @@ def dense_config(config: TriLevelViTConfig) -> TriLevelViTConfig:
     return TriLevelViTConfig(**dense)
 
 
+def full_width_config(config: TriLevelViTConfig) -> TriLevelViTConfig:
+    """The full-width shape a slimmed config was cut from: `num_attention_heads` heads and `intermediate_size` MLP
+    neurons in every layer (the per-layer lists dropped; a uniform config keeps its shape). A slimmed model is timed
+    against this dense ViT, so its FLOPs limit must count the removed heads and neurons as saved work too."""
+    full = config.to_dict()
+    full.update(num_attention_heads_per_layer=None, intermediate_size_per_layer=None)
+    return TriLevelViTConfig(**full)
+
+
 def flops_speedup_limit(config: TriLevelViTConfig, kept_counts: Sequence[int] | None = None) -> float:
     """Dense FLOPs divided by sparse FLOPs at the config's keep rates: the speedup if time followed FLOPs."""
     return forward_flops(dense_config(config)) / forward_flops(config, kept_counts=kept_counts)

@@ -19,7 +19,7 @@ checkpoint holds (counted by `hf_trilevel.model_card.model_nonzero_weights`) in 
 """
 
 from .configuration_trilevel_vit import TriLevelViTConfig
-from .flops import dense_config, flops_speedup_limit, forward_flops
+from .flops import dense_config, flops_speedup_limit, forward_flops, full_width_config
 from .formatting import format_duration, format_flops
 from .model_card_dense_sparse import dense_sparse_sentence, describe_dense_sparse
 from .model_card_weight_sparsity import describe_weight_sparsity, nonzero_weights_text, weight_sparsity_sentence
@@ -220,15 +220,12 @@ def _has_zeros(nonzero_weights: tuple[int, int] | None) -> bool:
     return nonzero_weights is not None and nonzero_weights[0] < nonzero_weights[1]
 
 
-def full_width_config(config: TriLevelViTConfig) -> TriLevelViTConfig | None:
-    """The full-width shape a slimmed config was cut from (`num_attention_heads` and `intermediate_size` in every
-    layer), or None when every layer already has them."""
+def slimmed_from(config: TriLevelViTConfig) -> TriLevelViTConfig | None:
+    """`flops.full_width_config` of a slimmed config (some layer has fewer heads or neurons), else None."""
     heads, widths = layer_sizes(config)
     if set(heads) == {config.num_attention_heads} and set(widths) == {config.intermediate_size}:
         return None
-    full = config.to_dict()
-    full.update(num_attention_heads_per_layer=None, intermediate_size_per_layer=None)
-    return TriLevelViTConfig(**full)
+    return full_width_config(config)
 
 
 def results_text(accuracy_measured: bool, evaluation_text: str) -> str:
@@ -260,7 +257,7 @@ def results_rows(config: TriLevelViTConfig, metrics: dict) -> str:
         ("forward FLOPs per image, dense (keep rates 1.0)", format_flops(forward_flops(dense_config(config)))),
         (f"FLOPs speedup limit{' (at the cap)' if per_image else ''}", f"{flops_speedup_limit(config):.2f}x"),
     ]
-    full = full_width_config(config)
+    full = slimmed_from(config)
     if full is not None:
         shape = f"{full.num_attention_heads} heads and MLP {full.intermediate_size} in every layer"
         full_flops = forward_flops(dense_config(full))

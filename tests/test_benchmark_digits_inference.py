@@ -7,6 +7,9 @@ from pathlib import Path
 import torch
 from transformers import ViTImageProcessorPil
 
+from hf_trilevel import slim
+from hf_trilevel.flops import forward_flops
+
 from .helpers import sharpen_attention, tiny_model
 
 SCRIPT = Path(__file__).parents[1] / "examples" / "benchmark_digits_inference.py"
@@ -50,3 +53,32 @@ def test_rows_report_accuracy_tokens_flops_and_speed_against_dense_vit(tmp_path)
     finally:
         torch.set_num_threads(threads)
     assert [row["model"] for row in training] == [str(folder), "dense ViT"] and training[0]["images_per_second"] > 0
+
+
+def test_a_slimmed_folder_scores_as_its_masked_folder_with_the_limit_against_full_width(tmp_path):
+    masked = sharpen_attention(tiny_model(num_labels=10))
+    head_dim = masked.config.hidden_size // masked.config.num_attention_heads
+    with torch.no_grad():  # every layer: head 1 (q, k, v rows) and the even MLP neurons (fc1 rows) pruned
+        for layer in masked.vit.layers:
+            for projection in (layer.attention.q_proj, layer.attention.k_proj, layer.attention.v_proj):
+                projection.weight[head_dim:] = 0
+                projection.bias[head_dim:] = 0
+            layer.mlp.fc1.weight[::2] = 0
+            layer.mlp.fc1.bias[::2] = 0
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
+    for name, model in (("masked", masked), ("slimmed", slim(masked))):
+        model.save_pretrained(tmp_path / name)
+        processor.save_pretrained(tmp_path / name)
+    threads = torch.get_num_threads()
+    try:
+        rows = load_script().main(
+            [str(tmp_path / "masked"), str(tmp_path / "slimmed"), "--repeats", "1", "--threads", "1"]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    masked_row, slimmed_row, _ = rows
+    assert slimmed_row["accuracy"] == masked_row["accuracy"]  # the same logits on the 360 validation images
+    assert masked_row["flops_speedup_limit"] == 1.0  # zeros cost dense kernels as much as anything else
+    full, kept = tiny_model(num_labels=10).config, slim(masked).config
+    assert kept.num_attention_heads_per_layer == [1] * 4 and kept.intermediate_size_per_layer == [32] * 4
+    assert slimmed_row["flops_speedup_limit"] == round(forward_flops(full) / forward_flops(kept), 3) > 1.5
