@@ -26,7 +26,8 @@ from hf_trilevel.image_data import DIGIT_NAMES, load_digits_dataset
 from hf_trilevel.metrics import sparsity_metrics
 from hf_trilevel.token_reduction import token_schedule
 
-from .test_checkpoints import CLEAN_ROOM_SCRIPT
+from .helpers import run_without_hf_trilevel
+from .test_checkpoints import LOAD_CHECKPOINT_SCRIPT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "examples" / "run_image_classification.py"
@@ -53,19 +54,10 @@ def load_in_clean_process(folder: Path, work: Path, pixel_values: torch.Tensor) 
     """Load `folder` with tests/test_checkpoints.py's clean-room script: another directory, `python -I`, the package
     import blocked, offline. Returns the script's report and its outputs (logits for `pixel_values`)."""
     work.mkdir()
-    (work / "load.py").write_text(CLEAN_ROOM_SCRIPT)
     save_file({"pixel_values": pixel_values}, work / "inputs.safetensors")
     Image.fromarray((torch.rand(20, 24, 3) * 255).byte().numpy()).save(work / "digit.png")
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))
-    }
-    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(work / "modules"), HF_HOME=str(work / "hf"))
-    completed = subprocess.run(
-        [sys.executable, "-I", "load.py", str(folder), str(work)],
-        cwd=work, env=environment, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1]), load_file(work / "outputs.safetensors")
+    report = run_without_hf_trilevel(LOAD_CHECKPOINT_SCRIPT, folder, work, work)
+    return report, load_file(work / "outputs.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +212,7 @@ def test_example_rejects_a_bad_keep_rate_before_training_with_a_usage_error(tmp_
 
 @pytest.mark.parametrize(
     ("policy", "expected_kept"),
-    [("forgetting", [96, 96, 96, 96]), ("loss", [120, 90, 90, 120])],
+    [("forgetting", [96, 96, 96, 96]), ("loss", [120, 90, 90, 120]), ("random", [96, 96, 96, 96])],
 )
 def test_example_prunes_examples_and_warms_up_keep_rates(tmp_path, policy, expected_kept):
     result = run_example(
@@ -245,10 +237,11 @@ def test_example_prunes_examples_and_warms_up_keep_rates(tmp_path, policy, expec
     assert "'token_keep_rate': '1'" in result.stdout and "'token_keep_rate': '0.7'" in result.stdout
 
 
-def test_example_rejects_bad_pruning_settings_before_training(tmp_path, capsys):
+@pytest.mark.parametrize("policy", ["forgetting", "random"])
+def test_example_rejects_bad_pruning_settings_before_training(tmp_path, capsys, policy):
     example = load_example()
     with pytest.raises(SystemExit) as raised:
-        example.main(["--example_pruning", "forgetting", "--keep_fraction", "0", "--output_dir", str(tmp_path)])
+        example.main(["--example_pruning", policy, "--keep_fraction", "0", "--output_dir", str(tmp_path)])
     assert raised.value.code == 2
     assert "keep_fraction" in capsys.readouterr().err
     assert not (tmp_path / "model.safetensors").exists()
