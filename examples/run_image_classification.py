@@ -323,11 +323,14 @@ class PruningArguments:
     example_pruning: str = field(
         default="none",
         metadata={
-            "help": "Drop training examples by importance: none, forgetting (Tri-Level E-ViT) or loss (InfoBatch).",
-            "choices": ["none", "forgetting", "loss"],
+            "help": "Drop training examples: none, forgetting (Tri-Level E-ViT), loss (InfoBatch) or random (a "
+            "fresh uniform --keep_fraction each epoch: the control an importance policy must beat).",
+            "choices": ["none", "random", "forgetting", "loss"],
         },
     )
-    keep_fraction: float = field(default=0.8, metadata={"help": "forgetting: share of the data kept every epoch."})
+    keep_fraction: float = field(
+        default=0.8, metadata={"help": "forgetting, random: share of the data served every epoch, (0, 1]."}
+    )
     swap_fraction: float = field(default=0.05, metadata={"help": "forgetting: share swapped at each swap epoch."})
     swap_epochs: list[int] | None = field(
         default=None, metadata={"help": "forgetting: epochs that start with a swap; default every tenth until half."}
@@ -497,6 +500,8 @@ def build_callbacks(
     if pruning_args.example_pruning == "forgetting":
         settings = {"keep_fraction": pruning_args.keep_fraction, "swap_fraction": pruning_args.swap_fraction}
         callbacks.append(ExamplePruningCallback("forgetting", swap_epochs=pruning_args.swap_epochs, **settings))
+    elif pruning_args.example_pruning == "random":
+        callbacks.append(ExamplePruningCallback("random", keep_fraction=pruning_args.keep_fraction))
     elif pruning_args.example_pruning == "loss":
         settings = {"prune_ratio": pruning_args.prune_ratio, "full_data_fraction": pruning_args.full_data_fraction}
         callbacks.append(ExamplePruningCallback("loss", **settings))

@@ -9,7 +9,16 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .callbacks import ExamplePruningCallback, KeepRateScheduleCallback, TokenSelectorTemperatureCallback
 from .configuration_trilevel_vit import TriLevelViTConfig, default_token_prune_layers
-from .data_pruning import ForgettingPolicy, LossPolicy, NoPruning, PruningPolicy
+from .data_pruning import (
+    EpochPlan,
+    ExampleStatistics,
+    ForgettingPolicy,
+    LossPolicy,
+    NoPruning,
+    PruningPolicy,
+    RandomPolicy,
+    keyed_generator,
+)
 from .dense_sparse import DenseSparseTraining, operating_point
 from .modeling_trilevel_vit import (
     TriLevelViTForImageClassification,
@@ -33,12 +42,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DenseSparseTraining",
+    "EpochPlan",
     "ExamplePruningCallback",
+    "ExampleStatistics",
     "ForgettingPolicy",
     "KeepRateScheduleCallback",
     "LossPolicy",
     "NoPruning",
     "PruningPolicy",
+    "RandomPolicy",
     "SparseTrainingCallback",
     "TokenSelection",
     "TokenSelector",
@@ -53,6 +65,7 @@ __all__ = [
     "TriLevelViTModelOutput",
     "TriLevelViTPreTrainedModel",
     "default_token_prune_layers",
+    "keyed_generator",
     "operating_point",
     "register_token_selector",
     "registered_token_selectors",

@@ -47,6 +47,8 @@ class ExamplePruningCallback(TrainingTechnique):
         `"loss"` (InfoBatch-style, unbiased): each pruned epoch skip `prune_ratio` of the lowest-loss half of the
             data and up-weight the rest of that half; full data for the final `full_data_fraction` of epochs.
             Settings: `prune_ratio=0.5`, `full_data_fraction=0.125`, `well_learned_fraction=0.5`.
+        `"random"`: a fresh uniform `keep_fraction` of the data every epoch, the same size as `forgetting`'s kept
+            set: the control an importance policy must beat. Settings: `keep_fraction=0.8`.
         `"none"`: every example every epoch.
         A `PruningPolicy` instance: your own policy.
 

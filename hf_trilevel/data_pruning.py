@@ -11,7 +11,15 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from .data_pruning_policies import POLICIES, EpochPlan, ForgettingPolicy, LossPolicy, NoPruning, PruningPolicy
+from .data_pruning_policies import (
+    POLICIES,
+    EpochPlan,
+    ForgettingPolicy,
+    LossPolicy,
+    NoPruning,
+    PruningPolicy,
+    RandomPolicy,
+)
 from .data_pruning_statistics import SALT_ORDER, ExampleStatistics, digest, keyed_generator
 from .training_technique import find_planned_sampler
 
@@ -174,6 +182,7 @@ __all__ = [
     "NoPruning",
     "PrunedEpochSampler",
     "PruningPolicy",
+    "RandomPolicy",
     "digest",
     "find_pruning_sampler",
     "keyed_generator",

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .data_pruning_statistics import SALT_DROP, SALT_INITIAL, SALT_SWAP, ExampleStatistics, keyed_generator
+from .data_pruning_statistics import (
+    SALT_DROP,
+    SALT_INITIAL,
+    SALT_RANDOM,
+    SALT_SWAP,
+    ExampleStatistics,
+    keyed_generator,
+)
 from .value_checks import check_fraction
 
 
@@ -72,6 +79,37 @@ class NoPruning(PruningPolicy):
 
     def plan_epoch(self, epoch, previous, statistics, num_examples, seed) -> EpochPlan:
         return EpochPlan(torch.arange(num_examples))
+
+
+class RandomPolicy(PruningPolicy):
+    """A fresh uniform draw of `keep_fraction` of the data every epoch: the control for every importance policy.
+
+    A data-pruning claim means little until importance beats chance at the same budget, so this serves exactly the
+    kept-set size `forgetting` serves (`round(keep_fraction x N)`, at least 1) in every epoch, the first included,
+    with no statistics read. Draws are keyed by (seed, epoch), so every rank and a resumed run draw the same set, and
+    the sets differ from epoch to epoch: over a run every example is seen about `keep_fraction` of the time.
+
+    Args:
+        keep_fraction: share of the data served every epoch, in (0, 1].
+    """
+
+    name = "random"
+
+    def __init__(self, keep_fraction: float = 0.8):
+        self.keep_fraction = check_fraction("keep_fraction", keep_fraction)
+
+    def num_kept(self, num_examples: int) -> int:
+        return max(1, round(self.keep_fraction * num_examples))
+
+    def epoch_sizes(self, num_examples: int, num_epochs: int) -> list[int]:
+        return [self.num_kept(num_examples)] * num_epochs
+
+    def plan_epoch(self, epoch, previous, statistics, num_examples, seed) -> EpochPlan:
+        order = torch.randperm(num_examples, generator=keyed_generator(seed, epoch, SALT_RANDOM))
+        return EpochPlan(order[: self.num_kept(num_examples)].sort().values)
+
+    def config(self) -> dict:
+        return {"policy": self.name, "keep_fraction": self.keep_fraction}
 
 
 class ForgettingPolicy(PruningPolicy):
@@ -231,4 +269,9 @@ class LossPolicy(PruningPolicy):
         }
 
 
-POLICIES: dict[str, type[PruningPolicy]] = {"none": NoPruning, "forgetting": ForgettingPolicy, "loss": LossPolicy}
+POLICIES: dict[str, type[PruningPolicy]] = {
+    "none": NoPruning,
+    "random": RandomPolicy,
+    "forgetting": ForgettingPolicy,
+    "loss": LossPolicy,
+}

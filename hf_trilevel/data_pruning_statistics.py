@@ -15,7 +15,7 @@ import torch
 
 from .training_technique import sum_across_processes
 
-SALT_INITIAL, SALT_SWAP, SALT_DROP, SALT_ORDER = 1, 2, 3, 4
+SALT_INITIAL, SALT_SWAP, SALT_DROP, SALT_ORDER, SALT_RANDOM = 1, 2, 3, 4, 5
 
 
 def keyed_generator(seed: int, epoch: int, salt: int) -> torch.Generator:

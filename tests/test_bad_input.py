@@ -53,7 +53,7 @@ def before_data(tmp_path: Path, *argv: str) -> list[str]:
 # --- 1. fractional epochs with example pruning ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("policy", ["forgetting", "loss"])
+@pytest.mark.parametrize("policy", ["forgetting", "loss", "random"])
 def test_fractional_epochs_with_example_pruning_stop_before_the_data_loads(example, capsys, tmp_path, policy):
     args = before_data(tmp_path, "--example_pruning", policy, "--num_train_epochs", "2.5")
     message = usage_error(example, capsys, *args)

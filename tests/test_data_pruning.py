@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_trilevel import ExamplePruningCallback, ForgettingPolicy, KeepRateScheduleCallback, LossPolicy
+from hf_trilevel import ExamplePruningCallback, ForgettingPolicy, KeepRateScheduleCallback, LossPolicy, RandomPolicy
 from hf_trilevel.callbacks import cosine_keep_rate
 from hf_trilevel.data_pruning import EpochPlan, ExamplePruner, ExampleStatistics, PrunedEpochSampler, digest
 
@@ -58,6 +58,54 @@ def test_forgetting_keeps_a_fixed_fraction_drawn_with_the_seed():
     assert len(first.indices) == 80 and torch.equal(first.indices, again.indices)
     assert not torch.equal(first.indices, other.indices)
     assert torch.all(first.indices[1:] > first.indices[:-1])
+
+
+def random_plans(seed: int, num_examples: int = 100, epochs: int = 6, keep_fraction: float = 0.3, statistics=None):
+    pruner = ExamplePruner(RandomPolicy(keep_fraction=keep_fraction), seed=seed)
+    pruner.begin(num_examples, epochs)
+    if statistics is not None:
+        pruner.statistics = statistics
+    plans = []
+    for epoch in range(epochs):
+        pruner.advance_to(epoch)
+        plans.append(pruner.plan.indices)
+    return plans
+
+
+def test_random_serves_exactly_its_fraction_with_a_fresh_seeded_draw_every_epoch():
+    plans = random_plans(seed=3)
+    assert all(len(plan) == 30 for plan in plans)  # round(0.3 x 100), the first epoch too
+    assert all(torch.all(plan[1:] > plan[:-1]) and plan[0] >= 0 and plan[-1] < 100 for plan in plans)
+    assert len({digest(plan) for plan in plans}) == 6  # a new set every epoch
+    assert all(torch.equal(a, b) for a, b in zip(plans, random_plans(seed=3), strict=True))  # every rank, any rerun
+    assert not torch.equal(plans[0], random_plans(seed=4)[0])
+    seen = torch.bincount(
+        torch.cat(random_plans(seed=0, num_examples=1000, epochs=20, keep_fraction=0.5)), minlength=1000
+    )
+    assert abs(seen.float().mean().item() - 10.0) < 1e-6 and seen.float().std().item() < 3.5  # binomial(20, 0.5): 2.24
+    assert RandomPolicy(keep_fraction=0.001).epoch_sizes(100, 2) == [1, 1]  # never an empty epoch
+
+
+def test_random_ignores_the_statistics_so_it_is_the_control_for_importance():
+    hard_last = statistics_after(
+        [(list(range(100)), [float(i) for i in range(100)], [i < 50 for i in range(100)])], 100
+    )
+    assert all(torch.equal(a, b) for a, b in zip(random_plans(1), random_plans(1, statistics=hard_last), strict=True))
+
+
+def test_a_resumed_random_run_draws_the_epochs_the_uninterrupted_one_drew():
+    uninterrupted = random_plans(seed=5)
+    pruner = ExamplePruner(RandomPolicy(keep_fraction=0.3), seed=5)
+    pruner.begin(100, 6)
+    pruner.advance_to(2)
+    resumed = ExamplePruner(RandomPolicy(keep_fraction=0.3), seed=5)
+    resumed.begin(100, 6)
+    resumed.load_state(pruner.state_tensors(), pruner.state_metadata())
+    assert torch.equal(resumed.plan.indices, uninterrupted[2])
+    for epoch in (3, 4, 5):
+        resumed.advance_to(epoch)
+        assert torch.equal(resumed.plan.indices, uninterrupted[epoch])
+    assert resumed.policy.config() == {"policy": "random", "keep_fraction": 0.3}
 
 
 def test_forgetting_swap_removes_the_least_forgotten_and_restores_removed_ones():
@@ -164,7 +212,10 @@ def test_sampler_serves_a_seeded_permutation_of_the_kept_set():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"policy": "random"}, "`policy` must be one of"),
+        ({"policy": "uniform"}, "`policy` must be one of"),
+        ({"policy": "random", "keep_fraction": 0.0}, r"`keep_fraction` must be in \(0, 1\]"),
+        ({"policy": "random", "keep_fraction": True}, "`keep_fraction`"),
+        ({"policy": "random", "swap_fraction": 0.1}, "unknown setting for the 'random'"),
         ({"policy": "forgetting", "keep_fraction": 0.0}, r"`keep_fraction` must be in \(0, 1\]"),
         ({"policy": "forgetting", "keep_fraction": 1.5}, r"`keep_fraction` must be in \(0, 1\]"),
         ({"policy": "forgetting", "swap_fraction": -1}, "`swap_fraction`"),

@@ -15,7 +15,7 @@ def reports(tmp_path_factory) -> list[dict]:
     return run_on_two_processes(JOB, tmp_path_factory.mktemp("distributed"))
 
 
-@pytest.mark.parametrize("policy", ["forgetting", "loss"])
+@pytest.mark.parametrize("policy", ["forgetting", "loss", "random"])
 def test_both_ranks_take_identical_decisions(reports, policy):
     first, second = (report[policy] for report in reports)
     assert first["world_size"] == second["world_size"] == 2
@@ -26,7 +26,7 @@ def test_both_ranks_take_identical_decisions(reports, policy):
     assert first["statistics"] == second["statistics"]
 
 
-@pytest.mark.parametrize("policy", ["forgetting", "loss"])
+@pytest.mark.parametrize("policy", ["forgetting", "loss", "random"])
 def test_ranks_batches_split_the_kept_set_with_no_example_repeated(reports, policy):
     first, second = (report[policy] for report in reports)
     for epoch, plan in first["plans"].items():
@@ -36,7 +36,7 @@ def test_ranks_batches_split_the_kept_set_with_no_example_repeated(reports, poli
         assert sorted(served_first + served_second) == plan
 
 
-@pytest.mark.parametrize("policy", ["forgetting", "loss"])
+@pytest.mark.parametrize("policy", ["forgetting", "loss", "random"])
 def test_distributed_step_counts_are_exact(reports, policy):
     for report in reports:
         assert report[policy]["global_step"] == report[policy]["max_steps"]
@@ -44,6 +44,13 @@ def test_distributed_step_counts_are_exact(reports, policy):
     assert reports[0]["forgetting"]["max_steps"] == 4 * 4
     # loss keeps 128, 96, 96, 128 over 4 epochs -> 4 + 3 + 3 + 4 steps a rank.
     assert reports[0]["loss"]["max_steps"] == 14
+    assert reports[0]["random"]["max_steps"] == 4 * 4  # 102 a fresh draw each epoch, as forgetting's kept set
+
+
+def test_random_draws_a_new_kept_set_every_epoch_on_both_ranks(reports):
+    plans = reports[0]["random"]["plans"]
+    assert len(plans) == 4 and all(len(plan) == 102 for plan in plans.values())
+    assert len({tuple(plan) for plan in plans.values()}) == 4
 
 
 def test_the_composed_per_example_loss_trains_like_the_trainers_own_on_two_processes(reports):

@@ -43,7 +43,7 @@ Size = tuple[int, int]  # (height, width), as in ViTConfig.image_size and image 
 ImageTransform = Callable[[Image.Image], Image.Image]
 
 TRAIN_AUGMENTATIONS = ("crop_flip", "crop", "affine", "none")
-SALT_AUGMENTATION = 17  # keeps augmentation draws apart from example pruning's keyed streams (salts 1-4)
+SALT_AUGMENTATION = 17  # keeps augmentation draws apart from example pruning's keyed streams (salts 1-5)
 
 
 class RandomSource:

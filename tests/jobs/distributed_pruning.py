@@ -120,7 +120,7 @@ def composed_against_stock(output_dir: str, dataset) -> float:
 
 def main(output_dir: str) -> None:
     dataset = load_digits_dataset(image_size=16)["train"].select(range(128)).with_transform(to_pixels)
-    report = {policy: run(policy, f"{output_dir}/{policy}", dataset) for policy in ("forgetting", "loss")}
+    report = {policy: run(policy, f"{output_dir}/{policy}", dataset) for policy in ("forgetting", "loss", "random")}
     report["composed_against_stock"] = composed_against_stock(output_dir, dataset)
     write_report_and_finish(output_dir, report)
 
