@@ -1,5 +1,7 @@
 """Example-level pruning logic on crafted statistics: who goes, who comes back, and the unbiased rescaling."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -273,3 +275,19 @@ def test_cosine_keep_rate_warms_up_then_decays_to_the_target():
 def test_bad_schedule_settings_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         KeepRateScheduleCallback(**kwargs)
+
+
+def test_the_readme_policy_example_plans_its_sizes_and_serves_the_highest_losses():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = next(b for b in readme.split("```python\n")[1:] if "class HighestLossPolicy" in b).split("```")[0]
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    callback = namespace["callback"]
+    assert isinstance(callback, ExamplePruningCallback) and callback.policy.config()["policy"] == "highest_loss"
+    pruner = ExamplePruner(callback.policy, seed=0)
+    pruner.begin(10, 3)
+    assert len(pruner.plan.indices) == 5  # epoch 0: every loss unknown, five drawn by the keyed tie-break
+    losses = [float(3 * i % 10) for i in range(10)]  # 0, 3, 6, 9, 2, 5, 8, 1, 4, 7
+    pruner.statistics = statistics_after([(list(range(10)), losses, [True] * 10)], 10)
+    pruner.advance_to(1)
+    assert pruner.plan.indices.tolist() == [2, 3, 5, 6, 9]  # losses 6, 9, 5, 8, 7: the five highest
