@@ -116,6 +116,7 @@ from hf_trilevel.example_support import (
 from hf_trilevel.image_data import (
     DIGIT_NAMES,
     LABEL,
+    REDUNDANT_DIGITS,
     TRAIN_AUGMENTATIONS,
     RandomSource,
     attach_transforms,
@@ -126,6 +127,7 @@ from hf_trilevel.image_data import (
     limit_and_check_splits,
     load_digits_dataset,
     load_image_dataset,
+    load_redundant_digits_dataset,
     select_image_and_label,
     split_off_validation,
     train_transforms,
@@ -277,7 +279,8 @@ class DataArguments:
         default=None,
         metadata={
             "help": "A data set: Hub id, local folder, or a folder written by `save_to_disk`. Default, with "
-            "no --train_dir either: the digits bundled with scikit-learn."
+            "no --train_dir either: the digits bundled with scikit-learn. `digits-redundant`: those digits with "
+            "their typical training images repeated as near-copies (10x; seeded by --split_seed), for data pruning."
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The data set's configuration name."})
@@ -312,8 +315,13 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for --check_images."})
 
     def uses_digits(self) -> bool:
-        """No data set named: train on the digits bundled with scikit-learn."""
-        return self.dataset_name is None and self.train_dir is None and self.validation_dir is None
+        """No data set named (or `digits-redundant`): the digits bundled with scikit-learn, built in memory."""
+        named = self.dataset_name is not None and not self.uses_redundant_digits()
+        return not named and self.train_dir is None and self.validation_dir is None
+
+    def uses_redundant_digits(self) -> bool:
+        """`--dataset_name digits-redundant` (`hf_trilevel.image_data.load_redundant_digits_dataset`)."""
+        return self.dataset_name == REDUNDANT_DIGITS
 
 
 @dataclass
@@ -649,7 +657,8 @@ def prepare(argv: list[str]) -> Setup:
                 callbacks.append(sparse_training)
             if digits:
                 fraction = 0.2 if data_args.train_val_split is None else data_args.train_val_split
-                dataset = load_digits_dataset(max(as_pair(config.image_size)), fraction, data_args.split_seed)
+                load = load_redundant_digits_dataset if data_args.uses_redundant_digits() else load_digits_dataset
+                dataset = load(max(as_pair(config.image_size)), fraction, data_args.split_seed)
             needs_validation = training_args.do_eval or training_args.eval_strategy != "no"
             check_splits(dataset, need_train=training_args.do_train, need_validation=needs_validation)
             limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
@@ -760,15 +769,21 @@ def kept_token_keys(config: TriLevelViTConfig) -> list[str]:
     return ["eval_" + KEPT_TOKENS_METRIC.format(layer=layer) for layer in config.token_prune_layers]
 
 
+def digits_name(data_args: DataArguments) -> str:
+    if data_args.uses_redundant_digits():
+        return "scikit-learn digits, redundant variant (typical images repeated as near-copies)"
+    return "scikit-learn digits"
+
+
 def model_card_kwargs(model_args: ModelArguments, data_args: DataArguments) -> dict:
     """What transformers' example passes to `push_to_hub` / `create_model_card`."""
     kwargs = {
         "finetuned_from": model_args.model_name_or_path,
         "tasks": "image-classification",
-        "dataset": "scikit-learn digits" if data_args.uses_digits() else data_args.dataset_name or "imagefolder",
+        "dataset": digits_name(data_args) if data_args.uses_digits() else data_args.dataset_name or "imagefolder",
         "tags": ["image-classification", "vision", "trilevel-vit"],
     }
-    if data_args.dataset_name and not Path(data_args.dataset_name).exists():  # a Hub id
+    if data_args.dataset_name and not data_args.uses_digits() and not Path(data_args.dataset_name).exists():  # Hub id
         kwargs["dataset_tags"] = data_args.dataset_name
     return kwargs
 

@@ -380,6 +380,20 @@ def test_time_to_accuracy_trains_dense_and_trilevel_on_the_digits(tmp_path):
         assert run["seconds_to_target"] == run["curve"][0]["train_seconds"]  # chance accuracy beats 5%
 
 
+def test_time_to_accuracy_on_the_redundant_digits_with_the_random_policy(tmp_path, capsys):
+    path = tmp_path / "tta_redundant.json"
+    arguments = ["bench", "train", "--time-to-accuracy", "--epochs", "2", "--max-train-samples", "64",
+                 "--hidden-size", "32", "--num-hidden-layers", "2", "--num-attention-heads", "2",
+                 "--intermediate-size", "64", "--keep-rates", "1", "--attention-keep-rates", "1",
+                 "--example-keep-fractions", "1", "0.5", "--dataset", "digits-redundant", "--example-policy", "random",
+                 "--no-progress", "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+    report = json.loads(path.read_text())
+    assert [run["setting"] for run in report["runs"]] == ["dense ViT (transformers)", "keep 1, random examples 0.5"]
+    assert report["arguments"]["dataset"] == "digits-redundant"
+    assert "digits-redundant (64 train / 360 validation images)" in capsys.readouterr().out
+
+
 def test_time_to_accuracy_trains_the_learned_and_adaptive_selectors(tmp_path):
     path = tmp_path / "tta_selectors.json"
     arguments = ["bench", "train", "--time-to-accuracy", "--epochs", "1", "--max-train-samples", "32",

@@ -253,3 +253,20 @@ def test_example_resume_true_without_a_checkpoint_stops_before_training(tmp_path
         example.main(["--resume_from_checkpoint", "True", "--output_dir", str(tmp_path)])
     assert raised.value.code == 2
     assert "--resume_from_checkpoint 'True' asks for the newest checkpoint" in capsys.readouterr().err
+
+
+def test_example_trains_on_the_redundant_digits_with_the_random_policy(tmp_path):
+    result = run_example(
+        "--dataset_name", "digits-redundant",
+        "--example_pruning", "random", "--keep_fraction", "0.5",
+        "--num_train_epochs", "2",
+        "--max_train_samples", "200",
+        "--max_eval_samples", "32",
+        "--output_dir", str(tmp_path),
+        "--disable_tqdm", "True",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "200 train / 32 validation images" in result.stdout + result.stderr
+    assert json.loads((tmp_path / "train_results.json").read_text())["examples_seen"] == 2 * 100
+    card = (tmp_path / "README.md").read_text()
+    assert "redundant variant" in card and "the `random` policy (keep_fraction=0.5)" in card

@@ -31,7 +31,7 @@ from transformers import (
 from ..callbacks import ExamplePruningCallback, TokenSelectorTemperatureCallback
 from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..errors import CommandError, checked_option
-from ..image_data import load_digits_dataset
+from ..image_data import REDUNDANT_DIGITS, load_digits_dataset, load_redundant_digits_dataset
 from ..metrics import compute_metrics
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..trainer import TriLevelTrainer
@@ -130,9 +130,16 @@ class TensorExamples(TorchDataset):
         return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
 
 
-def digits_tensors(image_size: int, max_train_samples: int | None) -> tuple[TensorExamples, TensorExamples]:
-    """The digits splits as normalised float tensors, computed once so every run sees identical inputs."""
-    digits = load_digits_dataset(image_size)
+DATASETS = {"digits": load_digits_dataset, REDUNDANT_DIGITS: load_redundant_digits_dataset}
+EXAMPLE_POLICIES = ("forgetting", "random")  # the policies a keep fraction alone configures
+
+
+def digits_tensors(
+    image_size: int, max_train_samples: int | None, dataset: str = "digits"
+) -> tuple[TensorExamples, TensorExamples]:
+    """The digits (or their redundant variant) as normalised float tensors, computed once so every run sees
+    identical inputs; `max_train_samples` takes the first ones (the redundant set's originals come first)."""
+    digits = DATASETS[dataset](image_size)
 
     def to_tensors(split) -> TensorExamples:
         pixels = np.stack([np.asarray(image, dtype=np.float32) for image in split["image"]])
@@ -165,11 +172,12 @@ def train_once(
             TriLevelViTConfig(**shape, **setting.config_kwargs(), **selector_config(args))
         )
         load_shared_weights(model, reference.state_dict())  # a learned selector's scorer keeps its own init
-        name = setting.name + (f", examples {example_keep_fraction:g}" if example_keep_fraction < 1.0 else "")
+        pruned = f", {args.example_policy} examples {example_keep_fraction:g}" if example_keep_fraction < 1.0 else ""
+        name = setting.name + pruned
     clock = TrainingClock(label)
     callbacks: list[TrainerCallback] = []
     if example_keep_fraction < 1.0:
-        callbacks.append(ExamplePruningCallback("forgetting", keep_fraction=example_keep_fraction))
+        callbacks.append(ExamplePruningCallback(args.example_policy, keep_fraction=example_keep_fraction))
     if not dense and model.config.uses_learned_scores():  # SViTE+'s Gumbel temperature, 10 -> 0.1 over the run
         callbacks.append(TokenSelectorTemperatureCallback())
     callbacks.append(clock)  # last: its epoch end comes after the pruner's end-of-epoch work, which it must count
@@ -222,13 +230,25 @@ def format_runs(runs: list[AccuracyRun], target: float) -> str:
 def add_time_to_accuracy_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "time to accuracy (--time-to-accuracy: bundled digits, 6-layer ViT on 32x32 images with 4x4 patches; the "
-        "shape options above replace this shape's fields; --example-keep-fractions below 1 use forgetting pruning)"
+        "shape options above replace this shape's fields; --example-keep-fractions below 1 use --example-policy)"
     )
     group.add_argument("--time-to-accuracy", action="store_true", help="train on the digits instead of timing steps")
     group.add_argument("--epochs", type=int, default=30)
     group.add_argument("--target-accuracy", type=float, default=0.95, help="in (0, 1]")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--max-train-samples", type=int, default=None, help="train on fewer digits (quick runs)")
+    group.add_argument(
+        "--dataset",
+        choices=list(DATASETS),
+        default="digits",
+        help=f"{REDUNDANT_DIGITS}: the digits with typical training images repeated as near-copies (10x)",
+    )
+    group.add_argument(
+        "--example-policy",
+        choices=list(EXAMPLE_POLICIES),
+        default="forgetting",
+        help="the policy of --example-keep-fractions below 1 (random: the control importance must beat)",
+    )
 
 
 def run_time_to_accuracy(args: argparse.Namespace) -> int:
@@ -239,7 +259,7 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
     trilevel_settings = settings(args)
     _check(args, shape)
     check_writable(args.json)
-    data = digits_tensors(shape["image_size"], args.max_train_samples)
+    data = digits_tensors(shape["image_size"], args.max_train_samples, args.dataset)
     runs = []
     fractions = list(dict.fromkeys(args.example_keep_fractions))
     plan = [(Setting(), 1.0)] + [
@@ -258,7 +278,8 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
         label = None if args.no_progress else f"run {index + 1}/{len(plan)} ({name}, examples {fraction:g})"
         runs.append(train_once(setting, fraction, args, shape, data, label))
     print(
-        f"digits ({len(data[0])} train / {len(data[1])} validation images), {shape['num_hidden_layers']} layers, "
+        f"{args.dataset} ({len(data[0])} train / {len(data[1])} validation images), "
+        f"{shape['num_hidden_layers']} layers, "
         f"hidden {shape['hidden_size']}, {args.epochs} epochs, seed {args.seed}, {args.device} {args.dtype}"
     )
     print(format_runs(runs, args.target_accuracy))

@@ -1,6 +1,7 @@
 """Image data for training scripts, apart from the model and training core: load and check image-classification
 data sets (`loading`), augment and resize them with PIL (`transforms`), batch them for a `Trainer`
-(`preprocessing`), and the digits bundled with scikit-learn (`digits`), a real data set that needs no network.
+(`preprocessing`), and the digits bundled with scikit-learn (`digits`), a real data set that needs no network, with a
+redundant variant for data-level experiments (`redundant_digits`).
 
 Not to be confused with the *data level* of Tri-Level E-ViT (which training examples to skip), which lives in
 `hf_trilevel.data_pruning`. Nothing in the model's remote-code set imports this package.
@@ -21,12 +22,14 @@ from .loading import (
     take_samples,
 )
 from .preprocessing import AugmentedSplit, attach_transforms, collate, preprocess
+from .redundant_digits import REDUNDANT_DIGITS, load_redundant_digits_dataset
 from .transforms import TRAIN_AUGMENTATIONS, RandomSource, eval_transforms, train_transforms
 
 __all__ = [
     "DIGIT_NAMES",
     "IMAGE",
     "LABEL",
+    "REDUNDANT_DIGITS",
     "TRAIN_AUGMENTATIONS",
     "AugmentedSplit",
     "RandomSource",
@@ -40,6 +43,7 @@ __all__ = [
     "limit_and_check_splits",
     "load_digits_dataset",
     "load_image_dataset",
+    "load_redundant_digits_dataset",
     "preprocess",
     "select_image_and_label",
     "split_off_validation",

@@ -39,25 +39,32 @@ def load_digits_dataset(image_size: int = 32, validation_fraction: float = 0.2, 
     Raises:
         ValueError: naming the argument, its value and the allowed range.
     """
-    digits = load_digits()
-    images, labels = digits.images, digits.target
-    _check_arguments(image_size, validation_fraction, seed, num_examples=len(labels), num_classes=len(DIGIT_NAMES))
+    scans, labels, splits = digits_scans_and_split(image_size, validation_fraction, seed)
+    return DatasetDict(
+        {split: digits_split(scans[index], labels[index], image_size) for split, index in splits.items()}
+    )
 
+
+def digits_scans_and_split(
+    image_size: object, validation_fraction: object, seed: object
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The `[1797, 8, 8]` scans (ink 0..16), their labels and the sorted `train` / `validation` indices of the
+    stratified split `load_digits_dataset` makes, after checking its arguments (variants of the digits reuse it)."""
+    digits = load_digits()
+    scans, labels = digits.images, digits.target
+    _check_arguments(image_size, validation_fraction, seed, num_examples=len(labels), num_classes=len(DIGIT_NAMES))
     train_index, validation_index = train_test_split(
         np.arange(len(labels)), test_size=validation_fraction, stratify=labels, random_state=seed
     )
+    return scans, labels, {"train": np.sort(train_index), "validation": np.sort(validation_index)}
+
+
+def digits_split(scans: np.ndarray, labels: np.ndarray, image_size: int) -> Dataset:
+    """`[n, 8, 8]` scans (ink 0..16) and their labels as a split with an RGB `image` and a ClassLabel `label`."""
     features = Features({"image": Image(), "label": ClassLabel(names=DIGIT_NAMES)})
-    return DatasetDict(
-        {
-            split: Dataset.from_dict(
-                {
-                    "image": [_to_rgb_image(images[index], image_size) for index in split_index],
-                    "label": [int(labels[index]) for index in split_index],
-                },
-                features=features,
-            )
-            for split, split_index in (("train", np.sort(train_index)), ("validation", np.sort(validation_index)))
-        }
+    return Dataset.from_dict(
+        {"image": [_to_rgb_image(scan, image_size) for scan in scans], "label": [int(label) for label in labels]},
+        features=features,
     )
 
 
@@ -87,4 +94,4 @@ def _check_arguments(
     check_int("seed", seed, 0, 2**32 - 1)
 
 
-__all__ = ["DIGIT_NAMES", "load_digits_dataset"]
+__all__ = ["DIGIT_NAMES", "digits_scans_and_split", "digits_split", "load_digits_dataset"]
