@@ -854,7 +854,7 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
     elif training_args.do_train:
         trainer.create_model_card(**kwargs)
     if setup.slim_output_dir is not None:
-        save_slimmed_model(trainer, setup.slim_output_dir)
+        save_slimmed_model(trainer, setup.slim_output_dir, kwargs.get("dataset_tags"), kwargs["dataset"])
     if trainer.is_world_process_zero():
         if "eval_accuracy" in metrics:
             top5 = f"  (top-5: {metrics['eval_top5_accuracy']:.4f})" if "eval_top5_accuracy" in metrics else ""

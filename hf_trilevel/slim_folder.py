@@ -5,6 +5,8 @@
 The model is loaded from IN_DIR (the class its `config.json` names), slimmed with `hf_trilevel.slim` (pruned units
 are the all-zero ones, see `hf_trilevel/slimming.py`) and saved to OUT_DIR as any TriLevel checkpoint is
 (safetensors, config with per-layer sizes, the remote code), with IN_DIR's image processor and a new model card.
+The slimmed model computes the masked one's logits, so IN_DIR's result files (`*_results.json`) and training
+arguments are copied too and its card reports the run's accuracy; `operating_points.json` is not (speeds differ).
 IN_DIR is only read.
 """
 
@@ -18,10 +20,14 @@ from torch import nn
 from .configuration_trilevel_vit import TriLevelViTConfig
 from .errors import CommandError
 from .model_card_folder import write_model_card
+from .model_card_sources import RESULT_FILES
 from .modeling_trilevel_vit import TriLevelViTForImageClassification, TriLevelViTModel
 from .slimming import slim, structured_unit_masks
+from .trainer import TRAINING_ARGS_JSON
 
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+# What slimming leaves true: the processor's preprocessing, and (same logits) the run's results and arguments.
+COPIED_FILES = (IMAGE_PROCESSOR_FILE, *RESULT_FILES, TRAINING_ARGS_JSON)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,9 +42,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def slim_folder(in_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> str:
-    """Slim the model saved in `in_dir` into `out_dir` (weights, config, remote code, image processor, card);
-    return the per-layer summary. Bad input raises `CommandError` naming IN_DIR or OUT_DIR."""
+def slim_folder(
+    in_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, card_kwargs: dict | None = None
+) -> str:
+    """Slim the model saved in `in_dir` into `out_dir` (weights, config, remote code, image processor, results, card;
+    `card_kwargs` go to `write_model_card`, e.g. `dataset_name`); return the per-layer summary. Bad input raises
+    `CommandError` naming IN_DIR or OUT_DIR."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     model_class = _model_class(in_dir)
     _check_output(in_dir, out_dir, overwrite)
@@ -49,9 +58,10 @@ def slim_folder(in_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fa
         raise CommandError(f"IN_DIR {in_dir}: {error}") from None
 
     slimmed.save_pretrained(out_dir)
-    if (in_dir / IMAGE_PROCESSOR_FILE).is_file():
-        shutil.copy2(in_dir / IMAGE_PROCESSOR_FILE, out_dir / IMAGE_PROCESSOR_FILE)
-    card = write_model_card(out_dir)
+    for name in COPIED_FILES:
+        if (in_dir / name).is_file():
+            shutil.copy2(in_dir / name, out_dir / name)
+    card = write_model_card(out_dir, **(card_kwargs or {}))
     return f"{_summary(model, slimmed)}\nwrote {out_dir} (model card {card})"
 
 

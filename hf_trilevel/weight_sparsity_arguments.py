@@ -164,13 +164,15 @@ def optimizer_steps(training_args, num_examples: int) -> int:
     return math.ceil(training_args.num_train_epochs * per_epoch)
 
 
-def save_slimmed_model(trainer, folder: str) -> None:
+def save_slimmed_model(trainer, folder: str, dataset: str | None = None, dataset_name: str | None = None) -> None:
     """After structured training: the saved model (`output_dir`) with its pruned heads and neurons removed, saved
-    into `folder` with the image processor and a card, as `hf-trilevel slim` does. The main process writes it."""
+    into `folder` with the image processor, the run's results and a card naming the data set (Hub id `dataset`,
+    readable `dataset_name`), as `hf-trilevel slim` does. The main process writes it."""
+    card_kwargs = {"dataset": dataset, "dataset_name": dataset_name}
     try:
         if trainer.is_world_process_zero():
-            print(f"\nslimmed model (pruned heads and neurons removed, the same logits):\n"
-                  f"{slim_folder(trainer.args.output_dir, folder, overwrite=True)}")  # fmt: skip
+            summary = slim_folder(trainer.args.output_dir, folder, overwrite=True, card_kwargs=card_kwargs)
+            print(f"\nslimmed model (pruned heads and neurons removed, the same logits):\n{summary}")
     finally:  # the other processes must not wait for ever on a failed slimming
         trainer.accelerator.wait_for_everyone()
 

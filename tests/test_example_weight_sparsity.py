@@ -127,6 +127,8 @@ def test_a_structured_run_saves_a_slimmed_model_with_the_same_logits(example, tm
         json.loads((tmp_path / "out" / "eval_results.json").read_text())["weight_density"] == metrics["weight_density"]
     )
     assert "weight_sparsity/density" in capsys.readouterr().out
+    card = (tmp_path / "slim" / "README.md").read_text()  # the run's accuracy: the slimmed logits are the same
+    assert f"{100 * metrics['eval_accuracy']:.2f}%" in card and "scikit-learn digits" in card
 
 
 def test_a_2_4_run_saves_dense_shaped_weights_with_two_of_every_four_zero(example, tmp_path):

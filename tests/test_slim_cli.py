@@ -137,3 +137,17 @@ def test_bad_input_exits_2_with_one_usage_line_and_a_message(
     assert "Traceback" not in error and lines[0].startswith("usage: hf-trilevel slim IN_DIR OUT_DIR")
     assert lines[1].startswith("hf-trilevel slim: error: ") and message.format(**fill) in lines[1]
     assert not (tmp_path / "out").exists()  # nothing written before the refusal
+
+
+def test_the_runs_results_and_arguments_follow_the_slimmed_model_into_its_card(pruned_folder, tmp_path):
+    (pruned_folder / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.9833, "epoch": 30.0}))
+    (pruned_folder / "train_results.json").write_text(json.dumps({"train_runtime": 1246.8, "epoch": 30.0}))
+    (pruned_folder / "training_args.json").write_text(json.dumps({"learning_rate": 0.001, "seed": 2}))
+    (pruned_folder / "operating_points.json").write_text("{}")  # speeds of the masked model: not the slimmed one's
+    out_dir = tmp_path / "slim"
+    assert main(["slim", str(pruned_folder), str(out_dir)]) == 0
+    for name in ("eval_results.json", "train_results.json", "training_args.json"):
+        assert (out_dir / name).read_bytes() == (pruned_folder / name).read_bytes()
+    assert not (out_dir / "operating_points.json").exists()
+    card = (out_dir / "README.md").read_text()
+    assert "98.33%" in card and "No accuracy was measured" not in card
