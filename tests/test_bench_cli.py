@@ -380,6 +380,27 @@ def test_time_to_accuracy_trains_dense_and_trilevel_on_the_digits(tmp_path):
         assert run["seconds_to_target"] == run["curve"][0]["train_seconds"]  # chance accuracy beats 5%
 
 
+def test_time_to_accuracy_targets_each_seeds_dense_accuracy_and_summarises_over_seeds(tmp_path, capsys):
+    path = tmp_path / "tta_seeds.json"
+    arguments = ["bench", "train", "--time-to-accuracy", "--epochs", "2", "--max-train-samples", "64",
+                 "--hidden-size", "32", "--num-hidden-layers", "2", "--num-attention-heads", "2",
+                 "--intermediate-size", "64", "--keep-rates", "0.5", "--example-keep-fractions", "1",
+                 "--seeds", "0", "1", "--target-below-dense", "0.3", "--no-progress", "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+    runs = json.loads(path.read_text())["runs"]
+    assert [(run["setting"], run["seed"]) for run in runs] == [
+        ("dense ViT (transformers)", 0), ("keep 0.5", 0), ("dense ViT (transformers)", 1), ("keep 0.5", 1)
+    ]  # fmt: skip
+    for dense, sparse in (runs[:2], runs[2:]):
+        assert dense["target_accuracy"] == sparse["target_accuracy"] == pytest.approx(dense["final_accuracy"] - 0.003)
+        assert dense["seconds_to_target"] is not None  # dense reaches its own final accuracy, at the latest at the end
+        first = next((r["train_seconds"] for r in sparse["curve"] if r["accuracy"] >= sparse["target_accuracy"]), None)
+        assert sparse["seconds_to_target"] == first
+    assert runs[0]["curve"] != runs[2]["curve"]  # the seed changed the run
+    output = capsys.readouterr().out
+    assert "over 2 seeds (mean ± sd):" in output and "| reached dense - 0.3 pt |" in output
+
+
 def test_time_to_accuracy_on_the_redundant_digits_with_the_random_policy(tmp_path, capsys):
     path = tmp_path / "tta_redundant.json"
     arguments = ["bench", "train", "--time-to-accuracy", "--epochs", "2", "--max-train-samples", "64",
@@ -429,6 +450,8 @@ def test_time_to_accuracy_trains_the_learned_and_adaptive_selectors(tmp_path):
             "`--example-keep-fractions` must be in (0, 1]",
         ),
         (["bench", "train", "--time-to-accuracy", "--target-accuracy", "2"], "`--target-accuracy` must be in (0, 1]"),
+        (["bench", "train", "--time-to-accuracy", "--target-below-dense", "-1"], "`--target-below-dense` must be in"),
+        (["bench", "train", "--time-to-accuracy", "--seeds", "0", "-3"], "`--seeds` must be an integer in [0, "),
         (
             ["bench", "train", "--time-to-accuracy", "--max-train-samples", "5"],
             "`--max-train-samples` must be an integer >= 10",

@@ -7,10 +7,14 @@ is on. Learned scores (`--token-selector learned`) train with `TokenSelectorTemp
 scorer whose output starts at zero. Runs go one after another, never side by side. The clock counts training only:
 each epoch's time is taken between the epoch's begin and end callbacks, before the per-epoch evaluation. Reported
 per run: accuracy after the last epoch, the best accuracy, training time, and the training time until validation
-accuracy first reached `--target-accuracy`.
+accuracy first reached the target: by default dense ViT's own final accuracy of the same seed minus
+`--target-below-dense` points (0.3), the question a user asks ("how much sooner do I get dense's accuracy?"), or a
+fixed `--target-accuracy`. With several `--seeds` every setting runs once per seed, and a summary gives the mean and
+spread over seeds and how many seeds reached the target.
 """
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +39,7 @@ from ..image_data import REDUNDANT_DIGITS, load_digits_dataset, load_redundant_d
 from ..metrics import compute_metrics
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..trainer import TriLevelTrainer
-from ..value_checks import check_fraction, check_int
+from ..value_checks import check_fraction, check_int, check_number
 from .models import load_shared_weights
 from .options import (
     Setting,
@@ -53,6 +57,7 @@ DIGITS_SHAPE = {"image_size": 32, "patch_size": 4, "hidden_size": 128, "num_hidd
 # Shape flags of `bench train` that the digits recipe fixes; given with --time-to-accuracy they are refused.
 IGNORED_FLAGS = {"--image-size": "image_size", "--patch-size": "patch_size", "--num-labels": "num_labels",
                  "--token-prune-layers": "token_prune_layers", "--model": "model"}  # fmt: skip
+DENSE_RUN = "dense ViT (transformers)"
 RECIPE = {"learning_rate": 1e-3, "weight_decay": 0.05, "warmup_steps": 0.1, "lr_scheduler_type": "cosine",
           "per_device_train_batch_size": 64, "per_device_eval_batch_size": 256}  # fmt: skip
 
@@ -77,6 +82,13 @@ class AccuracyRun:
     train_seconds: float
     seconds_to_target: float | None
     curve: list[EpochRecord] = field(default_factory=list)
+    seed: int = 0
+    target_accuracy: float | None = None
+
+
+def seconds_to(curve: list[EpochRecord], target: float) -> float | None:
+    """Training seconds until the evaluated accuracy first reached `target`, or None if it never did."""
+    return next((record.train_seconds for record in curve if record.accuracy >= target - 1e-9), None)
 
 
 class TrainingClock(TrainerCallback):
@@ -159,14 +171,16 @@ def train_once(
     shape: dict,
     data: tuple,
     label: str | None = None,
+    seed: int = 0,
 ) -> AccuracyRun:
+    """One run of `setting` at `seed`; its time to target is filled in by `set_targets` once dense's is known."""
     train, validation = data
     dense = setting == Setting() and example_keep_fraction == 1.0
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     reference = ViTForImageClassification(ViTConfig(**shape))
     if dense:
         model = reference
-        name = "dense ViT (transformers)"
+        name = DENSE_RUN
     else:
         model = TriLevelViTForImageClassification(
             TriLevelViTConfig(**shape, **setting.config_kwargs(), **selector_config(args))
@@ -183,7 +197,7 @@ def train_once(
     callbacks.append(clock)  # last: its epoch end comes after the pruner's end-of-epoch work, which it must count
     with tempfile.TemporaryDirectory() as output_dir:
         training_args = TrainingArguments(
-            output_dir=output_dir, num_train_epochs=args.epochs, seed=args.seed, eval_strategy="epoch",
+            output_dir=output_dir, num_train_epochs=args.epochs, seed=seed, eval_strategy="epoch",
             save_strategy="no", logging_strategy="no", report_to="none", remove_unused_columns=False,
             use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16", fp16=args.dtype == "float16",
             disable_tqdm=True, dataloader_pin_memory=False, **RECIPE,
@@ -196,14 +210,31 @@ def train_once(
         trainer.remove_callback(PrinterCallback)  # progress comes from `clock`, one line per epoch
         trainer.train()
     accuracies = [record.accuracy for record in clock.curve]
-    reached = [record.train_seconds for record in clock.curve if record.accuracy >= args.target_accuracy]
     return AccuracyRun(
         name, setting.token_keep_rate, setting.attention_keep_rate, example_keep_fraction, accuracies[-1],
-        max(accuracies), clock.train_seconds, reached[0] if reached else None, clock.curve,
+        max(accuracies), clock.train_seconds, None, clock.curve, seed,
     )  # fmt: skip
 
 
-def format_runs(runs: list[AccuracyRun], target: float) -> str:
+def set_targets(runs: list[AccuracyRun], args: argparse.Namespace) -> None:
+    """Each run's target (fixed, or its seed's dense final accuracy minus the margin) and its time to it."""
+    dense = {run.seed: run for run in runs if run.setting == DENSE_RUN}
+    for run in runs:
+        if args.target_accuracy is not None:
+            run.target_accuracy = args.target_accuracy
+        else:
+            run.target_accuracy = dense[run.seed].final_accuracy - args.target_below_dense / 100
+        run.seconds_to_target = seconds_to(run.curve, run.target_accuracy)
+
+
+def target_text(args: argparse.Namespace) -> str:
+    if args.target_accuracy is not None:
+        return f"{args.target_accuracy:.0%}"
+    return f"dense - {args.target_below_dense:g} pt"
+
+
+def format_runs(runs: list[AccuracyRun], target: str) -> str:
+    """One seed's runs, dense first."""
     dense = runs[0]
     rows = []
     for run in runs:
@@ -220,8 +251,39 @@ def format_runs(runs: list[AccuracyRun], target: float) -> str:
                 "best accuracy": f"{run.best_accuracy:.2%}",
                 "train time": f"{run.train_seconds:.1f} s",
                 "speedup": f"{dense.train_seconds / run.train_seconds:.2f}x",
-                f"time to {target:.0%}": to_target,
+                f"time to {target} ({run.target_accuracy:.2%})": to_target,
                 "speedup to target": speedup_to_target,
+            }
+        )
+    return markdown_table(rows)
+
+
+def _mean_sd(values: list[float], scale: float = 1.0, unit: str = "") -> str:
+    if not values:
+        return "n/a"
+    spread = f" ± {scale * statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{scale * statistics.mean(values):.2f}{spread}{unit}"
+
+
+def format_summary(runs: list[AccuracyRun], target: str) -> str:
+    """Mean ± sd over seeds per setting; time to target over the seeds that reached it, with how many did."""
+    dense_seconds = {run.seed: run.train_seconds for run in runs if run.setting == DENSE_RUN}
+    dense_to_target = {run.seed: run.seconds_to_target for run in runs if run.setting == DENSE_RUN}
+    rows = []
+    for setting in dict.fromkeys(run.setting for run in runs):
+        group = [run for run in runs if run.setting == setting]
+        reached = [run for run in group if run.seconds_to_target is not None]
+        speedups = [dense_to_target[r.seed] / r.seconds_to_target for r in reached if dense_to_target[r.seed]]
+        rows.append(
+            {
+                "setting": setting,
+                "seeds": str(len(group)),
+                "final accuracy (%)": _mean_sd([run.final_accuracy for run in group], 100),
+                "train time (s)": _mean_sd([run.train_seconds for run in group]),
+                "speedup": _mean_sd([dense_seconds[run.seed] / run.train_seconds for run in group], unit="x"),
+                f"reached {target}": f"{len(reached)}/{len(group)}",
+                "time to target (s)": _mean_sd([run.seconds_to_target for run in reached]),
+                "speedup to target": _mean_sd(speedups, unit="x"),
             }
         )
     return markdown_table(rows)
@@ -234,8 +296,17 @@ def add_time_to_accuracy_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--time-to-accuracy", action="store_true", help="train on the digits instead of timing steps")
     group.add_argument("--epochs", type=int, default=30)
-    group.add_argument("--target-accuracy", type=float, default=0.95, help="in (0, 1]")
+    group.add_argument(
+        "--target-accuracy", type=float, default=None, help="a fixed target in (0, 1] instead of dense's accuracy"
+    )
+    group.add_argument(
+        "--target-below-dense",
+        type=float,
+        default=0.3,
+        help="target: dense ViT's final accuracy of the same seed minus this many points, in [0, 100] (0.3)",
+    )
     group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per setting and seed (--seed)")
     group.add_argument("--max-train-samples", type=int, default=None, help="train on fewer digits (quick runs)")
     group.add_argument(
         "--dataset",
@@ -273,16 +344,26 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
             TriLevelViTConfig(**shape, **setting.config_kwargs(), **selector_config(args))
         except ValueError as error:
             raise CommandError(str(error)) from None
-    for index, (setting, fraction) in enumerate(plan):
-        name = "dense ViT" if (setting, fraction) == (Setting(), 1.0) else setting.name
-        label = None if args.no_progress else f"run {index + 1}/{len(plan)} ({name}, examples {fraction:g})"
-        runs.append(train_once(setting, fraction, args, shape, data, label))
+    seeds = list(dict.fromkeys(args.seeds)) if args.seeds else [args.seed]
+    total = len(plan) * len(seeds)
+    for seed in seeds:  # all settings of one seed, then the next: a machine slowing down hits every setting alike
+        for setting, fraction in plan:
+            name = "dense ViT" if (setting, fraction) == (Setting(), 1.0) else setting.name
+            label = f"run {len(runs) + 1}/{total} ({name}, examples {fraction:g}, seed {seed})"
+            runs.append(train_once(setting, fraction, args, shape, data, None if args.no_progress else label, seed))
+    set_targets(runs, args)
+    target = target_text(args)
     print(
         f"{args.dataset} ({len(data[0])} train / {len(data[1])} validation images), "
-        f"{shape['num_hidden_layers']} layers, "
-        f"hidden {shape['hidden_size']}, {args.epochs} epochs, seed {args.seed}, {args.device} {args.dtype}"
+        f"{shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, {args.epochs} epochs, "
+        f"seeds {seeds}, {args.device} {args.dtype}"
     )
-    print(format_runs(runs, args.target_accuracy))
+    for seed in seeds:
+        print(f"\nseed {seed}:")
+        print(format_runs([run for run in runs if run.seed == seed], target))
+    if len(seeds) > 1:
+        print(f"\nover {len(seeds)} seeds (mean ± sd):")
+        print(format_summary(runs, target))
     if args.json:
         device = torch.device(args.device)
         payload = report_payload("train --time-to-accuracy", args, device, shape=shape, recipe=RECIPE)
@@ -295,7 +376,11 @@ def _check(args: argparse.Namespace, shape: dict) -> None:
     if device.type == "cpu" and args.dtype == "float16":
         raise CommandError("--dtype float16 needs --device cuda with --time-to-accuracy; use bfloat16 on CPU.")
     checked_option(check_int, "--epochs", args.epochs)
-    checked_option(check_fraction, "--target-accuracy", args.target_accuracy)
+    if args.target_accuracy is not None:
+        checked_option(check_fraction, "--target-accuracy", args.target_accuracy)
+    checked_option(check_number, "--target-below-dense", args.target_below_dense, 0.0, 100.0, low_open=False)
+    for seed in args.seeds or [args.seed]:
+        checked_option(check_int, "--seeds" if args.seeds else "--seed", seed, 0, 2**32 - 1)
     if args.max_train_samples is not None:
         checked_option(check_int, "--max-train-samples", args.max_train_samples, low=10)
     check_example_keep_fractions(args.example_keep_fractions)
