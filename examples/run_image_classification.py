@@ -345,6 +345,13 @@ class PruningArguments:
     )
     prune_ratio: float = field(default=0.5, metadata={"help": "loss: share of the lowest-loss half skipped, (0, 1)."})
     full_data_fraction: float = field(default=0.125, metadata={"help": "loss: final share of epochs on all data."})
+    well_learned_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "loss: share of the data (lowest loss) forming the pool --prune_ratio skips from, (0, 1]; "
+            "a pruned epoch serves 1 - prune_ratio x this."
+        },
+    )
     keep_rate_schedule: bool = field(
         default=False, metadata={"help": "Warm token_keep_rate up from 1.0 to its target (per-step cosine)."}
     )
@@ -511,7 +518,8 @@ def build_callbacks(
     elif pruning_args.example_pruning == "random":
         callbacks.append(ExamplePruningCallback("random", keep_fraction=pruning_args.keep_fraction))
     elif pruning_args.example_pruning == "loss":
-        settings = {"prune_ratio": pruning_args.prune_ratio, "full_data_fraction": pruning_args.full_data_fraction}
+        settings = {"prune_ratio": pruning_args.prune_ratio, "full_data_fraction": pruning_args.full_data_fraction,
+                    "well_learned_fraction": pruning_args.well_learned_fraction}  # fmt: skip
         callbacks.append(ExamplePruningCallback("loss", **settings))
     if callbacks and training_args is not None and training_args.do_train:
         callbacks[0].check_arguments(training_args)  # the ExamplePruningCallback: nothing else is in the list yet

@@ -270,3 +270,13 @@ def test_example_trains_on_the_redundant_digits_with_the_random_policy(tmp_path)
     assert json.loads((tmp_path / "train_results.json").read_text())["examples_seen"] == 2 * 100
     card = (tmp_path / "README.md").read_text()
     assert "redundant variant" in card and "the `random` policy (keep_fraction=0.5)" in card
+
+
+def test_the_loss_policys_pool_is_a_flag_so_the_example_can_reach_any_budget():
+    example = load_example()
+    arguments = example.PruningArguments(example_pruning="loss", prune_ratio=0.6, well_learned_fraction=1.0)
+    (callback,) = example.build_callbacks(arguments)
+    assert callback.policy.config()["well_learned_fraction"] == 1.0
+    assert callback.policy.epoch_sizes(100, 8)[1:7] == [40] * 6  # pruned epochs serve 1 - 0.6 x 1.0 of the data
+    with pytest.raises(ValueError, match=r"`well_learned_fraction` must be in \(0, 1\]"):
+        example.build_callbacks(example.PruningArguments(example_pruning="loss", well_learned_fraction=0.0))
