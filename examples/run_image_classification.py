@@ -280,7 +280,8 @@ class DataArguments:
         metadata={
             "help": "A data set: Hub id, local folder, or a folder written by `save_to_disk`. Default, with "
             "no --train_dir either: the digits bundled with scikit-learn. `digits-redundant`: those digits with "
-            "their typical training images repeated as near-copies (10x; seeded by --split_seed), for data pruning."
+            "their typical training images repeated as near-copies (10x; the same images for every --seed, the "
+            "split by --split_seed), for data pruning."
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The data set's configuration name."})
@@ -343,7 +344,9 @@ class PruningArguments:
     swap_epochs: list[int] | None = field(
         default=None, metadata={"help": "forgetting: epochs that start with a swap; default every tenth until half."}
     )
-    prune_ratio: float = field(default=0.5, metadata={"help": "loss: share of the lowest-loss half skipped, (0, 1)."})
+    prune_ratio: float = field(
+        default=0.5, metadata={"help": "loss: share of the pool (--well_learned_fraction) skipped, (0, 1)."}
+    )
     full_data_fraction: float = field(default=0.125, metadata={"help": "loss: final share of epochs on all data."})
     well_learned_fraction: float = field(
         default=0.5,

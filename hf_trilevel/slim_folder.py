@@ -5,8 +5,10 @@
 The model is loaded from IN_DIR (the class its `config.json` names), slimmed with `hf_trilevel.slim` (pruned units
 are the all-zero ones, see `hf_trilevel/slimming.py`) and saved to OUT_DIR as any TriLevel checkpoint is
 (safetensors, config with per-layer sizes, the remote code), with IN_DIR's image processor and a new model card.
-The slimmed model computes the masked one's logits, so IN_DIR's result files (`*_results.json`) and training
-arguments are copied too and its card reports the run's accuracy; `operating_points.json` is not (speeds differ).
+The slimmed model computes the masked one's logits, so IN_DIR's result files (`*_results.json`, less their FLOPs
+figures, which the masked full-width model measured) and training arguments are copied too and its card reports the
+run's accuracy; `operating_points.json` is not (speeds differ). Copies of those files left in OUT_DIR by an earlier
+slimming are removed first, so the card never reads a stale one.
 IN_DIR is only read.
 """
 
@@ -22,6 +24,7 @@ from .errors import CommandError
 from .model_card_folder import write_model_card
 from .model_card_sources import RESULT_FILES
 from .modeling_trilevel_vit import TriLevelViTForImageClassification, TriLevelViTModel
+from .operating_point_table import OPERATING_POINTS_FILE
 from .slimming import slim, structured_unit_masks
 from .trainer import TRAINING_ARGS_JSON
 
@@ -57,9 +60,17 @@ def slim_folder(
     except (ValueError, OSError) as error:  # no structured masks, an emptied layer, unreadable weights
         raise CommandError(f"IN_DIR {in_dir}: {error}") from None
 
+    for name in (*COPIED_FILES, OPERATING_POINTS_FILE):
+        (out_dir / name).unlink(missing_ok=True)
     slimmed.save_pretrained(out_dir)
     for name in COPIED_FILES:
-        if (in_dir / name).is_file():
+        if not (in_dir / name).is_file():
+            continue
+        if name in RESULT_FILES:
+            results = json.loads((in_dir / name).read_text(encoding="utf-8"))
+            kept = {key: value for key, value in results.items() if "flops" not in key}
+            (out_dir / name).write_text(json.dumps(kept, indent=4, sort_keys=True) + "\n", encoding="utf-8")
+        else:
             shutil.copy2(in_dir / name, out_dir / name)
     card = write_model_card(out_dir, **(card_kwargs or {}))
     return f"{_summary(model, slimmed)}\nwrote {out_dir} (model card {card})"

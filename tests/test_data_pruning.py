@@ -84,7 +84,7 @@ def test_random_serves_exactly_its_fraction_with_a_fresh_seeded_draw_every_epoch
     seen = torch.bincount(
         torch.cat(random_plans(seed=0, num_examples=1000, epochs=20, keep_fraction=0.5)), minlength=1000
     )
-    assert abs(seen.float().mean().item() - 10.0) < 1e-6 and seen.float().std().item() < 3.5  # binomial(20, 0.5): 2.24
+    assert seen.min() >= 1 and 1.5 < seen.float().std().item() < 3.0  # binomial(20, 0.5): sd 2.24, all seen
     assert RandomPolicy(keep_fraction=0.001).epoch_sizes(100, 2) == [1, 1]  # never an empty epoch
 
 
@@ -287,6 +287,9 @@ def test_the_readme_policy_example_plans_its_sizes_and_serves_the_highest_losses
     pruner = ExamplePruner(callback.policy, seed=0)
     pruner.begin(10, 3)
     assert len(pruner.plan.indices) == 5  # epoch 0: every loss unknown, five drawn by the keyed tie-break
+    other_seed = ExamplePruner(namespace["HighestLossPolicy"](0.5), seed=1)
+    other_seed.begin(10, 3)
+    assert not torch.equal(other_seed.plan.indices, pruner.plan.indices)
     losses = [float(3 * i % 10) for i in range(10)]  # 0, 3, 6, 9, 2, 5, 8, 1, 4, 7
     pruner.statistics = statistics_after([(list(range(10)), losses, [True] * 10)], 10)
     pruner.advance_to(1)

@@ -79,7 +79,7 @@ def test_shifting_fills_the_entering_pixels_with_background():
         ({"typical_fraction": 0.0}, r"`typical_fraction` must be in \(0, 1\]"),
         ({"noise": 5.0}, r"`noise` must be in \[0, 4"),
         ({"image_size": 4}, r"`image_size` must be an integer in \[8, 1024\]"),
-        ({"split_seed": -2}, r"`seed` must be an integer in \[0, 4294967295\]"),
+        ({"split_seed": -2}, r"`split_seed` must be an integer in \[0, 4294967295\]"),
     ],
 )
 def test_out_of_range_arguments_are_refused_by_name(kwargs, message):

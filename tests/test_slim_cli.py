@@ -140,14 +140,20 @@ def test_bad_input_exits_2_with_one_usage_line_and_a_message(
 
 
 def test_the_runs_results_and_arguments_follow_the_slimmed_model_into_its_card(pruned_folder, tmp_path):
-    (pruned_folder / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.9833, "epoch": 30.0}))
+    (pruned_folder / "eval_results.json").write_text(
+        json.dumps({"eval_accuracy": 0.9833, "epoch": 30.0, "eval_measured_gflops_per_image": 9.9})
+    )  # the FLOPs were measured at full width: they do not follow
     (pruned_folder / "train_results.json").write_text(json.dumps({"train_runtime": 1246.8, "epoch": 30.0}))
     (pruned_folder / "training_args.json").write_text(json.dumps({"learning_rate": 0.001, "seed": 2}))
     (pruned_folder / "operating_points.json").write_text("{}")  # speeds of the masked model: not the slimmed one's
     out_dir = tmp_path / "slim"
-    assert main(["slim", str(pruned_folder), str(out_dir)]) == 0
-    for name in ("eval_results.json", "train_results.json", "training_args.json"):
-        assert (out_dir / name).read_bytes() == (pruned_folder / name).read_bytes()
-    assert not (out_dir / "operating_points.json").exists()
+    out_dir.mkdir()
+    (out_dir / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.1}))  # an earlier slimming's, stale
+    (out_dir / "operating_points.json").write_text("{}")
+    assert main(["slim", str(pruned_folder), str(out_dir), "--overwrite"]) == 0
+    assert (out_dir / "training_args.json").read_bytes() == (pruned_folder / "training_args.json").read_bytes()
+    assert json.loads((out_dir / "train_results.json").read_text()) == {"train_runtime": 1246.8, "epoch": 30.0}
+    assert json.loads((out_dir / "eval_results.json").read_text()) == {"eval_accuracy": 0.9833, "epoch": 30.0}
+    assert not (out_dir / "operating_points.json").exists() and not (out_dir / "all_results.json").exists()
     card = (out_dir / "README.md").read_text()
     assert "98.33%" in card and "No accuracy was measured" not in card

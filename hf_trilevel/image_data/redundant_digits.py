@@ -12,7 +12,7 @@ that premise on them. This variant makes the redundancy explicit and reproducibl
 - The validation split is the original digits validation split, untouched, so accuracy compares with the digits.
 
 With the defaults (half of each class typical, 18 copies) the training set is 10x the digits': 14,361 images, of
-which 93% are copies of the easiest half. A policy that finds the redundancy can drop most of the copies for free; a
+which 90% are copies of the easiest half. A policy that finds the redundancy can drop most of the copies for free; a
 random policy drops hard originals at the same rate as copies. The build is deterministic: the same arguments give
 byte-identical images (one NumPy generator keyed by `seed`, drawn in a fixed order).
 """
@@ -94,6 +94,7 @@ def load_redundant_digits_dataset(
         ValueError: naming the argument, its value and the allowed range, before anything is built.
     """
     check_int("seed", seed, 0, 2**32 - 1)
+    check_int("split_seed", split_seed, 0, 2**32 - 1)
     check_int("copies", copies, 0, MAX_COPIES)
     check_fraction("typical_fraction", typical_fraction)
     check_number("noise", noise, 0.0, MAX_NOISE, low_open=False)
