@@ -6,7 +6,7 @@ selector's scorer. The operating point a row measures is switched on a built mod
 
 A physically slimmed shape (`Setting.head_density` / `neuron_density` below 1) is its own model, built with
 per-layer sizes (`num_attention_heads_per_layer`, `intermediate_size_per_layer`) and holding the first heads and
-MLP neurons of its selector's full-width weights (`slimmed_model`), as `hf_trilevel.slim` would leave them.
+MLP neurons of its selector's full-width weights (`slimmed_model`), cut by `hf_trilevel.slim` itself.
 """
 
 import copy
@@ -17,6 +17,8 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
+from ..slimming import slim
+from ..structured_units import apply_unit_masks, unit_layers, zero_output_sides
 from .options import ModelShape, RunTarget, Setting, slimmed_size
 
 # Fields a saved folder's config passes on to the benchmark's models (its activation, norms, selector details).
@@ -109,32 +111,19 @@ def slimmed_model(
 ) -> TriLevelViTForImageClassification:
     """`model` with the first `slimmed_size(density, ...)` heads and MLP neurons of every layer kept, the rest removed.
 
-    Head h owns rows `h*d:(h+1)*d` of q/k/v (weights and biases) and those columns of o_proj; neuron j owns row j of
-    fc1 and column j of fc2. Same dtype, device and mode as `model`.
+    Built the way a trained checkpoint is: the other units are zeroed as structured sparsity leaves them
+    (`structured_units.apply_unit_masks`, `zero_output_sides`) and `hf_trilevel.slim` removes them, so the timed
+    model is exactly what `slim` makes. Same dtype, device and mode as `model`; a copy when nothing is removed.
     """
-    config = model.config
-    heads = slimmed_size(head_density, config.num_attention_heads)
-    neurons = slimmed_size(neuron_density, config.intermediate_size)
-    slim_config = copy.deepcopy(config)  # keeps every other field, the attention backend included
-    slim_config.num_attention_heads_per_layer = [heads] * config.num_hidden_layers
-    slim_config.intermediate_size_per_layer = [neurons] * config.num_hidden_layers
-    width = heads * (config.hidden_size // config.num_attention_heads)
-    state = {}
-    for name, tensor in model.state_dict().items():
-        module, kind = name.split(".")[-2:]
-        if module in ("q_proj", "k_proj", "v_proj"):
-            tensor = tensor[:width]
-        elif module == "o_proj" and kind == "weight":
-            tensor = tensor[:, :width]
-        elif module == "fc1":
-            tensor = tensor[:neurons]
-        elif module == "fc2" and kind == "weight":
-            tensor = tensor[:, :neurons]
-        state[name] = tensor
-    parameter = next(model.parameters())
-    slim = TriLevelViTForImageClassification(slim_config).to(parameter.device, parameter.dtype)
-    load_shared_weights(slim, state)
-    return slim.train(model.training)
+    pruned = copy.deepcopy(model)
+    removed = False
+    for layer in unit_layers(pruned):
+        heads = torch.arange(layer.num_heads) < slimmed_size(head_density, layer.num_heads)
+        neurons = torch.arange(layer.num_neurons) < slimmed_size(neuron_density, layer.num_neurons)
+        apply_unit_masks(layer, heads, neurons)
+        zero_output_sides(layer, heads, neurons)
+        removed = removed or not (heads.all() and neurons.all())
+    return slim(pruned) if removed else pruned
 
 
 __all__ = ["build_models_by_selector", "compile_models", "load_shared_weights", "slimmed_model", "switch_setting",
