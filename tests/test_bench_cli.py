@@ -9,7 +9,8 @@ import torch
 
 import hf_trilevel
 from hf_trilevel.benchmarks.models import build_models_by_selector, slimmed_model
-from hf_trilevel.benchmarks.options import RunTarget, Setting, model_shape, settings, slimmed_size
+from hf_trilevel.benchmarks.options import RunTarget, Setting, model_shape, settings
+from hf_trilevel.benchmarks.slimmed_shapes import slimmed_size
 from hf_trilevel.benchmarks.timing import TensorMemoryTracker
 from hf_trilevel.benchmarks.token_budget import calibrate_keep_mass, kept_token_counts
 from hf_trilevel.benchmarks.training import StepResult, dense_sparse_step, project_epochs

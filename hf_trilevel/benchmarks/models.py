@@ -19,7 +19,8 @@ from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..slimming import slim
 from ..structured_units import apply_unit_masks, unit_layers, zero_output_sides
-from .options import ModelShape, RunTarget, Setting, slimmed_size
+from .options import ModelShape, RunTarget, Setting
+from .slimmed_shapes import slimmed_size
 
 # Fields a saved folder's config passes on to the benchmark's models (its activation, norms, selector details).
 CHECKPOINT_VIT_FIELDS = ("hidden_act", "layer_norm_eps", "qkv_bias")

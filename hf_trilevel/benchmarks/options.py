@@ -3,13 +3,14 @@
 The command-line options and the checked values they become (`ModelShape`, `Setting`, `RunTarget`). The models
 they describe are built in `models.py`, with random (seeded) weights or those of a saved folder (`--model`).
 Arguments are checked here, before any model is built, and bad ones raise `CommandError` with the argument name and
-the allowed range.
+the allowed range. The slimmed shapes' options live in `slimmed_shapes.py`; what stays here is one vocabulary that
+`bench inference` and `bench train` share (every `Setting` field is one of these options), so splitting it further
+would split each option from the value it becomes.
 """
 
 import argparse
 import dataclasses
 import itertools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from transformers.utils import is_flash_attn_2_available
 from ..configuration_trilevel_vit import TriLevelViTConfig
 from ..errors import CommandError, checked_option
 from ..value_checks import as_pair, check_fraction, check_int, check_keep_rate
+from .slimmed_shapes import slimmed_shapes
 
 TOKEN_SELECTORS = ("class_attention", "learned", "adaptive")
 # Fields of a `--model` folder's config that its models keep (the shape comes from `ModelShape`, sparsity per row):
@@ -139,15 +141,6 @@ class Setting:
         )  # fmt: skip
 
 
-def slimmed_size(density: float, size: int) -> int:
-    """Heads or MLP neurons a layer of `size` keeps at `density`: `max(1, round(density * size))`, halves up.
-
-    Rounded as structured weight sparsity counts its units (`structured_units.unit_count`: 2.5 -> 3, where Python's
-    `round` would give 2), so a timed shape is the one a slimmed checkpoint trained at that density has.
-    """
-    return max(1, math.floor(density * size + 0.5))
-
-
 @dataclass(frozen=True)
 class RunTarget:
     """Where and how the models run."""
@@ -190,47 +183,6 @@ def add_setting_arguments(parser: argparse.ArgumentParser, keep_rates: list[floa
                             f"{' '.join(map(str, DEFAULT_KEEP_MASSES))}; 1.0 is fixed-rate pruning)")  # fmt: skip
     group.add_argument("--token-count-buckets", type=int, default=None, metavar="N",
                        help="token_count_buckets of the adaptive selector (default: the config's)")  # fmt: skip
-
-
-def add_slimming_arguments(parser: argparse.ArgumentParser) -> None:
-    pairing = (
-        "The i-th head density and the i-th neuron density make one shape, so both lists have the same length, or "
-        "one of them is a single value that applies to every entry of the other (an absent flag is 1). Every "
-        "TriLevel setting above (keep rate x attention x fusion x selector) is timed on every shape; 1 and 1 is "
-        "the full-width model, so leave it out to time slimmed shapes only. A slimmed model keeps the first heads "
-        "and neurons of the dense model's weights; its FLOPs limit is against the full dense ViT."
-    )
-    group = parser.add_argument_group(
-        "physically slimmed shapes (what `hf_trilevel.slim` makes of a model trained with structured sparsity)", pairing
-    )
-    group.add_argument("--head-densities", type=float, nargs="+", default=None, metavar="DENSITY",
-                       help="share of attention heads every layer keeps, each in (0, 1]: "
-                            "max(1, round(density * heads)) heads per layer, halves rounded up")  # fmt: skip
-    group.add_argument("--neuron-densities", type=float, nargs="+", default=None, metavar="DENSITY",
-                       help="share of MLP neurons every layer keeps, each in (0, 1]: "
-                            "max(1, round(density * intermediate_size)) neurons per layer, halves rounded "
-                            "up")  # fmt: skip
-
-
-def slimmed_shapes(args: argparse.Namespace) -> list[tuple[float, float]]:
-    """`(head_density, neuron_density)` pairs from `--head-densities` / `--neuron-densities`, checked and paired.
-
-    Pairwise by position; a single value broadcasts over the other list, an absent flag is 1.0. Without either
-    flag, only the full-width shape `(1.0, 1.0)`.
-    """
-    heads, neurons = getattr(args, "head_densities", None), getattr(args, "neuron_densities", None)
-    for flag, densities in (("--head-densities", heads), ("--neuron-densities", neurons)):
-        for density in densities or []:
-            checked_option(check_fraction, flag, density)
-    heads, neurons = heads or [1.0], neurons or [1.0]
-    if len(heads) != len(neurons) and 1 not in (len(heads), len(neurons)):
-        raise CommandError(
-            f"--head-densities and --neuron-densities pair up by position: give both the same number of values, or "
-            f"one of them a single value for every shape; got {len(heads)} and {len(neurons)} values."
-        )
-    count = max(len(heads), len(neurons))
-    heads, neurons = heads * (count // len(heads)), neurons * (count // len(neurons))
-    return list(dict.fromkeys(zip(heads, neurons, strict=True)))
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
