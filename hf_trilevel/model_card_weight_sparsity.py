@@ -6,13 +6,12 @@ classifier), so a dense checkpoint reads 100% and gets no row. A saved folder is
 """
 
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from .weight_masks import masked_weights
+from .weight_masks import count_nonzero_weights, masked_weights
 
 # The weights `weight_masks.masked_weights` names (patch projection, q/k/v/o, fc1, fc2, classifier) as a saved file
 # holds them: under ViT's checkpoint names (`encoder.layer.{i}.attention.attention.query`, ...) or the model's own.
@@ -21,15 +20,6 @@ SAVED_MASKED_WEIGHT = re.compile(
     r"|layer\.\d+\.(attention\.attention\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
     r")\.weight$"
 )
-
-
-def count_nonzero_weights(weights: Iterable[torch.Tensor]) -> tuple[int, int] | None:
-    """`(non-zero, total)` entries of `weights` (`weight_masks.masked_weights(model).values()`), or None if none."""
-    nonzero = total = 0
-    for tensor in weights:
-        nonzero += int(torch.count_nonzero(tensor.detach()))
-        total += tensor.numel()
-    return (nonzero, total) if total else None
 
 
 def model_nonzero_weights(model: torch.nn.Module) -> tuple[int, int]:

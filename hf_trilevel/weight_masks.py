@@ -16,6 +16,7 @@ Pure tensor functions, no Trainer: `hf_trilevel.sparse_training.SparseTrainingCa
 
 import math
 import re
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -47,10 +48,19 @@ def masked_weights(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 @torch.no_grad()
+def count_nonzero_weights(weights: Iterable[torch.Tensor]) -> tuple[int, int] | None:
+    """`(non-zero, total)` entries of `weights` (e.g. `masked_weights(model).values()`), or None if there are none."""
+    nonzero = total = 0
+    for tensor in weights:
+        nonzero += int(torch.count_nonzero(tensor.detach()))
+        total += tensor.numel()
+    return (nonzero, total) if total else None
+
+
 def nonzero_fraction(model: nn.Module) -> float:
     """Share of non-zero entries over the weights `masked_weights` names (what weight sparsity leaves)."""
-    weights = masked_weights(model).values()
-    return sum(int(w.count_nonzero()) for w in weights) / sum(w.numel() for w in weights)
+    nonzero, total = count_nonzero_weights(masked_weights(model).values())
+    return nonzero / total
 
 
 def as_matrix(tensor: torch.Tensor) -> torch.Tensor:
@@ -180,6 +190,7 @@ __all__ = [
     "as_matrix",
     "check_pattern",
     "cosine_death_rate",
+    "count_nonzero_weights",
     "erk_densities",
     "initial_mask",
     "is_two_four",
