@@ -81,7 +81,21 @@ class NoPruning(PruningPolicy):
         return EpochPlan(torch.arange(num_examples))
 
 
-class RandomPolicy(PruningPolicy):
+class KeptFractionPolicy(PruningPolicy):
+    """A policy that serves `round(keep_fraction x N)` examples (at least one) in every epoch: `random` and
+    `forgetting` share this budget, so comparing them compares only which examples they pick."""
+
+    def __init__(self, keep_fraction: float):
+        self.keep_fraction = check_fraction("keep_fraction", keep_fraction)
+
+    def num_kept(self, num_examples: int) -> int:
+        return max(1, round(self.keep_fraction * num_examples))
+
+    def epoch_sizes(self, num_examples: int, num_epochs: int) -> list[int]:
+        return [self.num_kept(num_examples)] * num_epochs
+
+
+class RandomPolicy(KeptFractionPolicy):
     """A fresh uniform draw of `keep_fraction` of the data every epoch: the control for every importance policy.
 
     A data-pruning claim means little until importance beats chance at the same budget, so this serves exactly the
@@ -96,13 +110,7 @@ class RandomPolicy(PruningPolicy):
     name = "random"
 
     def __init__(self, keep_fraction: float = 0.8):
-        self.keep_fraction = check_fraction("keep_fraction", keep_fraction)
-
-    def num_kept(self, num_examples: int) -> int:
-        return max(1, round(self.keep_fraction * num_examples))
-
-    def epoch_sizes(self, num_examples: int, num_epochs: int) -> list[int]:
-        return [self.num_kept(num_examples)] * num_epochs
+        super().__init__(keep_fraction)
 
     def plan_epoch(self, epoch, previous, statistics, num_examples, seed) -> EpochPlan:
         order = torch.randperm(num_examples, generator=keyed_generator(seed, epoch, SALT_RANDOM))
@@ -112,7 +120,7 @@ class RandomPolicy(PruningPolicy):
         return {"policy": self.name, "keep_fraction": self.keep_fraction}
 
 
-class ForgettingPolicy(PruningPolicy):
+class ForgettingPolicy(KeptFractionPolicy):
     """Tri-Level E-ViT's example level: a fixed kept fraction, refreshed by swapping out unforgettable examples.
 
     Epoch 0 keeps a random `keep_fraction` of the data. At each swap epoch, the `swap_fraction x N` kept examples with
@@ -129,7 +137,7 @@ class ForgettingPolicy(PruningPolicy):
     name = "forgetting"
 
     def __init__(self, keep_fraction: float = 0.8, swap_fraction: float = 0.05, swap_epochs: list[int] | None = None):
-        self.keep_fraction = check_fraction("keep_fraction", keep_fraction)
+        super().__init__(keep_fraction)
         self.swap_fraction = check_fraction("swap_fraction", swap_fraction)
         if swap_epochs is not None and (
             isinstance(swap_epochs, (str, bytes))
@@ -160,12 +168,6 @@ class ForgettingPolicy(PruningPolicy):
     def prepare(self, num_examples: int, num_epochs: int) -> None:
         self.check_epochs(num_epochs)
         self.swap_epochs_for_run = set(self.resolved_swap_epochs(num_epochs))
-
-    def num_kept(self, num_examples: int) -> int:
-        return max(1, round(self.keep_fraction * num_examples))
-
-    def epoch_sizes(self, num_examples: int, num_epochs: int) -> list[int]:
-        return [self.num_kept(num_examples)] * num_epochs
 
     def plan_epoch(self, epoch, previous, statistics, num_examples, seed) -> EpochPlan:
         num_kept = self.num_kept(num_examples)
