@@ -42,6 +42,7 @@ from ..trainer import TriLevelTrainer
 from ..value_checks import check_fraction, check_int, check_number
 from .models import load_shared_weights
 from .options import (
+    DENSE_NAME,
     Setting,
     check_divides,
     check_example_keep_fractions,
@@ -57,7 +58,6 @@ DIGITS_SHAPE = {"image_size": 32, "patch_size": 4, "hidden_size": 128, "num_hidd
 # Shape flags of `bench train` that the digits recipe fixes; given with --time-to-accuracy they are refused.
 IGNORED_FLAGS = {"--image-size": "image_size", "--patch-size": "patch_size", "--num-labels": "num_labels",
                  "--token-prune-layers": "token_prune_layers", "--model": "model"}  # fmt: skip
-DENSE_RUN = "dense ViT (transformers)"
 RECIPE = {"learning_rate": 1e-3, "weight_decay": 0.05, "warmup_steps": 0.1, "lr_scheduler_type": "cosine",
           "per_device_train_batch_size": 64, "per_device_eval_batch_size": 256}  # fmt: skip
 
@@ -182,7 +182,7 @@ def train_once(
     reference = ViTForImageClassification(ViTConfig(**shape))
     if dense:
         model = reference
-        name = DENSE_RUN
+        name = DENSE_NAME
     else:
         model = TriLevelViTForImageClassification(
             TriLevelViTConfig(**shape, **setting.config_kwargs(), **selector_config(args))
@@ -220,7 +220,7 @@ def train_once(
 
 def set_targets(runs: list[AccuracyRun], args: argparse.Namespace) -> None:
     """Each run's target (fixed, or its seed's dense final accuracy minus the margin) and its time to it."""
-    dense = {run.seed: run for run in runs if run.setting == DENSE_RUN}
+    dense = {run.seed: run for run in runs if run.setting == DENSE_NAME}
     for run in runs:
         if args.target_accuracy is not None:
             run.target_accuracy = args.target_accuracy
@@ -269,8 +269,8 @@ def _mean_sd(values: list[float], scale: float = 1.0, unit: str = "") -> str:
 
 def format_summary(runs: list[AccuracyRun], target: str) -> str:
     """Mean ± sd over seeds per setting; time to target over the seeds that reached it, with how many did."""
-    dense_seconds = {run.seed: run.train_seconds for run in runs if run.setting == DENSE_RUN}
-    dense_to_target = {run.seed: run.seconds_to_target for run in runs if run.setting == DENSE_RUN}
+    dense_seconds = {run.seed: run.train_seconds for run in runs if run.setting == DENSE_NAME}
+    dense_to_target = {run.seed: run.seconds_to_target for run in runs if run.setting == DENSE_NAME}
     rows = []
     for setting in dict.fromkeys(run.setting for run in runs):
         group = [run for run in runs if run.setting == setting]
