@@ -344,15 +344,24 @@ class PruningArguments:
     swap_epochs: list[int] | None = field(
         default=None, metadata={"help": "forgetting: epochs that start with a swap; default every tenth until half."}
     )
-    prune_ratio: float = field(
-        default=0.5, metadata={"help": "loss: share of the pool (--well_learned_fraction) skipped, (0, 1)."}
+    prune_ratio: float | None = field(
+        default=None,
+        metadata={"help": "loss: share of the pool (--well_learned_fraction) skipped, (0, 1); default 0.5."},
+    )
+    budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "loss: share of the run's examples served, full epochs counted, (0, 1): the cost --keep_fraction "
+            "gives random and forgetting; decides how many are skipped (instead of --prune_ratio)."
+        },
     )
     full_data_fraction: float = field(default=0.125, metadata={"help": "loss: final share of epochs on all data."})
-    well_learned_fraction: float = field(
-        default=0.5,
+    well_learned_fraction: float | None = field(
+        default=None,
         metadata={
             "help": "loss: share of the data (lowest loss) forming the pool --prune_ratio skips from, (0, 1]; "
-            "a pruned epoch serves 1 - prune_ratio x this."
+            "a pruned epoch serves 1 - prune_ratio x this. Default 0.5; with --budget, half of a pruned epoch's "
+            "served examples are the highest losses."
         },
     )
     keep_rate_schedule: bool = field(
@@ -521,8 +530,8 @@ def build_callbacks(
     elif pruning_args.example_pruning == "random":
         callbacks.append(ExamplePruningCallback("random", keep_fraction=pruning_args.keep_fraction))
     elif pruning_args.example_pruning == "loss":
-        settings = {"prune_ratio": pruning_args.prune_ratio, "full_data_fraction": pruning_args.full_data_fraction,
-                    "well_learned_fraction": pruning_args.well_learned_fraction}  # fmt: skip
+        names = ("prune_ratio", "full_data_fraction", "well_learned_fraction", "budget")
+        settings = {name: getattr(pruning_args, name) for name in names}
         callbacks.append(ExamplePruningCallback("loss", **settings))
     if callbacks and training_args is not None and training_args.do_train:
         callbacks[0].check_arguments(training_args)  # the ExamplePruningCallback: nothing else is in the list yet

@@ -42,11 +42,13 @@ class ExamplePruningCallback(TrainingTechnique):
 
     Policies:
         `"forgetting"` (Tri-Level E-ViT): keep `keep_fraction` of the data; at swap epochs replace the
-            `swap_fraction` least-forgotten kept examples by random removed ones. Settings: `keep_fraction=0.8`,
-            `swap_fraction=0.05`, `swap_epochs=None` (every tenth of training until half-way).
+            `swap_fraction` kept examples with the lowest forgetting rates by random removed ones. Settings:
+            `keep_fraction=0.8`, `swap_fraction=0.05`, `swap_epochs=None` (every tenth of training until half-way).
         `"loss"` (InfoBatch-style, unbiased): each pruned epoch skip `prune_ratio` of the lowest-loss half of the
-            data and up-weight the rest of that half; full data for the final `full_data_fraction` of epochs.
-            Settings: `prune_ratio=0.5`, `full_data_fraction=0.125`, `well_learned_fraction=0.5`.
+            data and up-weight the rest of that half; full data for the first epoch and the final
+            `full_data_fraction` of epochs. Settings: `prune_ratio=0.5`, `full_data_fraction=0.125`,
+            `well_learned_fraction=0.5`, or `budget=X` (share of the run's examples served, full epochs counted,
+            instead of `prune_ratio`).
         `"random"`: a fresh uniform `keep_fraction` of the data every epoch, the same size as `forgetting`'s kept
             set: the control an importance policy must beat. Settings: `keep_fraction=0.8`.
         `"none"`: every example every epoch.

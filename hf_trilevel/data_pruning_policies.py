@@ -124,14 +124,18 @@ class ForgettingPolicy(KeptFractionPolicy):
     """Tri-Level E-ViT's example level: a fixed kept fraction, refreshed by swapping out unforgettable examples.
 
     Epoch 0 keeps a random `keep_fraction` of the data. At each swap epoch, the `swap_fraction x N` kept examples with
-    the fewest forgetting events (never-learned examples count as the most forgettable) leave, and as many return,
-    drawn at random from the removed pool. The kept-set size never changes.
+    the lowest forgetting rates leave, and as many return, drawn at random from the removed pool. The kept-set size
+    never changes. Rates, not counts (`ExampleStatistics.forgetting_rates`: events per pair of consecutive
+    presentations, smoothed towards the run's mean rate), so an example that returned a few epochs ago is not swapped
+    straight back out for having had fewer chances to be forgotten; only examples presented at least twice can leave
+    (one presentation says nothing about forgetting), and never-learned examples count as the most forgettable.
 
     Args:
         keep_fraction: share of the data kept every epoch, in (0, 1] (paper: 0.8).
         swap_fraction: share of the whole data swapped at each swap epoch, in (0, 1] (paper: 0.05).
         swap_epochs: 0-indexed epochs that start with a swap. Default: every tenth of training until half-way,
-            scaling the paper's epochs 30, 60, ..., 150 of 300 to the run.
+            scaling the paper's epochs 30, 60, ..., 150 of 300 to the run, from epoch 2 on (the first epoch at which
+            an example can have been presented twice).
     """
 
     name = "forgetting"
@@ -149,7 +153,7 @@ class ForgettingPolicy(KeptFractionPolicy):
     def resolved_swap_epochs(self, num_epochs: int) -> list[int]:
         if self.swap_epochs is not None:
             return self.swap_epochs
-        return sorted({round(num_epochs * tenth / 10) for tenth in range(1, 6)} - {0})
+        return sorted({round(num_epochs * tenth / 10) for tenth in range(1, 6)} - {0, 1})
 
     def check_epochs(self, num_epochs: int) -> None:
         beyond = [e for e in self.resolved_swap_epochs(num_epochs) if e >= num_epochs]
@@ -185,10 +189,15 @@ class ForgettingPolicy(KeptFractionPolicy):
         if num_swap <= 0:
             return previous
         generator = keyed_generator(seed, epoch, SALT_SWAP)
-        scores = statistics.forgetting_scores().cpu()[kept]
-        # Ties (many examples have zero forgetting events) are broken at random, not by dataset order.
-        tie_break = torch.rand(len(kept), generator=generator)
-        ranking = torch.argsort(scores + tie_break * 0.5, stable=True)
+        scores = statistics.forgetting_rates().cpu()[kept]
+        scores[statistics.presentations.cpu()[kept] < 2] = float("inf")  # no evidence yet: it stays
+        num_swap = min(num_swap, int(scores.isfinite().sum()))
+        if num_swap <= 0:
+            return previous
+        # Ties (many examples have no forgetting event) are broken at random, not by dataset order: a random order,
+        # then a stable sort by rate.
+        shuffled = torch.randperm(len(kept), generator=generator)
+        ranking = shuffled[torch.argsort(scores[shuffled], stable=True)]
         leaving = ranking[:num_swap]
         staying = torch.ones(len(kept), dtype=torch.bool)
         staying[leaving] = False
@@ -208,46 +217,111 @@ class LossPolicy(PruningPolicy):
     """InfoBatch-style unbiased pruning by loss, with epoch sizes planned before training.
 
     Each pruned epoch, the well-learned pool is the `well_learned_fraction` of the data with the lowest last loss. A
-    `prune_ratio` share of the pool is skipped at random, and the kept pool examples have their loss scaled by
-    `1 / (1 - prune_ratio)`, so the expected gradient equals that of the full data. The first epoch (no losses
-    yet) and the final `full_data_fraction` of epochs use all the data.
+    share of the pool is skipped at random, and the kept pool examples have their loss scaled by `pool / kept pool`,
+    so the expected gradient equals that of the full data; the rest of the data (the highest losses) is always served.
+    The first epoch (no losses yet) and the final `full_data_fraction` of epochs use all the data.
+
+    The share skipped is either `prune_ratio` of the pool (InfoBatch's knob: the run then serves
+    `1 - prune_ratio x well_learned_fraction` in pruned epochs, more over the run because of the full epochs) or
+    whatever a `budget` needs: `budget` is the share of the full-data examples the whole run serves, full epochs
+    counted, the same meaning as `random`'s and `forgetting`'s `keep_fraction`, so policies compare at equal cost.
+    With a budget and no `well_learned_fraction`, half of each pruned epoch's served examples are the highest losses
+    and half are drawn from the rest (the pool is `(N + skipped) / 2` examples).
 
     InfoBatch's pool is the examples below the *mean* loss, whose size changes from epoch to epoch. A lowest-loss
-    quantile (the median by default) keeps the same unbiased rescaling but makes every epoch's size known in advance.
+    quantile keeps the same unbiased rescaling but makes every epoch's size known in advance.
 
     Args:
-        prune_ratio: share of the well-learned pool skipped each pruned epoch, in (0, 1) (InfoBatch: 0.5).
+        prune_ratio: share of the well-learned pool skipped each pruned epoch, in (0, 1) (InfoBatch: 0.5; the
+            default without `budget`).
         full_data_fraction: final share of the epochs trained on all the data, in (0, 1] (InfoBatch: 0.125).
-        well_learned_fraction: share of the data forming the pool, in (0, 1] (default 0.5: below the median).
+        well_learned_fraction: share of the data forming the pool, in (0, 1] (default 0.5 without `budget`: below the
+            median).
+        budget: share of the full-data examples served over the run, in (0, 1); replaces `prune_ratio`.
     """
 
     name = "loss"
 
-    def __init__(self, prune_ratio: float = 0.5, full_data_fraction: float = 0.125, well_learned_fraction: float = 0.5):
-        self.prune_ratio = check_fraction("prune_ratio", prune_ratio, allow_one=False)
+    def __init__(
+        self,
+        prune_ratio: float | None = None,
+        full_data_fraction: float = 0.125,
+        well_learned_fraction: float | None = None,
+        budget: float | None = None,
+    ):
+        if budget is not None and prune_ratio is not None:
+            raise ValueError(
+                "give the loss policy `budget` (share of the run's examples served) or `prune_ratio` (share of the "
+                "pool skipped), not both: a budget decides how many are skipped."
+            )
+        self.budget = None if budget is None else check_fraction("budget", budget, allow_one=False)
+        self.prune_ratio = None
+        if budget is None:
+            prune_ratio = 0.5 if prune_ratio is None else prune_ratio
+            self.prune_ratio = check_fraction("prune_ratio", prune_ratio, allow_one=False)
         self.full_data_fraction = check_fraction("full_data_fraction", full_data_fraction)
-        self.well_learned_fraction = check_fraction("well_learned_fraction", well_learned_fraction)
-
-    def _pool_and_drop(self, num_examples: int) -> tuple[int, int]:
-        """Pool size and how many of it to skip; at least one pool example stays, so the rescaling is finite."""
-        pool = round(self.well_learned_fraction * num_examples)
-        return pool, min(round(self.prune_ratio * pool), max(pool - 1, 0))
+        self.well_learned_fraction = 0.5 if budget is None else None
+        if well_learned_fraction is not None:
+            self.well_learned_fraction = check_fraction("well_learned_fraction", well_learned_fraction)
 
     def pruned_epochs(self, num_epochs: int) -> range:
         full_at_end = math.ceil(self.full_data_fraction * num_epochs)
         return range(1, max(1, num_epochs - full_at_end))
 
-    def epoch_sizes(self, num_examples: int, num_epochs: int) -> list[int]:
-        _, num_drop = self._pool_and_drop(num_examples)
+    def check_epochs(self, num_epochs: int) -> None:
+        if self.budget is None:
+            return
+        pruned = len(self.pruned_epochs(num_epochs))
+        lowest = (num_epochs - pruned) / num_epochs  # every pruned epoch serving nothing
+        if self.budget <= lowest:
+            raise ValueError(
+                f"the loss policy's `budget` {self.budget:g} is out of reach: of `num_train_epochs` {num_epochs}, "
+                f"{num_epochs - pruned} use all the data (the first, and the final `full_data_fraction` "
+                f"{self.full_data_fraction:g}), so the budget must be above {lowest:.4g}; raise the budget, train "
+                "longer or lower `full_data_fraction`."
+            )
+
+    def _skips(self, num_examples: int, num_epochs: int) -> list[int]:
+        """Examples skipped in each epoch (0 in full epochs)."""
         pruned = self.pruned_epochs(num_epochs)
-        return [num_examples - num_drop if epoch in pruned else num_examples for epoch in range(num_epochs)]
+        skips = [0] * num_epochs
+        if self.budget is None:
+            pool = self._pool_size(num_examples, 0)
+            skip = min(round(self.prune_ratio * pool), max(pool - 1, 0))
+            for epoch in pruned:
+                skips[epoch] = skip
+            return skips
+        total = round(num_examples * num_epochs * (1 - self.budget))  # spread exactly over the pruned epochs
+        for position, epoch in enumerate(pruned):
+            skips[epoch] = total // len(pruned) + (position < total % len(pruned))
+        return skips
+
+    def _pool_size(self, num_examples: int, skip: int) -> int:
+        if self.well_learned_fraction is not None:
+            return round(self.well_learned_fraction * num_examples)
+        return math.ceil((num_examples + skip) / 2)  # half of the served examples are the highest losses
+
+    def prepare(self, num_examples: int, num_epochs: int) -> None:
+        self.check_epochs(num_epochs)
+        self.skips_for_run = self._skips(num_examples, num_epochs)
+        for skip in set(self.skips_for_run) - {0}:
+            pool = self._pool_size(num_examples, skip)
+            if skip > pool - 1:  # at least one pool example stays, so the rescaling is finite
+                raise ValueError(
+                    f"the loss policy's `budget` {self.budget:g} skips {skip} of {num_examples} examples per pruned "
+                    f"epoch, more than the well-learned pool of {pool} (`well_learned_fraction` "
+                    f"{self.well_learned_fraction:g}) can give while keeping one; raise `well_learned_fraction` "
+                    f"above {(skip + 1) / num_examples:.4g}, or the budget."
+                )
+
+    def epoch_sizes(self, num_examples: int, num_epochs: int) -> list[int]:
+        return [num_examples - skip for skip in self._skips(num_examples, num_epochs)]
 
     def plan_epoch(self, epoch, previous, statistics, num_examples, seed) -> EpochPlan:
-        if epoch not in self.pruned_epochs_for_run:
+        num_drop = self.skips_for_run[epoch]
+        if num_drop == 0:  # a full epoch, or a pool too small to skip from (a tiny data set): all data, unweighted
             return EpochPlan(torch.arange(num_examples))
-        pool_size, num_drop = self._pool_and_drop(num_examples)
-        if num_drop == 0:  # a pool too small to skip from (a tiny data set): the whole data, unweighted
-            return EpochPlan(torch.arange(num_examples))
+        pool_size = self._pool_size(num_examples, num_drop)
         losses = statistics.last_loss.cpu().nan_to_num(nan=float("inf"))
         pool = torch.argsort(losses, stable=True)[:pool_size]
         generator = keyed_generator(seed, epoch, SALT_DROP)
@@ -259,16 +333,14 @@ class LossPolicy(PruningPolicy):
         indices = keep_mask.nonzero().flatten()
         return EpochPlan(indices, weights[indices])
 
-    def prepare(self, num_examples: int, num_epochs: int) -> None:
-        self.pruned_epochs_for_run = set(self.pruned_epochs(num_epochs))
-
     def config(self) -> dict:
-        return {
+        config = {
             "policy": self.name,
             "prune_ratio": self.prune_ratio,
             "full_data_fraction": self.full_data_fraction,
             "well_learned_fraction": self.well_learned_fraction,
         }
+        return config if self.budget is None else config | {"budget": self.budget}  # older checkpoints resume
 
 
 POLICIES: dict[str, type[PruningPolicy]] = {

@@ -100,6 +100,21 @@ class ExampleStatistics:
         never_learned = (self.presentations > 0) & ~self.ever_correct
         return torch.where(never_learned, torch.full_like(scores, float("inf")), scores)
 
+    def forgetting_rates(self, prior_pairs: float = 2.0) -> torch.Tensor:
+        """Forgetting events per pair of consecutive presentations, smoothed towards the run's mean rate.
+
+        Raw counts favour examples presented fewer times (fewer chances to be forgotten), so a policy ranking by them
+        swaps recently returned examples straight back out. A rate removes that bias, and `prior_pairs` pseudo-pairs
+        at the mean rate keep an example with one or two pairs from ranking lowest on no evidence: an example never
+        presented twice has exactly the mean rate. Never-learned examples rank as most forgettable (infinite).
+        """
+        pairs = (self.presentations - 1).clamp_min(0).to(torch.float32)
+        events = self.forgetting_events.to(torch.float32)
+        mean_rate = events.sum() / pairs.sum().clamp_min(1.0)
+        rates = (events + prior_pairs * mean_rate) / (pairs + prior_pairs)
+        never_learned = (self.presentations > 0) & ~self.ever_correct
+        return torch.where(never_learned, torch.full_like(rates, float("inf")), rates)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name).detach().cpu().contiguous() for name in self.RUNNING + self.EPOCH}
 

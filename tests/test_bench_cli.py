@@ -402,18 +402,28 @@ def test_time_to_accuracy_targets_each_seeds_dense_accuracy_and_summarises_over_
     assert "over 2 seeds (mean ± sd):" in output and "| reached dense - 0.3 pt |" in output
 
 
-def test_time_to_accuracy_on_the_redundant_digits_with_the_random_policy(tmp_path, capsys):
+def test_time_to_accuracy_compares_policies_at_one_data_budget_on_the_redundant_digits(tmp_path, capsys):
     path = tmp_path / "tta_redundant.json"
-    arguments = ["bench", "train", "--time-to-accuracy", "--epochs", "2", "--max-train-samples", "64",
-                 "--hidden-size", "32", "--num-hidden-layers", "2", "--num-attention-heads", "2",
-                 "--intermediate-size", "64", "--keep-rates", "1", "--attention-keep-rates", "1",
-                 "--example-keep-fractions", "1", "0.5", "--dataset", "digits-redundant", "--example-policy", "random",
-                 "--no-progress", "--json", str(path)]  # fmt: skip
+    arguments = ["bench", "train", "--time-to-accuracy", "--epochs", "3", "--max-train-samples", "64",
+                 "--image-size", "16", "--patch-size", "8", "--hidden-size", "32", "--num-hidden-layers", "2",
+                 "--num-attention-heads", "2", "--intermediate-size", "64", "--keep-rates", "1",
+                 "--attention-keep-rates", "1", "--example-keep-fractions", "1", "0.8", "--dataset",
+                 "digits-redundant", "--example-policy", "random", "loss", "forgetting", "--no-progress",
+                 "--json", str(path)]  # fmt: skip
     assert main(arguments) == 0
     report = json.loads(path.read_text())
-    assert [run["setting"] for run in report["runs"]] == ["dense ViT (transformers)", "keep 1, random examples 0.5"]
+    runs = report["runs"]
+    assert [(run["setting"], run["policy"]) for run in runs] == [
+        ("dense ViT (transformers)", None), ("keep 1, random examples 0.8", "random"),
+        ("keep 1, loss examples 0.8", "loss"), ("keep 1, forgetting examples 0.8", "forgetting"),
+    ]  # fmt: skip
+    assert runs[0]["examples_seen"] == 3 * 64
+    # Every policy spends the same data budget: round(0.8 x 64) a epoch, or loss's round(0.8 x 64 x 3) in all.
+    assert [run["examples_seen"] for run in runs[1:]] == [3 * 51, 154, 3 * 51]
+    assert report["shape"]["image_size"] == 16 and report["shape"]["patch_size"] == 8
     assert report["arguments"]["dataset"] == "digits-redundant"
-    assert "digits-redundant (64 train / 360 validation images)" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "digits-redundant (64 train / 360 validation images)" in output and "| data seen |" in output
 
 
 def test_time_to_accuracy_trains_the_learned_and_adaptive_selectors(tmp_path):
@@ -466,7 +476,27 @@ def test_time_to_accuracy_trains_the_learned_and_adaptive_selectors(tmp_path):
             "must divide --hidden-size",
         ),
         (["bench", "inference", "--hidden-size", "0"], "`--hidden-size` must be an integer >= 1"),
-        (["bench", "train", "--time-to-accuracy", "--image-size", "64"], "--image-size do not apply"),
+        (
+            ["bench", "train", "--time-to-accuracy", "--image-size", "2048"],
+            "`--image-size` must be an integer in [8, 1024]",
+        ),
+        (["bench", "train", "--time-to-accuracy", "--patch-size", "5"], "--patch-size must divide --image-size"),
+        (
+            [
+                "bench",
+                "train",
+                "--time-to-accuracy",
+                "--epochs",
+                "4",
+                "--example-keep-fractions",
+                "1",
+                "0.5",
+                "--example-policy",
+                "random",
+                "loss",
+            ],
+            "--example-policy loss --example-keep-fractions 0.5: the loss policy's `budget` 0.5 is out of reach",
+        ),
         (["bench", "inference", "--keep-rates", "0.7", "0.7000001"], "values that print alike"),
         (["bench", "inference", "--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
         (

@@ -1,9 +1,11 @@
 """Example-level pruning logic on crafted statistics: who goes, who comes back, and the unbiased rescaling."""
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainingArguments
 
 from hf_trilevel import ExamplePruningCallback, ForgettingPolicy, KeepRateScheduleCallback, LossPolicy, RandomPolicy
 from hf_trilevel.callbacks import cosine_keep_rate
@@ -115,7 +117,7 @@ def test_forgetting_swap_removes_the_least_forgotten_and_restores_removed_ones()
     policy.prepare(10, 4)
     statistics = ExampleStatistics(10)
     statistics.forgetting_events = torch.tensor([5, 0, 3, 0, 4, 2, 0, 0, 0, 0], dtype=torch.int32)
-    statistics.presentations = torch.ones(10, dtype=torch.int32)
+    statistics.presentations = torch.full((10,), 6, dtype=torch.int32)
     statistics.ever_correct = torch.ones(10, dtype=torch.bool)
     previous = EpochPlan(torch.tensor([0, 1, 2, 3, 4, 5]))
     plan = policy.plan_epoch(1, previous, statistics, 10, seed=0)
@@ -129,7 +131,61 @@ def test_forgetting_swap_removes_the_least_forgotten_and_restores_removed_ones()
 
 def test_forgetting_default_swap_epochs_scale_the_papers_schedule():
     assert ForgettingPolicy().resolved_swap_epochs(300) == [30, 60, 90, 120, 150]
-    assert ForgettingPolicy().resolved_swap_epochs(10) == [1, 2, 3, 4, 5]
+    assert ForgettingPolicy().resolved_swap_epochs(10) == [2, 3, 4, 5]  # epoch 1: nobody presented twice yet
+    assert ForgettingPolicy().resolved_swap_epochs(8) == [2, 3, 4]
+
+
+def test_forgetting_rates_not_counts_so_a_recent_return_is_not_swapped_straight_back_out():
+    # Example 0 was kept all along: 2 events in 9 pairs. Example 1 returned three epochs ago: 1 event in 2 pairs.
+    # Counts rank 1 below 0 (1 < 2) though it is forgotten twice as often; rates rank it above.
+    statistics = ExampleStatistics(4)
+    statistics.forgetting_events = torch.tensor([2, 1, 0, 0], dtype=torch.int32)
+    statistics.presentations = torch.tensor([10, 3, 10, 1], dtype=torch.int32)
+    statistics.ever_correct = torch.ones(4, dtype=torch.bool)
+    counts, rates = statistics.forgetting_scores(), statistics.forgetting_rates()
+    assert counts[1] < counts[0] and rates[1] > rates[0]
+    mean_rate = 3 / 20  # 3 events over 9 + 2 + 9 + 0 pairs
+    torch.testing.assert_close(rates, torch.tensor([2.3 / 11, 1.3 / 4, 0.3 / 11, mean_rate]))
+    statistics.ever_correct[2] = False
+    assert statistics.forgetting_rates()[2] == float("inf")  # never learned: the most forgettable
+
+
+def test_forgetting_swaps_out_only_examples_presented_twice():
+    policy = ForgettingPolicy(keep_fraction=0.5, swap_fraction=0.2, swap_epochs=[1, 2])
+    policy.prepare(10, 4)
+    statistics = ExampleStatistics(10)
+    statistics.ever_correct = torch.ones(10, dtype=torch.bool)
+    statistics.presentations = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=torch.int32)
+    previous = EpochPlan(torch.tensor([0, 1, 2, 3, 4]))
+    assert policy.plan_epoch(1, previous, statistics, 10, seed=0) is previous  # no evidence yet: no swap
+    statistics.presentations = torch.tensor([2, 1, 1, 2, 1, 0, 0, 0, 0, 0], dtype=torch.int32)
+    statistics.forgetting_events = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0, 0, 0], dtype=torch.int32)
+    plan = policy.plan_epoch(2, previous, statistics, 10, seed=0)
+    assert set(plan.indices.tolist()) >= {1, 2, 4}  # seen once: they stay although their rate is the mean
+    assert len(set(plan.indices.tolist()) - {0, 1, 2, 3, 4}) == 2  # the two seen twice left, two returned
+
+
+def test_forgetting_keeps_the_often_forgotten_where_random_keeps_chance():
+    # Crafted statistics: the first half is forgotten every other presentation, the second half never. After the
+    # five default swaps of a 30-epoch run, forgetting must have moved the kept set towards the forgotten half;
+    # random serves each half at its share. A ranking no better than chance fails here.
+    num_examples, epochs = 200, 30
+    statistics = ExampleStatistics(num_examples)
+    statistics.ever_correct = torch.ones(num_examples, dtype=torch.bool)
+    forgotten = torch.arange(num_examples) < num_examples // 2
+    policy = ForgettingPolicy(keep_fraction=0.5, swap_fraction=0.1)
+    policy.prepare(num_examples, epochs)
+    plan = None
+    for epoch in range(epochs):
+        plan = policy.plan_epoch(epoch, plan, statistics, num_examples, seed=0)
+        served = torch.zeros(num_examples, dtype=torch.bool)
+        served[plan.indices] = True
+        statistics.presentations += served.to(torch.int32)
+        statistics.forgetting_events += (served & forgotten & (statistics.presentations % 2 == 0)).to(torch.int32)
+    forgotten_share = forgotten[plan.indices].float().mean().item()
+    assert forgotten_share >= 0.7
+    random_plan = RandomPolicy(0.5).plan_epoch(epochs - 1, None, statistics, num_examples, seed=0)
+    assert abs(forgotten[random_plan.indices].float().mean().item() - 0.5) < 0.15
 
 
 def test_loss_policy_plans_sizes_before_training():
@@ -168,6 +224,61 @@ def test_loss_policy_keeps_one_pool_example_on_tiny_data_so_the_rescaling_stays_
         plan = policy.plan_epoch(epoch, None, statistics, num_examples, seed=0)
         assert len(plan.indices) == sizes[epoch] >= 1
         assert plan.loss_weights is None or bool(torch.isfinite(plan.loss_weights).all())
+
+
+@pytest.mark.parametrize(("budget", "epochs"), [(0.8, 30), (0.5, 30), (0.5, 10), (0.9, 8), (0.35, 10)])
+def test_a_loss_budget_is_the_share_of_the_run_served_full_epochs_counted(budget, epochs):
+    policy = LossPolicy(budget=budget)
+    policy.prepare(1000, epochs)
+    sizes = policy.epoch_sizes(1000, epochs)
+    assert sum(sizes) == round(budget * 1000 * epochs)  # the same cost as random / forgetting at keep_fraction
+    full_at_end = math.ceil(0.125 * epochs)
+    assert sizes[0] == 1000 and sizes[epochs - full_at_end :] == [1000] * full_at_end
+    assert max(sizes[1 : epochs - full_at_end]) - min(sizes[1 : epochs - full_at_end]) <= 1
+
+
+def test_a_loss_budget_serves_the_highest_losses_and_rescales_the_pool_it_samples():
+    # 100 examples with known losses; budget 0.5 over 10 epochs: 3 full epochs, 7 pruned ones skipping 71 or 72.
+    policy = LossPolicy(budget=0.5)
+    policy.prepare(100, 10)
+    statistics = ExampleStatistics(100)
+    statistics.last_loss = torch.randperm(100, generator=torch.Generator().manual_seed(0)).float()
+    plan = policy.plan_epoch(1, None, statistics, 100, seed=0)
+    served = set(plan.indices.tolist())
+    skipped = 100 - len(served)
+    pool = math.ceil((100 + skipped) / 2)  # half the served examples are the highest losses
+    hardest = set(torch.argsort(statistics.last_loss, descending=True)[: 100 - pool].tolist())
+    assert hardest <= served
+    weights = dict(zip(plan.indices.tolist(), plan.loss_weights.tolist(), strict=True))
+    assert {weights[i] for i in hardest} == {1.0}
+    assert all(weights[i] == pytest.approx(pool / (pool - skipped)) for i in served - hardest)
+    # Random at the same size serves the hardest at chance: the loss policy's served mean loss is far higher.
+    random_plan = RandomPolicy(len(served) / 100).plan_epoch(1, None, statistics, 100, seed=0)
+    loss_mean = statistics.last_loss[plan.indices].mean()
+    assert loss_mean > statistics.last_loss[random_plan.indices].mean() + 15
+
+
+def test_a_loss_budget_out_of_reach_or_with_prune_ratio_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"`budget` 0.25 is out of reach.*above 0.3"):
+        LossPolicy(budget=0.25).check_epochs(10)
+    with pytest.raises(ValueError, match=r"`budget` .* or `prune_ratio` .* not both"):
+        LossPolicy(budget=0.5, prune_ratio=0.5)
+    with pytest.raises(ValueError, match=r"`budget` must be in \(0, 1\)"):
+        LossPolicy(budget=1.0)
+    with pytest.raises(ValueError, match=r"skips 66 of 100 .* pool of 30 .* above 0.67"):
+        LossPolicy(budget=0.5, well_learned_fraction=0.3).prepare(100, 8)
+    with pytest.raises(ValueError, match=r"`budget` 0\.2 is out of reach"):
+        ExamplePruningCallback("loss", budget=0.2).check_arguments(
+            TrainingArguments(output_dir="unused", num_train_epochs=4, remove_unused_columns=False, report_to="none")
+        )
+
+
+def test_a_loss_policy_without_a_budget_keeps_its_saved_settings():
+    # Checkpoints written before `budget` existed compare equal on resume.
+    assert LossPolicy().config() == {
+        "policy": "loss", "prune_ratio": 0.5, "full_data_fraction": 0.125, "well_learned_fraction": 0.5,
+    }  # fmt: skip
+    assert LossPolicy(budget=0.6).config()["budget"] == 0.6
 
 
 def test_loss_policy_uses_all_data_first_and_last():

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import pipeline
+from transformers import TrainingArguments, pipeline
 
 from hf_trilevel import TriLevelViTForImageClassification
 from hf_trilevel.image_data import DIGIT_NAMES, load_digits_dataset
@@ -280,3 +280,14 @@ def test_the_loss_policys_pool_is_a_flag_so_the_example_can_reach_any_budget():
     assert callback.policy.epoch_sizes(100, 8)[1:7] == [40] * 6  # pruned epochs serve 1 - 0.6 x 1.0 of the data
     with pytest.raises(ValueError, match=r"`well_learned_fraction` must be in \(0, 1\]"):
         example.build_callbacks(example.PruningArguments(example_pruning="loss", well_learned_fraction=0.0))
+
+
+def test_the_loss_policy_takes_a_data_budget_so_it_compares_with_random_at_equal_cost():
+    example = load_example()
+    (callback,) = example.build_callbacks(example.PruningArguments(example_pruning="loss", budget=0.5))
+    assert sum(callback.policy.epoch_sizes(100, 30)) == 100 * 30 // 2
+    training_args = TrainingArguments("unused", num_train_epochs=4, remove_unused_columns=False, do_train=True)
+    with pytest.raises(ValueError, match=r"`budget` 0\.5 is out of reach"):  # 2 of 4 epochs are full: before the data
+        example.build_callbacks(example.PruningArguments(example_pruning="loss", budget=0.5), training_args)
+    with pytest.raises(ValueError, match="not both"):
+        example.build_callbacks(example.PruningArguments(example_pruning="loss", budget=0.5, prune_ratio=0.5))

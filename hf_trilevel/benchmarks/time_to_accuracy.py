@@ -55,9 +55,12 @@ from .report import check_writable, markdown_table, report_payload, write_report
 # The digits recipe of examples/run_image_classification.py: a small ViT on 32x32 images with 4x4 patches.
 DIGITS_SHAPE = {"image_size": 32, "patch_size": 4, "hidden_size": 128, "num_hidden_layers": 6,
                 "num_attention_heads": 4, "intermediate_size": 256, "num_labels": 10}  # fmt: skip
-# Shape flags of `bench train` that the digits recipe fixes; given with --time-to-accuracy they are refused.
-IGNORED_FLAGS = {"--image-size": "image_size", "--patch-size": "patch_size", "--num-labels": "num_labels",
-                 "--token-prune-layers": "token_prune_layers", "--model": "model"}  # fmt: skip
+# Flags of `bench train` that the digits recipe fixes (ten classes, its own layers to prune at, freshly initialised
+# weights); given with --time-to-accuracy they are refused.
+IGNORED_FLAGS = {"--num-labels": "num_labels", "--token-prune-layers": "token_prune_layers", "--model": "model"}
+# Shape flags that replace the recipe's fields (a smaller model makes many seeds affordable on a CPU).
+SHAPE_FLAGS = ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "intermediate_size")  # fmt: skip
 RECIPE = {"learning_rate": 1e-3, "weight_decay": 0.05, "warmup_steps": 0.1, "lr_scheduler_type": "cosine",
           "per_device_train_batch_size": 64, "per_device_eval_batch_size": 256}  # fmt: skip
 
@@ -84,6 +87,8 @@ class AccuracyRun:
     curve: list[EpochRecord] = field(default_factory=list)
     seed: int = 0
     target_accuracy: float | None = None
+    policy: str | None = None  # the example policy, None for all the data
+    examples_seen: int = 0  # example presentations over the run (the data budget actually spent)
 
 
 def seconds_to(curve: list[EpochRecord], target: float) -> float | None:
@@ -143,7 +148,15 @@ class TensorExamples(TorchDataset):
 
 
 DATASETS = {"digits": load_digits_dataset, REDUNDANT_DIGITS: load_redundant_digits_dataset}
-EXAMPLE_POLICIES = ("forgetting", "random")  # the policies a keep fraction alone configures
+# The policies a data budget alone configures: random's and forgetting's keep fraction, loss's budget.
+EXAMPLE_POLICIES = ("forgetting", "random", "loss")
+
+
+def example_pruning_callback(policy: str, budget: float) -> ExamplePruningCallback:
+    """`policy` serving `budget` of the run's examples: every policy at a budget costs the same data."""
+    if policy == "loss":
+        return ExamplePruningCallback("loss", budget=budget)
+    return ExamplePruningCallback(policy, keep_fraction=budget)
 
 
 def digits_tensors(
@@ -174,6 +187,7 @@ def train_once(
     data: tuple,
     label: str | None = None,
     seed: int = 0,
+    policy: str = "forgetting",
 ) -> AccuracyRun:
     """One run of `setting` at `seed`; its time to target is filled in by `set_targets` once dense's is known."""
     train, validation = data
@@ -188,12 +202,13 @@ def train_once(
             TriLevelViTConfig(**shape, **setting.config_kwargs(), **selector_config(args))
         )
         load_shared_weights(model, reference.state_dict())  # a learned selector's scorer keeps its own init
-        pruned = f", {args.example_policy} examples {example_keep_fraction:g}" if example_keep_fraction < 1.0 else ""
+        pruned = f", {policy} examples {example_keep_fraction:g}" if example_keep_fraction < 1.0 else ""
         name = setting.name + pruned
     clock = TrainingClock(label)
     callbacks: list[TrainerCallback] = []
-    if example_keep_fraction < 1.0:
-        callbacks.append(ExamplePruningCallback(args.example_policy, keep_fraction=example_keep_fraction))
+    pruning = example_pruning_callback(policy, example_keep_fraction) if example_keep_fraction < 1.0 else None
+    if pruning is not None:
+        callbacks.append(pruning)
     if not dense and model.config.uses_learned_scores():  # SViTE+'s Gumbel temperature, 10 -> 0.1 over the run
         callbacks.append(TokenSelectorTemperatureCallback())
     callbacks.append(clock)  # last: its epoch end comes after the pruner's end-of-epoch work, which it must count
@@ -214,7 +229,8 @@ def train_once(
     accuracies = [record.accuracy for record in clock.curve]
     return AccuracyRun(
         name, setting.token_keep_rate, setting.attention_keep_rate, example_keep_fraction, accuracies[-1],
-        max(accuracies), clock.train_seconds, None, clock.curve, seed,
+        max(accuracies), clock.train_seconds, None, clock.curve, seed, policy=None if pruning is None else policy,
+        examples_seen=len(train) * args.epochs if pruning is None else pruning.pruner.examples_presented(),
     )  # fmt: skip
 
 
@@ -251,6 +267,7 @@ def format_runs(runs: list[AccuracyRun], target: str) -> str:
                 "setting": run.setting,
                 "final accuracy": f"{run.final_accuracy:.2%}",
                 "best accuracy": f"{run.best_accuracy:.2%}",
+                "data seen": f"{run.examples_seen / dense.examples_seen:.3f}",
                 "train time": f"{run.train_seconds:.1f} s",
                 "speedup": f"{dense.train_seconds / run.train_seconds:.2f}x",
                 f"time to {target} ({run.target_accuracy:.2%})": to_target,
@@ -271,6 +288,7 @@ def format_summary(runs: list[AccuracyRun], target: str) -> str:
     """Mean ± sd over seeds per setting; time to target over the seeds that reached it, with how many did."""
     dense_seconds = {run.seed: run.train_seconds for run in runs if run.setting == DENSE_NAME}
     dense_to_target = {run.seed: run.seconds_to_target for run in runs if run.setting == DENSE_NAME}
+    dense_seen = {run.seed: run.examples_seen for run in runs if run.setting == DENSE_NAME}
     rows = []
     for setting in dict.fromkeys(run.setting for run in runs):
         group = [run for run in runs if run.setting == setting]
@@ -281,6 +299,7 @@ def format_summary(runs: list[AccuracyRun], target: str) -> str:
                 "setting": setting,
                 "seeds": str(len(group)),
                 "final accuracy (%)": _mean_sd([run.final_accuracy for run in group], 100),
+                "data seen": _mean_sd([run.examples_seen / dense_seen[run.seed] for run in group]),
                 "train time (s)": _mean_sd([run.train_seconds for run in group]),
                 "speedup": _mean_sd([dense_seconds[run.seed] / run.train_seconds for run in group], unit="x"),
                 f"reached {target}": f"{len(reached)}/{len(group)}",
@@ -319,14 +338,16 @@ def add_time_to_accuracy_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--example-policy",
         choices=list(EXAMPLE_POLICIES),
-        default="forgetting",
-        help="the policy of --example-keep-fractions below 1 (random: the control importance must beat)",
+        nargs="+",
+        default=["forgetting"],
+        help="the policies of --example-keep-fractions below 1, each at every fraction (the share of the run's "
+        "examples served; loss: its budget); random is the control importance must beat",
     )
 
 
 def run_time_to_accuracy(args: argparse.Namespace) -> int:
     shape = dict(DIGITS_SHAPE)
-    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+    for name in SHAPE_FLAGS:
         if getattr(args, name) is not None:
             shape[name] = getattr(args, name)
     trilevel_settings = settings(args)
@@ -335,13 +356,15 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
     data = digits_tensors(shape["image_size"], args.max_train_samples, args.dataset)
     runs = []
     fractions = list(dict.fromkeys(args.example_keep_fractions))
-    plan = [(Setting(), 1.0)] + [
-        (setting, fraction)
+    policies = list(dict.fromkeys(args.example_policy))
+    plan = [(Setting(), 1.0, policies[0])] + [
+        (setting, fraction, policy)
         for setting in trilevel_settings
         for fraction in fractions
+        for policy in (policies if fraction < 1.0 else policies[:1])
         if not (setting == Setting() and fraction == 1.0)
     ]
-    for setting, _ in plan:  # every config is checked before the first run trains for minutes
+    for setting, _, _ in plan:  # every config is checked before the first run trains for minutes
         try:
             TriLevelViTConfig(**shape, **setting.config_kwargs(), **selector_config(args))
         except ValueError as error:
@@ -349,10 +372,12 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
     seeds = list(dict.fromkeys(args.seeds)) if args.seeds else [args.seed]
     total = len(plan) * len(seeds)
     for seed in seeds:  # all settings of one seed, then the next: a machine slowing down hits every setting alike
-        for setting, fraction in plan:
+        for setting, fraction, policy in plan:
             name = "dense ViT" if (setting, fraction) == (Setting(), 1.0) else setting.name
-            label = f"run {len(runs) + 1}/{total} ({name}, examples {fraction:g}, seed {seed})"
-            runs.append(train_once(setting, fraction, args, shape, data, None if args.no_progress else label, seed))
+            examples = f"{policy} examples {fraction:g}" if fraction < 1.0 else "all examples"
+            label = f"run {len(runs) + 1}/{total} ({name}, {examples}, seed {seed})"
+            progress = None if args.no_progress else label
+            runs.append(train_once(setting, fraction, args, shape, data, progress, seed, policy))
     set_targets(runs, args)
     target = target_text(args)
     print(
@@ -386,7 +411,15 @@ def _check(args: argparse.Namespace, shape: dict) -> None:
     if args.max_train_samples is not None:
         checked_option(check_int, "--max-train-samples", args.max_train_samples, low=10)
     check_example_keep_fractions(args.example_keep_fractions)
-    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+    for policy in args.example_policy:  # a budget the run's full epochs leave out of reach: refused before training
+        for fraction in (f for f in args.example_keep_fractions if f < 1.0):
+            try:
+                example_pruning_callback(policy, fraction).policy.check_epochs(args.epochs)
+            except ValueError as error:
+                flags = f"--example-policy {policy} --example-keep-fractions {fraction:g}"
+                raise CommandError(f"{flags}: {error}") from None
+    checked_option(check_int, "--image-size", shape["image_size"], 8, 1024)  # the digits loader's range
+    for name in SHAPE_FLAGS[1:]:
         checked_option(check_int, f"--{name.replace('_', '-')}", shape[name])
     check_divides(shape)
     ignored = [flag for flag, name in IGNORED_FLAGS.items() if getattr(args, name) is not None]
