@@ -68,6 +68,7 @@ checks live in `hf_trilevel.image_data`, `hf_trilevel.example_support`, `hf_tril
 `examples_seen` counts the examples trained (with `--dataloader_drop_last`, fewer than planned).
 """
 
+import json
 import logging
 import math
 import sys
@@ -332,9 +333,16 @@ class PruningArguments:
     example_pruning: str = field(
         default="none",
         metadata={
-            "help": "Drop training examples: none, forgetting (Tri-Level E-ViT), loss (InfoBatch) or random (a "
-            "fresh uniform --keep_fraction each epoch: the control an importance policy must beat).",
-            "choices": ["none", "random", "forgetting", "loss"],
+            "help": "Drop training examples: none, forgetting (Tri-Level E-ViT), loss (InfoBatch), random (a "
+            "fresh uniform --keep_fraction each epoch: the control an importance policy must beat), or your own "
+            "PruningPolicy as package.module:ClassName (importable from the working directory or PYTHONPATH), "
+            "built with --example_pruning_settings."
+        },
+    )
+    example_pruning_settings: str | None = field(
+        default=None,
+        metadata={
+            "help": "A custom --example_pruning policy's settings as a JSON object, e.g. '{\"keep_fraction\": 0.5}'."
         },
     )
     keep_fraction: float = field(
@@ -512,6 +520,21 @@ def check_arguments(
     )
 
 
+def custom_policy_settings(pruning_args: PruningArguments) -> dict:
+    """`--example_pruning_settings` as keyword arguments (a JSON object), refused by name when it is not one."""
+    if pruning_args.example_pruning_settings is None:
+        return {}
+    try:
+        settings = json.loads(pruning_args.example_pruning_settings)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"`--example_pruning_settings` is not JSON: {error}.") from None
+    if not isinstance(settings, dict):
+        raise ValueError(
+            f"`--example_pruning_settings` must be a JSON object, got {pruning_args.example_pruning_settings!r}."
+        )
+    return settings
+
+
 def build_callbacks(
     pruning_args: PruningArguments,
     training_args: TrainingArguments | None = None,
@@ -533,6 +556,15 @@ def build_callbacks(
         names = ("prune_ratio", "full_data_fraction", "well_learned_fraction", "budget")
         settings = {name: getattr(pruning_args, name) for name in names}
         callbacks.append(ExamplePruningCallback("loss", **settings))
+    elif ":" in pruning_args.example_pruning:
+        callbacks.append(ExamplePruningCallback(pruning_args.example_pruning, **custom_policy_settings(pruning_args)))
+    elif pruning_args.example_pruning != "none":
+        raise ValueError(
+            "`--example_pruning` must be none, random, forgetting, loss or package.module:ClassName (a PruningPolicy), "
+            f"got {pruning_args.example_pruning!r}."
+        )
+    if pruning_args.example_pruning_settings is not None and ":" not in pruning_args.example_pruning:
+        raise ValueError("`--example_pruning_settings` configures a package.module:ClassName --example_pruning only.")
     if callbacks and training_args is not None and training_args.do_train:
         callbacks[0].check_arguments(training_args)  # the ExamplePruningCallback: nothing else is in the list yet
     dense_sparse = dense_sparse_args is not None and dense_sparse_args.enabled()

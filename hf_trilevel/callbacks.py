@@ -5,6 +5,7 @@ Example pruning also needs per-example losses and a sampler, which the stock `Tr
 it runs under `hf_trilevel.TriLevelTrainer` (a drop-in `Trainer`); the keep-rate schedule works with any `Trainer`.
 """
 
+import importlib
 import math
 
 import torch
@@ -24,17 +25,37 @@ from .value_checks import check_fraction, check_keep_rate, check_number
 
 
 def build_policy(policy: str | PruningPolicy, **settings) -> PruningPolicy:
-    """A policy object from its name and settings, with errors that name the bad argument."""
+    """A policy object from its name (or `"module:Class"`) and settings, with errors that name the bad argument."""
     if isinstance(policy, PruningPolicy):
         if settings:
             raise ValueError(f"pass settings to the policy object itself, not alongside it: {sorted(settings)}.")
         return policy
-    if policy not in POLICIES:
-        raise ValueError(f"`policy` must be one of {sorted(POLICIES)} or a PruningPolicy, got {policy!r}.")
+    if isinstance(policy, str) and ":" in policy:
+        policy_class = import_policy(policy)
+    elif policy in POLICIES:
+        policy_class = POLICIES[policy]
+    else:
+        raise ValueError(
+            f"`policy` must be one of {sorted(POLICIES)}, a PruningPolicy, or 'module:Class' naming a PruningPolicy "
+            f"subclass, got {policy!r}."
+        )
     try:
-        return POLICIES[policy](**settings)
+        return policy_class(**settings)
     except TypeError as error:
         raise ValueError(f"unknown setting for the {policy!r} example pruning policy: {error}.") from None
+
+
+def import_policy(spec: str) -> type[PruningPolicy]:
+    """The `PruningPolicy` subclass `"package.module:ClassName"` names, so a script's `--example_pruning` flag can
+    take a user's own policy without editing the script."""
+    module_name, _, class_name = spec.partition(":")
+    try:
+        policy_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"`policy` {spec!r} cannot be imported ({error}); give 'package.module:ClassName'.") from None
+    if not (isinstance(policy_class, type) and issubclass(policy_class, PruningPolicy)):
+        raise ValueError(f"`policy` {spec!r} is not a PruningPolicy subclass.")
+    return policy_class
 
 
 class ExamplePruningCallback(TrainingTechnique):

@@ -9,6 +9,7 @@ accuracy is reported in the README. Other data sets, checkpoints and bad input: 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -280,6 +281,39 @@ def test_the_loss_policys_pool_is_a_flag_so_the_example_can_reach_any_budget():
     assert callback.policy.epoch_sizes(100, 8)[1:7] == [40] * 6  # pruned epochs serve 1 - 0.6 x 1.0 of the data
     with pytest.raises(ValueError, match=r"`well_learned_fraction` must be in \(0, 1\]"):
         example.build_callbacks(example.PruningArguments(example_pruning="loss", well_learned_fraction=0.0))
+
+
+def test_the_example_takes_a_users_own_policy_by_import_path(tmp_path, monkeypatch):
+    (tmp_path / "my_policies.py").write_text(
+        "import torch\n"
+        "from hf_trilevel import EpochPlan, PruningPolicy\n\n\n"
+        "class FirstHalf(PruningPolicy):\n"
+        "    name = 'first_half'\n\n"
+        "    def __init__(self, share=0.5):\n"
+        "        self.share = share\n\n"
+        "    def epoch_sizes(self, num_examples, num_epochs):\n"
+        "        return [round(self.share * num_examples)] * num_epochs\n\n"
+        "    def plan_epoch(self, epoch, previous, statistics, num_examples, seed):\n"
+        "        return EpochPlan(torch.arange(round(self.share * num_examples)))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    example = load_example()
+    arguments = example.PruningArguments(
+        example_pruning="my_policies:FirstHalf", example_pruning_settings='{"share": 0.25}'
+    )
+    (callback,) = example.build_callbacks(arguments)
+    assert type(callback.policy).__name__ == "FirstHalf" and callback.policy.epoch_sizes(100, 2) == [25, 25]
+    for bad, message in [
+        ({"example_pruning": "my_policies:Missing"}, "`policy` 'my_policies:Missing' cannot be imported"),
+        ({"example_pruning": "json:loads"}, "is not a PruningPolicy subclass"),
+        ({"example_pruning": "my_policies:FirstHalf", "example_pruning_settings": "[1]"}, "must be a JSON object"),
+        ({"example_pruning": "my_policies:FirstHalf", "example_pruning_settings": "{"}, "is not JSON"),
+        ({"example_pruning": "my_policies:FirstHalf", "example_pruning_settings": '{"size": 1}'}, "unknown setting"),
+        ({"example_pruning": "loss", "example_pruning_settings": "{}"}, "configures a package.module:ClassName"),
+        ({"example_pruning": "bogus"}, "`--example_pruning` must be none, random, forgetting, loss or"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            example.build_callbacks(example.PruningArguments(**bad))
 
 
 def test_the_loss_policy_takes_a_data_budget_so_it_compares_with_random_at_equal_cost():
