@@ -402,24 +402,29 @@ def test_time_to_accuracy_targets_each_seeds_dense_accuracy_and_summarises_over_
     assert "over 2 seeds (mean ± sd):" in output and "| reached dense - 0.3 pt |" in output
 
 
-def test_time_to_accuracy_compares_policies_at_one_data_budget_on_the_redundant_digits(tmp_path, capsys):
+def test_time_to_accuracy_compares_policies_at_one_data_budget_on_the_redundant_digits(tmp_path, capsys, monkeypatch):
+    (tmp_path / "user_policies.py").write_text(
+        "from hf_trilevel import RandomPolicy\n\n\nclass MyRandom(RandomPolicy):\n    name = 'my_random'\n"
+    )  # a user's own policy, compared beside the built-in ones at the same keep fraction
+    monkeypatch.syspath_prepend(str(tmp_path))
     path = tmp_path / "tta_redundant.json"
     arguments = ["bench", "train", "--time-to-accuracy", "--epochs", "3", "--max-train-samples", "64",
                  "--image-size", "16", "--patch-size", "8", "--hidden-size", "32", "--num-hidden-layers", "2",
                  "--num-attention-heads", "2", "--intermediate-size", "64", "--keep-rates", "1",
                  "--attention-keep-rates", "1", "--example-keep-fractions", "1", "0.8", "--dataset",
-                 "digits-redundant", "--example-policy", "random", "loss", "forgetting", "--no-progress",
-                 "--json", str(path)]  # fmt: skip
+                 "digits-redundant", "--example-policy", "random", "loss", "forgetting",
+                 "user_policies:MyRandom", "--no-progress", "--json", str(path)]  # fmt: skip
     assert main(arguments) == 0
     report = json.loads(path.read_text())
     runs = report["runs"]
     assert [(run["setting"], run["policy"]) for run in runs] == [
         ("dense ViT (transformers)", None), ("keep 1, random examples 0.8", "random"),
         ("keep 1, loss examples 0.8", "loss"), ("keep 1, forgetting examples 0.8", "forgetting"),
+        ("keep 1, user_policies:MyRandom examples 0.8", "user_policies:MyRandom"),
     ]  # fmt: skip
     assert runs[0]["examples_seen"] == 3 * 64
     # Every policy spends the same data budget: round(0.8 x 64) a epoch, or loss's round(0.8 x 64 x 3) in all.
-    assert [run["examples_seen"] for run in runs[1:]] == [3 * 51, 154, 3 * 51]
+    assert [run["examples_seen"] for run in runs[1:]] == [3 * 51, 154, 3 * 51, 3 * 51]
     assert report["shape"]["image_size"] == 16 and report["shape"]["patch_size"] == 8
     assert report["arguments"]["dataset"] == "digits-redundant"
     output = capsys.readouterr().out
@@ -496,6 +501,23 @@ def test_time_to_accuracy_trains_the_learned_and_adaptive_selectors(tmp_path):
                 "loss",
             ],
             "--example-policy loss --example-keep-fractions 0.5: the loss policy's `budget` 0.5 is out of reach",
+        ),
+        (
+            [
+                "bench",
+                "train",
+                "--time-to-accuracy",
+                "--example-keep-fractions",
+                "1",
+                "0.5",
+                "--example-policy",
+                "no_such_module:Policy",
+            ],
+            "`policy` 'no_such_module:Policy' cannot be imported",
+        ),
+        (
+            ["bench", "train", "--time-to-accuracy", "--example-policy", "bogus"],
+            "must be one of forgetting, random, loss or package.module:ClassName, got 'bogus'",
         ),
         (["bench", "inference", "--keep-rates", "0.7", "0.7000001"], "values that print alike"),
         (["bench", "inference", "--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),

@@ -153,10 +153,20 @@ EXAMPLE_POLICIES = ("forgetting", "random", "loss")
 
 
 def example_pruning_callback(policy: str, budget: float) -> ExamplePruningCallback:
-    """`policy` serving `budget` of the run's examples: every policy at a budget costs the same data."""
+    """`policy` serving `budget` of the run's examples: every policy at a budget costs the same data. A user's own
+    policy (`package.module:ClassName`) is built with `keep_fraction=budget`."""
     if policy == "loss":
         return ExamplePruningCallback("loss", budget=budget)
     return ExamplePruningCallback(policy, keep_fraction=budget)
+
+
+def example_policy(value: str) -> str:
+    """`--example-policy`: a built-in name, or a user's PruningPolicy as package.module:ClassName."""
+    if value in EXAMPLE_POLICIES or ":" in value:
+        return value
+    raise argparse.ArgumentTypeError(
+        f"must be one of {', '.join(EXAMPLE_POLICIES)} or package.module:ClassName, got {value!r}"
+    )
 
 
 def digits_tensors(
@@ -337,11 +347,13 @@ def add_time_to_accuracy_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--example-policy",
-        choices=list(EXAMPLE_POLICIES),
+        type=example_policy,
         nargs="+",
         default=["forgetting"],
+        metavar="POLICY",
         help="the policies of --example-keep-fractions below 1, each at every fraction (the share of the run's "
-        "examples served; loss: its budget); random is the control importance must beat",
+        f"examples served; loss: its budget): {', '.join(EXAMPLE_POLICIES)}, or your own PruningPolicy as "
+        "package.module:ClassName taking keep_fraction; random is the control importance must beat",
     )
 
 
@@ -415,7 +427,7 @@ def _check(args: argparse.Namespace, shape: dict) -> None:
         for fraction in (f for f in args.example_keep_fractions if f < 1.0):
             try:
                 example_pruning_callback(policy, fraction).policy.check_epochs(args.epochs)
-            except ValueError as error:
+            except ValueError as error:  # an unknown setting or module, or a budget out of reach
                 flags = f"--example-policy {policy} --example-keep-fractions {fraction:g}"
                 raise CommandError(f"{flags}: {error}") from None
     checked_option(check_int, "--image-size", shape["image_size"], 8, 1024)  # the digits loader's range
