@@ -3,13 +3,15 @@
 #
 #   OUT=gpu-results bash benchmarks/gpu_rows.sh                       # on the GPU machine
 #   DEVICE=cpu DTYPE=float32 BATCH=4 REPEATS=1 SHAPE="--hidden-size 32 --num-hidden-layers 4 --num-attention-heads 2 \
-#     --intermediate-size 64 --image-size 32 --patch-size 4" OUT=/tmp/gpu-dry bash benchmarks/gpu_rows.sh   # CPU dry run
+#     --intermediate-size 64 --image-size 32 --patch-size 4" TTA="--epochs 5 --max-train-samples 64 --seeds 0" \
+#     OUT=/tmp/gpu-dry bash benchmarks/gpu_rows.sh   # CPU dry run
 #
 # Rows: dense vs TriLevel keep rates and attention sparsity (inference and training steps), and the three token
 # selectors at fixed-rate's token budget (random weights: selector overhead; a trained folder via MODEL=path), and
 # a dense/sparse training step (the operating points' own throughputs are the keep-rate inference rows), and
 # physically slimmed shapes (fewer heads and MLP neurons per layer, as `hf-trilevel slim` leaves them) on PRESET and,
-# without SHAPE, on deit-tiny too.
+# without SHAPE, on deit-tiny too; and the data level's time to accuracy on the redundant digits (TTA: its run
+# length and seeds).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-bfloat16}
@@ -47,4 +49,10 @@ if [[ -z "$SHAPE" && "$PRESET" != deit-tiny ]]; then
     "${BENCH[@]}" inference --preset deit-tiny "${COMMON[@]}" --keep-rates 1 0.7 --attention-keep-rates 1 \
         --head-densities 1 0.7 0.5 --neuron-densities 1 0.7 0.5 --json "$OUT/slimmed_tiny.json"
 fi
+echo "== the data level against chance: time to accuracy on the redundant digits, every policy at one budget (issue 14)"
+read -r -a TTA_ARGS <<< "${TTA:---epochs 10 --seeds 0 1 2 3 4}"
+"${BENCH[@]}" train --time-to-accuracy --dataset digits-redundant --device "$DEVICE" --dtype "$DTYPE" --no-progress \
+    --patch-size 8 --hidden-size 64 --num-hidden-layers 4 --num-attention-heads 4 --intermediate-size 128 \
+    --keep-rates 1 --attention-keep-rates 1 --example-keep-fractions 1 0.8 0.5 --example-policy random forgetting loss \
+    "${TTA_ARGS[@]}" --json "$OUT/data_level.json"
 echo "done: $OUT"
