@@ -406,7 +406,8 @@ def test_time_to_accuracy_targets_each_seeds_dense_accuracy_and_summarises_over_
 def test_time_to_accuracy_compares_policies_at_one_data_budget_on_the_redundant_digits(tmp_path, capsys, monkeypatch):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     policy_block = next(b for b in readme.split("```python\n")[1:] if "class HighestLossPolicy" in b).split("```")[0]
-    (tmp_path / "my_policies.py").write_text(policy_block)  # the README's own policy, raced as the README says
+    # The README's own policy, raced as the README says, under a module name no other test imports.
+    (tmp_path / "bench_readme_policies.py").write_text(policy_block)
     monkeypatch.syspath_prepend(str(tmp_path))
     path = tmp_path / "tta_redundant.json"
     arguments = ["bench", "train", "--time-to-accuracy", "--epochs", "3", "--max-train-samples", "64",
@@ -414,14 +415,14 @@ def test_time_to_accuracy_compares_policies_at_one_data_budget_on_the_redundant_
                  "--num-attention-heads", "2", "--intermediate-size", "64", "--keep-rates", "1",
                  "--attention-keep-rates", "1", "--example-keep-fractions", "1", "0.8", "--dataset",
                  "digits-redundant", "--example-policy", "random", "loss", "forgetting",
-                 "my_policies:HighestLossPolicy", "--no-progress", "--json", str(path)]  # fmt: skip
+                 "bench_readme_policies:HighestLossPolicy", "--no-progress", "--json", str(path)]  # fmt: skip
     assert main(arguments) == 0
     report = json.loads(path.read_text())
     runs = report["runs"]
     assert [(run["setting"], run["policy"]) for run in runs] == [
         ("dense ViT (transformers)", None), ("keep 1, random examples 0.8", "random"),
         ("keep 1, loss examples 0.8", "loss"), ("keep 1, forgetting examples 0.8", "forgetting"),
-        ("keep 1, my_policies:HighestLossPolicy examples 0.8", "my_policies:HighestLossPolicy"),
+        ("keep 1, bench_readme_policies:HighestLossPolicy examples 0.8", "bench_readme_policies:HighestLossPolicy"),
     ]  # fmt: skip
     assert runs[0]["examples_seen"] == 3 * 64
     # Every policy spends the same data budget: round(0.8 x 64) a epoch, or loss's round(0.8 x 64 x 3) in all.

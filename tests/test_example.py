@@ -284,7 +284,8 @@ def test_the_loss_policys_pool_is_a_flag_so_the_example_can_reach_any_budget():
 
 
 def test_the_example_takes_a_users_own_policy_by_import_path(tmp_path, monkeypatch):
-    (tmp_path / "my_policies.py").write_text(
+    # A module name no other test imports: sys.modules keeps an imported module for the whole session.
+    (tmp_path / "example_user_policies.py").write_text(
         "import torch\n"
         "from hf_trilevel import EpochPlan, PruningPolicy\n\n\n"
         "class FirstHalf(PruningPolicy):\n"
@@ -299,16 +300,25 @@ def test_the_example_takes_a_users_own_policy_by_import_path(tmp_path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     example = load_example()
     arguments = example.PruningArguments(
-        example_pruning="my_policies:FirstHalf", example_pruning_settings='{"share": 0.25}'
+        example_pruning="example_user_policies:FirstHalf", example_pruning_settings='{"share": 0.25}'
     )
     (callback,) = example.build_callbacks(arguments)
     assert type(callback.policy).__name__ == "FirstHalf" and callback.policy.epoch_sizes(100, 2) == [25, 25]
     for bad, message in [
-        ({"example_pruning": "my_policies:Missing"}, "`policy` 'my_policies:Missing' cannot be imported"),
+        (
+            {"example_pruning": "example_user_policies:Missing"},
+            "`policy` 'example_user_policies:Missing' cannot be imported",
+        ),
         ({"example_pruning": "json:loads"}, "is not a PruningPolicy subclass"),
-        ({"example_pruning": "my_policies:FirstHalf", "example_pruning_settings": "[1]"}, "must be a JSON object"),
-        ({"example_pruning": "my_policies:FirstHalf", "example_pruning_settings": "{"}, "is not JSON"),
-        ({"example_pruning": "my_policies:FirstHalf", "example_pruning_settings": '{"size": 1}'}, "unknown setting"),
+        (
+            {"example_pruning": "example_user_policies:FirstHalf", "example_pruning_settings": "[1]"},
+            "must be a JSON object",
+        ),
+        ({"example_pruning": "example_user_policies:FirstHalf", "example_pruning_settings": "{"}, "is not JSON"),
+        (
+            {"example_pruning": "example_user_policies:FirstHalf", "example_pruning_settings": '{"size": 1}'},
+            "unknown setting",
+        ),
         ({"example_pruning": "loss", "example_pruning_settings": "{}"}, "configures a package.module:ClassName"),
         ({"example_pruning": "bogus"}, "`--example_pruning` must be none, random, forgetting, loss or"),
     ]:
