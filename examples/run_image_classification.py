@@ -335,7 +335,7 @@ class PruningArguments:
         metadata={
             "help": "Drop training examples: none, forgetting (Tri-Level E-ViT), loss (InfoBatch), random (a "
             "fresh uniform --keep_fraction each epoch: the control an importance policy must beat), or your own "
-            "PruningPolicy as package.module:ClassName (importable from the working directory or PYTHONPATH), "
+            "PruningPolicy as package.module:ClassName (importable: on PYTHONPATH, e.g. PYTHONPATH=. for a file here), "
             "built with --example_pruning_settings."
         },
     )
@@ -562,6 +562,15 @@ def build_callbacks(
         raise ValueError(
             "`--example_pruning` must be none, random, forgetting, loss or package.module:ClassName (a PruningPolicy), "
             f"got {pruning_args.example_pruning!r}."
+        )
+    loss_only = [
+        f"--{name}"
+        for name in ("prune_ratio", "budget", "well_learned_fraction")
+        if getattr(pruning_args, name) is not None
+    ]
+    if loss_only and pruning_args.example_pruning != "loss":
+        raise ValueError(
+            f"{', '.join(loss_only)} configure --example_pruning loss only, not {pruning_args.example_pruning!r}."
         )
     if pruning_args.example_pruning_settings is not None and ":" not in pruning_args.example_pruning:
         raise ValueError("`--example_pruning_settings` configures a package.module:ClassName --example_pruning only.")

@@ -73,8 +73,8 @@ class ExamplePruningCallback(TrainingTechnique):
         `"random"`: a fresh uniform `keep_fraction` of the data every epoch, the same size as `forgetting`'s kept
             set: the control an importance policy must beat. Settings: `keep_fraction=0.8`.
         `"none"`: every example every epoch.
-        A `PruningPolicy` instance, or `"package.module:ClassName"` naming a subclass (built with the settings):
-            your own policy.
+        A `PruningPolicy` instance, or `"package.module:ClassName"` naming a subclass importable from `sys.path`
+            (built with the settings): your own policy.
 
     A training technique (`hf_trilevel.training_technique`): it records every training example's loss and
     correctness (`observe`), weights the losses (`loss_weights`), serves each epoch's kept set (`train_sampler`) and

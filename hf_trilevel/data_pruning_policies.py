@@ -291,7 +291,10 @@ class LossPolicy(PruningPolicy):
             for epoch in pruned:
                 skips[epoch] = skip
             return skips
-        total = round(num_examples * num_epochs * (1 - self.budget))  # spread exactly over the pruned epochs
+        if not pruned:  # refused by check_epochs; no epoch to skip from
+            return skips
+        # Served = round(budget x N x E) exactly (rounding the skipped share instead can miss by one).
+        total = num_examples * num_epochs - round(self.budget * num_examples * num_epochs)
         for position, epoch in enumerate(pruned):
             skips[epoch] = total // len(pruned) + (position < total % len(pruned))
         return skips
@@ -306,13 +309,22 @@ class LossPolicy(PruningPolicy):
         self.skips_for_run = self._skips(num_examples, num_epochs)
         for skip in set(self.skips_for_run) - {0}:
             pool = self._pool_size(num_examples, skip)
-            if skip > pool - 1:  # at least one pool example stays, so the rescaling is finite
+            if skip <= pool - 1:  # at least one pool example stays, so the rescaling is finite
+                continue
+            if self.well_learned_fraction is not None and skip < num_examples - 1:
                 raise ValueError(
                     f"the loss policy's `budget` {self.budget:g} skips {skip} of {num_examples} examples per pruned "
                     f"epoch, more than the well-learned pool of {pool} (`well_learned_fraction` "
                     f"{self.well_learned_fraction:g}) can give while keeping one; raise `well_learned_fraction` "
-                    f"above {(skip + 1) / num_examples:.4g}, or the budget."
+                    f"to at least {(skip + 1) / num_examples:.4g}, or the budget."
                 )
+            pruned = len(self.pruned_epochs(num_epochs))
+            reachable = 1 - pruned * max(num_examples - 2, 0) / (num_examples * num_epochs)
+            raise ValueError(
+                f"the loss policy's `budget` {self.budget:g} would skip {skip} of {num_examples} examples in a pruned "
+                f"epoch, leaving too few to sample from; on {num_examples} examples and `num_train_epochs` "
+                f"{num_epochs} the budget must be at least {reachable:.4g}."
+            )
 
     def epoch_sizes(self, num_examples: int, num_epochs: int) -> list[int]:
         return [num_examples - skip for skip in self._skips(num_examples, num_epochs)]

@@ -141,7 +141,7 @@ def prunes_examples(training: dict) -> bool:
 
 def describe_policy(pruning: dict) -> str:
     """`the `forgetting` policy (keep_fraction=0.8, ...)` from a policy's `config()` dict."""
-    settings = ", ".join(f"{key}={value}" for key, value in pruning.items() if key != "policy" and value is not None)
+    settings = ", ".join(f"{key}={value}" for key, value in pruning.items() if key != "policy")
     return f"the `{pruning['policy']}` policy" + (f" ({settings})" if settings else "")
 
 

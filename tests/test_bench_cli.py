@@ -518,6 +518,23 @@ def test_time_to_accuracy_trains_the_learned_and_adaptive_selectors(tmp_path):
             "`policy` 'no_such_module:Policy' cannot be imported",
         ),
         (
+            [
+                "bench",
+                "train",
+                "--time-to-accuracy",
+                "--max-train-samples",
+                "10",
+                "--epochs",
+                "10",
+                "--example-keep-fractions",
+                "1",
+                "0.31",
+                "--example-policy",
+                "loss",
+            ],
+            "--example-policy loss --example-keep-fractions 0.31: the loss policy's `budget` 0.31 would skip",
+        ),
+        (
             ["bench", "train", "--time-to-accuracy", "--example-policy", "bogus"],
             "must be one of forgetting, random, loss or package.module:ClassName, got 'bogus'",
         ),

@@ -366,6 +366,7 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
     _check(args, shape)
     check_writable(args.json)
     data = digits_tensors(shape["image_size"], args.max_train_samples, args.dataset)
+    check_example_policies(args, num_examples=len(data[0]))  # a budget too tight for this data: before dense trains
     runs = []
     fractions = list(dict.fromkeys(args.example_keep_fractions))
     policies = list(dict.fromkeys(args.example_policy))
@@ -410,6 +411,22 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_example_policies(args: argparse.Namespace, num_examples: int | None = None) -> None:
+    """Build every policy at every budget and check it against the run (and, given, the data size): an unknown setting
+    or module, or a budget the run leaves out of reach, is refused by its flags before anything trains."""
+    for policy in args.example_policy:
+        for fraction in (f for f in args.example_keep_fractions if f < 1.0):
+            try:
+                built = example_pruning_callback(policy, fraction).policy
+                if num_examples is None:
+                    built.check_epochs(args.epochs)
+                else:
+                    built.prepare(num_examples, args.epochs)
+            except ValueError as error:
+                flags = f"--example-policy {policy} --example-keep-fractions {fraction:g}"
+                raise CommandError(f"{flags}: {error}") from None
+
+
 def _check(args: argparse.Namespace, shape: dict) -> None:
     device = checked_device(args.device)
     if device.type == "cpu" and args.dtype == "float16":
@@ -423,13 +440,7 @@ def _check(args: argparse.Namespace, shape: dict) -> None:
     if args.max_train_samples is not None:
         checked_option(check_int, "--max-train-samples", args.max_train_samples, low=10)
     check_example_keep_fractions(args.example_keep_fractions)
-    for policy in args.example_policy:  # a budget the run's full epochs leave out of reach: refused before training
-        for fraction in (f for f in args.example_keep_fractions if f < 1.0):
-            try:
-                example_pruning_callback(policy, fraction).policy.check_epochs(args.epochs)
-            except ValueError as error:  # an unknown setting or module, or a budget out of reach
-                flags = f"--example-policy {policy} --example-keep-fractions {fraction:g}"
-                raise CommandError(f"{flags}: {error}") from None
+    check_example_policies(args)
     checked_option(check_int, "--image-size", shape["image_size"], 8, 1024)  # the digits loader's range
     for name in SHAPE_FLAGS[1:]:
         checked_option(check_int, f"--{name.replace('_', '-')}", shape[name])
