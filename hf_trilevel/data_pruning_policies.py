@@ -185,15 +185,13 @@ class ForgettingPolicy(KeptFractionPolicy):
         removed_mask = torch.ones(num_examples, dtype=torch.bool)
         removed_mask[kept] = False
         removed = removed_mask.nonzero().flatten()
-        num_swap = min(round(self.swap_fraction * num_examples), len(kept) - 1, len(removed))
+        scores = statistics.forgetting_rates().cpu()[kept]
+        scores[statistics.presentations.cpu()[kept] < 2] = float("inf")  # no evidence yet: it stays
+        can_leave = int(scores.isfinite().sum())  # never-learned (infinite) and unproven examples stay
+        num_swap = min(round(self.swap_fraction * num_examples), len(kept) - 1, len(removed), can_leave)
         if num_swap <= 0:
             return previous
         generator = keyed_generator(seed, epoch, SALT_SWAP)
-        scores = statistics.forgetting_rates().cpu()[kept]
-        scores[statistics.presentations.cpu()[kept] < 2] = float("inf")  # no evidence yet: it stays
-        num_swap = min(num_swap, int(scores.isfinite().sum()))
-        if num_swap <= 0:
-            return previous
         # Ties (many examples have no forgetting event) are broken at random, not by dataset order: a random order,
         # then a stable sort by rate.
         shuffled = torch.randperm(len(kept), generator=generator)
