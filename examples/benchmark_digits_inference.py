@@ -10,7 +10,8 @@ transformers `ViTForImageClassification` of the same shape: every model runs onc
 `--batch-size`, and the median round gives images/s and the speedup over dense (`--training`: forward and
 backward in train mode, as a training step computes them without the optimizer). Beside each it prints the accuracy,
 the mean patch tokens kept after each pruning layer and the FLOPs limit from those measured counts
-(`hf_trilevel.flops.measured_flops`), against the full-width dense model even for a slimmed folder (`hf-trilevel slim`).
+(`hf_trilevel.evaluation.flops.measured_flops`), against the full-width dense model even for a slimmed folder
+(`hf-trilevel slim`).
 """
 
 import argparse
@@ -22,11 +23,11 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 from hf_trilevel import TriLevelViTForImageClassification
-from hf_trilevel.flops import dense_config, forward_flops, full_width_config, measured_flops
+from hf_trilevel.evaluation.flops import dense_config, forward_flops, full_width_config, measured_flops
 from hf_trilevel.image_data import load_digits_dataset
 from hf_trilevel.image_data.preprocessing import preprocess
 from hf_trilevel.image_data.transforms import eval_transforms
-from hf_trilevel.value_checks import as_pair
+from hf_trilevel.modeling.value_checks import as_pair
 
 SHAPE_FIELDS = ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 DENSE = "dense ViT"

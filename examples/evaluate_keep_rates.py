@@ -16,9 +16,9 @@ import torch
 from transformers import AutoImageProcessor
 
 from hf_trilevel import TriLevelViTForImageClassification, operating_point
+from hf_trilevel.cli.visualize.inputs import preprocess
 from hf_trilevel.image_data import load_digits_dataset
-from hf_trilevel.value_checks import as_pair, check_keep_rate
-from hf_trilevel.visualize.inputs import preprocess
+from hf_trilevel.modeling.value_checks import as_pair, check_keep_rate
 
 
 def accuracy_by_rate(folder: str, keep_rates: list[float], batch_size: int = 256) -> dict[str, float]:

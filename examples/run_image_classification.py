@@ -27,7 +27,7 @@ processor, `train_results.json`, `eval_results.json`, `all_results.json`, a mode
 
 Token selectors (`--token_selector`): `class_attention` (default, Tri-Level E-ViT), `learned` (a small scorer per
 pruning layer trained end to end; `--token_selector_temperature_start/_end` anneal its Gumbel temperature through
-`TokenSelectorTemperatureCallback`, added whenever the model trains learned scores) and `adaptive` (each image keeps
+`SelectorTemperatureSchedule`, added whenever the model trains learned scores) and `adaptive` (each image keeps
 the fewest patches whose importance mass reaches `--token_keep_mass`, between `--token_min_keep_rate` and
 `--token_keep_rate` of its patches; `--token_importance learned` ranks by learned scores). After the final evaluation
 `eval_results.json` also holds the mean patch tokens an image kept after each pruning layer on the validation set
@@ -63,8 +63,8 @@ training data of one class (a `--train_dir` with a single class sub-folder), a c
 `--resume_from_checkpoint`), and with `--example_pruning` a fractional `--num_train_epochs`, any `--max_steps`
 (pruning plans whole epochs) or `--swap_epochs` outside the run; the checks that need no data run before the data
 loads. Unreadable image files are dropped with a warning and a count (`--check_images False` skips that check). The
-checks live in `hf_trilevel.image_data`, `hf_trilevel.example_support`, `hf_trilevel.example_model` and
-`ExamplePruningCallback.check_arguments`.
+checks live in `hf_trilevel.image_data`, `hf_trilevel.recipe.run_support`, `hf_trilevel.recipe.model` and
+`ExamplePruning.check_arguments`.
 `examples_seen` counts the examples trained (with `--dataloader_drop_last`, fewer than planned).
 """
 
@@ -81,39 +81,15 @@ from transformers import HfArgumentParser, TrainingArguments, ViTImageProcessorP
 
 from hf_trilevel import (
     DenseSparseTraining,
-    ExamplePruningCallback,
-    KeepRateScheduleCallback,
-    TokenSelectorTemperatureCallback,
+    ExamplePruning,
+    KeepRateSchedule,
+    SelectorTemperatureSchedule,
     TriLevelTrainer,
     TriLevelViTConfig,
     TriLevelViTForImageClassification,
 )
-from hf_trilevel.checkpoints import remove_checkpoints
-from hf_trilevel.dense_sparse_arguments import (
-    DenseSparseArguments,
-    build_dense_sparse_training,
-    check_dense_sparse_arguments,
-    remove_stale_operating_points,
-    write_operating_point_table,
-)
-from hf_trilevel.example_model import (
-    build_image_processor,
-    build_trilevel_config,
-    check_config_overrides,
-    load_trilevel_model,
-    selector_text,
-)
-from hf_trilevel.example_support import (
-    check_output_dir,
-    check_output_dir_is_a_folder,
-    check_training_arguments,
-    end_distributed,
-    examples_trained_per_epoch,
-    launched_on_several_processes,
-    name_flags,
-    parse_flags_or_json,
-    resolve_resume_checkpoint,
-)
+from hf_trilevel.evaluation.metrics import build_compute_metrics, sparsity_metrics
+from hf_trilevel.evaluation.token_counts import collect_kept_token_counts, fixed_kept_token_counts, kept_token_metrics
 from hf_trilevel.image_data import (
     DIGIT_NAMES,
     LABEL,
@@ -133,12 +109,35 @@ from hf_trilevel.image_data import (
     split_off_validation,
     train_transforms,
 )
-from hf_trilevel.metrics import build_compute_metrics, sparsity_metrics
-from hf_trilevel.model_card_sections import KEPT_TOKENS_METRIC
-from hf_trilevel.sparse_training import SparseTrainingCallback
-from hf_trilevel.token_counts import collect_kept_token_counts, fixed_kept_token_counts, kept_token_metrics
-from hf_trilevel.value_checks import as_pair, check_fraction, check_int, check_number, num_patches
-from hf_trilevel.weight_sparsity_arguments import (
+from hf_trilevel.model_card.sections import KEPT_TOKENS_METRIC
+from hf_trilevel.modeling.value_checks import as_pair, check_fraction, check_int, check_number, num_patches
+from hf_trilevel.recipe.model import (
+    build_image_processor,
+    build_trilevel_config,
+    check_config_overrides,
+    load_trilevel_model,
+    selector_text,
+)
+from hf_trilevel.recipe.run_support import (
+    check_output_dir,
+    check_output_dir_is_a_folder,
+    check_training_arguments,
+    end_distributed,
+    examples_trained_per_epoch,
+    launched_on_several_processes,
+    name_flags,
+    parse_flags_or_json,
+    resolve_resume_checkpoint,
+)
+from hf_trilevel.token_training.arguments import (
+    DenseSparseArguments,
+    build_dense_sparse_training,
+    check_dense_sparse_arguments,
+    remove_stale_operating_points,
+    write_operating_point_table,
+)
+from hf_trilevel.training.checkpoints import remove_checkpoints
+from hf_trilevel.weight_sparsity.arguments import (
     CALLBACK_FLAGS,
     WeightSparsityArguments,
     build_sparse_training,
@@ -147,6 +146,7 @@ from hf_trilevel.weight_sparsity_arguments import (
     save_slimmed_model,
     weight_sparsity_metrics,
 )
+from hf_trilevel.weight_sparsity.technique import WeightSparsity
 
 logger = logging.getLogger("run_image_classification")
 
@@ -549,15 +549,15 @@ def build_callbacks(
     callbacks = []
     if pruning_args.example_pruning == "forgetting":
         settings = {"keep_fraction": pruning_args.keep_fraction, "swap_fraction": pruning_args.swap_fraction}
-        callbacks.append(ExamplePruningCallback("forgetting", swap_epochs=pruning_args.swap_epochs, **settings))
+        callbacks.append(ExamplePruning("forgetting", swap_epochs=pruning_args.swap_epochs, **settings))
     elif pruning_args.example_pruning == "random":
-        callbacks.append(ExamplePruningCallback("random", keep_fraction=pruning_args.keep_fraction))
+        callbacks.append(ExamplePruning("random", keep_fraction=pruning_args.keep_fraction))
     elif pruning_args.example_pruning == "loss":
         names = ("prune_ratio", "full_data_fraction", "well_learned_fraction", "budget")
         settings = {name: getattr(pruning_args, name) for name in names}
-        callbacks.append(ExamplePruningCallback("loss", **settings))
+        callbacks.append(ExamplePruning("loss", **settings))
     elif ":" in pruning_args.example_pruning:
-        callbacks.append(ExamplePruningCallback(pruning_args.example_pruning, **custom_policy_settings(pruning_args)))
+        callbacks.append(ExamplePruning(pruning_args.example_pruning, **custom_policy_settings(pruning_args)))
     elif pruning_args.example_pruning != "none":
         raise ValueError(
             "`--example_pruning` must be none, random, forgetting, loss or package.module:ClassName (a PruningPolicy), "
@@ -575,13 +575,13 @@ def build_callbacks(
     if pruning_args.example_pruning_settings is not None and ":" not in pruning_args.example_pruning:
         raise ValueError("`--example_pruning_settings` configures a package.module:ClassName --example_pruning only.")
     if callbacks and training_args is not None and training_args.do_train:
-        callbacks[0].check_arguments(training_args)  # the ExamplePruningCallback: nothing else is in the list yet
+        callbacks[0].check_arguments(training_args)  # the ExamplePruning: nothing else is in the list yet
     dense_sparse = dense_sparse_args is not None and dense_sparse_args.enabled()
     if dense_sparse_args is not None:
         check_dense_sparse_arguments(dense_sparse_args)
     if pruning_args.keep_rate_schedule and not dense_sparse:
         warmup, decay = pruning_args.keep_rate_warmup_fraction, pruning_args.keep_rate_decay_fraction
-        callbacks.append(KeepRateScheduleCallback(warmup_fraction=warmup, decay_fraction=decay))
+        callbacks.append(KeepRateSchedule(warmup_fraction=warmup, decay_fraction=decay))
     for name in TEMPERATURE_FLAGS:  # checked here, before the data; the callback joins once the config is known
         if "noise" in name:
             check_number(name, getattr(pruning_args, name), 0.0, 1.0, low_open=False)
@@ -599,14 +599,14 @@ TEMPERATURE_FLAGS = (
 
 
 def build_temperature_callback(pruning_args: PruningArguments, config: TriLevelViTConfig) -> list:
-    """`[TokenSelectorTemperatureCallback]` when the model trains learned scores, else `[]` (with a notice when a
+    """`[SelectorTemperatureSchedule]` when the model trains learned scores, else `[]` (with a notice when a
     temperature flag was set for a selector that has no temperature).
 
     Called once the config is built: the selector may come from a checkpoint or `--config_name`, not a flag.
     """
     start, end, noise_start, noise_end = (getattr(pruning_args, name) for name in TEMPERATURE_FLAGS)
     if config.uses_learned_scores():
-        return [TokenSelectorTemperatureCallback(start, end, noise_start=noise_start, noise_end=noise_end)]
+        return [SelectorTemperatureSchedule(start, end, noise_start=noise_start, noise_end=noise_end)]
     defaults = {item.name: item.default for item in fields(PruningArguments)}
     changed = [name for name in TEMPERATURE_FLAGS if getattr(pruning_args, name) != defaults[name]]
     if changed:
@@ -792,15 +792,14 @@ def examples_seen_metrics(trainer: TriLevelTrainer, num_train_examples: int) -> 
     accelerate's last incomplete round of batches over the processes) is not trained. Example pruning counts the
     examples it observed; without it the count follows from the dataloader's batching.
     """
+    technique_metrics = trainer.technique_metrics()
+    if "examples_seen" in technique_metrics:
+        return {key: technique_metrics[key] for key in ("examples_seen", "example_fraction_seen")}
     args, epochs = trainer.args, trainer.state.epoch or 0.0
-    pruner = trainer.example_pruner  # None without example pruning (or before its setup)
-    if pruner is not None:
-        seen, epochs = pruner.examples_presented(), len(pruner.sizes)
-    else:
-        per_epoch = examples_trained_per_epoch(
-            num_train_examples, args.train_batch_size, args.world_size, args.dataloader_drop_last
-        )
-        seen = round(epochs * per_epoch)
+    per_epoch = examples_trained_per_epoch(
+        num_train_examples, args.train_batch_size, args.world_size, args.dataloader_drop_last
+    )
+    seen = round(epochs * per_epoch)
     total = epochs * num_train_examples
     return {"examples_seen": seen, "example_fraction_seen": seen / total if total else 0.0}
 
@@ -869,7 +868,7 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
         print(describe(setup))
         if model.config.token_keep_rate == 1.0 and model.config.attention_keep_rate == 1.0:
             logger.warning("token and attention sparsity are off (keep rates 1.0); see --token_keep_rate.")
-    trainer = TriLevelTrainer(  # a transformers.Trainer that can also feed ExamplePruningCallback
+    trainer = TriLevelTrainer(  # a transformers.Trainer that can also feed ExamplePruning
         model=model,
         args=training_args,
         train_dataset=dataset.get("train") if training_args.do_train else None,
@@ -896,7 +895,7 @@ def run(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, float
     if training_args.do_eval:
         eval_metrics = {**trainer.evaluate(), "eval_samples": len(dataset["validation"])}
         eval_metrics.update(sparsity_metrics(trainer.model.config))
-        if any(isinstance(callback, SparseTrainingCallback) for callback in setup.callbacks):
+        if any(isinstance(callback, WeightSparsity) for callback in setup.callbacks):
             eval_metrics.update(weight_sparsity_metrics(trainer.model))
         eval_metrics.update(measured_kept_tokens(trainer, dataset["validation"]))
         trainer.log_metrics("eval", eval_metrics)

@@ -1,38 +1,33 @@
-"""hf-trilevel: Vision Transformers that skip redundant examples, tokens and attention connections.
+"""hf-trilevel: Vision Transformers that skip redundant examples, tokens, attention connections and weights.
+
+The front door holds the model classes, the trainer, the training techniques (one per folder: `example_pruning`,
+`token_training`, `weight_sparsity`) and the token-selector registry; everything else is imported from its folder
+(`hf_trilevel.evaluation.flops`, `hf_trilevel.example_pruning.ForgettingPolicy`, ...). README draws the tree.
 
 Importing the package registers the TriLevel classes with transformers' Auto classes, so `AutoConfig`,
 `AutoModel` and `AutoModelForImageClassification` resolve `model_type="trilevel_vit"` without remote code.
-Saved checkpoints also carry the code itself and load anywhere with `trust_remote_code=True`.
+Saved checkpoints also carry the code itself (`hf_trilevel.modeling`) and load anywhere with
+`trust_remote_code=True`.
 """
+
+import warnings
+from importlib import import_module
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .callbacks import ExamplePruningCallback, KeepRateScheduleCallback, TokenSelectorTemperatureCallback
-from .configuration_trilevel_vit import TriLevelViTConfig, default_token_prune_layers
-from .data_pruning import (
-    EpochPlan,
-    ExampleStatistics,
-    ForgettingPolicy,
-    LossPolicy,
-    NoPruning,
-    PruningPolicy,
-    RandomPolicy,
-    keyed_generator,
-)
-from .dense_sparse import DenseSparseTraining, operating_point
-from .modeling_trilevel_vit import (
+from .example_pruning import ExamplePruning, PruningPolicy
+from .modeling import (
+    TriLevelViTConfig,
     TriLevelViTForImageClassification,
     TriLevelViTImageClassifierOutput,
     TriLevelViTModel,
     TriLevelViTModelOutput,
     TriLevelViTPreTrainedModel,
 )
-from .slimming import slim, structured_unit_masks
-from .sparse_training import SparseTrainingCallback
-from .token_reduction import token_schedule
-from .token_selectors import TokenSelection, TokenSelector, register_token_selector, registered_token_selectors
-from .trainer import TriLevelTrainer
-from .training_technique import TrainingBatch, TrainingTechnique, sum_across_processes
+from .modeling.token_selectors import TokenSelection, TokenSelector, register_token_selector, registered_token_selectors
+from .token_training import DenseSparseTraining, KeepRateSchedule, SelectorTemperatureSchedule
+from .training import TrainingBatch, TrainingTechnique, TriLevelTrainer
+from .weight_sparsity import WeightSparsity, slim
 
 AutoConfig.register(TriLevelViTConfig.model_type, TriLevelViTConfig, exist_ok=True)
 AutoModel.register(TriLevelViTConfig, TriLevelViTModel, exist_ok=True)
@@ -40,21 +35,50 @@ AutoModelForImageClassification.register(TriLevelViTConfig, TriLevelViTForImageC
 
 __version__ = "0.1.0"
 
+# Names of 0.1.0 that left the front door: the old technique names (aliases of the new classes) and the helpers that
+# now live in their folders. They still import from `hf_trilevel`, with a FutureWarning naming the new home, for one
+# release.
+MOVED_NAMES = {
+    "ExamplePruningCallback": ("hf_trilevel.example_pruning", "ExamplePruning"),
+    "KeepRateScheduleCallback": ("hf_trilevel.token_training", "KeepRateSchedule"),
+    "TokenSelectorTemperatureCallback": ("hf_trilevel.token_training", "SelectorTemperatureSchedule"),
+    "SparseTrainingCallback": ("hf_trilevel.weight_sparsity", "WeightSparsity"),
+    "EpochPlan": ("hf_trilevel.example_pruning", "EpochPlan"),
+    "ExampleStatistics": ("hf_trilevel.example_pruning", "ExampleStatistics"),
+    "ForgettingPolicy": ("hf_trilevel.example_pruning", "ForgettingPolicy"),
+    "LossPolicy": ("hf_trilevel.example_pruning", "LossPolicy"),
+    "NoPruning": ("hf_trilevel.example_pruning", "NoPruning"),
+    "RandomPolicy": ("hf_trilevel.example_pruning", "RandomPolicy"),
+    "default_token_prune_layers": ("hf_trilevel.modeling.configuration_trilevel_vit", "default_token_prune_layers"),
+    "keyed_generator": ("hf_trilevel.training.generators", "keyed_generator"),
+    "operating_point": ("hf_trilevel.token_training", "operating_point"),
+    "structured_unit_masks": ("hf_trilevel.weight_sparsity", "structured_unit_masks"),
+    "sum_across_processes": ("hf_trilevel.training", "sum_across_processes"),
+    "token_schedule": ("hf_trilevel.modeling.token_reduction", "token_schedule"),
+}
+
+
+def __getattr__(name: str):
+    """An old name, with a FutureWarning that says where it lives now (PEP 562: only names not found above)."""
+    if name not in MOVED_NAMES:
+        raise AttributeError(f"module 'hf_trilevel' has no attribute {name!r}")
+    module, new_name = MOVED_NAMES[name]
+    warnings.warn(
+        f"`hf_trilevel.{name}` is deprecated and will be removed in the next release; use `{module}.{new_name}`.",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return getattr(import_module(module), new_name)
+
+
 __all__ = [
     "DenseSparseTraining",
-    "EpochPlan",
-    "ExamplePruningCallback",
-    "ExampleStatistics",
-    "ForgettingPolicy",
-    "KeepRateScheduleCallback",
-    "LossPolicy",
-    "NoPruning",
+    "ExamplePruning",
+    "KeepRateSchedule",
     "PruningPolicy",
-    "RandomPolicy",
-    "SparseTrainingCallback",
+    "SelectorTemperatureSchedule",
     "TokenSelection",
     "TokenSelector",
-    "TokenSelectorTemperatureCallback",
     "TrainingBatch",
     "TrainingTechnique",
     "TriLevelTrainer",
@@ -64,13 +88,8 @@ __all__ = [
     "TriLevelViTModel",
     "TriLevelViTModelOutput",
     "TriLevelViTPreTrainedModel",
-    "default_token_prune_layers",
-    "keyed_generator",
-    "operating_point",
+    "WeightSparsity",
     "register_token_selector",
     "registered_token_selectors",
     "slim",
-    "structured_unit_masks",
-    "sum_across_processes",
-    "token_schedule",
 ]

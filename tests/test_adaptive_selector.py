@@ -4,9 +4,14 @@ import pytest
 import torch
 
 from hf_trilevel import TriLevelViTConfig
-from hf_trilevel.token_groups import count_groups
-from hf_trilevel.token_reduction import class_token_attention, kept_counts_for_rate, mass_kept_counts, num_kept_tokens
-from hf_trilevel.token_selectors import AdaptiveSelector, register_token_selector, unregister_token_selector
+from hf_trilevel.modeling.token_groups import count_groups
+from hf_trilevel.modeling.token_reduction import (
+    class_token_attention,
+    kept_counts_for_rate,
+    mass_kept_counts,
+    num_kept_tokens,
+)
+from hf_trilevel.modeling.token_selectors import AdaptiveSelector, register_token_selector, unregister_token_selector
 
 from .helpers import images, sharpen_attention, tiny_model
 
@@ -105,7 +110,7 @@ def test_counts_differ_across_a_batch_and_respect_the_mass_and_the_bounds():
 
 
 def settings(model):
-    from hf_trilevel.configuration_trilevel_vit import SparsitySettings
+    from hf_trilevel.modeling.configuration_trilevel_vit import SparsitySettings
 
     return SparsitySettings.from_config(model.config)
 

@@ -7,9 +7,9 @@ processes, or one with DataLoader workers (persistent ones included) train on ex
 import torch
 from transformers import ViTImageProcessorPil
 
-from hf_trilevel.example_index import IndexedDataset
 from hf_trilevel.image_data import AugmentedSplit, RandomSource, attach_transforms, eval_transforms, train_transforms
 from hf_trilevel.image_data.digits import load_digits_dataset
+from hf_trilevel.training.indexed_dataset import IndexedDataset
 
 NUM_EXAMPLES = 12
 
@@ -77,7 +77,7 @@ class EpochRecordingSplit(AugmentedSplit):
 def test_the_trainer_tells_the_split_each_epoch_behind_example_pruning(tmp_path):
     from transformers import TrainingArguments
 
-    from hf_trilevel import ExamplePruningCallback, TriLevelTrainer
+    from hf_trilevel import ExamplePruning, TriLevelTrainer
 
     from .test_pruning_trainer import collate, tiny_classifier
 
@@ -90,7 +90,7 @@ def test_the_trainer_tells_the_split_each_epoch_behind_example_pruning(tmp_path)
     )  # fmt: skip
     trainer = TriLevelTrainer(
         model=tiny_classifier(), args=arguments, train_dataset=split, data_collator=collate,
-        callbacks=[ExamplePruningCallback("forgetting", keep_fraction=0.75)],
+        callbacks=[ExamplePruning("forgetting", keep_fraction=0.75)],
     )  # fmt: skip
     trainer.train()
     # accelerate's DataLoader.set_epoch never reaches a dataset behind IndexedDataset: TriLevelTrainer must.

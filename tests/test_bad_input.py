@@ -2,7 +2,7 @@
 
 Example-script checks (exit status 2, the usage error `prepare` makes of a `ValueError`) run with a `--train_dir`
 that does not exist wherever the check needs no data: the test then also proves that the check comes before data
-loading. Library checks (`ExamplePruningCallback`, `composed_loss`, `TriLevelTrainer`) raise `ValueError`. The last
+loading. Library checks (`ExamplePruning`, `composed_loss`, `TriLevelTrainer`) raise `ValueError`. The last
 tests pin `examples_seen` to the examples actually trained with `dataloader_drop_last`.
 """
 
@@ -17,10 +17,10 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 from transformers import TrainingArguments
 
-from hf_trilevel import ExamplePruningCallback, TriLevelTrainer
-from hf_trilevel.example_support import check_output_dir, examples_trained_per_epoch
+from hf_trilevel import ExamplePruning, TriLevelTrainer
 from hf_trilevel.image_data import encode_labels
-from hf_trilevel.loss_terms import composed_loss
+from hf_trilevel.recipe.run_support import check_output_dir, examples_trained_per_epoch
+from hf_trilevel.training.loss_terms import composed_loss
 
 from .helpers import tiny_model
 from .random_images import RandomImages
@@ -64,7 +64,7 @@ def test_fractional_epochs_with_example_pruning_stop_before_the_data_loads(examp
 def test_example_pruning_callback_refuses_fractional_epochs_for_trainer_users(tmp_path, epochs):
     args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=epochs, remove_unused_columns=False)
     with pytest.raises(ValueError, match=rf"`num_train_epochs` must be a whole number >= 1, got {epochs}"):
-        ExamplePruningCallback("forgetting").setup(args, 10, "cpu")
+        ExamplePruning("forgetting").setup(args, 10, "cpu")
 
 
 # --- 2. --max_steps and --swap_epochs against the planned epochs ------------------------------------------------------
@@ -172,7 +172,7 @@ def stack(features: list[dict]) -> dict:
 def test_streaming_data_cannot_be_index_pruned(tmp_path, make_stream):
     trainer = TriLevelTrainer(
         model=tiny_model().train(), args=pruning_args(tmp_path, max_steps=2), train_dataset=make_stream(),
-        data_collator=stack, callbacks=[ExamplePruningCallback("forgetting")],
+        data_collator=stack, callbacks=[ExamplePruning("forgetting")],
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"streaming data .* cannot be index-pruned.*map-style"):
         trainer.train()
@@ -180,7 +180,7 @@ def test_streaming_data_cannot_be_index_pruned(tmp_path, make_stream):
 
 def test_the_callback_setup_refuses_unsized_data_before_other_checks(tmp_path):
     with pytest.raises(ValueError, match=r"streaming data .* cannot be index-pruned"):
-        ExamplePruningCallback("loss").setup(pruning_args(tmp_path, max_steps=5), None, "cpu")
+        ExamplePruning("loss").setup(pruning_args(tmp_path, max_steps=5), None, "cpu")
 
 
 # --- 7. a collator that drops the labels ------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def images_only(features: list[dict]) -> dict:
 def test_a_collator_without_labels_is_named_at_the_first_batch(tmp_path):
     trainer = TriLevelTrainer(
         model=tiny_model().train(), args=pruning_args(tmp_path, num_train_epochs=1), train_dataset=RandomImages(8, 0),
-        data_collator=images_only, callbacks=[ExamplePruningCallback("forgetting")],
+        data_collator=images_only, callbacks=[ExamplePruning("forgetting")],
     )  # fmt: skip
     with pytest.raises(
         ValueError, match=r"data collator `.*images_only` returned a training batch without `labels`.*'pixel_values'"
@@ -207,7 +207,7 @@ def test_composed_loss_names_the_collator_and_a_singular_label_key():
     inputs = {"pixel_values": torch.randn(2, 3, 32, 32), "label": torch.tensor([0, 1])}
     with pytest.raises(ValueError, match=r"data collator `.*images_only`.*has `label`: name it `labels`"):
         composed_loss(
-            model, inputs, [ExamplePruningCallback("forgetting")], config=model.config, example_index=None,
+            model, inputs, [ExamplePruning("forgetting")], config=model.config, example_index=None,
             num_items_in_batch=None, num_processes=1, label_smoothing=0.0, data_collator=images_only,
         )  # fmt: skip
 

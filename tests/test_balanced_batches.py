@@ -9,7 +9,7 @@ import torch
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler, SequentialSampler
 
-from hf_trilevel.balanced_batches import ProcessBalancedBatchSampler
+from hf_trilevel.training.balanced_batches import ProcessBalancedBatchSampler
 
 
 def shuffled(size: int) -> list[int]:

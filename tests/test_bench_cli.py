@@ -9,15 +9,15 @@ import pytest
 import torch
 
 import hf_trilevel
-from hf_trilevel.benchmarks.models import build_models_by_selector, slimmed_model
-from hf_trilevel.benchmarks.options import RunTarget, Setting, model_shape, settings
-from hf_trilevel.benchmarks.slimmed_shapes import slimmed_size
-from hf_trilevel.benchmarks.timing import TensorMemoryTracker
-from hf_trilevel.benchmarks.token_budget import calibrate_keep_mass, kept_token_counts
-from hf_trilevel.benchmarks.training import StepResult, dense_sparse_step, project_epochs
 from hf_trilevel.cli import build_parser, main
-from hf_trilevel.flops import forward_flops, measured_flops
-from hf_trilevel.token_reduction import token_schedule
+from hf_trilevel.cli.bench.models import build_models_by_selector, slimmed_model
+from hf_trilevel.cli.bench.options import RunTarget, Setting, model_shape, settings
+from hf_trilevel.cli.bench.slimmed_shapes import slimmed_size
+from hf_trilevel.cli.bench.timing import TensorMemoryTracker
+from hf_trilevel.cli.bench.token_budget import calibrate_keep_mass, kept_token_counts
+from hf_trilevel.cli.bench.training import StepResult, dense_sparse_step, project_epochs
+from hf_trilevel.evaluation.flops import forward_flops, measured_flops
+from hf_trilevel.modeling.token_reduction import token_schedule
 
 from .helpers import images, sharpen_attention, tiny_config, tiny_model
 

@@ -8,7 +8,7 @@ import torch
 from transformers import ViTImageProcessorPil
 
 from hf_trilevel import slim
-from hf_trilevel.flops import forward_flops
+from hf_trilevel.evaluation.flops import forward_flops
 
 from .helpers import sharpen_attention, tiny_model
 

@@ -8,7 +8,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from hf_trilevel.cli import main
-from hf_trilevel.formatting import format_duration, format_flops
+from hf_trilevel.evaluation.formatting import format_duration, format_flops
 
 from .helpers import tiny_model
 
@@ -50,7 +50,7 @@ def test_card_options_set_the_output_title_usage_id_and_license(saved_folder, tm
 
 
 def test_card_of_the_command_equals_the_library_call(saved_folder, tmp_path):
-    from hf_trilevel.model_card_folder import write_model_card
+    from hf_trilevel.cli.card import write_model_card
 
     assert main(["card", str(saved_folder), "--output", str(tmp_path / "command.md")]) == 0
     write_model_card(saved_folder, output=tmp_path / "library.md")

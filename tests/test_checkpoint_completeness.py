@@ -13,13 +13,13 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_trilevel import TriLevelTrainer
-from hf_trilevel.checkpoints import (
+from hf_trilevel.recipe.run_support import resolve_resume_checkpoint
+from hf_trilevel.training.checkpoints import (
     checkpoint_folders,
     checkpoint_problem,
     latest_complete_checkpoint,
     remove_checkpoints,
 )
-from hf_trilevel.example_support import resolve_resume_checkpoint
 
 from .test_pruning_trainer import NUM_EXAMPLES, collate, tiny_classifier
 

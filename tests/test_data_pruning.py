@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from hf_trilevel import ExamplePruningCallback, ForgettingPolicy, KeepRateScheduleCallback, LossPolicy, RandomPolicy
-from hf_trilevel.callbacks import cosine_keep_rate
-from hf_trilevel.data_pruning import EpochPlan, ExamplePruner, ExampleStatistics, PrunedEpochSampler, digest
+from hf_trilevel import ExamplePruning, ForgettingPolicy, KeepRateSchedule, LossPolicy, RandomPolicy
+from hf_trilevel.example_pruning.pruner import EpochPlan, ExamplePruner, ExampleStatistics, PrunedEpochSampler, digest
+from hf_trilevel.training.schedules import cosine_keep_rate
 
 
 def statistics_after(epochs: list[tuple[list[int], list[float], list[bool]]], num_examples: int = 6):
@@ -275,7 +275,7 @@ def test_a_loss_budget_out_of_reach_or_with_prune_ratio_is_refused_by_name():
         with pytest.raises(ValueError, match=r"`budget` 0\.3001 would skip .* must be at least"):
             LossPolicy(budget=0.3001).prepare(num_examples, 10)
     with pytest.raises(ValueError, match=r"`budget` 0\.2 is out of reach"):
-        ExamplePruningCallback("loss", budget=0.2).check_arguments(
+        ExamplePruning("loss", budget=0.2).check_arguments(
             TrainingArguments(output_dir="unused", num_train_epochs=4, remove_unused_columns=False, report_to="none")
         )
 
@@ -348,7 +348,7 @@ def test_sampler_serves_a_seeded_permutation_of_the_kept_set():
 )
 def test_bad_callback_settings_are_rejected_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        ExamplePruningCallback(**kwargs)
+        ExamplePruning(**kwargs)
 
 
 def test_swap_epochs_beyond_training_are_rejected_when_training_is_planned():
@@ -392,7 +392,7 @@ def test_cosine_keep_rate_warms_up_then_decays_to_the_target():
 )
 def test_bad_schedule_settings_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        KeepRateScheduleCallback(**kwargs)
+        KeepRateSchedule(**kwargs)
 
 
 def test_the_readme_policy_example_plans_its_sizes_and_serves_the_highest_losses():
@@ -401,7 +401,7 @@ def test_the_readme_policy_example_plans_its_sizes_and_serves_the_highest_losses
     namespace = {}
     exec(compile(block, "README.md", "exec"), namespace)
     callback = namespace["callback"]
-    assert isinstance(callback, ExamplePruningCallback) and callback.policy.config()["policy"] == "highest_loss"
+    assert isinstance(callback, ExamplePruning) and callback.policy.config()["policy"] == "highest_loss"
     pruner = ExamplePruner(callback.policy, seed=0)
     pruner.begin(10, 3)
     assert len(pruner.plan.indices) == 5  # epoch 0: every loss unknown, five drawn by the keyed tie-break

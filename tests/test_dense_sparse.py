@@ -8,12 +8,12 @@ from transformers import TrainingArguments, ViTForImageClassification
 
 from hf_trilevel import (
     DenseSparseTraining,
-    KeepRateScheduleCallback,
+    KeepRateSchedule,
     TriLevelTrainer,
     TriLevelViTForImageClassification,
     operating_point,
 )
-from hf_trilevel.dense_sparse import DISTILLATION_TERM, IMPORTANCE_TERM, SPARSE_TASK_TERM
+from hf_trilevel.token_training.dense_sparse import DISTILLATION_TERM, IMPORTANCE_TERM, SPARSE_TASK_TERM
 
 from .helpers import images, tiny_vit
 from .test_pruning_trainer import NUM_EXAMPLES, collate, tiny_classifier
@@ -154,17 +154,17 @@ def test_self_distillation_changes_training_and_none_does_not_distil(digits, tmp
 
 
 def test_example_weights_of_example_pruning_reach_the_sparse_terms(digits, tmp_path):
-    from hf_trilevel import ExamplePruningCallback
+    from hf_trilevel import ExamplePruning
 
     model = tiny_classifier(attention_keep_rate=0.5)
     trainer = TriLevelTrainer(
         model=model, args=training_args(tmp_path, num_train_epochs=4), train_dataset=digits, data_collator=collate,
-        callbacks=[ExamplePruningCallback("loss", prune_ratio=0.5), DenseSparseTraining([1.0, 0.5])],
+        callbacks=[ExamplePruning("loss", prune_ratio=0.5), DenseSparseTraining([1.0, 0.5])],
     )  # fmt: skip
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert all(f"loss/{SPARSE_TASK_TERM}" in entry for entry in logged)
-    assert trainer.example_pruner is not None and trainer.example_fraction_seen() < 1.0
+    assert trainer.technique_metrics()["example_fraction_seen"] < 1.0
 
 
 # -- the teacher --------------------------------------------------------------------------------------------------
@@ -249,9 +249,9 @@ def test_the_stock_trainer_is_told_to_use_trilevel_trainer(digits, tmp_path):
 def test_a_second_keep_rate_setter_is_refused_before_training(digits, tmp_path):
     trainer = TriLevelTrainer(
         model=tiny_classifier(), args=training_args(tmp_path), train_dataset=digits, data_collator=collate,
-        callbacks=[KeepRateScheduleCallback(), DenseSparseTraining([1.0, 0.5])],
+        callbacks=[KeepRateSchedule(), DenseSparseTraining([1.0, 0.5])],
     )  # fmt: skip
-    with pytest.raises(ValueError, match="KeepRateScheduleCallback and DenseSparseTraining all set the model's keep"):
+    with pytest.raises(ValueError, match="KeepRateSchedule and DenseSparseTraining all set the model's keep"):
         trainer.train()
 
 
@@ -268,8 +268,8 @@ def test_a_model_whose_own_keep_rate_was_not_trained_is_refused(digits, tmp_path
 
 def test_the_sparse_terms_are_weighted_per_example_like_the_task_loss():
     from hf_trilevel import TrainingBatch
-    from hf_trilevel.distillation import logit_distillation
-    from hf_trilevel.losses import per_example_loss
+    from hf_trilevel.token_training.distillation import logit_distillation
+    from hf_trilevel.training.losses import per_example_loss
 
     model = tiny_classifier()
     pixels, labels = images(4, size=16), torch.tensor([0, 1, 2, 3])

@@ -4,13 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_trilevel.distillation import (
+from hf_trilevel.modeling.token_reduction import class_token_attention
+from hf_trilevel.token_training.distillation import (
     check_teacher_labels,
     importance_distillation,
     load_teacher,
     logit_distillation,
 )
-from hf_trilevel.token_reduction import class_token_attention
 
 from .helpers import images, tiny_model, tiny_vit
 

@@ -23,9 +23,9 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainingArguments, pipeline
 
 from hf_trilevel import TriLevelViTForImageClassification
+from hf_trilevel.evaluation.metrics import sparsity_metrics
 from hf_trilevel.image_data import DIGIT_NAMES, load_digits_dataset
-from hf_trilevel.metrics import sparsity_metrics
-from hf_trilevel.token_reduction import token_schedule
+from hf_trilevel.modeling.token_reduction import token_schedule
 
 from .helpers import run_without_hf_trilevel
 from .test_checkpoints import LOAD_CHECKPOINT_SCRIPT

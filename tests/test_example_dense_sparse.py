@@ -10,11 +10,11 @@ import pytest
 import torch
 from transformers import AutoImageProcessor, ViTForImageClassification
 
-from hf_trilevel import DenseSparseTraining, KeepRateScheduleCallback, TriLevelViTForImageClassification
-from hf_trilevel.example_model import build_image_processor
+from hf_trilevel import DenseSparseTraining, KeepRateSchedule, TriLevelViTForImageClassification
+from hf_trilevel.cli.visualize.inputs import preprocess
 from hf_trilevel.image_data import load_digits_dataset
-from hf_trilevel.operating_point_table import OPERATING_POINTS_FILE
-from hf_trilevel.visualize.inputs import preprocess
+from hf_trilevel.recipe.model import build_image_processor
+from hf_trilevel.token_training.operating_points import OPERATING_POINTS_FILE
 
 from .helpers import assert_usage_error_before_the_data, tiny_model, tiny_vit
 from .test_example import load_example
@@ -47,7 +47,7 @@ def test_the_flags_build_the_technique_with_self_distillation_by_default(example
 
 def test_the_keep_rate_warm_up_goes_to_the_technique_not_its_own_callback(example, tmp_path):
     setup = setup_of(example, tmp_path, *RATES, "--keep_rate_schedule", "--keep_rate_warmup_fraction", "0.1")
-    assert not any(isinstance(callback, KeepRateScheduleCallback) for callback in setup.callbacks)
+    assert not any(isinstance(callback, KeepRateSchedule) for callback in setup.callbacks)
     technique = technique_of(setup)
     assert technique.warmup_fraction == 0.1 and technique.decay_fraction == pytest.approx(1 / 3)
 

@@ -1,4 +1,4 @@
-"""The three token selectors in `examples/run_image_classification.py` and `hf_trilevel.example_support`: the
+"""The three token selectors in `examples/run_image_classification.py` and `hf_trilevel.recipe.run_support`: the
 `--token_selector` flags reach the config (from scratch and over a saved folder), bad values stop before any data
 loads (exit 2), learned scores get the temperature callback, and the final evaluation reports the mean kept tokens
 per pruning layer (measured from `kept_token_counts`) that model cards quote.
@@ -14,16 +14,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hf_trilevel import TokenSelectorTemperatureCallback, TriLevelViTForImageClassification
-from hf_trilevel.example_model import check_config_overrides
-from hf_trilevel.flops import measured_flops
-from hf_trilevel.token_counts import (
+from hf_trilevel import SelectorTemperatureSchedule, TriLevelViTForImageClassification
+from hf_trilevel.evaluation.flops import measured_flops
+from hf_trilevel.evaluation.token_counts import (
     collect_kept_token_counts,
     fixed_kept_token_counts,
     kept_token_counts,
     kept_token_metrics,
 )
-from hf_trilevel.token_reduction import token_schedule
+from hf_trilevel.modeling.token_reduction import token_schedule
+from hf_trilevel.recipe.model import check_config_overrides
 
 from .helpers import assert_usage_error_before_the_data, images, tiny_config, tiny_model
 from .test_example import load_example
@@ -41,7 +41,7 @@ def batches_of(pixel_values: torch.Tensor, size: int) -> list[dict]:
     return [{"pixel_values": chunk, "labels": torch.zeros(len(chunk))} for chunk in pixel_values.split(size)]
 
 
-# --- hf_trilevel.example_support --------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -162,7 +162,7 @@ def test_learned_scores_get_the_temperature_callback(example, pruning, selector,
         assert callbacks == []
     else:
         (callback,) = callbacks
-        assert isinstance(callback, TokenSelectorTemperatureCallback)
+        assert isinstance(callback, SelectorTemperatureSchedule)
         assert (callback.start, callback.end) == expected
 
 
@@ -180,7 +180,7 @@ def test_prepare_builds_a_learned_model_with_the_temperature_callback(example, t
     argv = [*TINY_MODEL, "--token_selector", "learned", "--max_train_samples", "8", "--max_eval_samples", "8"]
     setup = example.prepare([*argv, "--output_dir", str(tmp_path), "--disable_tqdm", "True"])
     assert setup.model.config.token_selector == "learned"
-    assert [type(callback) for callback in setup.callbacks] == [TokenSelectorTemperatureCallback]
+    assert [type(callback) for callback in setup.callbacks] == [SelectorTemperatureSchedule]
 
 
 # --- bad input: exit 2 before any data loads --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""hf_trilevel.example_support and hf_trilevel.image_data.preprocessing: the checks and builders a training script
+"""hf_trilevel.recipe.run_support and hf_trilevel.image_data.preprocessing: the checks and builders a training script
 reuses, with errors that name the function's arguments (the example turns them into its flags)."""
 
 import json
@@ -9,8 +9,9 @@ from datasets import ClassLabel, Dataset, DatasetDict, Image
 from PIL import Image as PILImage
 from transformers import BertConfig, TrainingArguments, ViTImageProcessorPil
 
-from hf_trilevel.example_model import build_image_processor, build_trilevel_config, read_vit_config
-from hf_trilevel.example_support import (
+from hf_trilevel.image_data import attach_transforms, check_splits, collate, eval_transforms, limit_and_check_splits
+from hf_trilevel.recipe.model import build_image_processor, build_trilevel_config, read_vit_config
+from hf_trilevel.recipe.run_support import (
     check_output_dir,
     check_training_arguments,
     name_flags,
@@ -18,7 +19,6 @@ from hf_trilevel.example_support import (
     resolve_resume_checkpoint,
     saved_run_files,
 )
-from hf_trilevel.image_data import attach_transforms, check_splits, collate, eval_transforms, limit_and_check_splits
 
 from .helpers import tiny_vit
 

@@ -1,4 +1,4 @@
-"""Weight sparsity in `examples/run_image_classification.py`: the flags build `SparseTrainingCallback`, bad values
+"""Weight sparsity in `examples/run_image_classification.py`: the flags build `WeightSparsity`, bad values
 stop before any data loads or any step (exit 2, naming the flag), and short end-to-end runs save a sparse model, a
 slimmed one with the same logits, and the density in the results."""
 
@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from hf_trilevel import SparseTrainingCallback, TriLevelViTForImageClassification
-from hf_trilevel.weight_masks import GROUP, as_matrix, masked_weights
+from hf_trilevel import TriLevelViTForImageClassification, WeightSparsity
+from hf_trilevel.weight_sparsity.masks import GROUP, as_matrix, masked_weights
 
 from .helpers import assert_usage_error_before_the_data, images
 from .test_example import load_example
@@ -20,9 +20,9 @@ def example():
     return load_example()
 
 
-def callback_of(example, tmp_path, *argv) -> SparseTrainingCallback:
+def callback_of(example, tmp_path, *argv) -> WeightSparsity:
     setup = example.prepare([*TINY_MODEL, "--max_train_samples", "64", "--output_dir", str(tmp_path / "out"), *argv])
-    (callback,) = [c for c in setup.callbacks if isinstance(c, SparseTrainingCallback)]
+    (callback,) = [c for c in setup.callbacks if isinstance(c, WeightSparsity)]
     return callback
 
 

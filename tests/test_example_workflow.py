@@ -13,8 +13,8 @@ from PIL import Image as PILImage
 from transformers import BertConfig, ResNetConfig, pipeline
 
 from hf_trilevel import TriLevelViTForImageClassification
-from hf_trilevel.example_support import parse_flags_or_json
-from hf_trilevel.metrics import sparsity_metrics
+from hf_trilevel.evaluation.metrics import sparsity_metrics
+from hf_trilevel.recipe.run_support import parse_flags_or_json
 
 from .helpers import tiny_vit
 from .test_example import load_example, run_example

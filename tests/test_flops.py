@@ -5,9 +5,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hf_trilevel import TriLevelViTConfig
-from hf_trilevel.flops import dense_config, flops_speedup_limit, forward_flops, layer_costs, measured_flops
-from hf_trilevel.token_reduction import token_schedule
-from hf_trilevel.token_selectors import learned_scorer_flops
+from hf_trilevel.evaluation.flops import dense_config, flops_speedup_limit, forward_flops, layer_costs, measured_flops
+from hf_trilevel.modeling.token_reduction import token_schedule
+from hf_trilevel.modeling.token_selectors import learned_scorer_flops
 
 from .helpers import images, sharpen_attention, tiny_config, tiny_model
 

@@ -14,7 +14,7 @@ from huggingface_hub.utils import close_session
 from transformers import AutoModelForImageClassification, TrainingArguments, ViTImageProcessorPil
 
 from hf_trilevel import TriLevelTrainer
-from hf_trilevel.metrics import compute_metrics
+from hf_trilevel.evaluation.metrics import compute_metrics
 
 from .helpers import images, tiny_model
 from .hub_standin import HubStandIn
@@ -144,7 +144,7 @@ def test_no_pickle_is_pushed(pushed):
 def test_pushes_from_checkpoints_are_refused_before_training(tmp_path):
     from transformers import TrainingArguments
 
-    from hf_trilevel.trainer import check_hub_strategy
+    from hf_trilevel.training.trainer import check_hub_strategy
 
     arguments = TrainingArguments(tmp_path, push_to_hub=True, hub_model_id="me/m", save_strategy="epoch")
     with pytest.raises(ValueError, match="--hub_strategy every_save with --save_strategy epoch would push"):

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from hf_trilevel import TriLevelViTConfig, TriLevelViTForImageClassification
-from hf_trilevel.token_reduction import gumbel_top_tokens, num_kept_tokens
-from hf_trilevel.token_selectors import LearnedSelector, TokenScorer
+from hf_trilevel.modeling.token_reduction import gumbel_top_tokens, num_kept_tokens
+from hf_trilevel.modeling.token_selectors import LearnedSelector, TokenScorer
 
 from .helpers import images, sharpen_attention, tiny_model
 
@@ -158,12 +158,12 @@ def test_the_temperature_must_be_positive(temperature):
 def test_the_temperature_callback_refuses_bad_values_and_models_without_learned_scores():
     from types import SimpleNamespace
 
-    from hf_trilevel import TokenSelectorTemperatureCallback
+    from hf_trilevel import SelectorTemperatureSchedule
 
     for start, end in ((0, 0.1), (10.0, -1.0), (float("inf"), 0.1)):
         with pytest.raises(ValueError, match=r"`start`|`end`"):
-            TokenSelectorTemperatureCallback(start, end)
-    callback = TokenSelectorTemperatureCallback(4.0, 1.0)
+            SelectorTemperatureSchedule(start, end)
+    callback = SelectorTemperatureSchedule(4.0, 1.0)
     state = SimpleNamespace(max_steps=4, global_step=0)
     with pytest.raises(ValueError, match=r"`token_selector='class_attention'`.*has none"):
         callback.on_train_begin(None, state, None, model=tiny_model())
@@ -189,7 +189,7 @@ def train_on_digits(selector: str) -> float:
     """Validation accuracy of a small digits model after a short training with `selector` at keep 0.5."""
     from transformers import TrainingArguments
 
-    from hf_trilevel import TokenSelectorTemperatureCallback, TriLevelTrainer
+    from hf_trilevel import SelectorTemperatureSchedule, TriLevelTrainer
     from hf_trilevel.image_data import load_digits_dataset
 
     from .jobs.distributed_pruning import collate, to_pixels
@@ -200,7 +200,7 @@ def train_on_digits(selector: str) -> float:
         image_size=16, patch_size=4, hidden_size=48, num_hidden_layers=3, num_attention_heads=3,
         intermediate_size=96, num_labels=10, token_keep_rate=0.5, token_prune_layers=[1], token_selector=selector,
     )  # fmt: skip
-    callbacks = [TokenSelectorTemperatureCallback(10.0, 0.1)] if selector == "learned" else []
+    callbacks = [SelectorTemperatureSchedule(10.0, 0.1)] if selector == "learned" else []
     trainer = TriLevelTrainer(
         model=TriLevelViTForImageClassification(config),
         args=TrainingArguments(
@@ -251,13 +251,13 @@ def test_without_noise_training_keeps_the_top_scores_and_still_passes_gradients(
 
 def test_the_callback_anneals_the_noise_scale_and_the_config_refuses_a_bad_one():
 
-    from hf_trilevel import TokenSelectorTemperatureCallback
+    from hf_trilevel import SelectorTemperatureSchedule
 
     with pytest.raises(ValueError, match=r"`noise_end` must be in \[0, 1\]"):
-        TokenSelectorTemperatureCallback(noise_end=1.5)
+        SelectorTemperatureSchedule(noise_end=1.5)
     with pytest.raises(ValueError, match=r"`token_selector_noise` must be in \[0, 1\]"):
         TriLevelViTConfig(token_selector="learned", token_selector_noise=-0.1)
-    callback = TokenSelectorTemperatureCallback(noise_start=1.0, noise_end=0.0)
+    callback = SelectorTemperatureSchedule(noise_start=1.0, noise_end=0.0)
     noises = [noise for _, noise in scheduled_values(callback, tiny_model(**LEARNED), 3)]
     assert noises == [1.0, 0.5, 0.0]
     assert callback.card_settings()["noise_end"] == 0.0

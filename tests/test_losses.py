@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers.trainer_pt_utils import LabelSmoother
 
-from hf_trilevel.losses import counted_examples, per_example_loss, reduce_per_example_loss
+from hf_trilevel.training.losses import counted_examples, per_example_loss, reduce_per_example_loss
 
 from .helpers import images, tiny_model
 

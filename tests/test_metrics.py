@@ -1,4 +1,5 @@
-"""hf_trilevel.metrics: accuracy for the Trainer through `evaluate` (a metric shipped with the package, offline), a
+"""hf_trilevel.evaluation.metrics: accuracy for the Trainer through `evaluate` (a metric shipped with the package,
+offline), a
 user's own `evaluate` metric in its place, and the sparsity figures results files report."""
 
 import json
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from hf_trilevel.flops import flops_speedup_limit, forward_flops
-from hf_trilevel.metrics import (
+from hf_trilevel.evaluation.flops import flops_speedup_limit, forward_flops
+from hf_trilevel.evaluation.metrics import (
     ACCURACY_METRIC_PATH,
     build_compute_metrics,
     compute_metrics,
@@ -140,7 +141,7 @@ def test_the_shipped_metric_works_offline_and_writes_only_under_hf_home(tmp_path
         import json, sys
         import numpy as np
         from transformers import EvalPrediction
-        from hf_trilevel.metrics import compute_metrics
+        from hf_trilevel.evaluation.metrics import compute_metrics
         logits = np.eye(7, dtype=np.float32)[[0, 1, 2, 3]]
         print(json.dumps(compute_metrics(EvalPrediction(predictions=logits, label_ids=np.array([0, 1, 2, 0])))))
     """)

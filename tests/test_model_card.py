@@ -10,25 +10,20 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import TrainingArguments, ViTImageProcessorPil
 
-from hf_trilevel import (
-    ExamplePruningCallback,
-    KeepRateScheduleCallback,
-    TokenSelectorTemperatureCallback,
-    TriLevelTrainer,
-)
-from hf_trilevel.configuration_trilevel_vit import TriLevelViTConfig
-from hf_trilevel.flops import flops_speedup_limit, forward_flops
-from hf_trilevel.metrics import compute_metrics
-from hf_trilevel.model_card import (
+from hf_trilevel import ExamplePruning, KeepRateSchedule, SelectorTemperatureSchedule, TriLevelTrainer
+from hf_trilevel.cli.card import write_model_card
+from hf_trilevel.evaluation.flops import flops_speedup_limit, forward_flops
+from hf_trilevel.evaluation.metrics import compute_metrics
+from hf_trilevel.model_card.builder import (
     TEMPLATE_NAME,
     build_model_card,
     model_nonzero_weights,
     saved_nonzero_weights,
     trainer_model_card,
 )
-from hf_trilevel.model_card_folder import write_model_card
-from hf_trilevel.model_card_weight_sparsity import describe_weight_sparsity
-from hf_trilevel.training_technique import TrainingTechnique
+from hf_trilevel.modeling.configuration_trilevel_vit import TriLevelViTConfig
+from hf_trilevel.training.technique import TrainingTechnique
+from hf_trilevel.weight_sparsity.card import describe_weight_sparsity
 
 from .helpers import TINY_SHAPE, tiny_config, tiny_model
 from .random_images import RandomImages, collate
@@ -158,7 +153,7 @@ def test_an_adaptive_card_without_measured_counts_shows_only_the_bounds(tmp_path
 
 def test_a_learned_card_describes_the_scorer_and_its_temperature_schedule(tmp_path):
     config = tiny_config(token_selector="learned", token_keep_rate=0.7)
-    schedule = TokenSelectorTemperatureCallback(start=10.0, end=0.1).card_settings()  # what the trainer passes
+    schedule = SelectorTemperatureSchedule(start=10.0, end=0.1).card_settings()  # what the trainer passes
     training = {"num_train_epochs": 3, "token_selector_temperature": schedule}
     card = saved_card(tmp_path, config=config, training=training)
     assert "learned-token-selection" in card.data.tags
@@ -240,15 +235,15 @@ def test_bad_inputs_raise_errors_naming_the_argument(kwargs, message):
 
 
 def test_the_template_ships_inside_the_package():
-    template = files("hf_trilevel").joinpath(TEMPLATE_NAME)
+    template = files("hf_trilevel.model_card").joinpath(TEMPLATE_NAME)
     assert template.is_file()
     assert "${card_data}" in template.read_text(encoding="utf-8")
     # setuptools puts only .py files into a wheel unless told otherwise; an installed package must render cards too.
     tomllib = pytest.importorskip("tomllib")
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     package_data = pyproject.get("tool", {}).get("setuptools", {}).get("package-data", {})
-    assert TEMPLATE_NAME in package_data.get("hf_trilevel", []), (
-        'add `[tool.setuptools.package-data] hf_trilevel = ["model_card_template.md"]` to pyproject.toml'
+    assert TEMPLATE_NAME in package_data.get("hf_trilevel.model_card", []), (
+        'add `[tool.setuptools.package-data] "hf_trilevel.model_card" = ["template.md"]` to pyproject.toml'
     )
 
 
@@ -323,8 +318,8 @@ def pruning_trainer(output_dir) -> TriLevelTrainer:
         processing_class=ViTImageProcessorPil(size={"height": 32, "width": 32}),
         compute_metrics=compute_metrics,
         callbacks=[
-            ExamplePruningCallback("forgetting", keep_fraction=0.75, swap_fraction=0.125),
-            KeepRateScheduleCallback(warmup_fraction=0.25, decay_fraction=0.5),
+            ExamplePruning("forgetting", keep_fraction=0.75, swap_fraction=0.125),
+            KeepRateSchedule(warmup_fraction=0.25, decay_fraction=0.5),
         ],
     )
 
@@ -350,7 +345,7 @@ def test_trainer_card_records_this_runs_accuracy_not_a_stale_result_file(trained
 
 def test_trainer_card_describes_example_pruning_the_keep_rate_schedule_and_the_fraction_seen(trained):
     trainer, _, card = trained
-    fraction = trainer.example_fraction_seen()
+    fraction = trainer.technique_metrics()["example_fraction_seen"]
     assert fraction < 1.0
     assert f"| training examples seen (share of epochs x data) | {100 * fraction:.1f}% |" in card.text
     assert "the `forgetting` policy (keep_fraction=0.75, swap_fraction=0.125" in card.text
@@ -585,7 +580,7 @@ def test_a_saved_folders_nonzero_weights_are_counted_from_its_safetensors(tmp_pa
 
 
 class WeightSparsityStandIn(TrainingTechnique):
-    """What `SparseTrainingCallback` shows the card: its name and `card_settings()` (no training here)."""
+    """What `WeightSparsity` shows the card: its name and `card_settings()` (no training here)."""
 
     name = "weight_sparsity"
 

@@ -1,11 +1,12 @@
-"""`hf_trilevel.operating_point_table`: the table a dense/sparse run writes at its end, read back, shown as markdown."""
+"""`hf_trilevel.token_training.operating_points`: the table a dense/sparse run writes at its end, read back, shown as
+markdown."""
 
 import json
 
 import pytest
 import torch
 
-from hf_trilevel.operating_point_table import (
+from hf_trilevel.token_training.operating_points import (
     OPERATING_POINTS_FILE,
     measurement_setup,
     operating_points_markdown,

@@ -1,4 +1,4 @@
-"""ExamplePruningCallback under the Trainer: exact steps, served sets, determinism, resume, and setup errors."""
+"""ExamplePruning under the Trainer: exact steps, served sets, determinism, resume, and setup errors."""
 
 import itertools
 
@@ -8,14 +8,14 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from hf_trilevel import (
-    ExamplePruningCallback,
-    KeepRateScheduleCallback,
+    ExamplePruning,
+    KeepRateSchedule,
     TriLevelTrainer,
     TriLevelViTConfig,
     TriLevelViTForImageClassification,
 )
-from hf_trilevel.example_index import EXAMPLE_INDEX
 from hf_trilevel.image_data import load_digits_dataset
+from hf_trilevel.training.indexed_dataset import EXAMPLE_INDEX
 
 NUM_EXAMPLES = 96
 
@@ -53,9 +53,11 @@ class BatchRecordingTrainer(TriLevelTrainer):
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         if model.training:
-            epoch = self.example_pruner.plan_epoch
+            epoch = next(t.pruner for t in self.techniques() if t.name == "example_pruning").plan_epoch
             self.served.setdefault(epoch, []).append(inputs[EXAMPLE_INDEX].tolist())
-            self.plans[epoch] = self.example_pruner.plan.indices.tolist()
+            self.plans[epoch] = next(
+                t.pruner for t in self.techniques() if t.name == "example_pruning"
+            ).plan.indices.tolist()
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
@@ -74,7 +76,7 @@ def train(digits, tmp_path, policy="forgetting", epochs=6, callbacks=(), trainer
         "seed": 0,
         **args,
     }
-    callback = ExamplePruningCallback(policy) if isinstance(policy, str) else policy
+    callback = ExamplePruning(policy) if isinstance(policy, str) else policy
     trainer = trainer_class(
         model=tiny_classifier(),
         args=TrainingArguments(**arguments),
@@ -185,7 +187,7 @@ def test_a_step_checkpoint_at_an_epoch_boundary_resumes_like_the_uninterrupted_r
 
 def test_the_scheduled_keep_rate_of_each_step_is_in_the_log_history(digits, tmp_path):
     seen = []
-    schedule = KeepRateScheduleCallback(warmup_fraction=0.25, decay_fraction=0.5)
+    schedule = KeepRateSchedule(warmup_fraction=0.25, decay_fraction=0.5)
     trainer, _ = train(digits, tmp_path, "none", epochs=4, callbacks=[schedule], logging_steps=1)
     trainer.model.register_forward_pre_hook(lambda module, args: seen.append(module.config.token_keep_rate))
     trainer.train()
@@ -196,7 +198,7 @@ def test_the_scheduled_keep_rate_of_each_step_is_in_the_log_history(digits, tmp_
 
 def test_keep_rate_schedule_reaches_the_forward_and_evaluation_uses_the_target(digits, tmp_path):
     seen = []
-    schedule = KeepRateScheduleCallback(warmup_fraction=0.25, decay_fraction=0.5)
+    schedule = KeepRateSchedule(warmup_fraction=0.25, decay_fraction=0.5)
     trainer, _ = train(digits, tmp_path, "none", epochs=4, callbacks=[schedule])
     model = trainer.model
     model.register_forward_pre_hook(lambda module, args: seen.append((module.training, module.config.token_keep_rate)))
@@ -240,7 +242,7 @@ def test_an_unlabelled_dataset_is_rejected(tmp_path):
 
 
 def test_swap_epochs_beyond_training_fail_before_the_first_step(digits, tmp_path):
-    trainer, _ = train(digits, tmp_path, ExamplePruningCallback("forgetting", swap_epochs=[3, 9]), epochs=4)
+    trainer, _ = train(digits, tmp_path, ExamplePruning("forgetting", swap_epochs=[3, 9]), epochs=4)
     with pytest.raises(ValueError, match="beyond training"):
         trainer.train()
 

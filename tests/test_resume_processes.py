@@ -4,7 +4,7 @@ on 2, take the pruning decisions of the uninterrupted run at the original proces
 The global batch is the same (8 per process on 2 processes, 16 on 1) and accelerate's sharding gives rank r the
 8-example batches r, r+2, ..., so each step sees the same examples at either world size; the kept set is not a
 whole number of global batches, so the last step of each epoch is split 7 + 6 over the ranks
-(`hf_trilevel.balanced_batches`) rather than padded with repeated examples. Augmentation is the
+(`hf_trilevel.training.balanced_batches`) rather than padded with repeated examples. Augmentation is the
 default (random affine) and must not depend on the process count. "Stopped at a checkpoint" is a copy of the
 uninterrupted run's folder with only that checkpoint in it (a SIGKILL of one rank of a gloo run would leave the
 other waiting in a collective). Losses and weights are compared only loosely: the DDP gradient all-reduce sums in

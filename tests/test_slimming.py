@@ -9,8 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModelForImageClassification
 
 from hf_trilevel import TriLevelViTForImageClassification, TriLevelViTModel
-from hf_trilevel.flops import forward_flops
-from hf_trilevel.slimming import slim, structured_unit_masks
+from hf_trilevel.evaluation.flops import forward_flops
+from hf_trilevel.weight_sparsity.slimming import slim, structured_unit_masks
 
 from .helpers import images, run_without_hf_trilevel, sharpen_attention, tiny_config, tiny_model, tiny_vit
 

@@ -5,9 +5,9 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from hf_trilevel.modeling_trilevel_vit import TriLevelViTAttention
-from hf_trilevel.sparse_attention import select_connections, sparse_attention_mask
-from hf_trilevel.token_reduction import num_kept_tokens
+from hf_trilevel.modeling.modeling_trilevel_vit import TriLevelViTAttention
+from hf_trilevel.modeling.sparse_attention import select_connections, sparse_attention_mask
+from hf_trilevel.modeling.token_reduction import num_kept_tokens
 
 from .helpers import images, tiny_model
 
@@ -180,7 +180,7 @@ def test_attention_sparsity_on_a_backend_that_cannot_mask_is_rejected_early(atte
 
 
 def test_key_padding_masks_padded_columns_and_keeps_the_rest_of_the_mask():
-    from hf_trilevel.sparse_attention import key_padding_mask
+    from hf_trilevel.modeling.sparse_attention import key_padding_mask
 
     positions = torch.tensor([[4, 9, -1], [2, 3, 7]])  # image 0 has one padded slot; a fused token follows
     alone = key_padding_mask(positions, 5, None, torch.float32)

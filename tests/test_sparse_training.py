@@ -1,18 +1,13 @@
-"""SparseTrainingCallback under TriLevelTrainer: masks hold through AdamW, counts stay fixed, checkpoints resume."""
+"""WeightSparsity under TriLevelTrainer: masks hold through AdamW, counts stay fixed, checkpoints resume."""
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
-from hf_trilevel import (
-    SparseTrainingCallback,
-    TriLevelTrainer,
-    TriLevelViTForImageClassification,
-    structured_unit_masks,
-)
-from hf_trilevel.structured_units import unit_layers
-from hf_trilevel.weight_masks import is_two_four, masked_weights
+from hf_trilevel import TriLevelTrainer, TriLevelViTForImageClassification, WeightSparsity, structured_unit_masks
+from hf_trilevel.weight_sparsity.masks import is_two_four, masked_weights
+from hf_trilevel.weight_sparsity.structured_units import unit_layers
 
 from .test_dense_sparse import digits, train, training_args  # noqa: F401 (the digits fixture)
 from .test_pruning_trainer import collate, tiny_classifier
@@ -22,7 +17,7 @@ class MaskAudit(TrainerCallback):
     """After every optimizer step: each masked weight's active count, and whether anything masked is non-zero
     (in the weights or in AdamW's moments)."""
 
-    def __init__(self, technique: SparseTrainingCallback):
+    def __init__(self, technique: WeightSparsity):
         self.technique = technique
         self.counts: list[list[int]] = []
         self.leaks: list[str] = []
@@ -55,7 +50,7 @@ class MaskAudit(TrainerCallback):
 
 
 def run_with_audit(digits, tmp_path, **settings):  # noqa: F811
-    technique = SparseTrainingCallback(**{"update_interval": 2, **settings})
+    technique = WeightSparsity(**{"update_interval": 2, **settings})
     audit = MaskAudit(technique)
     trainer = TriLevelTrainer(
         model=tiny_classifier(attention_keep_rate=0.5), args=training_args(tmp_path, weight_decay=0.1),
@@ -126,7 +121,7 @@ def test_the_same_seed_draws_the_same_masks_and_another_seed_others(digits, tmp_
 @pytest.mark.parametrize("sparsity", ["unstructured", "structured"])
 def test_a_resumed_run_equals_the_uninterrupted_run(digits, tmp_path, sparsity):  # noqa: F811
     def technique():
-        return SparseTrainingCallback(sparsity, update_interval=2)
+        return WeightSparsity(sparsity, update_interval=2)
 
     full = train(digits, tmp_path / "full", technique(), save_strategy="steps", save_steps=3)
     saved = load_file(str(tmp_path / "full" / "checkpoint-3" / "weight_sparsity.safetensors"))
@@ -161,42 +156,42 @@ def test_a_resumed_run_equals_the_uninterrupted_run(digits, tmp_path, sparsity):
 )
 def test_bad_settings_are_refused_at_construction(settings, message):
     with pytest.raises(ValueError, match=message):
-        SparseTrainingCallback(**settings)
+        WeightSparsity(**settings)
 
 
 def test_an_update_interval_longer_than_the_run_is_refused_before_training(digits, tmp_path):  # noqa: F811
     with pytest.raises(
         ValueError, match=r"`update_interval` 10 is longer .*`end_fraction` 0.8 of 12 optimizer steps = 9"
     ):
-        train(digits, tmp_path, SparseTrainingCallback(update_interval=10))
+        train(digits, tmp_path, WeightSparsity(update_interval=10))
     with pytest.raises(ValueError, match=r"`update_interval` 5 is longer .* of 5 optimizer steps = 4"):
-        train(digits, tmp_path, SparseTrainingCallback(update_interval=5), max_steps=5)
+        train(digits, tmp_path, WeightSparsity(update_interval=5), max_steps=5)
 
 
 def test_a_density_that_leaves_a_layer_without_heads_is_refused(digits, tmp_path):  # noqa: F811
     with pytest.raises(ValueError, match=r"`head_density` 0.2 leaves no unit of the 2 in layer 0"):
-        train(digits, tmp_path, SparseTrainingCallback("structured", head_density=0.2, update_interval=2))
+        train(digits, tmp_path, WeightSparsity("structured", head_density=0.2, update_interval=2))
 
 
 def test_the_stock_trainer_is_told_to_use_trilevel_trainer(digits, tmp_path):  # noqa: F811
     trainer = Trainer(
         model=tiny_classifier(), args=training_args(tmp_path), train_dataset=digits, data_collator=collate,
-        callbacks=[SparseTrainingCallback(update_interval=2)],
+        callbacks=[WeightSparsity(update_interval=2)],
     )  # fmt: skip
     with pytest.raises(RuntimeError, match=r"Use `hf_trilevel\.TriLevelTrainer`"):
         trainer.train()
 
 
 def test_resuming_with_another_sparsity_setting_is_refused(digits, tmp_path):  # noqa: F811
-    train(digits, tmp_path / "run", SparseTrainingCallback(update_interval=2), save_strategy="steps", save_steps=3)
+    train(digits, tmp_path / "run", WeightSparsity(update_interval=2), save_strategy="steps", save_steps=3)
     with pytest.raises(ValueError, match=r"trained with weight sparsity `density` 0.5, this run asks for 0.3"):
-        train(digits, tmp_path / "again", SparseTrainingCallback(density=0.3, update_interval=2),
+        train(digits, tmp_path / "again", WeightSparsity(density=0.3, update_interval=2),
               resume=str(tmp_path / "run" / "checkpoint-3"))  # fmt: skip
 
 
 def test_load_best_model_at_end_keeps_the_best_checkpoints_masks(digits, tmp_path):  # noqa: F811
     for sparsity in ("unstructured", "structured"):
-        technique = SparseTrainingCallback(sparsity, update_interval=1)
+        technique = WeightSparsity(sparsity, update_interval=1)
         trainer = TriLevelTrainer(
             model=tiny_classifier(), data_collator=collate, train_dataset=digits, eval_dataset=digits,
             args=training_args(tmp_path / sparsity, eval_strategy="steps", eval_steps=3, save_strategy="steps",
@@ -235,7 +230,7 @@ class SkipSteps(TrainerCallback):
 
 
 def test_a_skipped_optimizer_step_makes_no_update(digits, tmp_path):  # noqa: F811
-    technique = SparseTrainingCallback("structured", update_interval=2)
+    technique = WeightSparsity("structured", update_interval=2)
     audit = MaskAudit(technique)
     trainer = TriLevelTrainer(
         model=tiny_classifier(), args=training_args(tmp_path), train_dataset=digits, data_collator=collate,
@@ -247,7 +242,7 @@ def test_a_skipped_optimizer_step_makes_no_update(digits, tmp_path):  # noqa: F8
 
 
 def test_regrown_neurons_learn_under_an_activation_flat_at_zero(digits, tmp_path):  # noqa: F811
-    technique = SparseTrainingCallback("structured", neuron_density=0.5, update_interval=1)
+    technique = WeightSparsity("structured", neuron_density=0.5, update_interval=1)
     train(digits, tmp_path, technique, model=tiny_classifier(hidden_act="relu"))
     for layer, neurons in zip(technique.masks.layers, technique.masks.neurons, strict=True):
         assert layer.mlp.fc1.weight[neurons].abs().sum(1).gt(0).all()  # relu'(0) = 0: a zero row would stay zero
@@ -262,7 +257,7 @@ class MasksAtBegin(TrainerCallback):
 
 
 def test_a_second_train_call_continues_from_the_trained_masks(digits, tmp_path):  # noqa: F811
-    technique = SparseTrainingCallback("structured", update_interval=2)
+    technique = WeightSparsity("structured", update_interval=2)
     recorder = MasksAtBegin(technique)
     trainer = TriLevelTrainer(
         model=tiny_classifier(), args=training_args(tmp_path), train_dataset=digits, data_collator=collate,

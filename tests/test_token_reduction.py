@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_trilevel import token_schedule
-from hf_trilevel.token_reduction import (
+from hf_trilevel.modeling.token_reduction import (
     class_token_attention,
     fuse_dropped_tokens,
     keep_tokens,

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from hf_trilevel import TriLevelViTConfig
-from hf_trilevel.sparse_attention import sparse_attention_mask
-from hf_trilevel.token_reduction import (
+from hf_trilevel.modeling.sparse_attention import sparse_attention_mask
+from hf_trilevel.modeling.token_reduction import (
     class_token_attention,
     fuse_dropped_tokens,
     keep_tokens,
@@ -14,7 +14,7 @@ from hf_trilevel.token_reduction import (
     select_top_tokens,
     select_top_tokens_per_image,
 )
-from hf_trilevel.token_selectors import (
+from hf_trilevel.modeling.token_selectors import (
     ClassAttentionSelector,
     TokenSelection,
     TokenSelector,

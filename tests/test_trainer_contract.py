@@ -1,6 +1,6 @@
 """The transformers Trainer members TriLevelTrainer relies on, pinned: a release that changes one fails here, by name.
 
-Each is used because no public hook exists (see the docstring of hf_trilevel/trainer.py).
+Each is used because no public hook exists (see the docstring of hf_trilevel/training/trainer.py).
 """
 
 import inspect
@@ -8,7 +8,7 @@ import inspect
 import transformers
 from transformers import Trainer
 
-from hf_trilevel.checkpoints import TRAINER_STATE_NAME
+from hf_trilevel.training.checkpoints import TRAINER_STATE_NAME
 
 VERSION = f"transformers {transformers.__version__}"
 
@@ -60,7 +60,7 @@ def test_checkpoints_save_the_model_before_the_trainer_state_and_the_rotation():
         f"{VERSION} reordered Trainer._save_checkpoint: technique state would no longer precede trainer_state.json."
     )
     assert parameters(Trainer.save_model) == ["self", "output_dir", "_internal_call"]
-    # hf_trilevel.checkpoints counts a checkpoint complete once trainer_state.json parses: everything else,
+    # hf_trilevel.training.checkpoints counts a checkpoint complete once trainer_state.json parses: everything else,
     # optimizer, scheduler and RNG states included, must be written before it.
     for earlier in ("_save_optimizer_and_scheduler(output_dir)", "_save_rng_state(output_dir)"):
         assert source.index(earlier) < source.index("save_to_json"), f"{VERSION}: {earlier} now follows the state."

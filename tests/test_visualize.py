@@ -12,8 +12,7 @@ from transformers import ViTForImageClassification, ViTImageProcessorPil
 
 from hf_trilevel import TriLevelViTForImageClassification
 from hf_trilevel.cli import main
-from hf_trilevel.image_data import load_digits_dataset
-from hf_trilevel.visualize import (
+from hf_trilevel.cli.visualize import (
     DROPPED_ALPHA,
     DROPPED_VEIL,
     kept_patch_counts,
@@ -23,7 +22,8 @@ from hf_trilevel.visualize import (
     measure_operating_points,
     render_kept_tokens,
 )
-from hf_trilevel.visualize.operating_points import DEFAULT_KEEP_RATES
+from hf_trilevel.cli.visualize.operating_points import DEFAULT_KEEP_RATES
+from hf_trilevel.image_data import load_digits_dataset
 
 from .helpers import images, tiny_model
 

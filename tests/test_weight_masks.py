@@ -5,15 +5,7 @@ import math
 import pytest
 import torch
 
-from hf_trilevel.structured_units import (
-    apply_unit_masks,
-    head_taylor_scores,
-    unit_count,
-    unit_layers,
-    unit_prune_and_grow,
-    unit_prune_count,
-)
-from hf_trilevel.weight_masks import (
+from hf_trilevel.weight_sparsity.masks import (
     check_pattern,
     cosine_death_rate,
     erk_densities,
@@ -23,6 +15,14 @@ from hf_trilevel.weight_masks import (
     prune_and_grow,
     prune_count,
     two_four_mask,
+)
+from hf_trilevel.weight_sparsity.structured_units import (
+    apply_unit_masks,
+    head_taylor_scores,
+    unit_count,
+    unit_layers,
+    unit_prune_and_grow,
+    unit_prune_count,
 )
 
 from .helpers import images, tiny_model
@@ -141,7 +141,7 @@ def test_a_density_that_leaves_no_unit_is_refused_naming_the_argument():
 
 
 def test_erk_reads_the_patch_convolution_as_a_matrix():
-    from hf_trilevel.weight_mask_sets import UnstructuredMasks
+    from hf_trilevel.weight_sparsity.mask_sets import UnstructuredMasks
 
     model = tiny_model()
     masks = UnstructuredMasks(model, 0.5, "unstructured", "random")

@@ -4,7 +4,7 @@ data sets (`loading`), augment and resize them with PIL (`transforms`), batch th
 redundant variant for data-level experiments (`redundant_digits`).
 
 Not to be confused with the *data level* of Tri-Level E-ViT (which training examples to skip), which lives in
-`hf_trilevel.data_pruning`. Nothing in the model's remote-code set imports this package.
+`hf_trilevel.example_pruning.pruner`. Nothing in the model's remote-code set imports this package.
 """
 
 from .digits import DIGIT_NAMES, load_digits_dataset

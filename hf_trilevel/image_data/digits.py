@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ..value_checks import check_int
+from ..modeling.value_checks import check_int
 
 DIGIT_NAMES = [str(digit) for digit in range(10)]
 MIN_IMAGE_SIZE = 8

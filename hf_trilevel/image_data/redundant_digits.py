@@ -20,7 +20,7 @@ byte-identical images (one NumPy generator keyed by `seed`, drawn in a fixed ord
 import numpy as np
 from datasets import DatasetDict, concatenate_datasets
 
-from ..value_checks import check_fraction, check_int, check_number
+from ..modeling.value_checks import check_fraction, check_int, check_number
 from .digits import _INK_MAX, digits_scans_and_split, digits_split
 
 REDUNDANT_DIGITS = "digits-redundant"

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..value_checks import check_fraction
+from ..modeling.value_checks import check_fraction
 
 Size = tuple[int, int]  # (height, width), as in ViTConfig.image_size and image processors' `size`
 ImageTransform = Callable[[Image.Image], Image.Image]

@@ -11,15 +11,15 @@ import torch.distributed as dist
 from transformers import TrainingArguments
 
 from hf_trilevel import (
-    ExamplePruningCallback,
+    ExamplePruning,
     TrainingTechnique,
     TriLevelTrainer,
     TriLevelViTConfig,
     TriLevelViTForImageClassification,
 )
-from hf_trilevel.data_pruning import digest
-from hf_trilevel.example_index import EXAMPLE_INDEX
+from hf_trilevel.example_pruning.pruner import digest
 from hf_trilevel.image_data import load_digits_dataset
+from hf_trilevel.training.indexed_dataset import EXAMPLE_INDEX
 
 
 def to_pixels(batch):
@@ -37,9 +37,11 @@ def collate(features):
 class RecordingTrainer(TriLevelTrainer):
     def compute_loss(self, model, inputs, *args, **kwargs):
         if model.training:
-            epoch = self.example_pruner.plan_epoch
+            epoch = next(t.pruner for t in self.techniques() if t.name == "example_pruning").plan_epoch
             self.served.setdefault(epoch, []).extend(inputs[EXAMPLE_INDEX].tolist())
-            self.plans[epoch] = self.example_pruner.plan.indices.tolist()
+            self.plans[epoch] = next(
+                t.pruner for t in self.techniques() if t.name == "example_pruning"
+            ).plan.indices.tolist()
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
@@ -49,7 +51,7 @@ def run(policy: str, output_dir: str, dataset) -> dict:
         image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, num_labels=10, token_keep_rate=0.5,
     )  # fmt: skip
-    callback = ExamplePruningCallback(policy, **({"swap_epochs": [1, 2]} if policy == "forgetting" else {}))
+    callback = ExamplePruning(policy, **({"swap_epochs": [1, 2]} if policy == "forgetting" else {}))
     trainer = RecordingTrainer(
         model=TriLevelViTForImageClassification(config),
         args=TrainingArguments(

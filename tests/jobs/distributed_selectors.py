@@ -10,7 +10,7 @@ from distributed_pruning import collate, to_pixels, write_report_and_finish  # t
 from transformers import TrainingArguments
 
 from hf_trilevel import (
-    TokenSelectorTemperatureCallback,
+    SelectorTemperatureSchedule,
     TriLevelTrainer,
     TriLevelViTConfig,
     TriLevelViTForImageClassification,
@@ -36,7 +36,7 @@ def run(name: str, output_dir: str, dataset) -> dict:
             report_to="none", remove_unused_columns=False, save_strategy="no", disable_tqdm=True, logging_steps=1,
             dataloader_pin_memory=False, seed=0, use_cpu=True,
         ),
-        train_dataset=dataset, data_collator=collate, callbacks=[TokenSelectorTemperatureCallback(10.0, 0.1)],
+        train_dataset=dataset, data_collator=collate, callbacks=[SelectorTemperatureSchedule(10.0, 0.1)],
     )  # fmt: skip
     trainer.train()
     parameters = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])

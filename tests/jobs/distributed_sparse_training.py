@@ -10,7 +10,7 @@ import torch.distributed as dist
 from distributed_pruning import collate, to_pixels, write_report_and_finish  # the sibling job script's helpers
 from transformers import TrainingArguments
 
-from hf_trilevel import SparseTrainingCallback, TriLevelTrainer, TriLevelViTConfig, TriLevelViTForImageClassification
+from hf_trilevel import TriLevelTrainer, TriLevelViTConfig, TriLevelViTForImageClassification, WeightSparsity
 from hf_trilevel.image_data import load_digits_dataset
 
 
@@ -25,7 +25,7 @@ def run(sparsity: str, output_dir: str, dataset, resume: str | None = None) -> d
         image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, num_labels=10, token_keep_rate=0.5, token_prune_layers=[0, 1],
     )  # fmt: skip
-    technique = SparseTrainingCallback(sparsity, update_interval=1)
+    technique = WeightSparsity(sparsity, update_interval=1)
     trainer = TriLevelTrainer(
         model=TriLevelViTForImageClassification(config),
         args=TrainingArguments(

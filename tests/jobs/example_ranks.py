@@ -1,6 +1,6 @@
 """Run by tests/test_example_distributed.py under `accelerate launch --multi_gpu --num_processes 2`: train with
 `examples/run_image_classification.py` and write, per rank, how the Trainer was distributed and which examples each
-epoch kept (the digests `ExamplePruningCallback` logs), so the test can compare the ranks."""
+epoch kept (the digests `ExamplePruning` logs), so the test can compare the ranks."""
 
 import importlib.util
 import json

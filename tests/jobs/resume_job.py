@@ -102,7 +102,7 @@ def install_kill(example, kill: dict | None) -> None:
 
 
 def report(trainer, metrics: dict) -> dict:
-    pruner = trainer.example_pruner
+    pruner = next((t.pruner for t in trainer.techniques() if t.name == "example_pruning"), None)
     return {
         "log_history": trainer.state.log_history,
         "global_step": trainer.state.global_step,

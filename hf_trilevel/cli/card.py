@@ -1,0 +1,83 @@
+"""`hf-trilevel card FOLDER`: the model card of a TriLevel folder saved earlier, from the files the folder holds.
+
+    hf-trilevel card outputs/digits-trilevel --dataset-name "scikit-learn digits"
+    hf-trilevel card outputs/run --output card.md --model-id you/run --dataset you/data
+
+The card is built from `config.json`, the `*_results.json` files, `training_args.json` (what `TriLevelTrainer`
+writes instead of a pickle) and `operating_points.json` (the operating-point table a dense/sparse run writes), through
+the same plain-data renderer as a live run's card.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from ..model_card.builder import DEFAULT_LICENSE, build_model_card, saved_nonzero_weights
+from ..model_card.sources import read_result_files, training_from_arguments
+from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
+from ..token_training.operating_points import read_operating_points_report
+from ..training.trainer import TRAINING_ARGS_JSON
+from .errors import CommandError
+
+
+def write_model_card(
+    folder: str | Path, *, model_name: str | None = None, output: str | Path | None = None, **kwargs
+) -> Path:
+    """Write the card of a saved TriLevel folder from its `config.json`, `*_results.json`, `training_args.json` and
+    `operating_points.json`.
+
+    `kwargs` go to `build_model_card` (e.g. `dataset=`, `training=`); `model_name` defaults to the folder's name and
+    `output` to `README.md` inside the folder. Returns the card's path.
+
+    Raises:
+        ValueError: the folder has no `config.json`, its `operating_points.json` is malformed, or a value the card
+            needs is out of range.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"`folder` must be a saved TriLevel checkpoint folder with a config.json, got {folder}.")
+    config = TriLevelViTConfig.from_pretrained(folder)
+    arguments_file = folder / TRAINING_ARGS_JSON
+    if arguments_file.is_file():
+        # The file holds the per-device batch size and not the number of processes: no total batch size.
+        kwargs.setdefault("training", training_from_arguments(json.loads(arguments_file.read_text(encoding="utf-8"))))
+    kwargs.setdefault("operating_points", read_operating_points_report(folder))
+    kwargs.setdefault("nonzero_weights", saved_nonzero_weights(folder))
+    card = build_model_card(config, read_result_files(folder), model_name=model_name or folder.resolve().name, **kwargs)
+    path = Path(output) if output is not None else folder / "README.md"
+    card.save(path)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # One usage line however wide the terminal: a bad FOLDER is then two lines, the usage and the message.
+    parser.usage = "%(prog)s FOLDER [--output PATH] [--model-name NAME] [--model-id ID] [--dataset ID] [options]"
+    parser.add_argument("folder", metavar="FOLDER", help="saved checkpoint folder (config.json, *_results.json, ...)")
+    parser.add_argument("--output", metavar="PATH", help="where to write the card; default: FOLDER/README.md")
+    parser.add_argument("--model-name", metavar="NAME", help="card title; default: the folder's name")
+    parser.add_argument("--model-id", metavar="ID", help="Hub id the usage snippet loads; default: the model name")
+    parser.add_argument("--dataset", metavar="ID", help="Hub id or loader name of the evaluation data")
+    parser.add_argument("--dataset-name", metavar="NAME", help="readable name of the evaluation data")
+    parser.add_argument("--license", metavar="ID", default=DEFAULT_LICENSE, help="license identifier")
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    if not (folder / "config.json").is_file():
+        raise CommandError(f"FOLDER must be a saved TriLevel checkpoint folder with a config.json, got {folder}.")
+    if args.output is not None and not Path(args.output).expanduser().resolve().parent.is_dir():
+        raise CommandError(f"--output {args.output}: the folder {Path(args.output).resolve().parent} does not exist.")
+    try:
+        path = write_model_card(
+            folder,
+            output=args.output,
+            model_name=args.model_name,
+            model_id=args.model_id,
+            dataset=args.dataset,
+            dataset_name=args.dataset_name,
+            license=args.license,
+        )
+    except (ValueError, OSError) as error:  # a config.json that is not JSON or not a valid config, an unreadable file
+        raise CommandError(f"{folder}: {error}") from None
+    print(f"wrote {path}")
+    return 0

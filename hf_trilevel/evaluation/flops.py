@@ -1,0 +1,258 @@
+"""Analytic forward FLOPs of a TriLevel ViT for a config, so every measured speedup can stand beside its limit.
+
+FLOPs are counted as `torch.utils.flop_counter.FlopCounterMode` counts them: 2 per multiply-accumulate of every
+matmul and convolution; normalisations, activations and softmax are not counted. Masked attention is counted at
+its dense cost because the kernels compute the masked entries too; the extra work of a pruning layer (the
+selector's scores, fusion, and the connection scores behind the attention mask) is counted where it happens.
+
+Layer sizes come from `config.layer_num_attention_heads(i)` / `config.layer_intermediate_size(i)`, so slimmed models
+with fewer heads or MLP neurons in some layers are counted as built.
+
+Selectors (`config.token_selector`):
+- `"class_attention"` and `"learned"` keep the same count in every image, so a config fixes the FLOPs. Both score
+  with the class token's query against every key; `"learned"` adds its scorer (`learned_scorer_flops`) on every
+  current patch token of a pruning layer.
+- `"adaptive"` keeps a per-image count, known only after a forward. `measured_flops(config, kept_token_counts)` takes
+  the counts a model returned (`output_kept_token_indices=True`) and averages the FLOPs per image, each image
+  counted with its own counts (attention is quadratic in the tokens, so averaging counts first would undercount).
+  Padding is not counted: the figure is what each image needs alone, the limit padding and bucketing approach. From a
+  config alone (`forward_flops`), `"adaptive"` is counted at its upper bound, the fixed-rate schedule.
+"""
+
+import numbers
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
+from ..modeling.token_reduction import num_kept_tokens, token_schedule
+from ..modeling.token_selectors import learned_scorer_flops
+from ..modeling.value_checks import as_pair
+from ..modeling.value_checks import num_patches as _num_patches
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Tokens seen by one layer's attention block and MLP, and the layer's forward FLOPs per image."""
+
+    attention_tokens: int
+    mlp_tokens: int
+    flops: int
+
+
+@dataclass(frozen=True)
+class MeasuredFlops:
+    """Forward FLOPs per image from the token counts a model kept, against the dense model of the same shape.
+
+    Attributes:
+        flops_per_image: mean over the images of each image's forward FLOPs at its own counts.
+        dense_flops_per_image: the same shape with every token kept and dense attention (transformers' ViT).
+        mean_kept_tokens: patch tokens alive after each pruning layer, mean over the images.
+        min_kept_tokens, max_kept_tokens: the fewest and most patch tokens an image kept after each pruning layer.
+        num_images: how many images the counts cover.
+    """
+
+    flops_per_image: float
+    dense_flops_per_image: int
+    mean_kept_tokens: tuple[float, ...]
+    min_kept_tokens: tuple[int, ...]
+    max_kept_tokens: tuple[int, ...]
+    num_images: int
+
+    @property
+    def speedup_limit(self) -> float:
+        """Dense FLOPs over the measured mean FLOPs: the speedup if time followed FLOPs."""
+        return self.dense_flops_per_image / self.flops_per_image
+
+
+def num_patches(config: TriLevelViTConfig) -> int:
+    """Patch tokens of one image at the config's `image_size` (the sequence length without the class token)."""
+    return _num_patches(config.image_size, config.patch_size)
+
+
+def _selector_scores(config: TriLevelViTConfig, patches: int) -> bool:
+    """Whether a pruning layer's selector computes scores for an image with `patches` current patch tokens.
+
+    Fixed-count selectors skip scoring when their count keeps every patch; `"adaptive"` always scores, since its
+    count follows from the scores.
+    """
+    return config.token_selector == "adaptive" or num_kept_tokens(patches, config.token_keep_rate) < patches
+
+
+def _selector_flops(config: TriLevelViTConfig, tokens: int, patches: int, inner: int) -> int:
+    """A selector's scoring work at one pruning layer, per image, when it scores."""
+    flops = 2 * tokens * inner  # class query against every key
+    if config.uses_learned_scores():
+        flops += patches * learned_scorer_flops(config)
+    return flops
+
+
+def layer_costs(config: TriLevelViTConfig, kept_counts: Sequence[int] | None = None) -> list[LayerCost]:
+    """Per-layer token counts and FLOPs for one image.
+
+    Args:
+        config: the model's config, at the keep rates and selector to count.
+        kept_counts: patch tokens the image keeps after each pruning layer (one int per entry of
+            `config.token_prune_layers`), e.g. one column of a model's `kept_token_counts`. Default: the schedule the
+            keep rate fixes (for `"adaptive"`, its upper bound).
+    """
+    hidden, head_size = config.hidden_size, config.hidden_size // config.num_attention_heads
+    patches, fused = num_patches(config), 0
+    if kept_counts is None:
+        kept_counts = token_schedule(patches, config.token_keep_rate, len(config.token_prune_layers))
+    schedule = iter(_checked_counts(config, [[count] for count in kept_counts])[0])
+    costs = []
+    for layer in range(config.num_hidden_layers):
+        inner = config.layer_num_attention_heads(layer) * head_size  # width of q, k, v across the heads
+        tokens = 1 + patches + fused
+        flops = 2 * tokens * hidden * inner * 4  # q, k, v and output projections
+        flops += 2 * 2 * tokens * tokens * inner  # scores and weighted values, all heads together
+        if layer in config.token_prune_layers:
+            kept = next(schedule)
+            if _selector_scores(config, patches):
+                flops += _selector_flops(config, tokens, patches, inner)
+            if kept < patches:
+                if config.token_fusion:
+                    flops += 2 * (tokens - 1) * hidden  # score-weighted sum of the non-kept tokens
+                    fused = 1
+                patches = kept
+            if config.attention_keep_rate < 1.0:
+                flops += 2 * (1 + patches) * tokens * inner  # kept queries against the layer's keys
+        mlp_tokens = 1 + patches + fused
+        flops += 2 * 2 * mlp_tokens * hidden * config.layer_intermediate_size(layer)
+        costs.append(LayerCost(tokens, mlp_tokens, flops))
+    return costs
+
+
+def forward_flops(
+    config: TriLevelViTConfig,
+    batch_size: int = 1,
+    with_classifier: bool = True,
+    kept_counts: Sequence[int] | None = None,
+) -> int:
+    """Total forward FLOPs: patch embedding, every layer, and (optionally) the linear classifier on the class token.
+
+    Every image is counted at the same `kept_counts` (see `layer_costs`); for per-image counts use `measured_flops`.
+    """
+    patch_height, patch_width = as_pair(config.patch_size)
+    embedding = 2 * num_patches(config) * config.num_channels * patch_height * patch_width * config.hidden_size
+    classifier = 2 * config.hidden_size * config.num_labels if with_classifier else 0
+    return batch_size * (embedding + sum(cost.flops for cost in layer_costs(config, kept_counts)) + classifier)
+
+
+def dense_config(config: TriLevelViTConfig) -> TriLevelViTConfig:
+    """The same shape with every token kept, dense attention and no selector work: what transformers' ViT computes."""
+    dense = config.to_dict()
+    dense.update(token_keep_rate=1.0, attention_keep_rate=1.0, token_selector="class_attention")
+    dense.update(token_importance="class_attention", token_keep_mass=1.0)
+    return TriLevelViTConfig(**dense)
+
+
+def full_width_config(config: TriLevelViTConfig) -> TriLevelViTConfig:
+    """The full-width shape a slimmed config was cut from: `num_attention_heads` heads and `intermediate_size` MLP
+    neurons in every layer (the per-layer lists dropped; a uniform config keeps its shape). A slimmed model is timed
+    against this dense ViT, so its FLOPs limit must count the removed heads and neurons as saved work too."""
+    full = config.to_dict()
+    full.update(num_attention_heads_per_layer=None, intermediate_size_per_layer=None)
+    return TriLevelViTConfig(**full)
+
+
+def flops_speedup_limit(config: TriLevelViTConfig, kept_counts: Sequence[int] | None = None) -> float:
+    """Dense FLOPs divided by sparse FLOPs at the config's keep rates: the speedup if time followed FLOPs."""
+    return forward_flops(dense_config(config)) / forward_flops(config, kept_counts=kept_counts)
+
+
+def measured_flops(
+    config: TriLevelViTConfig,
+    kept_token_counts: Sequence[torch.Tensor | Sequence[int]],
+    with_classifier: bool = True,
+) -> MeasuredFlops:
+    """Mean forward FLOPs per image from the counts a forward kept, and the speedup limit against dense.
+
+    Args:
+        config: the config the counts were measured with (keep rates, selector, fusion, attention sparsity).
+        kept_token_counts: one `[batch]` tensor (or list of ints) per pruning layer, in `config.token_prune_layers`
+            order: the `kept_token_counts` output of a TriLevel model. Any selector: fixed-count ones give equal
+            counts, and then `flops_per_image == forward_flops(config)`.
+        with_classifier: count the linear classifier on the class token (as `forward_flops` does).
+
+    Each image is counted with its own counts, then the FLOPs are averaged; padding (the padded width of a batch with
+    per-image counts) is not counted.
+    """
+    per_image = _checked_counts(config, kept_token_counts)
+    frequency = Counter(per_image)
+    total = sum(count * forward_flops(config, 1, with_classifier, kept) for kept, count in frequency.items())
+    columns = list(zip(*per_image, strict=True)) if per_image[0] else []
+    return MeasuredFlops(
+        flops_per_image=total / len(per_image),
+        dense_flops_per_image=forward_flops(dense_config(config), 1, with_classifier),
+        mean_kept_tokens=tuple(sum(column) / len(column) for column in columns),
+        min_kept_tokens=tuple(min(column) for column in columns),
+        max_kept_tokens=tuple(max(column) for column in columns),
+        num_images=len(per_image),
+    )
+
+
+def _checked_counts(config: TriLevelViTConfig, kept_token_counts: Sequence) -> list[tuple[int, ...]]:
+    """Per-image tuples of kept counts (one entry per pruning layer), or a `ValueError` naming what is wrong.
+
+    `kept_token_counts` is layer-major (one sequence of per-image counts per pruning layer), as the model returns it.
+    """
+    layers = len(config.token_prune_layers)
+    if isinstance(kept_token_counts, torch.Tensor) and kept_token_counts.dim() == 1 and layers == 1:
+        kept_token_counts = [kept_token_counts]
+    if isinstance(kept_token_counts, (str, bytes)) or len(kept_token_counts) != layers:
+        raise ValueError(
+            f"`kept_token_counts` must hold one entry per pruning layer ({layers}, `token_prune_layers="
+            f"{list(config.token_prune_layers)}`), got {_describe(kept_token_counts)}."
+        )
+    columns = []
+    for index, counts in enumerate(kept_token_counts):
+        if isinstance(counts, torch.Tensor):
+            if counts.dim() != 1 or counts.is_floating_point() or counts.is_complex():
+                raise ValueError(
+                    f"`kept_token_counts[{index}]` must be a 1-D integer tensor of per-image counts, got "
+                    f"{_describe(counts)}."
+                )
+            counts = counts.tolist()
+        elif isinstance(counts, numbers.Integral):
+            counts = [counts]
+        counts = [_as_int(count) for count in counts]
+        if None in counts:
+            raise ValueError(f"`kept_token_counts[{index}]` must hold integers, got {kept_token_counts[index]!r}.")
+        columns.append(counts)
+    batch = {len(column) for column in columns}
+    if layers and (len(batch) != 1 or 0 in batch):
+        raise ValueError(
+            f"`kept_token_counts` must hold the same number (>= 1) of images for every pruning layer, got "
+            f"{[len(column) for column in columns]}."
+        )
+    rows = list(zip(*columns, strict=True)) if layers else [()]
+    patches = num_patches(config)
+    for image, row in enumerate(rows):
+        previous = patches
+        for index, count in enumerate(row):
+            if not 1 <= count <= previous:
+                raise ValueError(
+                    f"`kept_token_counts[{index}][{image}]` must be in [1, {previous}] (an image keeps at least one "
+                    f"and at most the {previous} patch tokens it entered the pruning layer with), got {count}."
+                )
+            previous = count
+    return [tuple(row) for row in rows]
+
+
+def _as_int(value: object) -> int | None:
+    """An integer count (Python, NumPy or a 0-d integer tensor) as `int`, or None for anything else."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return repr(value)

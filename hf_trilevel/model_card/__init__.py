@@ -1,0 +1,9 @@
+"""Model cards (`README.md`) for TriLevel checkpoints, rendered from `template.md` and plain data.
+
+`builder.py` renders the card, `sections.py` writes its variable parts, `sources.py` reads a run's files; each
+technique folder writes its own section (`card.py` there).
+"""
+
+from .builder import build_model_card, trainer_model_card
+
+__all__ = ["build_model_card", "trainer_model_card"]

@@ -1,0 +1,344 @@
+"""The variable parts of a model card, each a pure function of plain data: a config, a metrics dict, a training dict.
+
+`hf_trilevel.model_card.builder.build_model_card` fills the template with these. Nothing here knows about `Trainer` or
+the
+callbacks, so a card renders the same from a live run, a saved folder or hand-written numbers.
+
+The token selector (`config.token_selector`) shapes the method text, the settings (adaptive: mass, floor, importance)
+and the FLOPs rows: `"adaptive"` keeps per-image counts, so its config fixes only a cap, and the measured mean counts
+and FLOPs are shown when the metrics carry them.
+
+A dense/sparse checkpoint (`config.dense_sparse_keep_rates`) serves several keep rates with one set of weights: its
+card gets an "Operating points" section, the measured table when the run left `operating_points.json`
+(`hf_trilevel.token_training.operating_points`), else the rates it was trained for.
+
+Model sizes are read per layer (`config.layer_num_attention_heads(i)`, `config.layer_intermediate_size(i)`), so a
+structurally slimmed checkpoint shows its real widths, and its FLOPs against the full-width shape it was cut from; a
+config without those methods is uniform. Weight sparsity (`WeightSparsity.card_settings()`, the
+`weight_sparsity` training entry) is described in the training section, and the share of non-zero weights a
+checkpoint holds (counted by `hf_trilevel.model_card.builder.model_nonzero_weights`) in its settings.
+"""
+
+from ..evaluation.flops import dense_config, flops_speedup_limit, forward_flops, full_width_config
+from ..evaluation.formatting import format_duration, format_flops
+from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
+from ..modeling.token_reduction import token_schedule
+from ..modeling.value_checks import as_pair, num_patches
+from ..token_training.card import dense_sparse_sentence, describe_dense_sparse
+from ..weight_sparsity.card import describe_weight_sparsity, nonzero_weights_text, weight_sparsity_sentence
+
+# Keys of the card's `training` dict, with the label each gets in the card's hyperparameter table.
+TRAINING_FIELDS = {
+    "num_train_epochs": "epochs",
+    "num_train_examples": "training examples",
+    "total_train_batch_size": "batch size (all processes, with gradient accumulation)",
+    "learning_rate": "peak learning rate",
+    "lr_scheduler_type": "learning-rate schedule",
+    "weight_decay": "weight decay",
+    "seed": "seed",
+    "example_pruning": "example pruning",
+    "keep_rate_schedule": "token keep-rate warm-up",
+    "token_selector_temperature": "learned scores' Gumbel temperature",
+    "dense_sparse": "dense/sparse training (one set of weights for every keep rate)",
+    "weight_sparsity": "weight sparsity (SViTE: sparse training of the weights)",
+}
+# Metric of the mean patch tokens an image keeps after pruning layer `layer` (written by
+# `hf_trilevel.evaluation.token_counts.kept_token_metrics`, read back here; with Trainer's `eval_` prefix in results
+# files).
+KEPT_TOKENS_METRIC = "kept_tokens_layer_{layer}"
+FIXED_COUNT_SELECTORS = ("class_attention", "learned")  # every image keeps `ceil(n * token_keep_rate)`
+
+
+def table_rows(rows: list[tuple[str, str]]) -> str:
+    """Markdown table rows; a `|` inside a value would end its cell, so it is shown as `/`."""
+    return "\n".join(f"| {name} | {value.replace('|', '/')} |" for name, value in rows)
+
+
+def layer_sizes(config: TriLevelViTConfig) -> tuple[list[int], list[int]]:
+    """Attention heads and MLP width of every layer, from the config's per-layer methods (the one source of sizes)."""
+    layers = range(config.num_hidden_layers)
+    return [config.layer_num_attention_heads(i) for i in layers], [config.layer_intermediate_size(i) for i in layers]
+
+
+def architecture_text(config: TriLevelViTConfig) -> str:
+    """`6 layers, hidden size 128, 4 heads, MLP 256`; per-layer lists where the layers differ."""
+    heads, widths = layer_sizes(config)
+    heads_text = f"{heads[0]} heads" if len(set(heads)) == 1 else f"heads per layer {heads}"
+    mlp_text = f"MLP {widths[0]}" if len(set(widths)) == 1 else f"MLP per layer {widths}"
+    return f"{config.num_hidden_layers} layers, hidden size {config.hidden_size}, {heads_text}, {mlp_text}"
+
+
+def size_text(value: int | list[int] | tuple[int, int]) -> str:
+    """An image or patch size as `HxW`."""
+    return "x".join(map(str, as_pair(value)))
+
+
+def prune_layers_text(config: TriLevelViTConfig) -> str:
+    layers = config.token_prune_layers
+    if not layers:
+        return f"none of the {config.num_hidden_layers} layers: this checkpoint has no pruning layers"
+    return f"layers {', '.join(map(str, layers))} (0-indexed) of {config.num_hidden_layers}"
+
+
+def selector_name(config: TriLevelViTConfig) -> str:
+    return getattr(config, "token_selector", "class_attention")
+
+
+def importance_text(config: TriLevelViTConfig) -> str:
+    if getattr(config, "token_importance", "class_attention") == "learned":
+        return "learned scores: a small scorer per pruning layer added to the log of the class-token attention"
+    return "the class token's attention, averaged over heads"
+
+
+def token_method_text(config: TriLevelViTConfig, training: dict | None = None) -> str:
+    """Step 1 of the card's "Method": how this checkpoint's token selector picks the kept patches."""
+    selector = selector_name(config)
+    rate = "`ceil(n * token_keep_rate)`"
+    compounds = "the rate compounds from one pruning layer to the next."
+    if selector == "class_attention":
+        return (
+            "Every patch token is scored by the class token's attention, averaged over heads, and the top "
+            f"{rate} are kept; {compounds}"
+        )
+    if selector == "learned":
+        return (
+            "Every patch token is scored by a small learned scorer of its pruning layer (LayerNorm → Linear(hidden, "
+            "hidden/4) → GELU → Linear(hidden/4, 1), its last layer initialised at zero so that it starts from "
+            "class-attention ranking) added to the log of the class token's attention, and the top "
+            f"{rate} are kept; {compounds} In training the choice is a Gumbel top-k with a straight-through hard "
+            "decision, so the scorer learns from the task loss while dropped tokens are removed all the same"
+            f"{temperature_text(training)}."
+        )
+    if selector == "adaptive":
+        return (
+            "Each image keeps its own number of patch tokens (SaiT-style adaptive pruning): the fewest whose share "
+            f"of the importance ({importance_text(config)}), renormalised over its current patches, reaches "
+            f"`token_keep_mass` = {float(config.token_keep_mass):g}, at most {rate} and at least "
+            "`ceil(n * min(token_min_keep_rate, token_keep_rate))` of its `n` current patches. Easy images keep fewer "
+            "tokens than hard ones; a batch is padded to its largest count (in at most `token_count_buckets` groups "
+            "of similar counts) and padded tokens are masked out of attention."
+        )
+    return f"Patch tokens are picked by the registered `{selector}` token selector at {rate} per layer."
+
+
+def temperature_text(training: dict | None) -> str:
+    """`, its temperature annealed from 10 to 0.1 over the run` when the training dict records the schedule."""
+    schedule = (training or {}).get("token_selector_temperature")
+    if not isinstance(schedule, dict) or "start" not in schedule or "end" not in schedule:
+        return ""
+    return f", its temperature annealed linearly from {schedule['start']:g} to {schedule['end']:g} over the run"
+
+
+def fusion_text(config: TriLevelViTConfig) -> str:
+    if config.token_fusion:
+        return "The dropped tokens are fused into one extra token, their attention-weighted mean (EViT-style)."
+    return "Dropped tokens are discarded."
+
+
+def prunes_examples(training: dict) -> bool:
+    """Whether the training dict records an example-pruning policy that removed anything."""
+    pruning = training.get("example_pruning")
+    return pruning is not None and pruning["policy"] != "none"
+
+
+def describe_policy(pruning: dict) -> str:
+    """`the `forgetting` policy (keep_fraction=0.8, ...)` from a policy's `config()` dict."""
+    settings = ", ".join(f"{key}={value}" for key, value in pruning.items() if key != "policy")
+    return f"the `{pruning['policy']}` policy" + (f" ({settings})" if settings else "")
+
+
+def example_text(training: dict) -> str:
+    if not prunes_examples(training):
+        return "This checkpoint was trained on all its examples in every epoch."
+    return f"This checkpoint was trained with {describe_policy(training['example_pruning'])}."
+
+
+def selector_rows(config: TriLevelViTConfig) -> list[tuple[str, str]]:
+    """The token selector and the config fields it reads (adaptive: mass, floor, importance, buckets)."""
+    selector = selector_name(config)
+    rows = [("`token_selector`", f"`{selector}`")]
+    if selector == "adaptive":
+        for name in ("token_keep_mass", "token_min_keep_rate"):
+            rows.append((f"`{name}`", str(float(getattr(config, name)))))
+        rows.append(("`token_importance`", f"`{getattr(config, 'token_importance', 'class_attention')}`"))
+        if hasattr(config, "token_count_buckets"):
+            rows.append(("`token_count_buckets`", str(config.token_count_buckets)))
+    return rows
+
+
+def kept_tokens_text(config: TriLevelViTConfig) -> str:
+    """`45 → 32 → 22 of 64`; for adaptive the range each image's count lies in (floor chain to cap chain)."""
+    patches = num_patches(config.image_size, config.patch_size)
+    layers = len(config.token_prune_layers)
+    counts = token_schedule(patches, config.token_keep_rate, layers)
+    if not counts:
+        return f"all {patches}"
+    if selector_name(config) != "adaptive":
+        return f"{' → '.join(map(str, counts))} of {patches}"
+    floor = token_schedule(patches, min(float(config.token_min_keep_rate), config.token_keep_rate), layers)
+    return f"per image, between {' → '.join(map(str, floor))} and {' → '.join(map(str, counts))} of {patches}"
+
+
+def measured_kept_tokens(config: TriLevelViTConfig, metrics: dict) -> list[float] | None:
+    """The measured mean kept patch tokens per pruning layer from `metrics` (`KEPT_TOKENS_METRIC`), or None unless
+    every pruning layer has one."""
+    keys = [KEPT_TOKENS_METRIC.format(layer=layer) for layer in config.token_prune_layers]
+    if not keys or any(key not in metrics for key in keys):
+        return None
+    return [float(metrics[key]) for key in keys]
+
+
+def settings_rows(
+    config: TriLevelViTConfig, num_parameters: int | None, nonzero_weights: tuple[int, int] | None = None
+) -> str:
+    """The "Settings of this checkpoint" table: keep rates, selector, token schedule, architecture, input, classes.
+
+    `nonzero_weights` (non-zero, total) over the weight matrices sparse training masks adds a row when some are zero.
+    """
+    patches = num_patches(config.image_size, config.patch_size)
+    dense = " (dense)" if config.attention_keep_rate >= 1 else ""
+    rows = [
+        ("`token_keep_rate`", str(float(config.token_keep_rate))),
+        ("`token_prune_layers`", str(list(config.token_prune_layers))),
+        ("`token_fusion`", str(bool(config.token_fusion))),
+        ("`attention_keep_rate`", str(float(config.attention_keep_rate)) + dense),
+        *selector_rows(config),
+        ("patch tokens kept after each pruning layer", kept_tokens_text(config)),
+        ("architecture", architecture_text(config)),
+        *([("non-zero weights", nonzero_weights_text(nonzero_weights))] if _has_zeros(nonzero_weights) else []),
+        (
+            "input",
+            f"{size_text(config.image_size)} px, {config.num_channels} channels, "
+            f"{size_text(config.patch_size)} patches ({patches} tokens + class token)",
+        ),
+        ("classes", str(config.num_labels)),
+    ]
+    if num_parameters is not None:
+        rows.append(("parameters", f"{num_parameters:,}"))
+    return table_rows(rows)
+
+
+def _has_zeros(nonzero_weights: tuple[int, int] | None) -> bool:
+    return nonzero_weights is not None and nonzero_weights[0] < nonzero_weights[1]
+
+
+def slimmed_from(config: TriLevelViTConfig) -> TriLevelViTConfig | None:
+    """`flops.full_width_config` of a slimmed config (some layer has fewer heads or neurons), else None."""
+    heads, widths = layer_sizes(config)
+    if set(heads) == {config.num_attention_heads} and set(widths) == {config.intermediate_size}:
+        return None
+    return full_width_config(config)
+
+
+def results_text(accuracy_measured: bool, evaluation_text: str) -> str:
+    if accuracy_measured:
+        return f"Measured on {evaluation_text}."
+    return "No accuracy was measured for this card (the run was not evaluated)."
+
+
+def results_rows(config: TriLevelViTConfig, metrics: dict) -> str:
+    """The "Results" table: accuracy, FLOPs against dense and their limit, measured speedup, training cost."""
+    rows = []
+    if "accuracy" in metrics:
+        rows.append(("top-1 accuracy", f"{100 * metrics['accuracy']:.2f}%"))
+    if "top5_accuracy" in metrics:
+        rows.append(("top-5 accuracy", f"{100 * metrics['top5_accuracy']:.2f}%"))
+    per_image = selector_name(config) not in FIXED_COUNT_SELECTORS  # counts differ per image: measure them
+    measured = measured_kept_tokens(config, metrics)
+    if per_image and measured is not None:
+        patches = num_patches(config.image_size, config.patch_size)
+        rows.append(
+            (
+                "patch tokens kept per image after each pruning layer (measured mean)",
+                f"{' → '.join(f'{count:.1f}' for count in measured)} of {patches}",
+            )
+        )
+    cap = ", at its cap: every image at `token_keep_rate`" if per_image else ""
+    rows += [
+        (f"forward FLOPs per image (this setting{cap})", format_flops(forward_flops(config))),
+        ("forward FLOPs per image, dense (keep rates 1.0)", format_flops(forward_flops(dense_config(config)))),
+        (f"FLOPs speedup limit{' (at the cap)' if per_image else ''}", f"{flops_speedup_limit(config):.2f}x"),
+    ]
+    full = slimmed_from(config)
+    if full is not None:
+        shape = f"{full.num_attention_heads} heads and MLP {full.intermediate_size} in every layer"
+        full_flops = forward_flops(dense_config(full))
+        rows += [
+            (f"forward FLOPs per image, full-width dense ({shape})", format_flops(full_flops)),
+            (
+                f"FLOPs speedup limit against the full-width dense shape{' (at the cap)' if per_image else ''}",
+                f"{full_flops / forward_flops(config):.2f}x",
+            ),
+        ]
+    if per_image and "measured_gflops_per_image" in metrics and "measured_flops_speedup_limit" in metrics:
+        rows += [
+            (
+                "forward FLOPs per image (measured: each evaluation image at its own counts, averaged)",
+                format_flops(metrics["measured_gflops_per_image"] * 1e9),
+            ),
+            ("FLOPs speedup limit (measured counts)", f"{metrics['measured_flops_speedup_limit']:.2f}x"),
+        ]
+    if "measured_speedup" in metrics:
+        setup = metrics.get("measured_speedup_setup")
+        speedup = f"{metrics['measured_speedup']:.2f}x" + (f" ({setup})" if setup else "")
+    else:
+        speedup = "not measured for this card (`hf-trilevel bench inference`)"
+    rows.append(("measured inference speedup over dense", speedup))
+    if "train_runtime" in metrics:
+        rows.append(("training time", format_duration(metrics["train_runtime"])))
+    if "example_fraction_seen" in metrics:
+        rows.append(
+            ("training examples seen (share of epochs x data)", f"{100 * metrics['example_fraction_seen']:.1f}%")
+        )
+    return table_rows(rows)
+
+
+def usage_text(config: TriLevelViTConfig) -> str:
+    """Extra lines of the usage snippet for the selector's own run-time setting (adaptive: the mass)."""
+    if selector_name(config) != "adaptive":
+        return ""
+    return (
+        "\n# Adaptive selector: a lower mass keeps fewer tokens per image (read on the next forward):\n"
+        "model.config.token_keep_mass = 0.8\n"
+        "# Valid patch tokens each image kept after each pruning layer (adaptive counts differ per image):\n"
+        "counts = model(**inputs, output_kept_token_indices=True).kept_token_counts"
+    )
+
+
+def training_text(metrics: dict, training: dict) -> str:
+    """The "Training" paragraph: epochs, time, and the example-pruning policy with the share of data it served."""
+    trainer = "`hf_trilevel.TriLevelTrainer` (a `transformers.Trainer`)"
+    epochs = metrics.get("epoch", training.get("num_train_epochs"))
+    parts = [f"Trained for {epochs:g} epochs with {trainer}." if epochs is not None else f"Trained with {trainer}."]
+    if "train_runtime" in metrics:
+        parts.append(f"Training took {format_duration(metrics['train_runtime'])}.")
+    if prunes_examples(training):
+        seen = metrics.get("example_fraction_seen")
+        seen_text = f", which served {100 * seen:.1f}% of the examples over the run" if seen is not None else ""
+        parts.append(f"Example pruning used {describe_policy(training['example_pruning'])}{seen_text}.")
+    if isinstance(training.get("dense_sparse"), dict):
+        parts.append(dense_sparse_sentence(training["dense_sparse"]))
+    if isinstance(training.get("weight_sparsity"), dict):
+        parts.append(weight_sparsity_sentence(training["weight_sparsity"]))
+    return " ".join(parts)
+
+
+def training_table(training: dict) -> str:
+    """The hyperparameter table, in `TRAINING_FIELDS` order; empty when nothing is known."""
+    rows = []
+    for key, label in TRAINING_FIELDS.items():
+        if key not in training:
+            continue
+        value = training[key]
+        if key == "example_pruning":
+            value = describe_policy(value)
+        elif key == "dense_sparse" and isinstance(value, dict):
+            value = describe_dense_sparse(value)
+        elif key == "weight_sparsity" and isinstance(value, dict):
+            value = describe_weight_sparsity(value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{name}={setting}" for name, setting in value.items())
+        rows.append((label, str(value)))
+    if not rows:
+        return ""
+    return "| hyperparameter | value |\n|---|---|\n" + table_rows(rows)

@@ -1,0 +1,38 @@
+"""The TriLevel model: the remote-code set that `save_pretrained` copies, flat, into every checkpoint.
+
+transformers copies the file that defines a saved class and, recursively, every `from .x import y` sibling it
+imports, and `auto_map` names only file stems; so these files import nothing but each other, torch, transformers,
+huggingface_hub and the standard library (tests/test_remote_code.py enforces it), and nothing else lives here.
+This `__init__.py` is not part of the set: checkpoints never carry it.
+"""
+
+from .configuration_trilevel_vit import TriLevelViTConfig
+from .modeling_trilevel_vit import (
+    TriLevelViTForImageClassification,
+    TriLevelViTImageClassifierOutput,
+    TriLevelViTModel,
+    TriLevelViTModelOutput,
+    TriLevelViTPreTrainedModel,
+)
+
+#: The files every saved checkpoint carries: what `save_pretrained` copies and `trust_remote_code` runs.
+REMOTE_CODE_FILES = (
+    "configuration_trilevel_vit.py",
+    "modeling_trilevel_vit.py",
+    "sparse_attention.py",
+    "token_groups.py",
+    "token_reduction.py",
+    "token_selectors.py",
+    "value_checks.py",
+    "vit_layer.py",
+)
+
+__all__ = [
+    "REMOTE_CODE_FILES",
+    "TriLevelViTConfig",
+    "TriLevelViTForImageClassification",
+    "TriLevelViTImageClassifierOutput",
+    "TriLevelViTModel",
+    "TriLevelViTModelOutput",
+    "TriLevelViTPreTrainedModel",
+]

@@ -1,0 +1,224 @@
+"""What a training script builds before `Trainer.train()`: the TriLevel config, model and image processor.
+
+From a TriLevel or plain ViT/DeiT checkpoint (folder, file or Hub id), a `--config_name`, or a shape for training
+from scratch, with the data's label names; the flags' sparsity and selector fields are checked against the config
+they change before any data loads (`check_config_overrides`). Split from `hf_trilevel.recipe.run_support` (argument
+and output-folder checks, results, process teardown). Errors are `ValueError`s naming the arguments in backticks.
+"""
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from huggingface_hub.errors import StrictDataclassError
+from transformers import AutoImageProcessor, PretrainedConfig, ViTImageProcessorPil
+
+from ..image_data.loading import is_missing_local_path
+from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
+from ..modeling.modeling_trilevel_vit import TriLevelViTForImageClassification
+from ..modeling.value_checks import as_pair
+
+CHECKPOINT_MODEL_TYPES = (TriLevelViTConfig.model_type, "vit")  # what a TriLevel model can start from
+
+
+def read_vit_config(source: str, argument: str = "model_name_or_path", **hub_kwargs) -> dict:
+    """The raw `config.json` of `source` (folder, file or Hub id), which must describe a ViT or TriLevel ViT.
+
+    `argument` names `source` in error messages; `hub_kwargs` (`cache_dir`, `revision`, `token`) go to transformers.
+    """
+    if is_missing_local_path(source):
+        raise ValueError(f"`{argument}` {source!r}: no such folder or file.")
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(source, **hub_kwargs)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"`{argument}` {source!r}: cannot read its config: {error}") from error
+    model_type = config_dict.get("model_type")
+    if model_type is None:
+        raise ValueError(f"`{argument}` {source!r} has no config.json with a `model_type`; is it a model folder?")
+    if model_type not in CHECKPOINT_MODEL_TYPES:
+        raise ValueError(
+            f"`{argument}` {source!r} is a {model_type!r} model; TriLevel ViTs start from a TriLevel or a plain "
+            "ViT/DeiT checkpoint (model_type 'trilevel_vit' or 'vit')."
+        )
+    return config_dict
+
+
+def check_classifier_size(checkpoint: dict, num_labels: int, ignore_mismatched_sizes: bool) -> None:
+    """A checkpoint's classifier (raw `config.json` dict) must fit the data's labels unless it may be replaced."""
+    has_classifier = any("ForImageClassification" in name for name in checkpoint.get("architectures") or [])
+    checkpoint_labels = len(checkpoint.get("id2label") or {}) or checkpoint.get("num_labels")
+    if has_classifier and checkpoint_labels != num_labels and not ignore_mismatched_sizes:
+        raise ValueError(
+            f"`model_name_or_path` has a classifier for {checkpoint_labels} labels but the data has {num_labels}; "
+            "pass `ignore_mismatched_sizes` to train a new classifier."
+        )
+
+
+def build_trilevel_config(
+    label_names: list[str],
+    *,
+    model_name_or_path: str | None = None,
+    config_name: str | None = None,
+    scratch: Mapping[str, object] | None = None,
+    overrides: Mapping[str, object] | None = None,
+    ignore_mismatched_sizes: bool = False,
+    **hub_kwargs,
+) -> TriLevelViTConfig:
+    """The model's config, with the data's label names (saved with the checkpoint, used by pipelines).
+
+    From `config_name` if given, else from `model_name_or_path`'s config, else `TriLevelViTConfig(**scratch)`;
+    `overrides` (e.g. keep rates given on a command line) win over all three. A checkpoint's classifier must fit
+    `label_names` unless `ignore_mismatched_sizes`.
+    """
+    labels = {  # num_labels follows from id2label
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: index for index, name in enumerate(label_names)},
+    }
+    overrides = dict(overrides or {})
+    if model_name_or_path is not None:
+        checkpoint = read_vit_config(model_name_or_path, "model_name_or_path", **hub_kwargs)
+        check_classifier_size(checkpoint, len(label_names), ignore_mismatched_sizes)
+    if config_name is not None:
+        read_vit_config(config_name, "config_name", **hub_kwargs)
+    source = config_name or model_name_or_path
+    if source is None:
+        return TriLevelViTConfig(**{**(scratch or {}), **overrides}, **labels)
+    argument = "config_name" if config_name is not None else "model_name_or_path"
+    try:
+        config = TriLevelViTConfig.from_pretrained(source, **hub_kwargs, **labels, **overrides)
+    except StrictDataclassError as error:  # not a ValueError: the config's type checks (`@strict`)
+        raise invalid_config_error(error, argument, source, **hub_kwargs) from error
+    config.check_trilevel_fields()  # from_pretrained sets keyword arguments after the config validated itself
+    return config
+
+
+def check_config_overrides(
+    overrides: Mapping[str, object],
+    *,
+    model_name_or_path: str | None = None,
+    config_name: str | None = None,
+    scratch: Mapping[str, object] | None = None,
+    **hub_kwargs,
+) -> None:
+    """Refuse `overrides` (e.g. `token_selector`, `token_keep_mass` from a command line) that the config they change
+    refuses, before a script loads its data: `build_trilevel_config` needs the data's label names, so without this
+    check a bad field would only fail after the data loaded.
+
+    The config is the one `build_trilevel_config` starts from (`config_name`, else `model_name_or_path`'s, else
+    `scratch`), so combinations are checked too: `token_selector="learned"` against a checkpoint without pruning
+    layers. Raises the config's `ValueError`, which names the field.
+    """
+    source = config_name or model_name_or_path
+    if source is None:
+        TriLevelViTConfig(**{**(scratch or {}), **overrides})
+        return
+    argument = "config_name" if config_name is not None else "model_name_or_path"
+    read_vit_config(source, argument, **hub_kwargs)
+    try:
+        config = TriLevelViTConfig.from_pretrained(source, **hub_kwargs, **overrides)
+    except StrictDataclassError as error:
+        raise invalid_config_error(error, argument, source, **hub_kwargs) from error
+    config.check_trilevel_fields()
+
+
+def selector_text(config: TriLevelViTConfig) -> str:
+    """`selector adaptive (token_keep_mass=0.9, ...)`: the token selector and the settings it reads, for a run's
+    summary line."""
+    selector = getattr(config, "token_selector", "class_attention")
+    if selector != "adaptive":
+        return f"selector {selector}"
+    settings = ", ".join(
+        f"{name}={getattr(config, name)}"
+        for name in ("token_keep_mass", "token_min_keep_rate", "token_importance")
+        if hasattr(config, name)
+    )
+    return f"selector adaptive ({settings})"
+
+
+def invalid_config_error(error: StrictDataclassError, argument: str, source: str, **hub_kwargs) -> ValueError:
+    """A `ValueError` naming the flag, the config file, the field and its value, for a config that fails the
+    config class's `@strict` type checks (`huggingface_hub.dataclasses`)."""
+    cause = error.__cause__ or error
+    found = re.search(r"field '(\w+)'", str(error))
+    config_file = _config_file(source)
+    if found is None:  # a check over several fields
+        return ValueError(f"`{argument}` {source!r}: {config_file} is not a valid config: {cause}")
+    field_name = found[1]
+    try:
+        value = PretrainedConfig.get_config_dict(source, **hub_kwargs)[0].get(field_name)
+    except (OSError, ValueError):
+        value = None
+    return ValueError(
+        f"`{argument}` {source!r}: in {config_file}, '{field_name}' is {value!r}, which the config refuses "
+        f"({type(cause).__name__}: {cause}); fix that field of the file."
+    )
+
+
+def _config_file(source: str) -> str:
+    """The `config.json` a config source means: the file itself, the one in a folder, or a Hub repo's."""
+    path = Path(source).expanduser()
+    return str(path / "config.json") if path.is_dir() else str(path) if path.is_file() else f"{source}/config.json"
+
+
+def load_trilevel_model(
+    config: TriLevelViTConfig,
+    model_name_or_path: str | None = None,
+    *,
+    ignore_mismatched_sizes: bool = False,
+    **hub_kwargs,
+) -> TriLevelViTForImageClassification:
+    """A new model for `config`, or the checkpoint's weights (TriLevel, ViT or DeiT) in this package's classes."""
+    if model_name_or_path is None:
+        return TriLevelViTForImageClassification(config)
+    try:
+        return TriLevelViTForImageClassification.from_pretrained(
+            model_name_or_path, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes, **hub_kwargs
+        )
+    except OSError as error:
+        raise ValueError(f"`model_name_or_path` {model_name_or_path!r}: cannot load weights: {error}") from error
+
+
+def build_image_processor(
+    config: TriLevelViTConfig,
+    image_processor_name: str | None = None,
+    model_name_or_path: str | None = None,
+    *,
+    trust_remote_code: bool = False,
+    **hub_kwargs,
+) -> tuple[ViTImageProcessorPil, str | None]:
+    """A ViT image processor at the model's resolution with the named (or checkpoint's) normalisation, and a notice
+    when the checkpoint has none (then mean = std = 0.5).
+
+    It must resize to the model's `image_size`: `pipeline` resizes to the processor's size, and a processor at
+    another size (a default one resizes to 224) makes the model refuse its input.
+    """
+    settings = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "rescale_factor": 1 / 255}
+    source, notice = image_processor_name or model_name_or_path, None
+    if source is not None:
+        try:
+            loaded = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code, **hub_kwargs)
+        except (OSError, ValueError) as error:
+            if image_processor_name:
+                raise ValueError(f"`image_processor_name` {source!r}: cannot load it: {error}") from error
+            notice = f"{source} has no image processor; normalising with mean = std = 0.5."
+        else:
+            for name in settings:
+                if getattr(loaded, name, None) is not None:
+                    settings[name] = getattr(loaded, name)
+    height, width = as_pair(config.image_size)
+    processor = ViTImageProcessorPil(
+        do_resize=True, size={"height": height, "width": width}, do_rescale=True, do_normalize=True, **settings
+    )
+    return processor, notice
+
+
+__all__ = [
+    "CHECKPOINT_MODEL_TYPES",
+    "build_image_processor",
+    "build_trilevel_config",
+    "check_classifier_size",
+    "check_config_overrides",
+    "load_trilevel_model",
+    "read_vit_config",
+    "selector_text",
+]

@@ -1,0 +1,131 @@
+"""Model-card text for dense/sparse (SaiT) checkpoints: the training sentence and the "Operating points" section.
+
+Split from `model_card_sections` (one job: say what one set of weights serves at each keep rate, from
+`DenseSparseTraining.card_settings()`, the config's `dense_sparse_keep_rates` and a measured `operating_points.json`).
+"""
+
+from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
+from .operating_points import OPERATING_POINTS_FILE, format_rate, measurement_setup, operating_points_markdown
+
+
+def rates_text(rates: list) -> str:
+    """`1.0, 0.7 and 0.5`."""
+    names = [format_rate(rate) for rate in rates]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def distillation_text(settings: dict) -> str:
+    """How the sparse passes learned beside the labels: `, the sparse passes distilled from the dense pass (...)`."""
+    distillation = settings.get("distillation", "none")
+    if distillation in (None, "none"):
+        return ", without distillation"
+    source = "the dense pass of the same weights" if distillation == "self" else "a teacher"
+    if distillation == "teacher" and settings.get("teacher"):
+        source = f"the teacher `{settings['teacher']}`"
+    details = [
+        f"{label} {settings[key]:g}"
+        for key, label in (("distillation_temperature", "temperature"), ("distillation_weight", "weight"))
+        if isinstance(settings.get(key), (int, float))
+    ]
+    return f", the sparse passes distilled from {source}" + (f" ({', '.join(details)})" if details else "")
+
+
+def dense_sparse_sentence(settings: dict) -> str:
+    """The "Training" paragraph's sentence on dense/sparse training, from `DenseSparseTraining.card_settings()`."""
+    rates = settings.get("keep_rates")
+    rates_part = f" at token keep rates {rates_text(list(rates))}" if rates else ""
+    schedule = f" (schedule `{settings['schedule']}`)" if settings.get("schedule") else ""
+    importance = settings.get("importance_weight")
+    importance_part = (
+        f"; token-importance distillation weight {importance:g}"
+        if isinstance(importance, (int, float)) and importance > 0
+        else ""
+    )
+    return (
+        f"Dense/sparse training (SaiT) updated one set of weights{rates_part}{schedule}"
+        f"{distillation_text(settings)}{importance_part}."
+    )
+
+
+def describe_dense_sparse(settings: dict) -> str:
+    """The hyperparameter-table cell of dense/sparse training: every `card_settings()` entry, rates as a list."""
+    order = ("keep_rates", "schedule", "distillation", "teacher", "distillation_temperature", "distillation_weight")
+    keys = [key for key in order if key in settings] + [key for key in settings if key not in order]
+    return ", ".join(f"{key}={settings[key]}" for key in keys)
+
+
+# -- operating points -------------------------------------------------------------------------------------------------
+
+
+def trained_keep_rates(config: TriLevelViTConfig) -> list[float] | None:
+    """The keep rates a dense/sparse checkpoint was trained for, or None for a checkpoint trained at one rate."""
+    rates = getattr(config, "dense_sparse_keep_rates", None)
+    return [float(rate) for rate in rates] if rates else None
+
+
+def operating_points_text(config: TriLevelViTConfig, report: dict | None) -> str:
+    """The card's "Operating points" section (heading included), or "" for a single-rate checkpoint without a table.
+
+    With a report (`operating_points.json`, see `hf_trilevel.token_training.operating_points`): the measured table, how
+    one set
+    of weights serves every row, and where the throughput was measured. With only `config.dense_sparse_keep_rates`:
+    the rates the checkpoint was trained for, and how to measure the table.
+    """
+    rates = trained_keep_rates(config)
+    if report is None and rates is None:
+        return ""
+    switch = "`model.set_keep_rates(token_keep_rate=r, attention_keep_rate=a)`"
+    if report is None:
+        first, *others = trained_operating_points(config)
+        pairs = f"`r` = {format_rate(first[0])} with `a` = {format_rate(first[1])}"
+        pairs += " (the dense model)" if first[0] >= 1 else ""
+        pairs += "".join(f", {format_rate(rate)} with {format_rate(attention)}" for rate, attention in others)
+        return (
+            "\n## Operating points\n\n"
+            f"This checkpoint was trained with dense/sparse training (SaiT) for token keep rates {rates_text(rates)}: "
+            f"one set of weights serves every one of them. {switch} picks one; training paired {pairs}. No "
+            "operating-point table was measured for this card: `hf-trilevel visualize operating-points --model FOLDER "
+            f"--json FOLDER/{OPERATING_POINTS_FILE} --output FOLDER/operating_points.png` measures accuracy and "
+            "images/s per rate, and the card shows them once the file is there.\n"
+        )
+    if rates is not None:
+        trained = (
+            f"This checkpoint was trained with dense/sparse training (SaiT) for token keep rates {rates_text(rates)}"
+        )
+    else:
+        trained = (
+            f"This checkpoint was trained at one setting (`token_keep_rate` = {float(config.token_keep_rate):g}); the "
+            "other rows run the same weights at rates they were not trained for"
+        )
+    points = report["points"]
+    # Name the dense row only if the table has one (keep 1.0 at attention 1.0); a table measured with attention
+    # held lower, or without rate 1.0, has no dense row.
+    dense_rows = [p for p in points if p.get("token_keep_rate") == 1.0 and p.get("attention_keep_rate") == 1.0]
+    dense = "; the keep rate 1.0 row is the dense model" if dense_rows else ""
+    measured = f"{report['num_examples']} images" if isinstance(report.get("num_examples"), int) else "the evaluation"
+    split = f" of the `{report['split']}` split" if isinstance(report.get("split"), str) else ""
+    return (
+        "\n## Operating points\n\n"
+        f"{trained}. One set of weights serves every row: {switch} picks one (`r` and `a` from the row){dense}.\n\n"
+        f"{operating_points_markdown(points)}\n\n"
+        f"Accuracy over {measured}{split}. Throughput measured on {measurement_setup(report)}, every rate on the "
+        "same batch in interleaved rounds; it depends on the hardware and batch size, and `hf-trilevel visualize "
+        "operating-points` measures it on yours. The FLOPs limit is dense FLOPs over the row's FLOPs.\n"
+    )
+
+
+def trained_operating_points(config: TriLevelViTConfig) -> list[tuple[float, float]]:
+    """`(token_keep_rate, attention_keep_rate)` of each rate a dense/sparse checkpoint was trained for."""
+    # Imported here: the trainer imports the card modules, and the package imports the technique's module.
+    from .dense_sparse import operating_point
+
+    return [operating_point(config, rate) for rate in trained_keep_rates(config) or []]
+
+
+__all__ = [
+    "dense_sparse_sentence",
+    "describe_dense_sparse",
+    "operating_points_text",
+    "trained_keep_rates",
+    "trained_operating_points",
+]
