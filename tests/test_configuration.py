@@ -3,7 +3,8 @@
 import pytest
 from transformers import AutoConfig, ViTConfig
 
-from hf_trilevel import TriLevelViTConfig, default_token_prune_layers
+from hf_trilevel import TriLevelViTConfig
+from hf_trilevel.modeling.configuration_trilevel_vit import default_token_prune_layers
 
 
 @pytest.mark.parametrize(

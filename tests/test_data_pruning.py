@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from hf_trilevel import ExamplePruning, ForgettingPolicy, KeepRateSchedule, LossPolicy, RandomPolicy
+from hf_trilevel import ExamplePruning, KeepRateSchedule
+from hf_trilevel.example_pruning import ForgettingPolicy, LossPolicy, RandomPolicy
 from hf_trilevel.example_pruning.pruner import EpochPlan, ExamplePruner, ExampleStatistics, PrunedEpochSampler, digest
 from hf_trilevel.training.schedules import cosine_keep_rate
 

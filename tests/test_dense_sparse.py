@@ -6,13 +6,8 @@ import pytest
 import torch
 from transformers import TrainingArguments, ViTForImageClassification
 
-from hf_trilevel import (
-    DenseSparseTraining,
-    KeepRateSchedule,
-    TriLevelTrainer,
-    TriLevelViTForImageClassification,
-    operating_point,
-)
+from hf_trilevel import DenseSparseTraining, KeepRateSchedule, TriLevelTrainer, TriLevelViTForImageClassification
+from hf_trilevel.token_training import operating_point
 from hf_trilevel.token_training.dense_sparse import DISTILLATION_TERM, IMPORTANCE_TERM, SPARSE_TASK_TERM
 
 from .helpers import images, tiny_vit

@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
-from hf_trilevel import TriLevelTrainer, TriLevelViTForImageClassification, WeightSparsity, structured_unit_masks
+from hf_trilevel import TriLevelTrainer, TriLevelViTForImageClassification, WeightSparsity
+from hf_trilevel.weight_sparsity import structured_unit_masks
 from hf_trilevel.weight_sparsity.masks import is_two_four, masked_weights
 from hf_trilevel.weight_sparsity.structured_units import unit_layers
 

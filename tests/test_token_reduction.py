@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from hf_trilevel import token_schedule
 from hf_trilevel.modeling.token_reduction import (
     class_token_attention,
     fuse_dropped_tokens,
     keep_tokens,
     num_kept_tokens,
     select_top_tokens,
+    token_schedule,
 )
 
 from .helpers import images, tiny_model
