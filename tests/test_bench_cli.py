@@ -11,7 +11,8 @@ import torch
 import hf_trilevel
 from hf_trilevel.cli import build_parser, main
 from hf_trilevel.cli.bench.models import build_models_by_selector, slimmed_model
-from hf_trilevel.cli.bench.options import RunTarget, Setting, model_shape, settings
+from hf_trilevel.cli.bench.options import RunTarget, model_shape
+from hf_trilevel.cli.bench.settings import Setting, settings
 from hf_trilevel.cli.bench.slimmed_shapes import slimmed_size
 from hf_trilevel.cli.bench.timing import TensorMemoryTracker
 from hf_trilevel.cli.bench.token_budget import calibrate_keep_mass, kept_token_counts

@@ -29,8 +29,7 @@ import torch
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.token_reduction import num_kept_tokens, token_schedule
 from ..modeling.token_selectors import learned_scorer_flops
-from ..modeling.value_checks import as_pair
-from ..modeling.value_checks import num_patches as _num_patches
+from ..modeling.value_checks import as_pair, num_patches
 
 
 @dataclass(frozen=True)
@@ -67,11 +66,6 @@ class MeasuredFlops:
         return self.dense_flops_per_image / self.flops_per_image
 
 
-def num_patches(config: TriLevelViTConfig) -> int:
-    """Patch tokens of one image at the config's `image_size` (the sequence length without the class token)."""
-    return _num_patches(config.image_size, config.patch_size)
-
-
 def _selector_scores(config: TriLevelViTConfig, patches: int) -> bool:
     """Whether a pruning layer's selector computes scores for an image with `patches` current patch tokens.
 
@@ -99,7 +93,7 @@ def layer_costs(config: TriLevelViTConfig, kept_counts: Sequence[int] | None = N
             keep rate fixes (for `"adaptive"`, its upper bound).
     """
     hidden, head_size = config.hidden_size, config.hidden_size // config.num_attention_heads
-    patches, fused = num_patches(config), 0
+    patches, fused = num_patches(config.image_size, config.patch_size), 0
     if kept_counts is None:
         kept_counts = token_schedule(patches, config.token_keep_rate, len(config.token_prune_layers))
     schedule = iter(_checked_counts(config, [[count] for count in kept_counts])[0])
@@ -136,8 +130,8 @@ def forward_flops(
 
     Every image is counted at the same `kept_counts` (see `layer_costs`); for per-image counts use `measured_flops`.
     """
-    patch_height, patch_width = as_pair(config.patch_size)
-    embedding = 2 * num_patches(config) * config.num_channels * patch_height * patch_width * config.hidden_size
+    patches, (patch_height, patch_width) = num_patches(config.image_size, config.patch_size), as_pair(config.patch_size)
+    embedding = 2 * patches * config.num_channels * patch_height * patch_width * config.hidden_size
     classifier = 2 * config.hidden_size * config.num_labels if with_classifier else 0
     return batch_size * (embedding + sum(cost.flops for cost in layer_costs(config, kept_counts)) + classifier)
 
@@ -230,7 +224,7 @@ def _checked_counts(config: TriLevelViTConfig, kept_token_counts: Sequence) -> l
             f"{[len(column) for column in columns]}."
         )
     rows = list(zip(*columns, strict=True)) if layers else [()]
-    patches = num_patches(config)
+    patches = num_patches(config.image_size, config.patch_size)
     for image, row in enumerate(rows):
         previous = patches
         for index, count in enumerate(row):

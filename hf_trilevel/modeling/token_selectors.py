@@ -321,6 +321,8 @@ _BUILT_IN_SELECTORS: dict[str, type[TokenSelector]] = {
     "adaptive": AdaptiveSelector,
 }
 _TOKEN_SELECTORS: dict[str, type[TokenSelector]] = dict(_BUILT_IN_SELECTORS)
+# The selectors every checkpoint's code knows (a user's own are registered per process), in the order tools list them.
+BUILT_IN_TOKEN_SELECTORS = tuple(_BUILT_IN_SELECTORS)
 
 
 def register_token_selector(name: str, selector_class: type[TokenSelector], *, overwrite: bool = False) -> None:

@@ -10,8 +10,8 @@ import argparse
 import statistics
 from dataclasses import dataclass, field
 
-from .options import DENSE_NAME
 from .report import markdown_table
+from .settings import DENSE_NAME
 
 
 @dataclass

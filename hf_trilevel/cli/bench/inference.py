@@ -38,8 +38,9 @@ import torch
 from ...modeling.value_checks import num_patches
 from .measure import Measurement, TimingPlan, measure_settings, random_batch, timing_plan, weights_note
 from .models import trilevel_config
-from .options import Setting, add_setting_arguments, add_shape_arguments, add_target_arguments
+from .options import add_shape_arguments, add_target_arguments
 from .report import check_writable, markdown_table, mib, report_payload, write_report
+from .settings import Setting, add_setting_arguments
 from .slimmed_shapes import add_slimming_arguments
 
 

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...evaluation.flops import MeasuredFlops, flops_speedup_limit, forward_flops, measured_flops, num_patches
+from ...evaluation.flops import MeasuredFlops, flops_speedup_limit, forward_flops, measured_flops
 from ...modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ...modeling.token_reduction import token_schedule
+from ...modeling.value_checks import num_patches
 from ...token_training.dense_sparse import operating_point
 from .models import build_models_by_selector, compile_models, slimmed_model, switch_setting, trilevel_config
-from .options import DENSE_NAME, ModelShape, RunTarget, Setting, model_shape, run_target, selector_config, settings
+from .options import ModelShape, RunTarget, model_shape, run_target
+from .settings import DENSE_NAME, Setting, selector_config, settings
 from .timing import interleaved_times, peak_memories, print_progress
 from .token_budget import Calibration, calibrate_keep_mass, kept_token_counts
 
@@ -231,7 +233,7 @@ def calibrate_matched_settings(
     (`token_schedule`), which is what a class-attention or learned model keeps in every image.
     """
     calibrated, calibrations = [], {}
-    patches = num_patches(trilevel_config(plan.shape))
+    patches = num_patches(plan.shape.image_size, plan.shape.patch_size)
     for setting in plan.settings:
         if setting.matched_keep_rate is None:
             calibrated.append(setting)

@@ -19,7 +19,8 @@ from ...modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ...modeling.modeling_trilevel_vit import TriLevelViTForImageClassification
 from ...weight_sparsity.slimming import slim
 from ...weight_sparsity.structured_units import apply_unit_masks, unit_layers, zero_output_sides
-from .options import ModelShape, RunTarget, Setting
+from .options import ModelShape, RunTarget
+from .settings import Setting
 from .slimmed_shapes import slimmed_size
 
 # Fields a saved folder's config passes on to the benchmark's models (its activation, norms, selector details).

@@ -42,16 +42,9 @@ from ...training.trainer import TriLevelTrainer
 from ..errors import CommandError, checked_option
 from .accuracy_runs import AccuracyRun, EpochRecord, format_runs, format_summary, set_targets, target_text
 from .models import load_shared_weights
-from .options import (
-    DENSE_NAME,
-    Setting,
-    check_divides,
-    check_example_keep_fractions,
-    checked_device,
-    selector_config,
-    settings,
-)
+from .options import check_divides, checked_device
 from .report import check_writable, report_payload, write_report
+from .settings import DENSE_NAME, Setting, check_example_keep_fractions, selector_config, settings
 
 # The digits recipe of examples/run_image_classification.py: a small ViT on 32x32 images with 4x4 patches.
 DIGITS_SHAPE = {"image_size": 32, "patch_size": 4, "hidden_size": 128, "num_hidden_layers": 6,

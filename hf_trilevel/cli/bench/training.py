@@ -48,16 +48,9 @@ from .measure import (
     weights_note,
 )
 from .models import switch_setting
-from .options import (
-    RunTarget,
-    Setting,
-    add_setting_arguments,
-    add_shape_arguments,
-    add_target_arguments,
-    check_example_keep_fractions,
-    dense_sparse_settings,
-)
+from .options import RunTarget, add_shape_arguments, add_target_arguments
 from .report import check_writable, markdown_table, mib, report_payload, write_report
+from .settings import Setting, add_setting_arguments, check_example_keep_fractions, dense_sparse_settings
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
