@@ -19,11 +19,11 @@ from hf_trilevel.cli.visualize import (
     kept_patch_masks,
     kept_tokens,
     layer_titles,
-    measure_operating_points,
     render_kept_tokens,
 )
 from hf_trilevel.cli.visualize.operating_points import DEFAULT_KEEP_RATES
 from hf_trilevel.image_data import load_digits_dataset
+from hf_trilevel.token_training.operating_points import measure_operating_points
 
 from .helpers import images, tiny_model
 

@@ -1,6 +1,7 @@
-"""How the tools print quantities people read: durations and FLOP counts.
+"""How the tools print what people read: durations, FLOP counts and markdown tables.
 
-One home so that an epoch time in `hf-trilevel bench train` and a training time in a model card read alike.
+One home so that an epoch time in `hf-trilevel bench train` and a training time in a model card read alike, and a
+benchmark's table and a card's operating-point table have one layout.
 """
 
 
@@ -21,4 +22,12 @@ def format_flops(flops: int) -> str:
     return f"{flops} FLOPs"
 
 
-__all__ = ["format_duration", "format_flops"]
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    """Rows of already-formatted cells -> a markdown table; the first column left-aligned, the rest right."""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row[column] for column in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+__all__ = ["format_duration", "format_flops", "markdown_table"]

@@ -11,11 +11,15 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from ..model_card.sections import FIXED_COUNT_SELECTORS, KEPT_TOKENS_METRIC
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.token_reduction import token_schedule
 from ..modeling.value_checks import num_patches
 from .flops import measured_flops
+
+# Metric of the mean patch tokens an image keeps after pruning layer `layer` (`kept_token_metrics` writes it, with
+# Trainer's `eval_` prefix in results files; model cards read it back).
+KEPT_TOKENS_METRIC = "kept_tokens_layer_{layer}"
+FIXED_COUNT_SELECTORS = ("class_attention", "learned")  # every image keeps `ceil(n * token_keep_rate)`
 
 
 def kept_token_counts(outputs) -> torch.Tensor:
@@ -100,4 +104,11 @@ def kept_token_metrics(config: TriLevelViTConfig, counts: torch.Tensor | None, p
     return metrics
 
 
-__all__ = ["collect_kept_token_counts", "fixed_kept_token_counts", "kept_token_counts", "kept_token_metrics"]
+__all__ = [
+    "FIXED_COUNT_SELECTORS",
+    "KEPT_TOKENS_METRIC",
+    "collect_kept_token_counts",
+    "fixed_kept_token_counts",
+    "kept_token_counts",
+    "kept_token_metrics",
+]

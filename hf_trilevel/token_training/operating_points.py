@@ -1,14 +1,18 @@
 """The operating-point table of one checkpoint: accuracy and measured images/s at each token keep rate.
 
-A dense/sparse checkpoint (`hf_trilevel.DenseSparseTraining`) serves several keep rates with one set of weights; what
-each rate buys is only known once it is measured. `write_operating_points` measures it at the end of a run (the
-example calls it on the main process when dense/sparse training is on) and writes `operating_points.json` into the
-output folder, in the same shape as `hf-trilevel visualize operating-points --json`; the model card
-(`hf_trilevel.model_card.builder`) reads that file back (`read_operating_points_report`) and shows
-`operating_points_markdown(points)`.
+"Operating point" has three homes, one job each:
+- `hf_trilevel.token_training.dense_sparse.operating_point(config, rate)`: the rule, the `(token_keep_rate,
+  attention_keep_rate)` pair one rate of a dense/sparse checkpoint runs at (1.0 is the dense model).
+- this module: the table, which rates to measure (`measure_operating_points`), the report file a run writes
+  (`write_operating_points` -> `operating_points.json`, read back by `read_operating_points_report`) and its markdown
+  (`operating_points_markdown`), which the model card shows.
+- `hf_trilevel.cli.visualize.operating_points`: the command, `hf-trilevel visualize operating-points`, which
+  measures a saved folder the same way and plots the curve.
 
-The measuring half imports the evaluation and timing stack only when called: the model card imports this module, and
-the card must stay importable from `hf_trilevel.training.trainer` without pulling in the command-line tools.
+A dense/sparse checkpoint (`hf_trilevel.DenseSparseTraining`) serves several keep rates with one set of weights; what
+each rate buys is only known once it is measured. The measuring itself (accuracy, interleaved timing, FLOPs) is the
+library's generic one, `hf_trilevel.evaluation.accuracy_throughput`; the environment it records is
+`hf_trilevel.evaluation.timing.environment`, as in every benchmark report.
 """
 
 import json
@@ -17,9 +21,12 @@ from pathlib import Path
 
 import torch
 
-from ..cli.bench.report import environment, markdown_table
+from ..evaluation.accuracy_throughput import measure_accuracy_and_throughput
+from ..evaluation.formatting import markdown_table
+from ..evaluation.timing import environment
 from ..image_data import collate
 from ..modeling.value_checks import check_int, check_keep_rate
+from .dense_sparse import operating_point
 
 OPERATING_POINTS_FILE = "operating_points.json"
 DENSE_RATE = 1.0
@@ -46,6 +53,51 @@ def checked_keep_rates(keep_rates: Sequence[float] | None, config) -> list[float
     if len(set(rates)) != len(rates):
         raise ValueError(f"`keep_rates` must be distinct, got {list(keep_rates)}.")
     return rates
+
+
+def point_attention_keep_rate(config, token_keep_rate: float, attention_keep_rate: float | None = None) -> float:
+    """The attention keep rate one operating point runs at: an explicit `attention_keep_rate` wins at every point;
+    a dense/sparse checkpoint uses the rate its training paired with `token_keep_rate` (`operating_point`), and any
+    other checkpoint its own `attention_keep_rate`, so older curves are measured as before."""
+    if attention_keep_rate is not None:
+        return float(attention_keep_rate)
+    if getattr(config, "dense_sparse_keep_rates", None):
+        return operating_point(config, token_keep_rate)[1]
+    return float(config.attention_keep_rate)
+
+
+def measure_operating_points(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    keep_rates: Sequence[float],
+    *,
+    attention_keep_rate: float | None = None,
+    batch_size: int = 64,
+    repeats: int = 10,
+    warmup: int = 2,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    metric=None,
+) -> list[dict]:
+    """Accuracy and measured throughput of one checkpoint at each token keep rate.
+
+    Each point's attention keep rate is `point_attention_keep_rate(model.config, rate, attention_keep_rate)`: the
+    explicit one when given; for a dense/sparse checkpoint (`config.dense_sparse_keep_rates` set) the one its
+    operating point uses (1.0 at keep rate 1.0); the checkpoint's own `attention_keep_rate` for any other.
+
+    The rest is `hf_trilevel.evaluation.accuracy_throughput.measure_accuracy_and_throughput`: accuracy over all of
+    `pixel_values` (`[examples, channels, height, width]`, on the CPU) scored by `metric` (default: the shipped top-1
+    / top-5 accuracy), throughput timed on the first `batch_size` examples in interleaved rounds.
+
+    Returns:
+        One dict per keep rate, in the given order: `token_keep_rate`, `attention_keep_rate`, the metric's results
+        (`accuracy`, `top5_accuracy`, ...), `images_per_second`, `median_batch_seconds`, `flops_per_image`,
+        `flops_speedup_limit`.
+    """
+    settings = [(rate, point_attention_keep_rate(model.config, rate, attention_keep_rate)) for rate in keep_rates]
+    timing = {"batch_size": batch_size, "repeats": repeats, "warmup": warmup, "device": device, "progress": progress}
+    return measure_accuracy_and_throughput(model, pixel_values, labels, settings, metric=metric, **timing)
 
 
 def write_operating_points(
@@ -78,15 +130,13 @@ def write_operating_points(
             data collator); default: `hf_trilevel.image_data.collate`, the example's.
 
     Returns:
-        The points, as `hf_trilevel.cli.visualize.measure_operating_points` returns them; the file also records the
+        The points, as `measure_operating_points` returns them; the file also records the
         `environment` (device, processor, threads, versions), `num_examples`, the timed `batch_size`, `repeats` and
         `warmup`.
 
     Raises:
         ValueError: naming the argument that is empty, out of range or missing.
     """
-    from ..cli.visualize.operating_points import measure_operating_points
-
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "keep_rates"):
         raise ValueError(f"`model` must be a TriLevel model with `keep_rates(...)`, got {type(model).__name__}.")
@@ -236,8 +286,10 @@ __all__ = [
     "OPERATING_POINTS_FILE",
     "checked_report",
     "format_rate",
+    "measure_operating_points",
     "measurement_setup",
     "operating_points_markdown",
+    "point_attention_keep_rate",
     "read_operating_points",
     "read_operating_points_report",
     "write_operating_points",

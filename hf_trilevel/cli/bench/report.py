@@ -1,39 +1,19 @@
-"""How benchmark results leave the process: a markdown table for people, JSON (figures + environment) for tools."""
+"""How benchmark results leave the process: a markdown table for people, JSON (figures + environment) for tools.
+
+The table and the environment record are the library's (`hf_trilevel.evaluation.formatting.markdown_table`,
+`hf_trilevel.evaluation.timing.environment`), so a benchmark's report and a run's `operating_points.json` agree.
+"""
 
 import argparse
 import json
-import os
-import platform
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
-import transformers
 
+from ...evaluation.formatting import markdown_table
+from ...evaluation.timing import environment
 from ..errors import CommandError
-
-
-def environment(device: torch.device) -> dict[str, str | int | None]:
-    """What a figure depends on: versions, processor or GPU name, and the thread count."""
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-    }
-
-
-def markdown_table(rows: list[dict[str, str]]) -> str:
-    """Rows of already-formatted cells -> a markdown table; the first column left-aligned, the rest right."""
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(row[column] for column in header) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def check_writable(path: str | None) -> None:
@@ -71,3 +51,14 @@ def write_report(path: str, payload: dict) -> None:
 
 def mib(num_bytes: int | None) -> str:
     return "n/a" if num_bytes is None else f"{num_bytes / 2**20:.0f}"
+
+
+__all__ = [
+    "check_writable",
+    "environment",
+    "markdown_table",
+    "mib",
+    "report_payload",
+    "write_json",
+    "write_report",
+]

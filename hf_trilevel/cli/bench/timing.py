@@ -1,66 +1,17 @@
-"""Interleaved timing rounds and peak-memory probes shared by every benchmark.
+"""Peak-memory probes and round progress for the benchmarks; the timing rounds themselves are the library's.
 
-Why interleaved: on a shared or thermally throttled machine, speed drifts over seconds. Timing every setting once per
-round, round after round, spreads that drift over all settings alike, so the medians compare like with like.
+The interleaved rounds (`interleaved_times`, `medians`) live in `hf_trilevel.evaluation.timing`, where the
+library's own measurements use them too; they are re-exported here for the benchmark modules.
 """
 
-import statistics
 import sys
-import time
 import weakref
 from collections.abc import Callable, Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels, so a wall-clock reading covers the work and not only its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(function: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call takes, device work included."""
-    synchronize(device)
-    start = time.perf_counter()
-    function()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def interleaved_times(
-    runs: dict[str, Callable[[], object]],
-    repeats: int,
-    warmup: int,
-    device: torch.device,
-    progress: Callable[[int, int], None] | None = None,
-    prepare: dict[str, Callable[[], object]] | None = None,
-) -> dict[str, list[float]]:
-    """Time each run once per round for `warmup + repeats` rounds; return the `repeats` timed seconds per run.
-
-    `prepare[name]`, if given, runs untimed just before its run (e.g. switching a model's keep rates), so the clock
-    sees the same work for every model. `progress(done, total)` is called after every round (`print_progress`).
-    """
-    prepare = prepare or {}
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"`repeats` must be >= 1 and `warmup` >= 0, got repeats={repeats}, warmup={warmup}.")
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    total = warmup + repeats
-    for round_index in range(total):
-        for name, run in runs.items():
-            if name in prepare:
-                prepare[name]()
-            elapsed = time_call(run, device)
-            if round_index >= warmup:
-                times[name].append(elapsed)
-        if progress is not None:
-            progress(round_index + 1, total)
-    return times
-
-
-def medians(times: dict[str, list[float]]) -> dict[str, float]:
-    return {name: statistics.median(values) for name, values in times.items()}
+from ...evaluation.timing import interleaved_times, medians, synchronize
 
 
 def print_progress(label: str) -> Callable[[int, int], None]:
@@ -172,3 +123,14 @@ def peak_memories(
             prepare[name]()
         memory[name] = peak_memory_bytes(run, device)
     return memory
+
+
+__all__ = [
+    "TensorMemoryTracker",
+    "interleaved_times",
+    "medians",
+    "peak_memories",
+    "peak_memory_bytes",
+    "print_progress",
+    "synchronize",
+]

@@ -1,6 +1,7 @@
 """Pictures of a TriLevel checkpoint: `hf-trilevel visualize kept-tokens` (which patches each pruning layer keeps,
 `kept_tokens`) and `hf-trilevel visualize operating-points` (accuracy against measured throughput per keep rate,
-`operating_points`). `inputs` holds what both commands read: the checkpoint, its image processor and the images.
+`operating_points`; the measuring is the library's, `hf_trilevel.token_training.operating_points`). `inputs` holds
+what both commands read: the checkpoint, its image processor and the images.
 """
 
 from .kept_tokens import (
@@ -17,9 +18,7 @@ from .kept_tokens import (
 from .operating_points import (
     add_operating_points_arguments,
     default_keep_rates,
-    measure_operating_points,
     plot_operating_points,
-    point_attention_keep_rate,
     run_operating_points,
 )
 
@@ -33,9 +32,7 @@ __all__ = [
     "kept_patch_counts",
     "kept_patch_masks",
     "layer_titles",
-    "measure_operating_points",
     "plot_operating_points",
-    "point_attention_keep_rate",
     "render_kept_tokens",
     "run_kept_tokens",
     "run_operating_points",

@@ -1,33 +1,28 @@
 """`hf-trilevel visualize operating-points`: accuracy against measured throughput, one point per token keep rate.
 
-One checkpoint is evaluated at several keep rates (the same weights, `model.keep_rates(...)`), each timed on the same
-batch in interleaved rounds, and plotted (matplotlib, the `viz` extra); the numbers go to JSON as well. Accuracy is
-an `evaluate` metric: the package's shipped top-1 / top-5 accuracy by default, or any metric passed to
-`measure_operating_points(metric=...)`.
+The command's part of the operating-point story (see `hf_trilevel.token_training.operating_points` for the others):
+its options, the rates it measures by default, the plot (matplotlib, the `viz` extra) and the JSON, in the shape a
+run's `operating_points.json` has. One checkpoint is measured at several keep rates by the library's
+`measure_operating_points` (the same weights, `model.keep_rates(...)`, each rate timed on the same batch in
+interleaved rounds).
 
 A checkpoint trained with dense/sparse training (`config.dense_sparse_keep_rates`, `hf_trilevel.DenseSparseTraining`)
 is measured by default at the rates it was trained for, each at its operating point
 (`hf_trilevel.token_training.dense_sparse.operating_point`): keep 1.0 is the dense model with full attention, as in
-training, not
-the checkpoint's attention sparsity without token dropping.
+training, not the checkpoint's attention sparsity without token dropping.
 """
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from transformers import EvalPrediction
 
-from ...evaluation.flops import flops_speedup_limit, forward_flops
-from ...evaluation.metrics import build_compute_metrics
+from ...evaluation.timing import environment
 from ...modeling.value_checks import as_pair
-from ...token_training.dense_sparse import operating_point
+from ...token_training.operating_points import measure_operating_points
 from ..bench.options import checked_device
-from ..bench.report import environment
-from ..bench.timing import interleaved_times, medians
 from ..errors import CommandError
 from .inputs import (
     add_checkpoint_and_data_arguments,
@@ -41,84 +36,6 @@ from .inputs import (
 
 DEFAULT_KEEP_RATES = (1.0, 0.9, 0.7, 0.5)
 VIZ_INSTALL_HINT = "pip install 'hf-trilevel[viz]'"
-
-
-def measure_operating_points(
-    model: torch.nn.Module,
-    pixel_values: torch.Tensor,
-    labels: torch.Tensor,
-    keep_rates: Sequence[float],
-    *,
-    attention_keep_rate: float | None = None,
-    batch_size: int = 64,
-    repeats: int = 10,
-    warmup: int = 2,
-    device: torch.device | str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
-    metric=None,
-) -> list[dict]:
-    """Accuracy and measured throughput of one checkpoint at each token keep rate.
-
-    Each point's attention keep rate is `attention_keep_rate` when given; otherwise, for a dense/sparse checkpoint
-    (`config.dense_sparse_keep_rates` set), the one its operating point uses (`operating_point(config, rate)`: 1.0 at
-    keep rate 1.0), and the checkpoint's own `attention_keep_rate` for any other checkpoint.
-
-    Accuracy is over all of `pixel_values` (`[examples, channels, height, width]`, on the CPU, moved a batch at a
-    time), scored by `metric` (an `evaluate` module or combination, see
-    `hf_trilevel.evaluation.metrics.build_compute_metrics`;
-    default: the shipped top-1 / top-5 accuracy). Throughput is timed on the first `batch_size` examples, the same
-    batch for every rate, in interleaved rounds (`hf_trilevel.cli.bench.timing`), so drift of the machine's speed
-    hits every rate alike.
-
-    Returns:
-        One dict per keep rate, in the given order: `token_keep_rate`, `attention_keep_rate`, the metric's results
-        (`accuracy`, and `top5_accuracy` with more than 5 classes, for the default metric), `images_per_second`,
-        `median_batch_seconds`, `flops_per_image`, `flops_speedup_limit`.
-    """
-    device = torch.device(device)
-    model = model.to(device).eval()
-    attention = {rate: point_attention_keep_rate(model.config, rate, attention_keep_rate) for rate in keep_rates}
-    timed_batch = pixel_values[:batch_size].to(device)
-    compute_metrics = build_compute_metrics(metric)
-
-    def forward_at(rate: float, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), model.keep_rates(token_keep_rate=rate, attention_keep_rate=attention[rate]):
-            return model(pixel_values=batch).logits
-
-    runs = {str(rate): (lambda rate=rate: forward_at(rate, timed_batch)) for rate in keep_rates}
-    seconds = medians(interleaved_times(runs, repeats=repeats, warmup=warmup, device=device, progress=progress))
-    points = []
-    for rate in keep_rates:
-        logits = [
-            forward_at(rate, pixel_values[start : start + batch_size].to(device)).float().cpu()
-            for start in range(0, len(pixel_values), batch_size)
-        ]
-        scores = compute_metrics(EvalPrediction(predictions=torch.cat(logits).numpy(), label_ids=np.asarray(labels)))
-        with model.keep_rates(token_keep_rate=rate, attention_keep_rate=attention[rate]):
-            flops, limit = forward_flops(model.config), flops_speedup_limit(model.config)
-        points.append(
-            {
-                "token_keep_rate": rate,
-                "attention_keep_rate": attention[rate],
-                **scores,
-                "images_per_second": len(timed_batch) / seconds[str(rate)],
-                "median_batch_seconds": seconds[str(rate)],
-                "flops_per_image": flops,
-                "flops_speedup_limit": limit,
-            }
-        )
-    return points
-
-
-def point_attention_keep_rate(config, token_keep_rate: float, attention_keep_rate: float | None = None) -> float:
-    """The attention keep rate one operating point runs at: an explicit `attention_keep_rate` wins at every point;
-    a dense/sparse checkpoint uses the rate its training paired with `token_keep_rate` (`operating_point`), and any
-    other checkpoint its own `attention_keep_rate`, so older curves are measured as before."""
-    if attention_keep_rate is not None:
-        return float(attention_keep_rate)
-    if getattr(config, "dense_sparse_keep_rates", None):
-        return operating_point(config, token_keep_rate)[1]
-    return float(config.attention_keep_rate)
 
 
 def default_keep_rates(config) -> list[float]:
@@ -250,8 +167,6 @@ __all__ = [
     "DEFAULT_KEEP_RATES",
     "add_operating_points_arguments",
     "default_keep_rates",
-    "measure_operating_points",
     "plot_operating_points",
-    "point_attention_keep_rate",
     "run_operating_points",
 ]
