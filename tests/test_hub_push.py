@@ -15,6 +15,7 @@ from transformers import AutoModelForImageClassification, TrainingArguments, ViT
 
 from hf_trilevel import TriLevelTrainer
 from hf_trilevel.evaluation.metrics import compute_metrics
+from hf_trilevel.model_card import trainer_model_card
 
 from .helpers import images, tiny_model
 from .hub_standin import HubStandIn
@@ -75,6 +76,7 @@ def pushed(hub, tmp_path_factory):
         data_collator=collate,
         processing_class=ViTImageProcessorPil(size={"height": 32, "width": 32}),
         compute_metrics=compute_metrics,
+        card_writer=trainer_model_card,
     )
     assert REPO_ID in hub.state.repos, "Trainer(push_to_hub=True) creates the repository when it is built"
     trainer.train()

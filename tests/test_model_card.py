@@ -296,7 +296,7 @@ def test_write_model_card_quotes_the_measured_counts_of_an_adaptive_folder(tmp_p
 # -- TriLevelTrainer.create_model_card ---------------------------------------------------------------------------------
 
 
-def pruning_trainer(output_dir) -> TriLevelTrainer:
+def pruning_trainer(output_dir, card_writer=trainer_model_card) -> TriLevelTrainer:
     return TriLevelTrainer(
         model=tiny_model(token_keep_rate=0.5),
         args=TrainingArguments(
@@ -321,6 +321,7 @@ def pruning_trainer(output_dir) -> TriLevelTrainer:
             ExamplePruning("forgetting", keep_fraction=0.75, swap_fraction=0.125),
             KeepRateSchedule(warmup_fraction=0.25, decay_fraction=0.5),
         ],
+        card_writer=card_writer,
     )
 
 
@@ -380,6 +381,32 @@ def test_trainer_card_is_written_by_the_main_process_only(tmp_path, monkeypatch)
     monkeypatch.undo()
     trainer.create_model_card()
     assert (tmp_path / "README.md").exists()
+
+
+def test_the_trainer_saves_the_card_its_card_writer_writes_given_the_card_arguments(tmp_path):
+    received = {}
+
+    def card_writer(trainer, **card_arguments) -> ModelCard:
+        received.update(card_arguments, trainer=trainer)
+        return ModelCard("---\nlicense: mit\n---\n# my card\n")
+
+    trainer = pruning_trainer(tmp_path, card_writer=card_writer)
+    trainer.create_model_card(dataset_tags="tester/random-images", tasks="image-classification")
+    assert (tmp_path / "README.md").read_text().endswith("# my card\n")
+    assert received["trainer"] is trainer and received["dataset_tags"] == "tester/random-images"
+    assert "tasks" not in received  # a card writer knows its model's task
+
+
+def test_without_a_card_writer_the_trainer_writes_transformers_own_card(tmp_path):
+    pruning_trainer(tmp_path, card_writer=None).create_model_card(model_name="plain")
+    card = ModelCard.load(tmp_path / "README.md")
+    assert "trilevel-vit" not in (card.data.tags or [])
+    assert "# plain" in card.text and "## Operating points" not in card.text
+
+
+def test_a_card_writer_that_is_not_callable_is_refused_naming_the_argument(tmp_path):
+    with pytest.raises(ValueError, match="`card_writer` must be a callable"):
+        pruning_trainer(tmp_path, card_writer="trainer_model_card")
 
 
 # -- dense/sparse checkpoints: the operating-point section -------------------------------------------------------------

@@ -18,15 +18,15 @@ pins their signatures, so a transformers release that changes one fails with a m
 
 import math
 import os
+from collections.abc import Callable
 from functools import partial
 
 import datasets
+from huggingface_hub import ModelCard
 from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
-from ..model_card.builder import trainer_model_card
-from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from .balanced_batches import ProcessBalancedBatchSampler
 from .checkpoints import check_resumable, latest_complete_checkpoint
 from .indexed_dataset import EXAMPLE_INDEX, IndexCollator, IndexedDataset
@@ -53,19 +53,32 @@ INITIAL_TRAINING_VALUES = (
 )
 
 
+CardWriter = Callable[..., ModelCard]  # `(trainer, **card_arguments) -> ModelCard`, see `TriLevelTrainer`
+
+
 class TriLevelTrainer(Trainer):
-    """`transformers.Trainer` plus the training-technique seam, pickle-free saves and TriLevel model cards.
+    """`transformers.Trainer` plus the training-technique seam, pickle-free saves and a model card of your choice.
 
     Args:
         per_example_loss_func: optional `(outputs, labels) -> [batch]` losses, used instead of the model's loss
             function when a technique needs per-example losses (`compute_loss_func` returns a reduced loss, so it
             cannot serve them).
+        card_writer: optional `(trainer, **card_arguments) -> huggingface_hub.ModelCard`, the card
+            `create_model_card` saves and `push_to_hub` uploads (`card_arguments`: `create_model_card`'s keyword
+            arguments less `tasks`); for TriLevel models `hf_trilevel.model_card.trainer_model_card` (method, results,
+            every technique's section). Without one, transformers' own card. Passed in: training imports no card code.
         *args, **kwargs: as for `transformers.Trainer`.
     """
 
-    def __init__(self, *args, per_example_loss_func=None, **kwargs):
+    def __init__(self, *args, per_example_loss_func=None, card_writer: CardWriter | None = None, **kwargs):
+        if card_writer is not None and not callable(card_writer):
+            raise ValueError(
+                "`card_writer` must be a callable `(trainer, **card_arguments) -> ModelCard`, e.g. "
+                f"hf_trilevel.model_card.trainer_model_card; got {type(card_writer).__name__}."
+            )
         super().__init__(*args, **kwargs)
         check_hub_strategy(self.args)
+        self.card_writer = card_writer
         self.per_example_loss_func = per_example_loss_func
         self.loss_terms = LossTermLog()
         self._planned_update_steps: list[int] | None = None
@@ -102,12 +115,7 @@ class TriLevelTrainer(Trainer):
 
     def technique_settings(self) -> dict[str, dict]:
         """Plain-data settings of every technique, keyed by its name (what the model card shows)."""
-        settings = {}
-        for technique in self.techniques():
-            card = technique.card_settings()
-            if card is not None:
-                settings[technique.name] = card
-        return settings
+        return {t.name: settings for t in self.techniques() if (settings := t.card_settings()) is not None}
 
     def technique_metrics(self) -> dict[str, float | int]:
         """Every technique's `summary_metrics()` (what the run's results and card report), merged in callback order."""
@@ -258,8 +266,7 @@ class TriLevelTrainer(Trainer):
 
         Without a technique that needs per-example losses (and always in evaluation) this is `Trainer.compute_loss`.
         Otherwise see `hf_trilevel.training.loss_terms.composed_loss`: the sum over the step's examples is divided by
-        the
-        Trainer's `num_items_in_batch` and multiplied by the number of processes, as the Trainer does for a model
+        the Trainer's `num_items_in_batch` and multiplied by the number of processes, as the Trainer does for a model
         that takes loss kwargs, so gradient accumulation and DDP stay exact.
         """
         techniques = [t for t in self.techniques() if t.needs_per_example_loss()] if model.training else []
@@ -333,11 +340,11 @@ class TriLevelTrainer(Trainer):
         dataset: str | list[str] | None = None,
         dataset_args: str | list[str] | None = None,
     ) -> None:
-        """Write the TriLevel model card, `README.md`, into `args.output_dir` (main process only).
+        """Write the model card, `README.md`, into `args.output_dir` (main process only): `card_writer`'s, or
+        transformers' own without one.
 
         Same signature as `transformers.Trainer.create_model_card`, which `push_to_hub` calls before uploading, so
-        the pushed card is this one (see `hf_trilevel.model_card.builder`). A model that is not a TriLevel one gets
-        transformers' card. `tasks` is accepted for compatibility: the card is always for image classification.
+        the pushed card is this one. `tasks` goes to transformers' card only: a card writer knows its model's task.
         """
         if not self.is_world_process_zero():
             return
@@ -346,10 +353,10 @@ class TriLevelTrainer(Trainer):
             "finetuned_from": finetuned_from, "dataset_tags": dataset_tags, "dataset": dataset,
             "dataset_args": dataset_args,
         }  # fmt: skip
-        if not isinstance(getattr(self.accelerator.unwrap_model(self.model), "config", None), TriLevelViTConfig):
+        if self.card_writer is None:
             super().create_model_card(tasks=tasks, **card_arguments)
             return
-        card = trainer_model_card(self, **card_arguments)
+        card = self.card_writer(self, **card_arguments)
         os.makedirs(self.args.output_dir, exist_ok=True)
         card.save(os.path.join(self.args.output_dir, MODEL_CARD_NAME))
 
@@ -386,4 +393,4 @@ def _column_names(dataset) -> list[str]:
     return list(first) if isinstance(first, dict) else []
 
 
-__all__ = ["TRAINING_ARGS_JSON", "TriLevelTrainer", "check_hub_strategy"]
+__all__ = ["TRAINING_ARGS_JSON", "CardWriter", "TriLevelTrainer", "check_hub_strategy"]
