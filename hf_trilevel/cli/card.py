@@ -5,18 +5,20 @@
 
 The card is built from `config.json`, the `*_results.json` files, `training_args.json` (what `TriLevelTrainer`
 writes instead of a pickle) and `operating_points.json` (the operating-point table a dense/sparse run writes), through
-the same plain-data renderer as a live run's card.
+the same plain-data renderer as a live run's card (`build_model_card`, which finds each technique's section by its
+name in `hf_trilevel.model_card.techniques`; pass a technique's `card_settings()` as `training={name: settings}`).
 """
 
 import argparse
 import json
 from pathlib import Path
 
-from ..model_card.builder import DEFAULT_LICENSE, build_model_card, saved_nonzero_weights
+from ..model_card.builder import DEFAULT_LICENSE, build_model_card
 from ..model_card.sources import read_result_files, training_from_arguments
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..token_training.operating_points import read_operating_points_report
 from ..training.trainer import TRAINING_ARGS_JSON
+from ..weight_sparsity.card import saved_nonzero_weights
 from .errors import CommandError
 
 

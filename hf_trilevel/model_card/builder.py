@@ -2,13 +2,15 @@
 
 The card is rendered from one template, `hf_trilevel/model_card/template.md`, shipped inside the package so that an
 installed (non-editable) hf-trilevel renders cards too. It is a `string.Template` (`${name}` placeholders): BibTeX and
-code keep their braces, and every variable part is built in `model_card_sections`, in Python, where it is tested.
+code keep their braces, and every variable part is built in `sections.py` (each technique's own text in its folder's
+`card.py`, found through `techniques.py`), in Python, where it is tested.
 
 Two layers, so that a card never depends on how a run was driven:
 - `build_model_card(config, metrics, training=..., dataset=...)` renders from plain data only.
 - `trainer_model_card(trainer)` collects that plain data from what a `TriLevelTrainer` exposes publicly (its
-  arguments, log history, datasets, `technique_settings()` and `technique_metrics()`); `TriLevelTrainer` calls
-  it from `create_model_card`, and so from `push_to_hub`.
+  arguments, log history, datasets, `technique_settings()` and `technique_metrics()`). Pass it to the trainer as
+  `TriLevelTrainer(card_writer=trainer_model_card)`, and `create_model_card` (so `push_to_hub` too) writes it; the
+  trainer itself imports no card code.
 A folder saved earlier gets its card from `hf-trilevel card FOLDER` (`hf_trilevel.cli.card`).
 """
 
@@ -20,17 +22,16 @@ from string import Template
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..example_pruning.card import method_text as example_text
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.value_checks import check_fraction, check_number
-from ..token_training.card import operating_points_text, trained_keep_rates
+from ..token_training.card import DENSE_SPARSE_TAG, operating_points_text, trained_keep_rates
 from ..token_training.operating_points import checked_report, read_operating_points_report
 from ..weight_sparsity.card import count_nonzero_weights, model_nonzero_weights, saved_nonzero_weights
 from .sections import (
     TRAINING_FIELDS,
-    example_text,
     fusion_text,
     prune_layers_text,
-    prunes_examples,
     results_rows,
     results_text,
     selector_name,
@@ -42,14 +43,13 @@ from .sections import (
     usage_text,
 )
 from .sources import dataset_info, log_history_metrics, read_result_files, training_from_arguments
+from .techniques import technique_tags
 
 TEMPLATE_NAME = "template.md"
 BASE_TAGS = ("trilevel-vit", "vision", "image-classification", "vision-transformer", "token-pruning")
 DEFAULT_LICENSE = "apache-2.0"
 SELECTOR_TAGS = {"learned": ["learned-token-selection"], "adaptive": ["adaptive-token-pruning"]}
-DENSE_SPARSE_TAG = "dense-sparse-weight-sharing"
 METRIC_TYPES = (("accuracy", "accuracy", "Top-1 accuracy"), ("top5_accuracy", "top_5_accuracy", "Top-5 accuracy"))
-WEIGHT_SPARSITY_TAGS = {"unstructured": ["weight-sparsity"], "structured": ["weight-sparsity", "structured-pruning"]}
 
 
 def load_template() -> Template:
@@ -147,7 +147,7 @@ def build_model_card(
         prune_layers_text=prune_layers_text(config),
         token_method_text=token_method_text(config, training),
         fusion_text=fusion_text(config),
-        example_text=example_text(training),
+        example_text=example_text(training.get("example_pruning")),
         settings_rows=settings_rows(config, num_parameters, nonzero_weights),
         results_text=results_text("accuracy" in measured, evaluation_text),
         results_rows=results_rows(config, measured),
@@ -247,11 +247,7 @@ def card_tags(config: TriLevelViTConfig, training: dict, extra: list[str] | str 
     tags += SELECTOR_TAGS.get(selector_name(config), [])
     if trained_keep_rates(config):
         tags.append(DENSE_SPARSE_TAG)
-    if prunes_examples(training):
-        tags.append("data-pruning")
-    weight_sparsity = training.get("weight_sparsity")
-    if isinstance(weight_sparsity, dict):
-        tags += WEIGHT_SPARSITY_TAGS.get(weight_sparsity.get("sparsity"), ["weight-sparsity"])
+    tags += technique_tags(training)
     extra = [extra] if isinstance(extra, str) else list(extra or [])
     return list(dict.fromkeys(tags + extra))
 

@@ -1,8 +1,8 @@
 """The variable parts of a model card, each a pure function of plain data: a config, a metrics dict, a training dict.
 
 `hf_trilevel.model_card.builder.build_model_card` fills the template with these. Nothing here knows about `Trainer` or
-the
-callbacks, so a card renders the same from a live run, a saved folder or hand-written numbers.
+the techniques' objects, so a card renders the same from a live run, a saved folder or hand-written numbers; each
+technique's own text comes from its folder's `card.py`, found by name (`hf_trilevel.model_card.techniques`).
 
 The token selector (`config.token_selector`) shapes the method text, the settings (adaptive: mass, floor, importance)
 and the FLOPs rows: `"adaptive"` keeps per-image counts, so its config fixes only a cap, and the measured mean counts
@@ -21,14 +21,16 @@ checkpoint holds (counted by `hf_trilevel.model_card.builder.model_nonzero_weigh
 
 from ..evaluation.flops import dense_config, flops_speedup_limit, forward_flops, full_width_config
 from ..evaluation.formatting import format_duration, format_flops
+from ..evaluation.token_counts import FIXED_COUNT_SELECTORS, KEPT_TOKENS_METRIC
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.token_reduction import token_schedule
 from ..modeling.value_checks import as_pair, num_patches
-from ..token_training.card import dense_sparse_sentence, describe_dense_sparse
-from ..weight_sparsity.card import describe_weight_sparsity, nonzero_weights_text, weight_sparsity_sentence
+from ..token_training.card import temperature_text
+from ..weight_sparsity.card import nonzero_weights_text
+from .techniques import TECHNIQUE_CARDS, settings_cell, technique_rows, technique_sentences
 
-# Keys of the card's `training` dict, with the label each gets in the card's hyperparameter table.
-TRAINING_FIELDS = {
+# Keys of the card's `training` dict that are not a technique's, with the label each gets in the hyperparameter table.
+RUN_FIELDS = {
     "num_train_epochs": "epochs",
     "num_train_examples": "training examples",
     "total_train_batch_size": "batch size (all processes, with gradient accumulation)",
@@ -36,17 +38,9 @@ TRAINING_FIELDS = {
     "lr_scheduler_type": "learning-rate schedule",
     "weight_decay": "weight decay",
     "seed": "seed",
-    "example_pruning": "example pruning",
-    "keep_rate_schedule": "token keep-rate warm-up",
-    "token_selector_temperature": "learned scores' Gumbel temperature",
-    "dense_sparse": "dense/sparse training (one set of weights for every keep rate)",
-    "weight_sparsity": "weight sparsity (SViTE: sparse training of the weights)",
 }
-# Metric of the mean patch tokens an image keeps after pruning layer `layer` (written by
-# `hf_trilevel.evaluation.token_counts.kept_token_metrics`, read back here; with Trainer's `eval_` prefix in results
-# files).
-KEPT_TOKENS_METRIC = "kept_tokens_layer_{layer}"
-FIXED_COUNT_SELECTORS = ("class_attention", "learned")  # every image keeps `ceil(n * token_keep_rate)`
+# Every key of the card's `training` dict with its label: the run's, then each technique's (`TECHNIQUE_CARDS`).
+TRAINING_FIELDS = {**RUN_FIELDS, **{name: card.label for name, card in TECHNIQUE_CARDS.items()}}
 
 
 def table_rows(rows: list[tuple[str, str]]) -> str:
@@ -107,7 +101,7 @@ def token_method_text(config: TriLevelViTConfig, training: dict | None = None) -
             "class-attention ranking) added to the log of the class token's attention, and the top "
             f"{rate} are kept; {compounds} In training the choice is a Gumbel top-k with a straight-through hard "
             "decision, so the scorer learns from the task loss while dropped tokens are removed all the same"
-            f"{temperature_text(training)}."
+            f"{temperature_text((training or {}).get('token_selector_temperature'))}."
         )
     if selector == "adaptive":
         return (
@@ -121,36 +115,10 @@ def token_method_text(config: TriLevelViTConfig, training: dict | None = None) -
     return f"Patch tokens are picked by the registered `{selector}` token selector at {rate} per layer."
 
 
-def temperature_text(training: dict | None) -> str:
-    """`, its temperature annealed from 10 to 0.1 over the run` when the training dict records the schedule."""
-    schedule = (training or {}).get("token_selector_temperature")
-    if not isinstance(schedule, dict) or "start" not in schedule or "end" not in schedule:
-        return ""
-    return f", its temperature annealed linearly from {schedule['start']:g} to {schedule['end']:g} over the run"
-
-
 def fusion_text(config: TriLevelViTConfig) -> str:
     if config.token_fusion:
         return "The dropped tokens are fused into one extra token, their attention-weighted mean (EViT-style)."
     return "Dropped tokens are discarded."
-
-
-def prunes_examples(training: dict) -> bool:
-    """Whether the training dict records an example-pruning policy that removed anything."""
-    pruning = training.get("example_pruning")
-    return pruning is not None and pruning["policy"] != "none"
-
-
-def describe_policy(pruning: dict) -> str:
-    """`the `forgetting` policy (keep_fraction=0.8, ...)` from a policy's `config()` dict."""
-    settings = ", ".join(f"{key}={value}" for key, value in pruning.items() if key != "policy")
-    return f"the `{pruning['policy']}` policy" + (f" ({settings})" if settings else "")
-
-
-def example_text(training: dict) -> str:
-    if not prunes_examples(training):
-        return "This checkpoint was trained on all its examples in every epoch."
-    return f"This checkpoint was trained with {describe_policy(training['example_pruning'])}."
 
 
 def selector_rows(config: TriLevelViTConfig) -> list[tuple[str, str]]:
@@ -306,39 +274,26 @@ def usage_text(config: TriLevelViTConfig) -> str:
 
 
 def training_text(metrics: dict, training: dict) -> str:
-    """The "Training" paragraph: epochs, time, and the example-pruning policy with the share of data it served."""
+    """The "Training" paragraph: epochs, time, then each technique's sentence (`TECHNIQUE_CARDS`): the
+    example-pruning policy with the share of data it served, dense/sparse training, weight sparsity."""
     trainer = "`hf_trilevel.TriLevelTrainer` (a `transformers.Trainer`)"
     epochs = metrics.get("epoch", training.get("num_train_epochs"))
     parts = [f"Trained for {epochs:g} epochs with {trainer}." if epochs is not None else f"Trained with {trainer}."]
     if "train_runtime" in metrics:
         parts.append(f"Training took {format_duration(metrics['train_runtime'])}.")
-    if prunes_examples(training):
-        seen = metrics.get("example_fraction_seen")
-        seen_text = f", which served {100 * seen:.1f}% of the examples over the run" if seen is not None else ""
-        parts.append(f"Example pruning used {describe_policy(training['example_pruning'])}{seen_text}.")
-    if isinstance(training.get("dense_sparse"), dict):
-        parts.append(dense_sparse_sentence(training["dense_sparse"]))
-    if isinstance(training.get("weight_sparsity"), dict):
-        parts.append(weight_sparsity_sentence(training["weight_sparsity"]))
+    parts += technique_sentences(training, metrics)
     return " ".join(parts)
 
 
 def training_table(training: dict) -> str:
     """The hyperparameter table, in `TRAINING_FIELDS` order; empty when nothing is known."""
     rows = []
-    for key, label in TRAINING_FIELDS.items():
+    for key, label in RUN_FIELDS.items():
         if key not in training:
             continue
         value = training[key]
-        if key == "example_pruning":
-            value = describe_policy(value)
-        elif key == "dense_sparse" and isinstance(value, dict):
-            value = describe_dense_sparse(value)
-        elif key == "weight_sparsity" and isinstance(value, dict):
-            value = describe_weight_sparsity(value)
-        elif isinstance(value, dict):
-            value = ", ".join(f"{name}={setting}" for name, setting in value.items())
-        rows.append((label, str(value)))
+        rows.append((label, settings_cell(value) if isinstance(value, dict) else str(value)))
+    rows += technique_rows(training)
     if not rows:
         return ""
     return "| hyperparameter | value |\n|---|---|\n" + table_rows(rows)

@@ -1,11 +1,29 @@
-"""Model-card text for dense/sparse (SaiT) checkpoints: the training sentence and the "Operating points" section.
+"""The model card's token-training parts: the labels of the three techniques' hyperparameter rows, the learned
+selector's temperature schedule, and for dense/sparse (SaiT) checkpoints the training sentence, the hyperparameter
+cell and the "Operating points" section.
 
-Split from `model_card_sections` (one job: say what one set of weights serves at each keep rate, from
-`DenseSparseTraining.card_settings()`, the config's `dense_sparse_keep_rates` and a measured `operating_points.json`).
+Dense/sparse text says what one set of weights serves at each keep rate, from `DenseSparseTraining.card_settings()`,
+the config's `dense_sparse_keep_rates` and a measured `operating_points.json`. Plain functions of plain data;
+`hf_trilevel.model_card` finds them by the techniques' names.
 """
 
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
+from .dense_sparse import operating_point
 from .operating_points import OPERATING_POINTS_FILE, format_rate, measurement_setup, operating_points_markdown
+
+# The hyperparameter table's rows, by technique.
+KEEP_RATE_SCHEDULE_LABEL = "token keep-rate warm-up"
+SELECTOR_TEMPERATURE_LABEL = "learned scores' Gumbel temperature"
+DENSE_SPARSE_LABEL = "dense/sparse training (one set of weights for every keep rate)"
+DENSE_SPARSE_TAG = "dense-sparse-weight-sharing"
+
+
+def temperature_text(settings: dict | None) -> str:
+    """`, its temperature annealed linearly from 10 to 0.1 over the run`, from
+    `SelectorTemperatureSchedule.card_settings()`, or "" when the settings do not record the schedule."""
+    if not isinstance(settings, dict) or "start" not in settings or "end" not in settings:
+        return ""
+    return f", its temperature annealed linearly from {settings['start']:g} to {settings['end']:g} over the run"
 
 
 def rates_text(rates: list) -> str:
@@ -66,10 +84,9 @@ def trained_keep_rates(config: TriLevelViTConfig) -> list[float] | None:
 def operating_points_text(config: TriLevelViTConfig, report: dict | None) -> str:
     """The card's "Operating points" section (heading included), or "" for a single-rate checkpoint without a table.
 
-    With a report (`operating_points.json`, see `hf_trilevel.token_training.operating_points`): the measured table, how
-    one set
-    of weights serves every row, and where the throughput was measured. With only `config.dense_sparse_keep_rates`:
-    the rates the checkpoint was trained for, and how to measure the table.
+    With a report (`operating_points.json`, see `hf_trilevel.token_training.operating_points`): the measured table,
+    how one set of weights serves every row, and where the throughput was measured. With only
+    `config.dense_sparse_keep_rates`: the rates the checkpoint was trained for, and how to measure the table.
     """
     rates = trained_keep_rates(config)
     if report is None and rates is None:
@@ -116,16 +133,19 @@ def operating_points_text(config: TriLevelViTConfig, report: dict | None) -> str
 
 def trained_operating_points(config: TriLevelViTConfig) -> list[tuple[float, float]]:
     """`(token_keep_rate, attention_keep_rate)` of each rate a dense/sparse checkpoint was trained for."""
-    # Imported here: the trainer imports the card modules, and the package imports the technique's module.
-    from .dense_sparse import operating_point
-
     return [operating_point(config, rate) for rate in trained_keep_rates(config) or []]
 
 
 __all__ = [
+    "DENSE_SPARSE_LABEL",
+    "DENSE_SPARSE_TAG",
+    "KEEP_RATE_SCHEDULE_LABEL",
+    "SELECTOR_TEMPERATURE_LABEL",
     "dense_sparse_sentence",
     "describe_dense_sparse",
     "operating_points_text",
+    "rates_text",
+    "temperature_text",
     "trained_keep_rates",
     "trained_operating_points",
 ]

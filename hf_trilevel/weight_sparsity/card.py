@@ -1,4 +1,4 @@
-"""The model card's weight-sparsity parts (SViTE): its hyperparameter cell and training sentence, from
+"""The model card's weight-sparsity parts (SViTE): its hyperparameter row, training sentence and tags, from
 `WeightSparsity.card_settings()`, and the share of non-zero weights a live model or a saved folder holds.
 
 Counted over the weights sparse training masks (`weight_masks.masked_weights`: patch projection, q/k/v/o, fc1, fc2,
@@ -12,6 +12,9 @@ import torch
 from safetensors import safe_open
 
 from .masks import count_nonzero_weights, masked_weights
+
+LABEL = "weight sparsity (SViTE: sparse training of the weights)"  # the hyperparameter table's row
+TAGS = {"unstructured": ["weight-sparsity"], "structured": ["weight-sparsity", "structured-pruning"]}
 
 # The weights `weight_masks.masked_weights` names (patch projection, q/k/v/o, fc1, fc2, classifier) as a saved file
 # holds them: under ViT's checkpoint names (`encoder.layer.{i}.attention.attention.query`, ...) or the model's own.
@@ -115,3 +118,20 @@ def weight_sparsity_sentence(settings: dict) -> str:
         else "Unstructured zeros save no time with dense kernels (on CPU they save disk space at most)."
     )
     return f"The weights were trained sparse (SViTE){pattern} and are saved dense-shaped with zeros. {speed}"
+
+
+def card_tags(settings: dict) -> list[str]:
+    """The Hub tags of the sparsity mode (`structured` adds `structured-pruning`)."""
+    return list(TAGS.get(settings.get("sparsity"), ["weight-sparsity"]))
+
+
+__all__ = [
+    "LABEL",
+    "TAGS",
+    "card_tags",
+    "describe_weight_sparsity",
+    "model_nonzero_weights",
+    "nonzero_weights_text",
+    "saved_nonzero_weights",
+    "weight_sparsity_sentence",
+]
