@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from ..training.technique import TrainingBatch, TrainingTechnique, sum_across_processes
+from ..training.technique import TrainingBatch, TrainingTechnique, is_distributed, sum_across_processes
 from .pruner import POLICIES, ExamplePruner, ExampleStatistics, PrunedEpochSampler, PruningPolicy, find_pruning_sampler
 
 
@@ -129,7 +129,7 @@ class ExamplePruning(TrainingTechnique):
                 "`streaming=True`, or a torch `Dataset` with `__len__`), or train without example pruning."
             )
         self.check_arguments(args)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and args.world_size == 1:
+        if is_distributed() and args.world_size == 1:
             raise ValueError(
                 f"torch.distributed runs {dist.get_world_size()} processes but the Trainer is not distributed, so "
                 "every process would train its own copy on all the data. On machines without GPUs pass "

@@ -35,6 +35,7 @@ from transformers import TrainerCallback
 
 
 def is_distributed() -> bool:
+    """Whether torch.distributed runs more than one process here (then techniques' statistics must be reduced)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
