@@ -10,6 +10,7 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import TrainingArguments, ViTImageProcessorPil
 
+import hf_trilevel
 from hf_trilevel import ExamplePruning, KeepRateSchedule, SelectorTemperatureSchedule, TriLevelTrainer
 from hf_trilevel.cli.card import write_model_card
 from hf_trilevel.evaluation.flops import flops_speedup_limit, forward_flops
@@ -21,6 +22,8 @@ from hf_trilevel.model_card.builder import (
     saved_nonzero_weights,
     trainer_model_card,
 )
+from hf_trilevel.model_card.sections import TRAINING_FIELDS
+from hf_trilevel.model_card.techniques import TECHNIQUE_CARDS
 from hf_trilevel.modeling.configuration_trilevel_vit import TriLevelViTConfig
 from hf_trilevel.training.technique import TrainingTechnique
 from hf_trilevel.weight_sparsity.card import describe_weight_sparsity
@@ -291,6 +294,14 @@ def test_write_model_card_quotes_the_measured_counts_of_an_adaptive_folder(tmp_p
     card = ModelCard.load(write_model_card(tmp_path, model_name="saved"))
     assert "| `token_selector` | `adaptive` |" in card.text
     assert "(measured mean) | 38.2 → 24.5 → 15.0 of 64 |" in card.text
+
+
+def test_every_technique_of_the_package_has_its_card_section_registered_under_its_name():
+    techniques = [getattr(hf_trilevel, name) for name in hf_trilevel.__all__]
+    names = {cls.name for cls in techniques if isinstance(cls, type) and issubclass(cls, TrainingTechnique)}
+    names.discard(TrainingTechnique.name)
+    assert names == set(TECHNIQUE_CARDS)
+    assert all(TRAINING_FIELDS[name] == card.label for name, card in TECHNIQUE_CARDS.items())
 
 
 # -- TriLevelTrainer.create_model_card ---------------------------------------------------------------------------------
