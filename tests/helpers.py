@@ -118,4 +118,4 @@ def assert_usage_error_before_the_data(example, argv: list[str], message: str, t
         example.main(argv)
     assert raised.value.code == 2
     error = capsys.readouterr().err
-    assert message in error and "--train_dir" not in error
+    assert message in error and "train_dir" not in error

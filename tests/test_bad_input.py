@@ -1,6 +1,6 @@
 """Bad input stops early with a message naming the argument, the bad value and what to do (issue 10, "Bad input").
 
-Example-script checks (exit status 2, the usage error `prepare` makes of a `ValueError`) run with a `--train_dir`
+Example-script checks (exit status 2, the usage error `main` makes of a `ValueError`) run with a `--train_dir`
 that does not exist wherever the check needs no data: the test then also proves that the check comes before data
 loading. Library checks (`ExamplePruning`, `composed_loss`, `TriLevelTrainer`) raise `ValueError`. The last
 tests pin `examples_seen` to the examples actually trained with `dataloader_drop_last`.
@@ -19,7 +19,8 @@ from transformers import TrainingArguments
 
 from hf_trilevel import ExamplePruning, TriLevelTrainer
 from hf_trilevel.image_data import encode_labels
-from hf_trilevel.recipe.run_support import check_output_dir, examples_trained_per_epoch
+from hf_trilevel.recipe.checks import check_output_dir
+from hf_trilevel.recipe.results import examples_seen_metrics, examples_trained_per_epoch
 from hf_trilevel.training.loss_terms import composed_loss
 
 from .helpers import tiny_model
@@ -38,9 +39,9 @@ def example():
 
 
 def usage_error(example, capsys, *argv: str) -> str:
-    """The stderr of `prepare(argv)`, which must stop with a usage error (exit status 2)."""
+    """The stderr of `main(argv)`, which must stop with a usage error (exit status 2)."""
     with pytest.raises(SystemExit) as raised:
-        example.prepare([*argv, "--max_train_samples", "16", "--disable_tqdm", "True"])
+        example.main([*argv, "--max_train_samples", "16", "--disable_tqdm", "True"])
     assert raised.value.code == 2
     return capsys.readouterr().err
 
@@ -57,7 +58,7 @@ def before_data(tmp_path: Path, *argv: str) -> list[str]:
 def test_fractional_epochs_with_example_pruning_stop_before_the_data_loads(example, capsys, tmp_path, policy):
     args = before_data(tmp_path, "--example_pruning", policy, "--num_train_epochs", "2.5")
     message = usage_error(example, capsys, *args)
-    assert "--num_train_epochs" in message and "2.5" in message and "whole number" in message
+    assert "`num_train_epochs`" in message and "2.5" in message and "whole number" in message
 
 
 @pytest.mark.parametrize("epochs", [2.5, float("inf"), float("nan")])
@@ -73,20 +74,20 @@ def test_example_pruning_callback_refuses_fractional_epochs_for_trainer_users(tm
 def test_max_steps_with_example_pruning_stops_before_the_data_loads(example, capsys, tmp_path):
     args = before_data(tmp_path, "--example_pruning", "loss", "--num_train_epochs", "2", "--max_steps", "100")
     message = usage_error(example, capsys, *args)
-    assert "--max_steps 100" in message and "--num_train_epochs" in message
+    assert "`max_steps` 100" in message and "`num_train_epochs`" in message
 
 
 @pytest.mark.parametrize("swap_epochs", [["2"], ["1", "5"]])
 def test_swap_epochs_past_the_end_stop_before_the_data_loads(example, capsys, tmp_path, swap_epochs):
     args = before_data(tmp_path, "--example_pruning", "forgetting", "--num_train_epochs", "2")
     message = usage_error(example, capsys, *args, "--swap_epochs", *swap_epochs)
-    assert "--swap_epochs" in message and "[1, 1]" in message and "--num_train_epochs 2" in message
+    assert "`swap_epochs`" in message and "[1, 1]" in message and "`num_train_epochs` 2" in message
 
 
 def test_negative_swap_epochs_stop_before_the_data_loads(example, capsys, tmp_path):
     args = before_data(tmp_path, "--example_pruning", "forgetting", "--num_train_epochs", "2", "--swap_epochs", "-1")
     message = usage_error(example, capsys, *args)
-    assert "--swap_epochs must be a list of epoch numbers >= 1, got [-1]" in message
+    assert "`swap_epochs` must be an integer >= 1, got -1" in message
 
 
 # --- 3. a training set of one class -----------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ def test_a_one_class_image_folder_says_a_classifier_needs_two_classes(example, c
     for index in range(3):
         Image.fromarray(np.full((8, 8, 3), index * 40, dtype=np.uint8)).save(folder / f"{index}.png")
     message = usage_error(example, capsys, "--train_dir", str(tmp_path / "train"), "--output_dir", str(tmp_path / "o"))
-    assert "--train_dir" in message and "one class sub-folder ('cat')" in message
+    assert "`train_dir`" in message and "one class sub-folder ('cat')" in message
     assert "at least 2" in message and "label column" not in message
 
 
@@ -124,7 +125,7 @@ def test_a_config_field_of_the_wrong_type_names_the_flag_the_file_and_the_field(
     config_file.write_text(json.dumps({"model_type": "vit", "hidden_size": "big", "num_labels": 10}))
     source = str(config_file) if flag == "--config_name" else str(tmp_path / "model")
     message = usage_error(example, capsys, flag, source, "--output_dir", str(tmp_path / "out"))
-    assert f"{flag} {source!r}" in message and str(config_file) in message
+    assert f"`{flag[2:]}` {source!r}" in message and str(config_file) in message
     assert "'hidden_size' is 'big'" in message and "int" in message and "Validation error" not in message
 
 
@@ -135,7 +136,7 @@ def test_an_output_dir_that_is_a_file_stops_before_the_data_loads(example, capsy
     (tmp_path / "results").write_text("not a folder")
     args = ["--output_dir", str(tmp_path / "results"), "--train_dir", str(tmp_path / "missing")]
     message = usage_error(example, capsys, *args)
-    assert f"--output_dir '{tmp_path / 'results'}' is a file" in message
+    assert f"`output_dir` '{tmp_path / 'results'}' is a file" in message
 
 
 def test_an_output_dir_inside_a_file_is_refused(tmp_path):
@@ -215,19 +216,19 @@ def test_composed_loss_names_the_collator_and_a_singular_label_key():
 # --- 8. examples_seen counts what was trained, with dataloader_drop_last ----------------------------------------------
 
 
-def test_examples_seen_with_drop_last_and_pruning_counts_the_trained_examples(example, digits, tmp_path):  # noqa: F811
+def test_examples_seen_with_drop_last_and_pruning_counts_the_trained_examples(digits, tmp_path):  # noqa: F811
     trainer, callback = train(digits, tmp_path, "forgetting", epochs=2, dataloader_drop_last=True)
     trainer.train()
     assert callback.pruner.sizes == [77, 77]  # 0.8 x 96; batches of 16 drop 13 of them each epoch
-    seen = example.examples_seen_metrics(trainer, len(digits))
+    seen = examples_seen_metrics(trainer, len(digits))
     assert seen == {"examples_seen": 2 * 64, "example_fraction_seen": 2 * 64 / (2 * 96)}
 
 
-def test_examples_seen_with_drop_last_and_no_pruning_counts_the_trained_examples(example, digits, tmp_path):  # noqa: F811
+def test_examples_seen_with_drop_last_and_no_pruning_counts_the_trained_examples(digits, tmp_path):  # noqa: F811
     args = pruning_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=20, dataloader_drop_last=True)
     trainer = TriLevelTrainer(model=tiny_classifier(), args=args, train_dataset=digits, data_collator=collate)
     trainer.train()
-    assert example.examples_seen_metrics(trainer, len(digits)) == {
+    assert examples_seen_metrics(trainer, len(digits)) == {
         "examples_seen": 80,  # 4 full batches of 20 out of 96
         "example_fraction_seen": 80 / 96,
     }

@@ -13,7 +13,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_trilevel import TriLevelTrainer
-from hf_trilevel.recipe.run_support import resolve_resume_checkpoint
+from hf_trilevel.recipe.checks import resolve_resume_checkpoint
 from hf_trilevel.training.checkpoints import (
     checkpoint_folders,
     checkpoint_problem,
@@ -120,7 +120,7 @@ def test_train_refuses_a_named_incomplete_checkpoint_and_true_without_any(digits
 def test_a_fresh_run_with_overwrite_consent_removes_the_earlier_runs_checkpoints_but_not_its_own_start(
     finished_run, tmp_path
 ):
-    from .test_example import load_example
+    from .test_example import checked_arguments, load_example
 
     output_dir, _ = interrupted_copy(finished_run, tmp_path, "no trainer state")
     example = load_example()
@@ -130,10 +130,10 @@ def test_a_fresh_run_with_overwrite_consent_removes_the_earlier_runs_checkpoints
         "--num_train_epochs", "1", "--do_eval", "False", "--disable_tqdm", "True",
     ]  # fmt: skip
     with pytest.raises(SystemExit):  # no consent: the earlier run's checkpoints are refused, not replaced
-        example.prepare(argv)
-    example.prepare([*argv, "--overwrite_output_dir"])
+        example.main(argv)
+    checked_arguments(*argv, "--overwrite_output_dir")
     assert len(checkpoint_folders(output_dir)) == 3  # checking the arguments deletes nothing
-    example.run([*argv, "--overwrite_output_dir"])
+    example.main([*argv, "--overwrite_output_dir"])
     # Left in place, checkpoint-12 and -4 of the earlier run would be what `--resume_from_checkpoint latest` picks
     # after a crash of this one; checkpoint-8 holds this run's starting weights and stays.
     assert checkpoint_folders(output_dir) == [start]

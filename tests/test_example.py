@@ -1,5 +1,5 @@
 """The README's main command, `examples/run_image_classification.py` on the bundled digits, and the digits
-(`hf_trilevel.image_data.digits`).
+(`hf_trilevel.image_data.digits`). The argument groups' own checks and builds: tests/test_arguments.py.
 
 The end-to-end test trains for one epoch on 64 digits, so it checks the plumbing (data -> processor -> Trainer ->
 saved remote-code folder -> results files -> pipeline in a clean process), not the accuracy; the full recipe's
@@ -9,7 +9,6 @@ accuracy is reported in the README. Other data sets, checkpoints and bad input: 
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +19,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import TrainingArguments, pipeline
+from transformers import pipeline
 
 from hf_trilevel import TriLevelViTForImageClassification
 from hf_trilevel.evaluation.metrics import sparsity_metrics
 from hf_trilevel.image_data import DIGIT_NAMES, load_digits_dataset
 from hf_trilevel.modeling.token_reduction import token_schedule
+from hf_trilevel.recipe.checks import check_arguments
+from hf_trilevel.recipe.parsing import build_parser, parse_flags_or_json, resolve_defaults
 
 from .helpers import run_without_hf_trilevel
 from .test_checkpoints import LOAD_CHECKPOINT_SCRIPT
@@ -49,6 +50,33 @@ def load_example() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def checked_arguments(*argv: str) -> tuple:
+    """`argv` parsed and checked as the example's `main` does before it loads any data: the argument groups
+    `(model, data, *techniques, run, training)`."""
+    parsed = parse_flags_or_json(build_parser(), list(argv), resolve_defaults)
+    model_args, _, *technique_args, run_args, training_args = parsed
+    check_arguments(model_args, run_args, training_args, technique_args)
+    return parsed
+
+
+def techniques_from_flags(*argv: str, label_names=DIGIT_NAMES, num_train_examples: int = 64) -> tuple:
+    """The model config and the techniques the example builds from `argv` (as its `main` does, for
+    `num_train_examples` training examples of `label_names`), without loading any data."""
+    model_args, _, *technique_args, _, training_args = checked_arguments(*argv)
+    config = model_args.build_config(list(label_names))
+    built = [
+        args.build(
+            config,
+            training_args,
+            num_train_examples=num_train_examples,
+            technique_args=technique_args,
+            **model_args.hub_kwargs(),
+        )
+        for args in technique_args
+    ]
+    return config, [technique for technique in built if technique is not None]
 
 
 def load_in_clean_process(folder: Path, work: Path, pixel_values: torch.Tensor) -> tuple[dict, dict]:
@@ -253,7 +281,7 @@ def test_example_resume_true_without_a_checkpoint_stops_before_training(tmp_path
     with pytest.raises(SystemExit) as raised:
         example.main(["--resume_from_checkpoint", "True", "--output_dir", str(tmp_path)])
     assert raised.value.code == 2
-    assert "--resume_from_checkpoint 'True' asks for the newest checkpoint" in capsys.readouterr().err
+    assert "`resume_from_checkpoint` 'True' asks for the newest checkpoint" in capsys.readouterr().err
 
 
 def test_example_trains_on_the_redundant_digits_with_the_random_policy(tmp_path):
@@ -271,68 +299,3 @@ def test_example_trains_on_the_redundant_digits_with_the_random_policy(tmp_path)
     assert json.loads((tmp_path / "train_results.json").read_text())["examples_seen"] == 2 * 100
     card = (tmp_path / "README.md").read_text()
     assert "redundant variant" in card and "the `random` policy (keep_fraction=0.5)" in card
-
-
-def test_the_loss_policys_pool_is_a_flag_so_the_example_can_reach_any_budget():
-    example = load_example()
-    arguments = example.PruningArguments(example_pruning="loss", prune_ratio=0.6, well_learned_fraction=1.0)
-    (callback,) = example.build_callbacks(arguments)
-    assert callback.policy.config()["well_learned_fraction"] == 1.0
-    assert callback.policy.epoch_sizes(100, 8)[1:7] == [40] * 6  # pruned epochs serve 1 - 0.6 x 1.0 of the data
-    with pytest.raises(ValueError, match=r"`well_learned_fraction` must be in \(0, 1\]"):
-        example.build_callbacks(example.PruningArguments(example_pruning="loss", well_learned_fraction=0.0))
-
-
-def test_the_example_takes_a_users_own_policy_by_import_path(tmp_path, monkeypatch):
-    # A module name no other test imports: sys.modules keeps an imported module for the whole session.
-    (tmp_path / "example_user_policies.py").write_text(
-        "import torch\n"
-        "from hf_trilevel import EpochPlan, PruningPolicy\n\n\n"
-        "class FirstHalf(PruningPolicy):\n"
-        "    name = 'first_half'\n\n"
-        "    def __init__(self, share=0.5):\n"
-        "        self.share = share\n\n"
-        "    def epoch_sizes(self, num_examples, num_epochs):\n"
-        "        return [round(self.share * num_examples)] * num_epochs\n\n"
-        "    def plan_epoch(self, epoch, previous, statistics, num_examples, seed):\n"
-        "        return EpochPlan(torch.arange(round(self.share * num_examples)))\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    example = load_example()
-    arguments = example.PruningArguments(
-        example_pruning="example_user_policies:FirstHalf", example_pruning_settings='{"share": 0.25}'
-    )
-    (callback,) = example.build_callbacks(arguments)
-    assert type(callback.policy).__name__ == "FirstHalf" and callback.policy.epoch_sizes(100, 2) == [25, 25]
-    for bad, message in [
-        (
-            {"example_pruning": "example_user_policies:Missing"},
-            "`policy` 'example_user_policies:Missing' cannot be imported",
-        ),
-        ({"example_pruning": "json:loads"}, "is not a PruningPolicy subclass"),
-        (
-            {"example_pruning": "example_user_policies:FirstHalf", "example_pruning_settings": "[1]"},
-            "must be a JSON object",
-        ),
-        ({"example_pruning": "example_user_policies:FirstHalf", "example_pruning_settings": "{"}, "is not JSON"),
-        (
-            {"example_pruning": "example_user_policies:FirstHalf", "example_pruning_settings": '{"size": 1}'},
-            "unknown setting",
-        ),
-        ({"example_pruning": "loss", "example_pruning_settings": "{}"}, "configures a package.module:ClassName"),
-        ({"example_pruning": "bogus"}, "`--example_pruning` must be none, random, forgetting, loss or"),
-        ({"example_pruning": "forgetting", "budget": 0.5}, "--budget configure --example_pruning loss only"),
-    ]:
-        with pytest.raises(ValueError, match=re.escape(message)):
-            example.build_callbacks(example.PruningArguments(**bad))
-
-
-def test_the_loss_policy_takes_a_data_budget_so_it_compares_with_random_at_equal_cost():
-    example = load_example()
-    (callback,) = example.build_callbacks(example.PruningArguments(example_pruning="loss", budget=0.5))
-    assert sum(callback.policy.epoch_sizes(100, 30)) == 100 * 30 // 2
-    training_args = TrainingArguments("unused", num_train_epochs=4, remove_unused_columns=False, do_train=True)
-    with pytest.raises(ValueError, match=r"`budget` 0\.5 is out of reach"):  # 2 of 4 epochs are full: before the data
-        example.build_callbacks(example.PruningArguments(example_pruning="loss", budget=0.5), training_args)
-    with pytest.raises(ValueError, match="not both"):
-        example.build_callbacks(example.PruningArguments(example_pruning="loss", budget=0.5, prune_ratio=0.5))

@@ -1,6 +1,6 @@
-"""The three token selectors in `examples/run_image_classification.py` and `hf_trilevel.recipe.run_support`: the
+"""The three token selectors in `examples/run_image_classification.py` and `hf_trilevel.recipe`: the
 `--token_selector` flags reach the config (from scratch and over a saved folder), bad values stop before any data
-loads (exit 2), learned scores get the temperature callback, and the final evaluation reports the mean kept tokens
+loads (exit 2), learned scores get the temperature schedule, and the final evaluation reports the mean kept tokens
 per pruning layer (measured from `kept_token_counts`) that model cards quote.
 
 One short end-to-end run (adaptive over learned scores, on 64 digits) checks the plumbing; the rest runs in-process
@@ -8,7 +8,6 @@ and stops before training.
 """
 
 import json
-import logging
 from types import SimpleNamespace
 
 import pytest
@@ -23,10 +22,13 @@ from hf_trilevel.evaluation.token_counts import (
     kept_token_metrics,
 )
 from hf_trilevel.modeling.token_reduction import token_schedule
+from hf_trilevel.modeling.token_selectors import registered_token_selectors
+from hf_trilevel.recipe.arguments import ModelArguments
 from hf_trilevel.recipe.model import check_config_overrides
+from hf_trilevel.recipe.parsing import build_parser
 
 from .helpers import assert_usage_error_before_the_data, images, tiny_config, tiny_model
-from .test_example import load_example
+from .test_example import checked_arguments, load_example, techniques_from_flags
 from .test_example_workflow import TINY_MODEL
 
 ADAPTIVE = {"token_selector": "adaptive", "token_keep_rate": 0.7, "token_keep_mass": 0.7}
@@ -123,64 +125,32 @@ def test_config_overrides_are_checked_against_the_config_they_change(tmp_path):
 # --- examples/run_image_classification.py: flags ----------------------------------------------------------------------
 
 
-def test_selector_flags_reach_the_config_from_scratch(example):
+def test_selector_flags_reach_the_config_from_scratch():
     argv = ["--token_selector", "adaptive", "--token_keep_mass", "0.8", "--token_min_keep_rate", "0.3"]
     argv += ["--token_importance", "learned", "--token_count_buckets", "2"]
-    model_args = example.parse_flags_or_json(example.build_parser(), argv, example.resolve_defaults)[0]
-    config = example.build_config(model_args, ["a", "b"])
+    model_args = checked_arguments(*argv)[0]
+    config = model_args.build_config(["a", "b"])
     assert (config.token_selector, config.token_keep_mass, config.token_min_keep_rate) == ("adaptive", 0.8, 0.3)
     assert (config.token_importance, config.token_count_buckets) == ("learned", 2)
     assert config.token_keep_rate == 0.7  # the scratch default stays
-    assert "{class_attention,learned,adaptive}" in example.build_parser().format_help()
+    assert "{" + ",".join(registered_token_selectors()) + "}" in build_parser().format_help()
 
 
-def test_selector_flags_win_over_a_saved_folder_and_its_values_stay_otherwise(example, tmp_path):
+def test_selector_flags_win_over_a_saved_folder_and_its_values_stay_otherwise(tmp_path):
     tiny_model(**ADAPTIVE, token_min_keep_rate=0.4).save_pretrained(tmp_path / "adaptive")
     names = [str(index) for index in range(5)]
-    kept = example.build_config(example.ModelArguments(model_name_or_path=str(tmp_path / "adaptive")), names)
+    kept = ModelArguments(model_name_or_path=str(tmp_path / "adaptive")).build_config(names)
     assert (kept.token_selector, kept.token_keep_mass, kept.token_min_keep_rate) == ("adaptive", 0.7, 0.4)
-    given = example.ModelArguments(
-        model_name_or_path=str(tmp_path / "adaptive"), token_selector="learned", token_keep_mass=0.9
-    )
-    config = example.build_config(given, names)
+    given = ModelArguments(model_name_or_path=str(tmp_path / "adaptive"), token_selector="learned", token_keep_mass=0.9)
+    config = given.build_config(names)
     assert (config.token_selector, config.token_keep_mass, config.token_min_keep_rate) == ("learned", 0.9, 0.4)
 
 
-@pytest.mark.parametrize(
-    ("pruning", "selector", "importance", "expected"),
-    [
-        ({}, "learned", "class_attention", (10.0, 0.1)),
-        ({"token_selector_temperature_start": 5.0}, "adaptive", "learned", (5.0, 0.1)),
-        ({}, "adaptive", "class_attention", None),
-        ({}, "class_attention", "class_attention", None),
-    ],
-)
-def test_learned_scores_get_the_temperature_callback(example, pruning, selector, importance, expected):
-    config = tiny_config(token_selector=selector, token_importance=importance)
-    callbacks = example.build_temperature_callback(example.PruningArguments(**pruning), config)
-    if expected is None:
-        assert callbacks == []
-    else:
-        (callback,) = callbacks
-        assert isinstance(callback, SelectorTemperatureSchedule)
-        assert (callback.start, callback.end) == expected
-
-
-def test_a_temperature_without_learned_scores_is_ignored_with_a_notice(example, caplog):
-    config = tiny_config(token_selector="class_attention")
-    with caplog.at_level(logging.WARNING, logger="run_image_classification"):
-        assert (
-            example.build_temperature_callback(example.PruningArguments(token_selector_temperature_end=1.0), config)
-            == []
-        )
-    assert "--token_selector_temperature_end is ignored" in caplog.text
-
-
-def test_prepare_builds_a_learned_model_with_the_temperature_callback(example, tmp_path):
-    argv = [*TINY_MODEL, "--token_selector", "learned", "--max_train_samples", "8", "--max_eval_samples", "8"]
-    setup = example.prepare([*argv, "--output_dir", str(tmp_path), "--disable_tqdm", "True"])
-    assert setup.model.config.token_selector == "learned"
-    assert [type(callback) for callback in setup.callbacks] == [SelectorTemperatureSchedule]
+def test_the_flags_build_a_learned_model_with_the_temperature_schedule(tmp_path):
+    argv = [*TINY_MODEL, "--token_selector", "learned", "--output_dir", str(tmp_path)]
+    config, techniques = techniques_from_flags(*argv)
+    assert config.token_selector == "learned"
+    assert [type(technique) for technique in techniques] == [SelectorTemperatureSchedule]
 
 
 # --- bad input: exit 2 before any data loads --------------------------------------------------------------------------
@@ -191,7 +161,10 @@ BAD_SELECTOR_INPUT = {
     "mass 0": (["--token_keep_mass", "0"], "`token_keep_mass` must be"),
     "floor above 1": (["--token_min_keep_rate", "2"], "`token_min_keep_rate` must be"),
     "unknown importance": (["--token_importance", "entropy"], "`token_importance` must be one of"),
-    "temperature 0": (["--token_selector_temperature_end", "0"], "--token_selector_temperature_end must be"),
+    "temperature 0": (
+        ["--token_selector_temperature_end", "0"],
+        "`token_selector_temperature_end` must be in (0, inf)",
+    ),
 }
 
 
@@ -213,7 +186,7 @@ def test_a_learned_selector_without_pruning_layers_is_a_usage_error(example, tmp
 
 
 def test_an_adaptive_run_reports_the_mean_kept_tokens_per_layer_and_its_card_quotes_them(example, tmp_path, capsys):
-    example.run(
+    example.main(
         [
             *TINY_MODEL,
             "--token_selector", "adaptive", "--token_importance", "learned", "--token_keep_mass", "0.6",

@@ -1,6 +1,7 @@
-"""hf_trilevel.recipe.run_support and hf_trilevel.image_data.preprocessing: the checks and builders a training script
-reuses, with errors that name the function's arguments (the example turns them into its flags)."""
+"""hf_trilevel.recipe (checks, parsing, model) and hf_trilevel.image_data.preprocessing: the checks and builders a
+training script reuses, with errors that name the function's arguments, which are the example's flags."""
 
+import dataclasses
 import json
 
 import pytest
@@ -10,26 +11,24 @@ from PIL import Image as PILImage
 from transformers import BertConfig, TrainingArguments, ViTImageProcessorPil
 
 from hf_trilevel.image_data import attach_transforms, check_splits, collate, eval_transforms, limit_and_check_splits
-from hf_trilevel.recipe.model import build_image_processor, build_trilevel_config, read_vit_config
-from hf_trilevel.recipe.run_support import (
+from hf_trilevel.recipe.checks import (
     check_output_dir,
     check_training_arguments,
-    name_flags,
-    parse_flags_or_json,
     resolve_resume_checkpoint,
     saved_run_files,
 )
+from hf_trilevel.recipe.model import build_image_processor, build_trilevel_config, read_vit_config
+from hf_trilevel.recipe.parsing import ARGUMENT_GROUPS, build_parser, parse_flags_or_json
 
 from .helpers import tiny_vit
 
 
-def test_name_flags_rewrites_only_the_listed_argument_names():
-    message = "`image_column` 'x': no such column; `token_keep_rate` is fine, `train_dir` too"
-    flags = {"image_column": "image_column_name", "train_dir": "train_dir"}
-    assert (
-        name_flags(message, flags)
-        == "--image_column_name 'x': no such column; `token_keep_rate` is fine, --train_dir too"
-    )
+def test_every_field_of_every_argument_group_is_a_flag_of_the_same_name():
+    help_text = build_parser().format_help()
+    for group in ARGUMENT_GROUPS:
+        for item in dataclasses.fields(group):
+            if item.init and not item.name.startswith("_"):
+                assert f"--{item.name}" in help_text, item.name
 
 
 @pytest.mark.parametrize("latest", ["True", "latest"])

@@ -11,7 +11,7 @@ from hf_trilevel import TriLevelViTForImageClassification, WeightSparsity
 from hf_trilevel.weight_sparsity.masks import GROUP, as_matrix, masked_weights
 
 from .helpers import assert_usage_error_before_the_data, images
-from .test_example import load_example
+from .test_example import load_example, techniques_from_flags
 from .test_example_workflow import TINY_MODEL
 
 
@@ -20,53 +20,53 @@ def example():
     return load_example()
 
 
-def callback_of(example, tmp_path, *argv) -> WeightSparsity:
-    setup = example.prepare([*TINY_MODEL, "--max_train_samples", "64", "--output_dir", str(tmp_path / "out"), *argv])
-    (callback,) = [c for c in setup.callbacks if isinstance(c, WeightSparsity)]
-    return callback
+def technique_of(tmp_path, *argv) -> WeightSparsity:
+    _, techniques = techniques_from_flags(*TINY_MODEL, "--output_dir", str(tmp_path / "out"), *argv)
+    (technique,) = [t for t in techniques if isinstance(t, WeightSparsity)]
+    return technique
 
 
-def test_the_flags_build_the_callback(example, tmp_path):
-    unstructured = callback_of(example, tmp_path, "--weight_sparsity", "unstructured", "--weight_density", "0.3",
-                               "--sparse_update_interval", "2", "--sparse_end_fraction", "0.5")  # fmt: skip
+def test_the_flags_build_the_technique(tmp_path):
+    unstructured = technique_of(tmp_path, "--weight_sparsity", "unstructured", "--weight_density", "0.3",
+                                "--sparse_update_interval", "2", "--sparse_end_fraction", "0.5")  # fmt: skip
     assert unstructured.settings() == {
         "sparsity": "unstructured", "pattern": "unstructured", "density": 0.3, "initial_mask": "random",
         "update_interval": 2, "one_shot": False, "end_fraction": 0.5, "death_rate": 0.5, "final_death_rate": 0.005,
     }  # fmt: skip
-    structured = callback_of(example, tmp_path, "--weight_sparsity", "structured", "--neuron_density", "0.25",
-                             "--sparse_update_interval", "2", "--sparse_one_shot", "True")  # fmt: skip
+    structured = technique_of(tmp_path, "--weight_sparsity", "structured", "--neuron_density", "0.25",
+                              "--sparse_update_interval", "2", "--sparse_one_shot", "True")  # fmt: skip
     assert (structured.sparsity, structured.head_density, structured.neuron_density) == ("structured", 0.5, 0.25)
     assert structured.one_shot
-    assert callback_of(example, tmp_path, "--weight_sparsity", "unstructured", "--sparsity_pattern", "2:4",
-                       "--sparse_update_interval", "2").pattern == "2:4"  # fmt: skip
+    assert technique_of(tmp_path, "--weight_sparsity", "unstructured", "--sparsity_pattern", "2:4",
+                        "--sparse_update_interval", "2").pattern == "2:4"  # fmt: skip
 
 
 STRUCTURED = ["--weight_sparsity", "structured"]
 UNSTRUCTURED = ["--weight_sparsity", "unstructured"]
 BAD_INPUT = {
-    "a density without a mode": (["--weight_density", "0.5"], "--weight_density is a setting of weight sparsity"),
+    "a density without a mode": (["--weight_density", "0.5"], "`weight_density` is a setting of weight sparsity"),
     "head density when unstructured": (
         [*UNSTRUCTURED, "--head_density", "0.5"],
-        "--head_density is a setting of --weight_sparsity structured, not unstructured",
+        "`head_density` is a setting of `weight_sparsity` structured, not unstructured",
     ),
     "2:4 when structured": (
         [*STRUCTURED, "--sparsity_pattern", "2:4"],
-        "--sparsity_pattern is a setting of --weight_sparsity unstructured, not structured",
+        "`sparsity_pattern` is a setting of `weight_sparsity` unstructured, not structured",
     ),
-    "slimming unstructured": ([*UNSTRUCTURED, "--slim_output_dir", "x"], "--slim_output_dir is a setting of"),
-    "density 0": ([*UNSTRUCTURED, "--weight_density", "0"], "--weight_density must be in (0, 1], got 0.0"),
-    "neuron density above 1": ([*STRUCTURED, "--neuron_density", "1.5"], "--neuron_density must be in (0, 1]"),
+    "slimming unstructured": ([*UNSTRUCTURED, "--slim_output_dir", "x"], "`slim_output_dir` is a setting of"),
+    "density 0": ([*UNSTRUCTURED, "--weight_density", "0"], "`weight_density` must be in (0, 1], got 0.0"),
+    "neuron density above 1": ([*STRUCTURED, "--neuron_density", "1.5"], "`neuron_density` must be in (0, 1]"),
     "2:4 at another density": (
         [*UNSTRUCTURED, "--sparsity_pattern", "2:4", "--weight_density", "0.3"],
-        "--weight_density must be 0.5 (or unset) with --sparsity_pattern 2:4",
+        "`weight_density` must be 0.5 (or unset) with `sparsity_pattern` 2:4",
     ),
-    "interval 0": ([*UNSTRUCTURED, "--sparse_update_interval", "0"], "--sparse_update_interval must be an integer"),
-    "end fraction 0": ([*UNSTRUCTURED, "--sparse_end_fraction", "0"], "--sparse_end_fraction must be in (0, 1]"),
+    "interval 0": ([*UNSTRUCTURED, "--sparse_update_interval", "0"], "`sparse_update_interval` must be an integer"),
+    "end fraction 0": ([*UNSTRUCTURED, "--sparse_end_fraction", "0"], "`sparse_end_fraction` must be in (0, 1]"),
     "nothing to slim": (
         [*STRUCTURED, "--head_density", "1", "--neuron_density", "1", "--slim_output_dir", "x"],
-        "--slim_output_dir would have nothing to remove",
+        "`slim_output_dir` would have nothing to remove",
     ),
-    "no training": ([*STRUCTURED, "--do_train", "False"], "needs --do_train; to slim a saved structured model"),
+    "no training": ([*STRUCTURED, "--do_train", "False"], "needs `do_train`; to slim a saved structured model"),
 }
 
 
@@ -77,38 +77,39 @@ def test_bad_weight_sparsity_input_stops_before_the_data_loads(case, example, tm
 
 def test_the_slim_folder_must_differ_from_the_output_and_not_hold_files(example, tmp_path, capsys):
     argv = [*STRUCTURED, "--slim_output_dir", str(tmp_path / "out")]  # the helper's --output_dir
-    assert_usage_error_before_the_data(example, argv, "--slim_output_dir must differ from --output_dir", tmp_path,
+    assert_usage_error_before_the_data(example, argv, "`slim_output_dir` must differ from `output_dir`", tmp_path,
                                        capsys)  # fmt: skip
     (tmp_path / "slim").mkdir()
     (tmp_path / "slim" / "kept.txt").write_text("an earlier run's file")
     argv = [*STRUCTURED, "--slim_output_dir", str(tmp_path / "slim")]
-    assert_usage_error_before_the_data(example, argv, "already holds files; pass --overwrite_output_dir", tmp_path,
+    assert_usage_error_before_the_data(example, argv, "already holds files; pass `overwrite_output_dir`", tmp_path,
                                        capsys)  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([*STRUCTURED, "--head_density", "0.2"], "--head_density 0.2 leaves no unit of the 2 in layer 0"),
-        ([*UNSTRUCTURED], "--sparse_update_interval 100 is longer than the part of the run that updates masks"),
+        ([*STRUCTURED, "--head_density", "0.2"], "`head_density` 0.2 leaves no unit of the 2 in layer 0"),
+        ([*UNSTRUCTURED], "`sparse_update_interval` 100 is longer than the part of the run that updates masks"),
     ],
 )
 def test_settings_the_model_or_the_run_cannot_take_stop_before_training(example, tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as raised:
-        example.prepare([*TINY_MODEL, "--max_train_samples", "64", "--num_train_epochs", "1",
-                         "--output_dir", str(tmp_path / "out"), *argv])  # fmt: skip
+        example.main([*TINY_MODEL, "--max_train_samples", "64", "--num_train_epochs", "1",
+                      "--output_dir", str(tmp_path / "out"), *argv])  # fmt: skip
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def short_run(example, output_dir, *argv) -> dict:
-    return example.main(
+    _, metrics = example.main(
         [
             *TINY_MODEL, "--num_train_epochs", "2", "--max_train_samples", "64", "--max_eval_samples", "32",
             "--per_device_train_batch_size", "16", "--sparse_update_interval", "2", "--logging_steps", "2",
             "--output_dir", str(output_dir), "--disable_tqdm", "True", *argv,
         ]
     )  # fmt: skip
+    return metrics
 
 
 def test_a_structured_run_saves_a_slimmed_model_with_the_same_logits(example, tmp_path, capsys):

@@ -14,7 +14,8 @@ from transformers import BertConfig, ResNetConfig, pipeline
 
 from hf_trilevel import TriLevelViTForImageClassification
 from hf_trilevel.evaluation.metrics import sparsity_metrics
-from hf_trilevel.recipe.run_support import parse_flags_or_json
+from hf_trilevel.recipe.arguments import ModelArguments
+from hf_trilevel.recipe.parsing import build_parser, parse_flags_or_json, resolve_defaults
 
 from .helpers import tiny_vit
 from .test_example import load_example, run_example
@@ -141,7 +142,7 @@ def test_training_into_a_saved_folder_needs_overwrite_consent(folder_run, exampl
         example.main(["--train_dir", str(output_dir), "--output_dir", str(output_dir), "--num_train_epochs", "1"])
     assert raised.value.code == 2
     error = capsys.readouterr().err
-    assert f"--output_dir '{output_dir}' already holds config.json" in error and "--overwrite_output_dir" in error
+    assert f"`output_dir` '{output_dir}' already holds config.json" in error and "`overwrite_output_dir`" in error
 
 
 # --- plain ViT checkpoints, JSON arguments, labels that are not a ClassLabel ------------------------------------------
@@ -203,22 +204,22 @@ def test_converted_run_uses_given_keep_rates_and_the_checkpoints_otherwise(conve
 
 def test_integer_labels_are_encoded_with_a_notice(converted_run):
     result, output_dir = converted_run
-    assert "--label_column_name 'y' holds Value('int64'), not a ClassLabel" in result.stderr
+    assert "`label_column_name` 'y' holds Value('int64'), not a ClassLabel" in result.stderr
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "3", "1": "7", "2": "9"}
 
 
-def test_a_trilevel_checkpoint_keeps_its_keep_rates_unless_given(converted_run, example, vit_folder):
+def test_a_trilevel_checkpoint_keeps_its_keep_rates_unless_given(converted_run, vit_folder):
     _, trilevel_folder = converted_run
     names = ["a", "b", "c"]
-    config = example.build_config(example.ModelArguments(model_name_or_path=str(trilevel_folder)), names)
+    config = ModelArguments(model_name_or_path=str(trilevel_folder)).build_config(names)
     assert (config.token_keep_rate, config.attention_keep_rate) == (0.5, 1.0)
-    given = example.ModelArguments(model_name_or_path=str(trilevel_folder), token_keep_rate=0.9, token_fusion=True)
-    config = example.build_config(given, names)
+    given = ModelArguments(model_name_or_path=str(trilevel_folder), token_keep_rate=0.9, token_fusion=True)
+    config = given.build_config(names)
     assert (config.token_keep_rate, config.token_fusion) == (0.9, True)
-    scratch = example.build_config(example.ModelArguments(), names)
+    scratch = ModelArguments().build_config(names)
     assert (scratch.token_keep_rate, scratch.attention_keep_rate) == (0.7, 0.5)
-    from_vit_config = example.build_config(example.ModelArguments(config_name=str(vit_folder)), names)
+    from_vit_config = ModelArguments(config_name=str(vit_folder)).build_config(names)
     assert (from_vit_config.token_keep_rate, from_vit_config.num_labels) == (1.0, 3)
 
 
@@ -239,18 +240,18 @@ def other_models(tmp_path_factory) -> dict[str, Path]:
 BAD_INPUT = {
     "no image column": (
         ["--dataset_name", "{saved}"],
-        "--image_column_name 'image': the train split has no such column",
+        "`image_column_name` 'image': the train split has no such column",
     ),
-    "no label column": (["--dataset_name", "{saved}", "--image_column_name", "img"], "--label_column_name 'label'"),
+    "no label column": (["--dataset_name", "{saved}", "--image_column_name", "img"], "`label_column_name` 'label'"),
     "float labels": (
         ["--dataset_name", "{saved}", "--image_column_name", "img", "--label_column_name", "score"],
-        "--label_column_name 'score' holds Value('float64')",
+        "`label_column_name` 'score' holds Value('float64')",
     ),
     "bert checkpoint": (
         ["--model_name_or_path", "{bert}"],
         "is a 'bert' model; TriLevel ViTs start from a TriLevel or a plain ViT/DeiT",
     ),
-    "resnet config": (["--config_name", "{resnet}"], "--config_name '{resnet}' is a 'resnet' model"),
+    "resnet config": (["--config_name", "{resnet}"], "`config_name` '{resnet}' is a 'resnet' model"),
     "folder without a config": (["--model_name_or_path", "{empty}"], "has no config.json"),
     "classifier of another size": (
         [
@@ -263,11 +264,11 @@ BAD_INPUT = {
             "--label_column_name",
             "y",
         ],
-        "classifier for 5 labels but the data has 3; pass --ignore_mismatched_sizes",
+        "classifier for 5 labels but the data has 3; pass `ignore_mismatched_sizes`",
     ),
-    "missing image folder": (["--train_dir", "{saved}/nope"], "--train_dir '{saved}/nope' is not a directory"),
-    "shape with a checkpoint": (["--model_name_or_path", "{vit}", "--hidden_size", "64"], "--hidden_size shapes"),
-    "evaluation without a model": (["--do_train", "False"], "--do_train False evaluates a trained model"),
+    "missing image folder": (["--train_dir", "{saved}/nope"], "`train_dir` '{saved}/nope' is not a directory"),
+    "shape with a checkpoint": (["--model_name_or_path", "{vit}", "--hidden_size", "64"], "`hidden_size` shapes"),
+    "evaluation without a model": (["--do_train", "False"], "`do_train` False evaluates a trained model"),
     "unknown argument": (["--tokens_kept", "0.5"], "unrecognized arguments: --tokens_kept 0.5"),
     "abbreviated argument": (["--token_keep", "0.5"], "unrecognized arguments: --token_keep 0.5"),
 }
@@ -294,10 +295,10 @@ def test_a_json_file_with_an_unknown_key_is_a_usage_error(example, tmp_path, cap
     assert raised.value.code == 2 and "tokn_keep_rate" in capsys.readouterr().err
 
 
-def test_a_json_file_gets_the_tuned_defaults_like_flags_do(example, tmp_path):
+def test_a_json_file_gets_the_tuned_defaults_like_flags_do(tmp_path):
     (tmp_path / "args.json").write_text(json.dumps({"token_keep_rate": 0.6}))
-    parser = example.build_parser()
-    from_json = parse_flags_or_json(parser, [str(tmp_path / "args.json")], example.resolve_defaults)
-    from_flags = parse_flags_or_json(parser, ["--token_keep_rate", "0.6"], example.resolve_defaults)
+    parser = build_parser()
+    from_json = parse_flags_or_json(parser, [str(tmp_path / "args.json")], resolve_defaults)
+    from_flags = parse_flags_or_json(parser, ["--token_keep_rate", "0.6"], resolve_defaults)
     assert from_json[0] == from_flags[0] and from_json[-1].learning_rate == from_flags[-1].learning_rate == 1e-3
     assert from_json[-1].output_dir == "outputs/digits-trilevel"

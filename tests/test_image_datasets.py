@@ -48,17 +48,17 @@ def test_columns_are_selected_and_renamed_to_image_and_label():
 
 def test_a_missing_image_column_names_the_argument_the_columns_and_the_image_column():
     dataset = DatasetDict({"train": labelled([0, 1])})
-    with pytest.raises(ValueError, match=r"`image_column` 'image'.*\['img', 'y'\].*Image columns: \['img'\]"):
+    with pytest.raises(ValueError, match=r"`image_column_name` 'image'.*\['img', 'y'\].*Image columns: \['img'\]"):
         select_image_and_label(dataset, "image", "y")
 
 
 def test_a_missing_label_column_names_the_argument():
-    with pytest.raises(ValueError, match="`label_column` 'label'"):
+    with pytest.raises(ValueError, match="`label_column_name` 'label'"):
         select_image_and_label(DatasetDict({"train": labelled([0, 1])}), "img", "label")
 
 
 def test_an_image_column_without_images_is_refused():
-    with pytest.raises(ValueError, match="`image_column` 'y' holds"):
+    with pytest.raises(ValueError, match="`image_column_name` 'y' holds"):
         select_image_and_label(DatasetDict({"train": labelled([0, 1], other=["a", "b"])}), "y", "other")
 
 
@@ -107,7 +107,7 @@ def test_unusable_labels_are_refused_naming_the_argument(labels, feature, messag
     dataset = renamed(DatasetDict({"train": labelled(labels, feature)}))
     with pytest.raises(ValueError, match=message) as raised:
         encode_labels(dataset, "y")
-    assert "`label_column` 'y'" in str(raised.value)
+    assert "`label_column_name` 'y'" in str(raised.value)
 
 
 def test_class_labels_that_differ_between_splits_are_refused():

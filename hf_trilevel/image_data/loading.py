@@ -3,9 +3,9 @@
 Everything here turns a user's data (a Hub or local data set, a folder saved with `save_to_disk`, or image folders)
 into `{"train", "validation"}` splits with exactly two columns, `image` (`datasets.Image`) and `label`
 (`datasets.ClassLabel`, the same names in every split), and reports bad input as `ValueError`s that name the
-function argument to fix in backticks (`` `label_column` 'y' ...``), so a script can translate the names into its own
-flags. The checks run before training so that a wrong column name, a regression target or a corrupt file stops the
-run at once rather than after an hour of training:
+function argument to fix in backticks (`` `label_column_name` 'y' ...``): the names of transformers' example flags,
+which a script's own flags can share. The checks run before training so that a wrong column name, a regression
+target or a corrupt file stops the run at once rather than after an hour of training:
 
 * a missing image or label column: an error listing the columns there are;
 * labels that are integers or strings rather than a `ClassLabel`: a `ClassLabel` is built from the distinct values
@@ -139,40 +139,40 @@ def split_off_validation(dataset: DatasetDict, train_val_split: float | None, se
     return DatasetDict({"train": parts["train"], "validation": parts["test"]})
 
 
-def select_image_and_label(dataset: DatasetDict, image_column: str, label_column: str) -> DatasetDict:
+def select_image_and_label(dataset: DatasetDict, image_column_name: str, label_column_name: str) -> DatasetDict:
     """Keep only the image and label columns, renamed to `image` and `label`, in every split.
 
-    Raises `ValueError` naming `image_column` / `label_column` if a split lacks the column or the
+    Raises `ValueError` naming `image_column_name` / `label_column_name` if a split lacks the column or the
     image column does not hold images.
     """
-    if image_column == label_column:
-        raise ValueError(f"`image_column` and `label_column` are both {image_column!r}.")
+    if image_column_name == label_column_name:
+        raise ValueError(f"`image_column_name` and `label_column_name` are both {image_column_name!r}.")
     selected = {}
     for split, data in dataset.items():
-        for argument, column in (("image_column", image_column), ("label_column", label_column)):
+        for argument, column in (("image_column_name", image_column_name), ("label_column_name", label_column_name)):
             if column not in data.column_names:
                 raise ValueError(
                     f"`{argument}` {column!r}: the {split} split has no such column; its columns are "
                     f"{data.column_names}.{_hint_image_column(data.features, argument)}"
                 )
-        if not isinstance(data.features[image_column], Image):
+        if not isinstance(data.features[image_column_name], Image):
             raise ValueError(
-                f"`image_column` {image_column!r} holds {data.features[image_column]}, not images "
-                f"(datasets.Image).{_hint_image_column(data.features, 'image_column')}"
+                f"`image_column_name` {image_column_name!r} holds {data.features[image_column_name]}, not images "
+                f"(datasets.Image).{_hint_image_column(data.features, 'image_column_name')}"
             )
-        data = data.select_columns([image_column, label_column])
-        selected[split] = data.rename_columns({image_column: IMAGE, label_column: LABEL})
+        data = data.select_columns([image_column_name, label_column_name])
+        selected[split] = data.rename_columns({image_column_name: IMAGE, label_column_name: LABEL})
     return DatasetDict(selected)
 
 
 def _hint_image_column(features, argument: str) -> str:
-    if argument != "image_column":
+    if argument != "image_column_name":
         return ""
     image_columns = [name for name, feature in features.items() if isinstance(feature, Image)]
     return f" Image columns: {image_columns}." if image_columns else ""
 
 
-def encode_labels(dataset: DatasetDict, label_column: str) -> tuple[DatasetDict, str | None]:
+def encode_labels(dataset: DatasetDict, label_column_name: str) -> tuple[DatasetDict, str | None]:
     """Make `label` a `ClassLabel` shared by all splits; return the data and a notice if labels were encoded.
 
     Integer and string labels become a `ClassLabel` whose names are the distinct values of all splits, sorted
@@ -186,11 +186,13 @@ def encode_labels(dataset: DatasetDict, label_column: str) -> tuple[DatasetDict,
     notice = None
     if isinstance(first, ClassLabel):
         if any(feature != first for feature in features.values()):
-            raise ValueError(f"`label_column` {label_column!r} has different class names in different splits.")
+            raise ValueError(
+                f"`label_column_name` {label_column_name!r} has different class names in different splits."
+            )
     else:
-        dataset, first = _build_class_label(dataset, label_column, features)
+        dataset, first = _build_class_label(dataset, label_column_name, features)
         notice = (
-            f"`label_column` {label_column!r} holds {features[next(iter(features))]}, not a ClassLabel; "
+            f"`label_column_name` {label_column_name!r} holds {features[next(iter(features))]}, not a ClassLabel; "
             f"built one from its {first.num_classes} distinct values: {_preview(first.names)}."
         )
     for split, data in dataset.items():
@@ -198,32 +200,34 @@ def encode_labels(dataset: DatasetDict, label_column: str) -> tuple[DatasetDict,
         unlabelled = sum(1 for value in values if value is None or value < 0)
         if unlabelled:
             raise ValueError(
-                f"the {split} split has unlabelled examples (label -1 or missing) in `label_column` "
-                f"{label_column!r}; use a labelled split for training and validation."
+                f"the {split} split has unlabelled examples (label -1 or missing) in `label_column_name` "
+                f"{label_column_name!r}; use a labelled split for training and validation."
             )
         if split == "train":
-            _check_two_classes(sorted(values), first, label_column)
+            _check_two_classes(sorted(values), first, label_column_name)
     if "train" not in dataset and first.num_classes < 2:
-        raise ValueError(f"`label_column` {label_column!r} has {first.num_classes} class; at least 2 are needed.")
+        raise ValueError(
+            f"`label_column_name` {label_column_name!r} has {first.num_classes} class; at least 2 are needed."
+        )
     return dataset, notice
 
 
-def _check_two_classes(values: list[int], class_label: ClassLabel, label_column: str) -> None:
+def _check_two_classes(values: list[int], class_label: ClassLabel, label_column_name: str) -> None:
     """The training labels must hold at least two classes: a classifier cannot learn from one."""
     if len(values) >= 2:
         return
     names = ", ".join(repr(class_label.int2str(value)) for value in values) or "none"
     raise ValueError(
-        f"the training data has {len(values)} class ({names}) in `label_column` {label_column!r}, and a classifier "
-        "needs at least 2: train on data with examples of two classes or more."
+        f"the training data has {len(values)} class ({names}) in `label_column_name` {label_column_name!r}, and a "
+        "classifier needs at least 2: train on data with examples of two classes or more."
     )
 
 
-def _build_class_label(dataset: DatasetDict, label_column: str, features: dict) -> tuple[DatasetDict, ClassLabel]:
+def _build_class_label(dataset: DatasetDict, label_column_name: str, features: dict) -> tuple[DatasetDict, ClassLabel]:
     for split, feature in features.items():
         if not isinstance(feature, Value) or feature.dtype not in _INTEGER_DTYPES | _STRING_DTYPES:
             raise ValueError(
-                f"`label_column` {label_column!r} holds {feature} in the {split} split; single-label "
+                f"`label_column_name` {label_column_name!r} holds {feature} in the {split} split; single-label "
                 "classification needs a ClassLabel, integers or strings (cast float class "
                 "ids to int; regression and multi-label targets are not supported)."
             )
@@ -231,18 +235,18 @@ def _build_class_label(dataset: DatasetDict, label_column: str, features: dict) 
     for split, data in dataset.items():
         split_values = data.unique(LABEL)
         if any(value is None for value in split_values):
-            raise ValueError(f"`label_column` {label_column!r} has missing labels in the {split} split.")
+            raise ValueError(f"`label_column_name` {label_column_name!r} has missing labels in the {split} split.")
         negative = [value for value in split_values if isinstance(value, int) and value < 0]
         if negative:
             raise ValueError(
-                f"`label_column` {label_column!r} holds negative integers {sorted(negative)[:5]} in the {split} "
-                "split (-1 usually marks unlabelled examples); drop or relabel them, class ids must be >= 0."
+                f"`label_column_name` {label_column_name!r} holds negative integers {sorted(negative)[:5]} in the "
+                f"{split} split (-1 usually marks unlabelled examples); drop or relabel them, class ids must be >= 0."
             )
         values.update(split_values)
     try:
         ordered = sorted(values)
     except TypeError as error:  # e.g. integers in one split and strings in another
-        raise ValueError(f"`label_column` {label_column!r} mixes label types across splits.") from error
+        raise ValueError(f"`label_column_name` {label_column_name!r} mixes label types across splits.") from error
     class_label = ClassLabel(names=[str(value) for value in ordered])
     index = {value: position for position, value in enumerate(ordered)}
     encoded = {}

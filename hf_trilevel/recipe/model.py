@@ -2,8 +2,8 @@
 
 From a TriLevel or plain ViT/DeiT checkpoint (folder, file or Hub id), a `--config_name`, or a shape for training
 from scratch, with the data's label names; the flags' sparsity and selector fields are checked against the config
-they change before any data loads (`check_config_overrides`). Split from `hf_trilevel.recipe.run_support` (argument
-and output-folder checks, results, process teardown). Errors are `ValueError`s naming the arguments in backticks.
+they change before any data loads (`check_config_overrides`). Errors are `ValueError`s naming the arguments in
+backticks.
 """
 
 import re

@@ -1,22 +1,150 @@
-"""The example script's dense/sparse training and distillation flags, their checks, the technique they build, and
-the operating-point table it writes after training.
+"""The token level's training flags: the keep-rate warm-up (`KeepRateScheduleArguments`), the learned scores'
+temperature (`SelectorTemperatureArguments`) and dense/sparse training with distillation (`DenseSparseArguments`).
 
-Kept out of `examples/run_image_classification.py` so the script stays a readable recipe. The checks that need no
-data run first (`check_dense_sparse_arguments`); the teacher's classes are checked against the data's label names as
-soon as they are known, from the teacher's config alone, before any weights load (`build_dense_sparse_training`).
+Each is a dataclass for `transformers.HfArgumentParser` whose field names are the flags, so every message names the
+flag as it is typed. The fields are checked in `__post_init__` (no data, no model needed);
+`check_training_arguments` checks them against the run before any data loads, and `build` returns the technique for
+a model's config, or None when the flags leave it off. All three `build`s take the same arguments, so a script builds
+every technique in one line: `[args.build(config, training_args, ...) for args in technique_args]`.
 """
 
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
-import torch
+from transformers import TrainingArguments
 
-from ..modeling.configuration_trilevel_vit import check_dense_sparse_keep_rates
-from ..modeling.value_checks import check_keep_rate, check_number
+from ..modeling.configuration_trilevel_vit import TriLevelViTConfig, check_dense_sparse_keep_rates
+from ..modeling.value_checks import check_fraction, check_keep_rate, check_number
 from .dense_sparse import DISTILLATION_MODES, SCHEDULES, DenseSparseTraining, check_model_for_dense_sparse
 from .distillation import check_temperature, load_teacher
-from .operating_points import OPERATING_POINTS_FILE, operating_points_markdown, write_operating_points
+from .keep_rate_schedule import KeepRateSchedule
+from .selector_temperature import SelectorTemperatureSchedule
+
+logger = logging.getLogger(__name__)
+
+
+def given_fields(arguments) -> list[str]:
+    """The names of `arguments`' fields whose value differs from the field's default, in field order."""
+    return [item.name for item in fields(arguments) if getattr(arguments, item.name) != item.default]
+
+
+@dataclass
+class KeepRateScheduleArguments:
+    """Tri-Level E-ViT's warm-up: the token keep rate starts at 1.0 and decays to its target (cosine, per step)."""
+
+    keep_rate_schedule: bool = field(
+        default=False, metadata={"help": "Warm token_keep_rate up from 1.0 to its target (per-step cosine)."}
+    )
+    keep_rate_warmup_fraction: float = field(
+        default=10 / 300,
+        metadata={"help": "Share of training at token_keep_rate 1.0 before the decay starts, in [0, 1)."},
+    )
+    keep_rate_decay_fraction: float = field(
+        default=100 / 300, metadata={"help": "Share of training over which the rate decays to its target, (0, 1]."}
+    )
+
+    def __post_init__(self):
+        warmup = self.keep_rate_warmup_fraction
+        check_number("keep_rate_warmup_fraction", warmup, 0.0, 1.0, low_open=False, high_open=True)
+        check_fraction("keep_rate_decay_fraction", self.keep_rate_decay_fraction)
+        if self.keep_rate_warmup_fraction + self.keep_rate_decay_fraction > 1 + 1e-9:
+            raise ValueError(
+                "`keep_rate_warmup_fraction + keep_rate_decay_fraction` must be <= 1, got "
+                f"{self.keep_rate_warmup_fraction} + {self.keep_rate_decay_fraction}."
+            )
+
+    def fractions(self) -> tuple[float, float] | None:
+        """`(warmup, decay)` shares of training when the warm-up is on, else None."""
+        if not self.keep_rate_schedule:
+            return None
+        return self.keep_rate_warmup_fraction, self.keep_rate_decay_fraction
+
+    def check_training_arguments(self, training_args: TrainingArguments) -> None:
+        """Nothing in the run constrains the warm-up: it scales to the run's steps."""
+
+    def build(
+        self,
+        config: TriLevelViTConfig,
+        training_args: TrainingArguments,
+        *,
+        num_train_examples: int | None = None,
+        technique_args: Sequence[object] = (),
+        **hub_kwargs,
+    ) -> KeepRateSchedule | None:
+        """`KeepRateSchedule`, or None without `keep_rate_schedule`, without training, or with dense/sparse training
+        among `technique_args` (which then warms up every sparse rate itself)."""
+        dense_sparse = any(isinstance(args, DenseSparseArguments) and args.enabled() for args in technique_args)
+        if self.fractions() is None or not training_args.do_train or dense_sparse:
+            return None
+        warmup, decay = self.fractions()
+        return KeepRateSchedule(warmup_fraction=warmup, decay_fraction=decay)
+
+
+@dataclass
+class SelectorTemperatureArguments:
+    """SViTE+: the Gumbel temperature and noise of learned token scores, annealed linearly per step."""
+
+    token_selector_temperature_start: float = field(
+        default=10.0,
+        metadata={
+            "help": "Learned scores (--token_selector learned, or adaptive with --token_importance learned): Gumbel "
+            "temperature at the first step, > 0; annealed linearly per step."
+        },
+    )
+    token_selector_temperature_end: float = field(
+        default=0.1, metadata={"help": "Learned scores: the temperature at the last step, > 0."}
+    )
+    token_selector_noise_start: float = field(
+        default=1.0, metadata={"help": "Learned scores: Gumbel noise scale at the first step, in [0, 1]."}
+    )
+    token_selector_noise_end: float = field(
+        default=1.0,
+        metadata={"help": "Learned scores: Gumbel noise scale at the last step, in [0, 1] (0: the top scores)."},
+    )
+
+    def __post_init__(self):
+        for name in ("token_selector_temperature_start", "token_selector_temperature_end"):
+            check_number(name, getattr(self, name), 0.0, math.inf, high_open=True)
+        for name in ("token_selector_noise_start", "token_selector_noise_end"):
+            check_number(name, getattr(self, name), 0.0, 1.0, low_open=False)
+
+    def check_training_arguments(self, training_args: TrainingArguments) -> None:
+        """Nothing in the run constrains the schedule: it scales to the run's steps."""
+
+    def build(
+        self,
+        config: TriLevelViTConfig,
+        training_args: TrainingArguments,
+        *,
+        num_train_examples: int | None = None,
+        technique_args: Sequence[object] = (),
+        **hub_kwargs,
+    ) -> SelectorTemperatureSchedule | None:
+        """`SelectorTemperatureSchedule` when the model trains learned scores, else None (with a notice when a flag
+        here was set for a selector that has no temperature).
+
+        Decided from the config, not a flag: the selector may come from a checkpoint or `--config_name`.
+        """
+        if not training_args.do_train:
+            return None
+        if config.uses_learned_scores():
+            return SelectorTemperatureSchedule(
+                self.token_selector_temperature_start,
+                self.token_selector_temperature_end,
+                noise_start=self.token_selector_noise_start,
+                noise_end=self.token_selector_noise_end,
+            )
+        changed = given_fields(self)
+        if changed:
+            logger.warning(
+                "`%s` is ignored: token_selector %r with token_importance %r trains no learned scores.",
+                changed[0],
+                config.token_selector,
+                getattr(config, "token_importance", "class_attention"),
+            )
+        return None
 
 
 @dataclass
@@ -63,110 +191,92 @@ class DenseSparseArguments:
         },
     )
 
+    def __post_init__(self):
+        if not self.enabled():
+            given = given_fields(self)
+            if given:
+                raise ValueError(
+                    f"`{given[0]}` is a setting of dense/sparse training; pass `dense_sparse_keep_rates` too (e.g. "
+                    "1.0 0.7 0.5)."
+                )
+            return
+        for rate in self.dense_sparse_keep_rates:  # one name for every entry, so the message names the flag
+            check_keep_rate("dense_sparse_keep_rates", rate)
+        if len(check_dense_sparse_keep_rates(self.dense_sparse_keep_rates)) < 2:
+            raise ValueError(
+                "`dense_sparse_keep_rates` must hold at least two keep rates in (0, 1], got "
+                f"{self.dense_sparse_keep_rates}; to train at one rate use `token_keep_rate`."
+            )
+        if self.dense_sparse_schedule not in SCHEDULES:
+            raise ValueError(
+                f"`dense_sparse_schedule` must be one of {list(SCHEDULES)}, got {self.dense_sparse_schedule!r}."
+            )
+        mode = self.distillation_mode()
+        if mode not in DISTILLATION_MODES:
+            raise ValueError(f"`distillation` must be one of {list(DISTILLATION_MODES)}, got {mode!r}.")
+        if mode == "teacher" and not self.teacher_model_name_or_path:
+            raise ValueError(
+                "`distillation` teacher needs `teacher_model_name_or_path` (a ViT or TriLevel checkpoint)."
+            )
+        if mode != "teacher" and self.teacher_model_name_or_path:
+            raise ValueError(
+                f"`teacher_model_name_or_path` is given but `distillation` is {mode}; pass `distillation` teacher."
+            )
+        check_temperature(self.distillation_temperature)
+        for name in ("distillation_weight", "token_importance_distillation_weight"):
+            check_number(name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True)
+
     def enabled(self) -> bool:
         return self.dense_sparse_keep_rates is not None
 
     def distillation_mode(self) -> str:
         return self.distillation or "self"
 
+    def check_training_arguments(self, training_args: TrainingArguments) -> None:
+        """Nothing in the run constrains these flags; without training the technique is simply not built."""
 
-def check_dense_sparse_arguments(args: DenseSparseArguments) -> None:
-    """Refuse bad dense/sparse and distillation flags before any data loads; each message names its flag."""
-    if not args.enabled():
-        defaults = DenseSparseArguments()
-        given = [item.name for item in fields(args) if getattr(args, item.name) != getattr(defaults, item.name)]
-        if given:
-            raise ValueError(
-                f"`{given[0]}` is a setting of dense/sparse training; pass `dense_sparse_keep_rates` too (e.g. "
-                "1.0 0.7 0.5)."
+    def build(
+        self,
+        config: TriLevelViTConfig,
+        training_args: TrainingArguments,
+        *,
+        num_train_examples: int | None = None,
+        technique_args: Sequence[object] = (),
+        **hub_kwargs,
+    ) -> DenseSparseTraining | None:
+        """`DenseSparseTraining` for the model `config` (with the keep-rate warm-up of `technique_args`' schedule
+        for every sparse rate), or None without `dense_sparse_keep_rates` or without training.
+
+        The teacher (`hub_kwargs`: `cache_dir`, `revision`, `token`) is checked against the config's classes from
+        its own config first, then loaded frozen on the training device.
+        """
+        if not self.enabled() or not training_args.do_train:
+            return None
+        rates = check_dense_sparse_keep_rates(self.dense_sparse_keep_rates)
+        check_model_for_dense_sparse(config, rates, self.distillation_mode())
+        teacher = None
+        if self.distillation_mode() == "teacher":
+            label_names = [config.id2label[index] for index in range(config.num_labels)]
+            teacher = load_teacher(
+                self.teacher_model_name_or_path,
+                label_names=label_names,
+                num_labels=config.num_labels,
+                device=training_args.device,
+                **hub_kwargs,
             )
-        return
-    for rate in args.dense_sparse_keep_rates:  # one name for every entry, so the message names the flag
-        check_keep_rate("dense_sparse_keep_rates", rate)
-    rates = check_dense_sparse_keep_rates(args.dense_sparse_keep_rates)
-    if len(rates) < 2:
-        raise ValueError(
-            f"`dense_sparse_keep_rates` must hold at least two keep rates in (0, 1], got {args.dense_sparse_keep_rates}"
-            "; to train at one rate use `token_keep_rate`."
+        schedules = (args.fractions() for args in technique_args if isinstance(args, KeepRateScheduleArguments))
+        warmup_fraction, decay_fraction = next((found for found in schedules if found is not None), (0.0, 0.0))
+        return DenseSparseTraining(
+            self.dense_sparse_keep_rates,
+            schedule=self.dense_sparse_schedule,
+            distillation=self.distillation_mode(),
+            teacher=teacher,
+            distillation_temperature=self.distillation_temperature,
+            distillation_weight=self.distillation_weight,
+            importance_weight=self.token_importance_distillation_weight,
+            warmup_fraction=warmup_fraction,
+            decay_fraction=decay_fraction,
         )
-    mode = args.distillation_mode()
-    if mode == "teacher" and not args.teacher_model_name_or_path:
-        raise ValueError("`distillation` teacher needs `teacher_model_name_or_path` (a ViT or TriLevel checkpoint).")
-    if mode != "teacher" and args.teacher_model_name_or_path:
-        raise ValueError(
-            f"`teacher_model_name_or_path` is given but `distillation` is {mode}; pass `distillation` teacher."
-        )
-    check_temperature(args.distillation_temperature)
-    for name in ("distillation_weight", "token_importance_distillation_weight"):
-        check_number(name, getattr(args, name), 0.0, math.inf, low_open=False, high_open=True)
 
 
-def build_dense_sparse_training(
-    args: DenseSparseArguments,
-    label_names: list[str],
-    config,
-    *,
-    warmup: tuple[float, float] | None = None,
-    device: torch.device | str | None = None,
-    **hub_kwargs,
-) -> DenseSparseTraining:
-    """The technique the flags ask for, for the model `config`; loads and checks the teacher (its classes first,
-    from its config alone)."""
-    check_model_for_dense_sparse(config, check_dense_sparse_keep_rates(args.dense_sparse_keep_rates),
-                                 args.distillation_mode())  # fmt: skip
-    teacher = None
-    if args.distillation_mode() == "teacher":
-        teacher = load_teacher(
-            args.teacher_model_name_or_path,
-            label_names=label_names,
-            num_labels=len(label_names),
-            device=device,
-            **hub_kwargs,
-        )
-    warmup_fraction, decay_fraction = warmup if warmup is not None else (0.0, 0.0)
-    return DenseSparseTraining(
-        args.dense_sparse_keep_rates,
-        schedule=args.dense_sparse_schedule,
-        distillation=args.distillation_mode(),
-        teacher=teacher,
-        distillation_temperature=args.distillation_temperature,
-        distillation_weight=args.distillation_weight,
-        importance_weight=args.token_importance_distillation_weight,
-        warmup_fraction=warmup_fraction,
-        decay_fraction=decay_fraction,
-    )
-
-
-# The table is measured on at most this many validation images: they are decoded and stacked in memory at once.
-OPERATING_POINT_EXAMPLES = 5000
-
-
-def write_operating_point_table(trainer, validation) -> list[dict] | None:
-    """After dense/sparse training: accuracy and measured images/s at every trained rate on (at most
-    `OPERATING_POINT_EXAMPLES` of) the validation set, into `operating_points.json`, which the model card shows.
-    The main process measures while the others wait."""
-    points = None
-    if trainer.is_world_process_zero():
-        if hasattr(validation, "select") and len(validation) > OPERATING_POINT_EXAMPLES:
-            validation = validation.select(range(OPERATING_POINT_EXAMPLES))
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        points = write_operating_points(model, validation, trainer.args.output_dir)
-        print(f"\noperating points of the one checkpoint (validation set):\n{operating_points_markdown(points)}")
-    trainer.accelerator.wait_for_everyone()
-    return points
-
-
-def remove_stale_operating_points(trainer) -> None:
-    """A fresh run replaces the earlier run's results: its operating-point table must not reach the new card."""
-    stale = Path(trainer.args.output_dir) / OPERATING_POINTS_FILE
-    if trainer.is_world_process_zero() and stale.is_file():
-        stale.unlink()
-
-
-__all__ = [
-    "DenseSparseArguments",
-    "build_dense_sparse_training",
-    "check_dense_sparse_arguments",
-    "remove_stale_operating_points",
-    "write_operating_point_table",
-]
+__all__ = ["DenseSparseArguments", "KeepRateScheduleArguments", "SelectorTemperatureArguments"]

@@ -1,21 +1,29 @@
-"""The example script's weight-sparsity flags (SViTE), their checks and the callback they build.
+"""The weight level's flags (SViTE): sparse weights within a fixed budget, by single weights or whole heads and
+MLP neurons (`WeightSparsityArguments`).
 
-Kept out of `examples/run_image_classification.py` so the script stays a readable recipe. The flag checks need no
-data and run first (`check_weight_sparsity_arguments`); the per-layer unit counts are checked against the model's
-config as soon as it is built (`build_sparse_training`), before any data is transformed or any step is taken.
+A dataclass for `transformers.HfArgumentParser` whose field names are the flags, so every message names the flag as
+it is typed. The fields are checked in `__post_init__`; `check_training_arguments` checks them against the run (it
+must train; the slimmed copy goes to its own folder) before any data loads; `build` checks the per-layer unit counts
+against the model's config and the update interval against the run's length, and returns the `WeightSparsity`
+technique, or None. Saving the slimmed copy after training is the recipe's (`hf_trilevel.recipe.outputs`).
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..cli.slim import slim_folder
+from transformers import TrainingArguments
+
+from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.value_checks import check_fraction, check_int
-from .masks import PATTERNS, nonzero_fraction
+from .masks import PATTERNS
 from .structured_units import unit_count
 from .technique import WeightSparsity
 
 WEIGHT_SPARSITY_MODES = ("none", "unstructured", "structured")
+UNSTRUCTURED_ONLY = ("weight_density", "sparsity_pattern")
+STRUCTURED_ONLY = ("head_density", "neuron_density", "slim_output_dir")
 
 
 @dataclass
@@ -67,67 +75,116 @@ class WeightSparsityArguments:
         },
     )
 
+    def __post_init__(self):
+        if self.weight_sparsity not in WEIGHT_SPARSITY_MODES:
+            raise ValueError(
+                f"`weight_sparsity` must be one of {list(WEIGHT_SPARSITY_MODES)}, got {self.weight_sparsity!r}."
+            )
+        given = [item.name for item in fields(self) if getattr(self, item.name) != item.default]
+        if not self.enabled():
+            if given:
+                raise ValueError(
+                    f"`{given[0]}` is a setting of weight sparsity; pass `weight_sparsity` unstructured or structured "
+                    "too."
+                )
+            return
+        other = STRUCTURED_ONLY if self.weight_sparsity == "unstructured" else UNSTRUCTURED_ONLY
+        misplaced = [name for name in other if name in given]
+        if misplaced:
+            needed = "structured" if self.weight_sparsity == "unstructured" else "unstructured"
+            raise ValueError(
+                f"`{misplaced[0]}` is a setting of `weight_sparsity` {needed}, not {self.weight_sparsity}."
+            )
+        if self.sparsity_pattern not in PATTERNS:
+            raise ValueError(f"`sparsity_pattern` must be one of {list(PATTERNS)}, got {self.sparsity_pattern!r}.")
+        for name in ("weight_density", "head_density", "neuron_density"):
+            if getattr(self, name) is not None:
+                check_fraction(name, getattr(self, name))
+        if self.sparsity_pattern == "2:4" and self.weight_density not in (None, 0.5):
+            raise ValueError(
+                f"`weight_density` must be 0.5 (or unset) with `sparsity_pattern` 2:4, which keeps two of every four "
+                f"weights; got {self.weight_density}."
+            )
+        check_int("sparse_update_interval", self.sparse_update_interval, low=1)
+        check_fraction("sparse_end_fraction", self.sparse_end_fraction)
+        if self.slim_output_dir is not None and self.head_density == 1.0 and self.neuron_density == 1.0:
+            raise ValueError(
+                "`slim_output_dir` would have nothing to remove: `head_density` and `neuron_density` are both 1.0."
+            )
+
     def enabled(self) -> bool:
         return self.weight_sparsity != "none"
 
-
-UNSTRUCTURED_ONLY = ("weight_density", "sparsity_pattern")
-STRUCTURED_ONLY = ("head_density", "neuron_density", "slim_output_dir")
-
-
-def check_weight_sparsity_arguments(
-    args: WeightSparsityArguments, output_dir: str | None = None, overwrite: bool = False, do_train: bool = True
-) -> None:
-    """Refuse bad weight-sparsity flags before any data loads; each message names its flag. A `slim_output_dir`
-    that holds files is refused unless `overwrite` (the script's `--overwrite_output_dir`)."""
-    defaults = WeightSparsityArguments()
-    given = [item.name for item in fields(args) if getattr(args, item.name) != getattr(defaults, item.name)]
-    if args.weight_sparsity not in WEIGHT_SPARSITY_MODES:
-        raise ValueError(
-            f"`weight_sparsity` must be one of {list(WEIGHT_SPARSITY_MODES)}, got {args.weight_sparsity!r}."
-        )
-    if not args.enabled():
-        if given:
+    def check_training_arguments(self, training_args: TrainingArguments) -> None:
+        """Weight sparsity trains, and the slimmed copy needs a folder of its own beside `output_dir`; checked before
+        any data loads. Consent to write into a slim folder that holds files is the recipe's
+        (`hf_trilevel.recipe.checks`), beside the consent for `output_dir`."""
+        if not self.enabled():
+            return
+        if not training_args.do_train:
             raise ValueError(
-                f"`{given[0]}` is a setting of weight sparsity; pass `weight_sparsity` unstructured or structured too."
+                f"`weight_sparsity` {self.weight_sparsity} trains sparse weights and needs `do_train`; to slim a saved "
+                "structured model without training use `hf-trilevel slim IN_DIR OUT_DIR`."
             )
-        return
-    if not do_train:
-        raise ValueError(
-            f"`weight_sparsity` {args.weight_sparsity} trains sparse weights and needs `do_train`; to slim a saved "
-            "structured model without training use `hf-trilevel slim IN_DIR OUT_DIR`."
-        )
-    other = STRUCTURED_ONLY if args.weight_sparsity == "unstructured" else UNSTRUCTURED_ONLY
-    misplaced = [name for name in other if name in given]
-    if misplaced:
-        needed = "structured" if args.weight_sparsity == "unstructured" else "unstructured"
-        raise ValueError(f"`{misplaced[0]}` is a setting of `weight_sparsity` {needed}, not {args.weight_sparsity}.")
-    for name in ("weight_density", "head_density", "neuron_density"):
-        if getattr(args, name) is not None:
-            check_fraction(name, getattr(args, name))
-    if args.sparsity_pattern == "2:4" and args.weight_density not in (None, 0.5):
-        raise ValueError(
-            f"`weight_density` must be 0.5 (or unset) with `sparsity_pattern` 2:4, which keeps two of every four "
-            f"weights; got {args.weight_density}."
-        )
-    check_int("sparse_update_interval", args.sparse_update_interval, low=1)
-    check_fraction("sparse_end_fraction", args.sparse_end_fraction)
-    if args.slim_output_dir is not None and args.head_density == 1.0 and args.neuron_density == 1.0:
-        raise ValueError(
-            "`slim_output_dir` would have nothing to remove: `head_density` and `neuron_density` are both 1.0."
-        )
-    slim_dir = Path(args.slim_output_dir) if args.slim_output_dir is not None else None
-    if slim_dir is not None and slim_dir.exists() and not slim_dir.is_dir():
-        raise ValueError(f"`slim_output_dir` {str(slim_dir)!r} is a file, not a folder.")
-    if slim_dir is not None and slim_dir.is_dir() and any(slim_dir.iterdir()) and not overwrite:
-        raise ValueError(
-            f"`slim_output_dir` {str(slim_dir)!r} already holds files; pass `overwrite_output_dir` to write into it."
-        )
-    same = args.slim_output_dir is not None and output_dir is not None
-    if same and Path(args.slim_output_dir).resolve() == Path(output_dir).resolve():
-        raise ValueError(
-            "`slim_output_dir` must differ from `output_dir`: the masked model is saved there, the slimmed one here."
-        )
+        if self.slim_output_dir is None:
+            return
+        slim_dir = Path(self.slim_output_dir)
+        if slim_dir.exists() and not slim_dir.is_dir():
+            raise ValueError(f"`slim_output_dir` {str(slim_dir)!r} is a file, not a folder.")
+        if slim_dir.resolve() == Path(training_args.output_dir).resolve():
+            raise ValueError(
+                "`slim_output_dir` must differ from `output_dir`: the masked model is saved there, the slimmed one "
+                "here."
+            )
+
+    def build(
+        self,
+        config: TriLevelViTConfig,
+        training_args: TrainingArguments,
+        *,
+        num_train_examples: int | None = None,
+        technique_args: Sequence[object] = (),
+        **hub_kwargs,
+    ) -> WeightSparsity | None:
+        """`WeightSparsity` for the model `config`, or None without `weight_sparsity` or without training.
+
+        Structured densities must leave every layer of `config` a head and an MLP neuron; with `num_train_examples`
+        the update interval must fit the run's optimizer steps, so neither fails at the first step.
+        """
+        if not self.enabled() or not training_args.do_train:
+            return None
+        settings = {
+            "update_interval": self.sparse_update_interval,
+            "end_fraction": self.sparse_end_fraction,
+            "one_shot": self.sparse_one_shot,
+        }
+        if self.weight_sparsity == "unstructured":
+            settings |= {"density": self.weight_density, "pattern": self.sparsity_pattern}
+        else:
+            heads = 0.5 if self.head_density is None else self.head_density
+            neurons = 0.5 if self.neuron_density is None else self.neuron_density
+            check_unit_counts(config, heads, neurons)
+            settings |= {"head_density": heads, "neuron_density": neurons}
+        if num_train_examples is not None:
+            self.check_run_length(optimizer_steps(training_args, num_train_examples))
+        return WeightSparsity(self.weight_sparsity, **settings)
+
+    def check_run_length(self, max_steps: int) -> None:
+        """Refuse a `sparse_update_interval` that would never update the masks in a run of `max_steps` steps (the
+        rule `WeightSparsity.check_run_length` applies at the first step, here before any step)."""
+        interval = self.sparse_update_interval
+        if self.sparse_one_shot and interval >= max_steps:
+            raise ValueError(
+                f"`sparse_update_interval` {interval} must be shorter than the run ({max_steps} optimizer steps): "
+                "one-shot pruning happens after that many dense steps, and the rest fine-tunes."
+            )
+        end_step = math.floor(self.sparse_end_fraction * max_steps)
+        if not self.sparse_one_shot and interval > end_step:
+            raise ValueError(
+                f"`sparse_update_interval` {interval} is longer than the part of the run that updates masks "
+                f"(`sparse_end_fraction` {self.sparse_end_fraction:g} of {max_steps} optimizer steps = {end_step}): "
+                f"the masks would never change; use at most {max(end_step, 1)}."
+            )
 
 
 def check_unit_counts(config, head_density: float, neuron_density: float) -> None:
@@ -137,23 +194,7 @@ def check_unit_counts(config, head_density: float, neuron_density: float) -> Non
         unit_count("neuron_density", neuron_density, config.layer_intermediate_size(layer), layer)
 
 
-def build_sparse_training(args: WeightSparsityArguments, config) -> WeightSparsity | None:
-    """The callback the flags ask for, checked against the model `config` (None without weight sparsity)."""
-    if not args.enabled():
-        return None
-    settings = {"update_interval": args.sparse_update_interval, "end_fraction": args.sparse_end_fraction,
-                "one_shot": args.sparse_one_shot}  # fmt: skip
-    if args.weight_sparsity == "unstructured":
-        settings |= {"density": args.weight_density, "pattern": args.sparsity_pattern}
-    else:
-        heads = 0.5 if args.head_density is None else args.head_density
-        neurons = 0.5 if args.neuron_density is None else args.neuron_density
-        check_unit_counts(config, heads, neurons)
-        settings |= {"head_density": heads, "neuron_density": neurons}
-    return WeightSparsity(args.weight_sparsity, **settings)
-
-
-def optimizer_steps(training_args, num_examples: int) -> int:
+def optimizer_steps(training_args: TrainingArguments, num_examples: int) -> int:
     """The optimizer steps the Trainer will take on `num_examples` training examples (as `Trainer` counts them;
     example pruning, which plans smaller epochs, takes fewer)."""
     if training_args.max_steps is not None and training_args.max_steps > 0:
@@ -164,40 +205,9 @@ def optimizer_steps(training_args, num_examples: int) -> int:
     return math.ceil(training_args.num_train_epochs * per_epoch)
 
 
-def save_slimmed_model(trainer, folder: str, dataset: str | None = None, dataset_name: str | None = None) -> None:
-    """After structured training: the saved model (`output_dir`) with its pruned heads and neurons removed, saved
-    into `folder` with the image processor, the run's results and a card naming the data set (Hub id `dataset`,
-    readable `dataset_name`), as `hf-trilevel slim` does. The main process writes it."""
-    card_kwargs = {"dataset": dataset, "dataset_name": dataset_name}
-    try:
-        if trainer.is_world_process_zero():
-            summary = slim_folder(trainer.args.output_dir, folder, overwrite=True, card_kwargs=card_kwargs)
-            print(f"\nslimmed model (pruned heads and neurons removed, the same logits):\n{summary}")
-    finally:  # the other processes must not wait for ever on a failed slimming
-        trainer.accelerator.wait_for_everyone()
-
-
-def weight_sparsity_metrics(model) -> dict[str, float]:
-    """`weight_density`: the share of non-zero entries in the weights weight sparsity masks."""
-    return {"weight_density": nonzero_fraction(model)}
-
-
-# Callback argument names as the script's flags (for `name_flags`).
-CALLBACK_FLAGS = {
-    "density": "weight_density",
-    "pattern": "sparsity_pattern",
-    "update_interval": "sparse_update_interval",
-    "end_fraction": "sparse_end_fraction",
-}
-
 __all__ = [
-    "CALLBACK_FLAGS",
     "WEIGHT_SPARSITY_MODES",
     "WeightSparsityArguments",
-    "build_sparse_training",
     "check_unit_counts",
-    "check_weight_sparsity_arguments",
     "optimizer_steps",
-    "save_slimmed_model",
-    "weight_sparsity_metrics",
 ]

@@ -21,7 +21,7 @@ def main(report_dir: str, argv: list[str]) -> None:
     example = load_example()
     succeeded = False
     try:
-        trainer, _ = example.run(argv)
+        trainer, _ = example.main(argv)
         args = trainer.args
         logged = trainer.state.log_history
         report = {

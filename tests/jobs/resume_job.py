@@ -6,7 +6,7 @@ Two modes:
 * `python resume_job.py PLAN.json [PLAN.json ...]` runs each plan's runs one after another (the plans side by
   side), each run in a child forked from this process once the example (torch, transformers, datasets: about 10 s
   of imports) is loaded. A child is as fresh as a
-  new process for training purposes (it starts from imports only: the example's `prepare` seeds and builds
+  new process for training purposes (it starts from imports only: the example's `main` seeds and builds
   everything), and a kill is a real SIGKILL of that child, so a plan of ten runs costs one start-up instead of ten.
   The plan is `{"runs": [{"name", "argv", "kill", "result", "copy"?}, ...], "status": PATH}` (`copy`: a
   `[source, destination]` folder copied first); the status file gets, per run,
@@ -15,8 +15,8 @@ Two modes:
 * `python resume_job.py --run RUN.json` runs one run in this process: what `accelerate launch` starts on every rank.
   `{rank}` in the result path becomes the process index.
 
-A run is the example's own `run(argv)`, with the job's `KillingTrainer` (a `TriLevelTrainer`) and `KillCallback`
-put in through the loaded example module's names, so the resumed runs go through the script's whole path
+A run is the example's own `main(argv)`, with the job's `KillingTrainer` (a `TriLevelTrainer` that adds the job's
+`KillCallback`) put in through the loaded example module's name, so the resumed runs go through the script's whole path
 (`--resume_from_checkpoint latest` resolution, training, final save). Kill points (`kill`):
 
 * `{"at": "step_end", "step": N}`: at `on_step_end` of global step N, before that step's checkpoint (mid-epoch).
@@ -54,13 +54,17 @@ def die() -> None:
 
 
 def install_kill(example, kill: dict | None) -> None:
-    """Put the kill point into the loaded example module: its trainer class and its callbacks."""
+    """Put the kill point into the loaded example module: its trainer class, which adds the kill callback."""
     from transformers import TrainerCallback, TrainerState
 
     base = example.TriLevelTrainer
     at = None if kill is None else kill["at"]
 
     class KillingTrainer(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(KillCallback())  # after the techniques, as the last callback
+
         def save_model(self, output_dir=None, _internal_call=False):
             super().save_model(output_dir, _internal_call=_internal_call)
             if at == "after_weights" and _internal_call and self.state.global_step == kill["step"]:
@@ -96,9 +100,7 @@ def install_kill(example, kill: dict | None) -> None:
                 self._timer.daemon = True
                 self._timer.start()
 
-    build_callbacks = example.build_callbacks
     example.TriLevelTrainer = KillingTrainer
-    example.build_callbacks = lambda *args, **kwargs: [*build_callbacks(*args, **kwargs), KillCallback()]
 
 
 def report(trainer, metrics: dict) -> dict:
@@ -114,12 +116,12 @@ def report(trainer, metrics: dict) -> dict:
 
 
 def run_one(spec: dict) -> None:
-    """One run in this process (the example's `run`, with the kill point), writing its result unless killed."""
+    """One run in this process (the example's `main`, with the kill point), writing its result unless killed."""
     example = load_example()
     install_kill(example, spec.get("kill"))
     succeeded = False
     try:
-        trainer, metrics = example.run(spec["argv"])
+        trainer, metrics = example.main(spec["argv"])
         if spec.get("result"):
             path = Path(spec["result"].format(rank=trainer.args.process_index))
             path.write_text(json.dumps(report(trainer, metrics)))
