@@ -232,4 +232,4 @@ def test_resuming_an_explicitly_named_torn_checkpoint_is_a_usage_error(explicit)
     """A checkpoint whose save was cut short is refused (exit 2) with a message naming the missing file."""
     run, log = explicit
     assert run["exit_code"] == 2, log
-    assert "trainer_state.json" in log and "--resume_from_checkpoint" in log, log
+    assert "trainer_state.json" in log and "`resume_from_checkpoint`" in log, log
