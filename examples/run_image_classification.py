@@ -24,6 +24,7 @@ from transformers import set_seed
 from hf_trilevel import DenseSparseTraining, TriLevelTrainer
 from hf_trilevel.evaluation.metrics import build_compute_metrics
 from hf_trilevel.image_data import RandomSource, attach_transforms, collate, eval_transforms, train_transforms
+from hf_trilevel.model_card import trainer_model_card
 from hf_trilevel.modeling.value_checks import as_pair
 from hf_trilevel.recipe.checks import check_arguments, slim_output_dir
 from hf_trilevel.recipe.data import label_names, limit_splits, load_digits, load_user_dataset
@@ -33,6 +34,7 @@ from hf_trilevel.recipe.parsing import build_parser, parse_flags_or_json, resolv
 from hf_trilevel.recipe.processes import end_distributed
 from hf_trilevel.recipe.reporting import configure_logging, describe, model_card_kwargs, results_text
 from hf_trilevel.recipe.results import examples_seen_metrics, realised_sparsity_metrics
+from hf_trilevel.training.arguments import TechniqueContext
 
 logger = logging.getLogger("run_image_classification")
 
@@ -59,16 +61,10 @@ def main(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, floa
                 dataset = load_digits(data_args, config.image_size)
             dataset = limit_splits(dataset, data_args, training_args)
             num_train_examples = len(dataset["train"]) if "train" in dataset else None
-            techniques = [
-                args.build(
-                    config,
-                    training_args,
-                    num_train_examples=num_train_examples,
-                    technique_args=technique_args,
-                    **model_args.hub_kwargs(),
-                )
-                for args in technique_args
-            ]
+            context = TechniqueContext(
+                config, training_args, num_train_examples, technique_args, model_args.hub_kwargs()
+            )
+            techniques = [args.build(context) for args in technique_args]
 
         # Model and image processor; the processor resizes to the model's resolution, as `pipeline` will.
         image_processor, notice = build_image_processor(
@@ -111,6 +107,7 @@ def main(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, floa
         processing_class=image_processor,  # save_model() then also writes preprocessor_config.json
         compute_metrics=build_compute_metrics(),  # top-1 and top-5 accuracy, an `evaluate` metric shipped offline
         callbacks=[technique for technique in techniques if technique is not None],
+        card_writer=trainer_model_card,  # the TriLevel card: method, measured results, usage; push_to_hub uploads it
     )
 
     metrics = {}

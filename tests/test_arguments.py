@@ -29,6 +29,7 @@ from hf_trilevel.token_training.arguments import (
     KeepRateScheduleArguments,
     SelectorTemperatureArguments,
 )
+from hf_trilevel.training.arguments import TechniqueContext
 from hf_trilevel.weight_sparsity.arguments import WeightSparsityArguments
 
 from .helpers import tiny_config
@@ -133,23 +134,25 @@ BUILDS = [
 @pytest.mark.parametrize(("off", "on", "technique", "config"), BUILDS, ids=[type(row[0]).__name__ for row in BUILDS])
 def test_build_returns_the_technique_when_on_and_none_when_off(tmp_path, off, on, technique, config):
     training_args = training_arguments(tmp_path, do_train=True)
-    assert off.build(tiny_config(), training_args, num_train_examples=64, technique_args=[off]) is None
-    built = on.build(tiny_config(**config), training_args, num_train_examples=64, technique_args=[on])
+    assert (
+        off.build(TechniqueContext(tiny_config(), training_args, num_train_examples=64, technique_args=[off])) is None
+    )
+    built = on.build(TechniqueContext(tiny_config(**config), training_args, num_train_examples=64, technique_args=[on]))
     assert type(built) is technique
 
 
 @pytest.mark.parametrize(("off", "on", "technique", "config"), BUILDS, ids=[type(row[0]).__name__ for row in BUILDS])
 def test_nothing_is_built_for_a_run_that_does_not_train(tmp_path, off, on, technique, config):
     training_args = training_arguments(tmp_path, do_train=False)
-    assert on.build(tiny_config(**config), training_args, technique_args=[on]) is None
+    assert on.build(TechniqueContext(tiny_config(**config), training_args, technique_args=[on])) is None
 
 
 def test_with_dense_sparse_training_the_warm_up_goes_to_it_not_to_its_own_technique(tmp_path):
     schedule = KeepRateScheduleArguments(keep_rate_schedule=True, keep_rate_warmup_fraction=0.1)
     dense_sparse = DenseSparseArguments(dense_sparse_keep_rates=[1.0, 0.7])
     both, training_args, config = [schedule, dense_sparse], training_arguments(tmp_path), tiny_config()
-    assert schedule.build(config, training_args, technique_args=both) is None
-    technique = dense_sparse.build(config, training_args, technique_args=both)
+    assert schedule.build(TechniqueContext(config, training_args, technique_args=both)) is None
+    technique = dense_sparse.build(TechniqueContext(config, training_args, technique_args=both))
     assert technique.warmup_fraction == 0.1 and technique.decay_fraction == pytest.approx(1 / 3)
 
 
@@ -157,10 +160,10 @@ def test_the_weight_sparsity_flags_are_checked_against_the_model_and_the_run(tmp
     training_args = training_arguments(tmp_path, num_train_epochs=1, per_device_train_batch_size=16)
     structured = WeightSparsityArguments(weight_sparsity="structured", head_density=0.2)
     with pytest.raises(ValueError, match=r"`head_density` 0.2 leaves no unit of the 2 in layer 0"):
-        structured.build(tiny_config(), training_args)
+        structured.build(TechniqueContext(tiny_config(), training_args))
     unstructured = WeightSparsityArguments(weight_sparsity="unstructured")  # 100 steps between updates; 4 in the run
     with pytest.raises(ValueError, match=r"`sparse_update_interval` 100 is longer .* \(`sparse_end_fraction` 0.8"):
-        unstructured.build(tiny_config(), training_args, num_train_examples=64)
+        unstructured.build(TechniqueContext(tiny_config(), training_args, num_train_examples=64))
     with pytest.raises(ValueError, match=r"`weight_sparsity` structured trains sparse weights and needs `do_train`"):
         structured.check_training_arguments(training_arguments(tmp_path, do_train=False))
 
@@ -170,7 +173,7 @@ def test_the_weight_sparsity_flags_are_checked_against_the_model_and_the_run(tmp
 
 def test_the_loss_policys_pool_is_a_flag_so_the_example_can_reach_any_budget(tmp_path):
     arguments = ExamplePruningArguments(example_pruning="loss", prune_ratio=0.6, well_learned_fraction=1.0)
-    technique = arguments.build(tiny_config(), training_arguments(tmp_path))
+    technique = arguments.build(TechniqueContext(tiny_config(), training_arguments(tmp_path)))
     assert technique.policy.config()["well_learned_fraction"] == 1.0
     assert technique.policy.epoch_sizes(100, 8)[1:7] == [40] * 6  # pruned epochs serve 1 - 0.6 x 1.0 of the data
     with pytest.raises(ValueError, match=r"`well_learned_fraction` must be in \(0, 1\]"):
@@ -195,7 +198,7 @@ def test_the_example_takes_a_users_own_policy_by_import_path(tmp_path, monkeypat
     arguments = ExamplePruningArguments(
         example_pruning="example_user_policies:FirstHalf", example_pruning_settings='{"share": 0.25}'
     )
-    technique = arguments.build(tiny_config(), training_arguments(tmp_path / "out"))
+    technique = arguments.build(TechniqueContext(tiny_config(), training_arguments(tmp_path / "out")))
     assert type(technique.policy).__name__ == "FirstHalf" and technique.policy.epoch_sizes(100, 2) == [25, 25]
     for bad, message in [
         (
@@ -246,7 +249,7 @@ def test_the_loss_policy_takes_a_data_budget_so_it_compares_with_random_at_equal
 )
 def test_learned_scores_get_the_temperature_schedule(tmp_path, settings, selector, importance, expected):
     config = tiny_config(token_selector=selector, token_importance=importance)
-    technique = SelectorTemperatureArguments(**settings).build(config, training_arguments(tmp_path))
+    technique = SelectorTemperatureArguments(**settings).build(TechniqueContext(config, training_arguments(tmp_path)))
     if expected is None:
         assert technique is None
     else:
@@ -258,7 +261,7 @@ def test_a_temperature_without_learned_scores_is_ignored_with_a_notice(tmp_path,
     config = tiny_config(token_selector="class_attention")
     arguments = SelectorTemperatureArguments(token_selector_temperature_end=1.0)
     with caplog.at_level(logging.WARNING, logger="hf_trilevel"):
-        assert arguments.build(config, training_arguments(tmp_path)) is None
+        assert arguments.build(TechniqueContext(config, training_arguments(tmp_path))) is None
     assert "`token_selector_temperature_end` is ignored" in caplog.text
 
 

@@ -50,7 +50,7 @@ def test_card_options_set_the_output_title_usage_id_and_license(saved_folder, tm
 
 
 def test_card_of_the_command_equals_the_library_call(saved_folder, tmp_path):
-    from hf_trilevel.cli.card import write_model_card
+    from hf_trilevel.model_card import write_model_card
 
     assert main(["card", str(saved_folder), "--output", str(tmp_path / "command.md")]) == 0
     write_model_card(saved_folder, output=tmp_path / "library.md")

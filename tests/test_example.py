@@ -27,6 +27,7 @@ from hf_trilevel.image_data import DIGIT_NAMES, load_digits_dataset
 from hf_trilevel.modeling.token_reduction import token_schedule
 from hf_trilevel.recipe.checks import check_arguments
 from hf_trilevel.recipe.parsing import build_parser, parse_flags_or_json, resolve_defaults
+from hf_trilevel.training.arguments import TechniqueContext
 
 from .helpers import run_without_hf_trilevel
 from .test_checkpoints import LOAD_CHECKPOINT_SCRIPT
@@ -66,16 +67,8 @@ def techniques_from_flags(*argv: str, label_names=DIGIT_NAMES, num_train_example
     `num_train_examples` training examples of `label_names`), without loading any data."""
     model_args, _, *technique_args, _, training_args = checked_arguments(*argv)
     config = model_args.build_config(list(label_names))
-    built = [
-        args.build(
-            config,
-            training_args,
-            num_train_examples=num_train_examples,
-            technique_args=technique_args,
-            **model_args.hub_kwargs(),
-        )
-        for args in technique_args
-    ]
+    context = TechniqueContext(config, training_args, num_train_examples, technique_args, model_args.hub_kwargs())
+    built = [args.build(context) for args in technique_args]
     return config, [technique for technique in built if technique is not None]
 
 

@@ -35,15 +35,9 @@ LEVELS = {
 }
 FRONT_DOOR_LEVEL = 3  # what `hf_trilevel/__init__.py` may import, and what importing it costs
 ENTRY_POINT_LEVEL = 6  # `python -m hf_trilevel` runs the CLI
-# Import edges that break the layering today in modules this change does not own, each `(module, imported module)`;
-# the lead removes an entry once its module is fixed (a listed edge that no longer occurs fails the last test).
-KNOWN_VIOLATIONS = {
-    # The recipe saves a slimmed copy of a structured run through the `hf-trilevel slim` command's `slim_folder`
-    # (which writes the copy's card with the command's `write_model_card`): the slimming of a saved folder belongs
-    # below the tools, e.g. in weight_sparsity/ with the card writer passed in by its caller, as `TriLevelTrainer`
-    # takes `card_writer`.
-    ("hf_trilevel.recipe.outputs", "hf_trilevel.cli.slim"),
-}
+# Import edges that break the layering, each `(module, imported module)`, with the reason; none today. A listed edge
+# that no longer occurs fails the last test, so the list only ever holds live exceptions.
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

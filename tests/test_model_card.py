@@ -12,9 +12,9 @@ from transformers import TrainingArguments, ViTImageProcessorPil
 
 import hf_trilevel
 from hf_trilevel import ExamplePruning, KeepRateSchedule, SelectorTemperatureSchedule, TriLevelTrainer
-from hf_trilevel.cli.card import write_model_card
 from hf_trilevel.evaluation.flops import flops_speedup_limit, forward_flops
 from hf_trilevel.evaluation.metrics import compute_metrics
+from hf_trilevel.model_card import write_model_card
 from hf_trilevel.model_card.builder import (
     TEMPLATE_NAME,
     build_model_card,

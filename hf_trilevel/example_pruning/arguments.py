@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.value_checks import check_fraction, check_int
+from ..training.arguments import TechniqueArguments, TechniqueContext
 from .policies import POLICIES, PruningPolicy
 from .technique import ExamplePruning
 
@@ -29,7 +29,7 @@ LOSS_ONLY = ("prune_ratio", "budget", "well_learned_fraction")  # default None: 
 
 
 @dataclass
-class ExamplePruningArguments:
+class ExamplePruningArguments(TechniqueArguments):
     """Example-level pruning: drop training examples by importance (Tri-Level E-ViT, InfoBatch) or at random."""
 
     example_pruning: str = field(
@@ -158,18 +158,10 @@ class ExamplePruningArguments:
         if self.enabled() and training_args.do_train:
             ExamplePruning(self.policy()).check_arguments(training_args)
 
-    def build(
-        self,
-        config: TriLevelViTConfig,
-        training_args: TrainingArguments,
-        *,
-        num_train_examples: int | None = None,
-        technique_args: Sequence[object] = (),
-        **hub_kwargs,
-    ) -> ExamplePruning | None:
+    def build(self, context: TechniqueContext) -> ExamplePruning | None:
         """`ExamplePruning` with the policy asked for (seeded by the run's seed), or None for `none` or without
         training. The arguments are those every technique's `build` takes; pruning needs none of the model's."""
-        if not self.enabled() or not training_args.do_train:
+        if not self.enabled() or not context.training_args.do_train:
             return None
         return ExamplePruning(self.policy())
 

@@ -11,7 +11,7 @@ Two layers, so that a card never depends on how a run was driven:
   arguments, log history, datasets, `technique_settings()` and `technique_metrics()`). Pass it to the trainer as
   `TriLevelTrainer(card_writer=trainer_model_card)`, and `create_model_card` (so `push_to_hub` too) writes it; the
   trainer itself imports no card code.
-A folder saved earlier gets its card from `hf-trilevel card FOLDER` (`hf_trilevel.cli.card`).
+A folder saved earlier gets its card from `write_model_card` (`folder.py`, also `hf-trilevel card FOLDER`).
 """
 
 import math

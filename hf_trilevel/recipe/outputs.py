@@ -7,11 +7,11 @@ Each step runs on the main process while the others wait, so the ranks leave it 
 import logging
 from pathlib import Path
 
-from ..cli.slim import slim_folder
 from ..token_training.operating_points import OPERATING_POINTS_FILE, operating_points_markdown, write_operating_points
 from ..training.checkpoints import remove_checkpoints
 from ..training.trainer import TriLevelTrainer
 from .arguments import ModelArguments
+from .slimmed_folder import slim_folder
 
 logger = logging.getLogger(__name__)
 

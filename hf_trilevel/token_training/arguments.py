@@ -1,22 +1,17 @@
 """The token level's training flags: the keep-rate warm-up (`KeepRateScheduleArguments`), the learned scores'
 temperature (`SelectorTemperatureArguments`) and dense/sparse training with distillation (`DenseSparseArguments`).
 
-Each is a dataclass for `transformers.HfArgumentParser` whose field names are the flags, so every message names the
-flag as it is typed. The fields are checked in `__post_init__` (no data, no model needed);
-`check_training_arguments` checks them against the run before any data loads, and `build` returns the technique for
-a model's config, or None when the flags leave it off. All three `build`s take the same arguments, so a script builds
-every technique in one line: `[args.build(config, training_args, ...) for args in technique_args]`.
+Each is a `TechniqueArguments` dataclass (`hf_trilevel.training.arguments`): its field names are the flags, checked
+in `__post_init__`, and `build(context)` returns the technique for the run, or None when the flags leave it off.
 """
 
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
-from transformers import TrainingArguments
-
-from ..modeling.configuration_trilevel_vit import TriLevelViTConfig, check_dense_sparse_keep_rates
+from ..modeling.configuration_trilevel_vit import check_dense_sparse_keep_rates
 from ..modeling.value_checks import check_fraction, check_keep_rate, check_number
+from ..training.arguments import TechniqueArguments, TechniqueContext
 from .dense_sparse import DISTILLATION_MODES, SCHEDULES, DenseSparseTraining, check_model_for_dense_sparse
 from .distillation import check_temperature, load_teacher
 from .keep_rate_schedule import KeepRateSchedule
@@ -31,7 +26,7 @@ def given_fields(arguments) -> list[str]:
 
 
 @dataclass
-class KeepRateScheduleArguments:
+class KeepRateScheduleArguments(TechniqueArguments):
     """Tri-Level E-ViT's warm-up: the token keep rate starts at 1.0 and decays to its target (cosine, per step)."""
 
     keep_rate_schedule: bool = field(
@@ -61,29 +56,18 @@ class KeepRateScheduleArguments:
             return None
         return self.keep_rate_warmup_fraction, self.keep_rate_decay_fraction
 
-    def check_training_arguments(self, training_args: TrainingArguments) -> None:
-        """Nothing in the run constrains the warm-up: it scales to the run's steps."""
-
-    def build(
-        self,
-        config: TriLevelViTConfig,
-        training_args: TrainingArguments,
-        *,
-        num_train_examples: int | None = None,
-        technique_args: Sequence[object] = (),
-        **hub_kwargs,
-    ) -> KeepRateSchedule | None:
+    def build(self, context: TechniqueContext) -> KeepRateSchedule | None:
         """`KeepRateSchedule`, or None without `keep_rate_schedule`, without training, or with dense/sparse training
         among `technique_args` (which then warms up every sparse rate itself)."""
-        dense_sparse = any(isinstance(args, DenseSparseArguments) and args.enabled() for args in technique_args)
-        if self.fractions() is None or not training_args.do_train or dense_sparse:
+        dense_sparse = any(isinstance(args, DenseSparseArguments) and args.enabled() for args in context.technique_args)
+        if self.fractions() is None or not context.training_args.do_train or dense_sparse:
             return None
         warmup, decay = self.fractions()
         return KeepRateSchedule(warmup_fraction=warmup, decay_fraction=decay)
 
 
 @dataclass
-class SelectorTemperatureArguments:
+class SelectorTemperatureArguments(TechniqueArguments):
     """SViTE+: the Gumbel temperature and noise of learned token scores, annealed linearly per step."""
 
     token_selector_temperature_start: float = field(
@@ -110,26 +94,15 @@ class SelectorTemperatureArguments:
         for name in ("token_selector_noise_start", "token_selector_noise_end"):
             check_number(name, getattr(self, name), 0.0, 1.0, low_open=False)
 
-    def check_training_arguments(self, training_args: TrainingArguments) -> None:
-        """Nothing in the run constrains the schedule: it scales to the run's steps."""
-
-    def build(
-        self,
-        config: TriLevelViTConfig,
-        training_args: TrainingArguments,
-        *,
-        num_train_examples: int | None = None,
-        technique_args: Sequence[object] = (),
-        **hub_kwargs,
-    ) -> SelectorTemperatureSchedule | None:
+    def build(self, context: TechniqueContext) -> SelectorTemperatureSchedule | None:
         """`SelectorTemperatureSchedule` when the model trains learned scores, else None (with a notice when a flag
         here was set for a selector that has no temperature).
 
         Decided from the config, not a flag: the selector may come from a checkpoint or `--config_name`.
         """
-        if not training_args.do_train:
+        if not context.training_args.do_train:
             return None
-        if config.uses_learned_scores():
+        if context.config.uses_learned_scores():
             return SelectorTemperatureSchedule(
                 self.token_selector_temperature_start,
                 self.token_selector_temperature_end,
@@ -141,14 +114,14 @@ class SelectorTemperatureArguments:
             logger.warning(
                 "`%s` is ignored: token_selector %r with token_importance %r trains no learned scores.",
                 changed[0],
-                config.token_selector,
-                getattr(config, "token_importance", "class_attention"),
+                context.config.token_selector,
+                getattr(context.config, "token_importance", "class_attention"),
             )
         return None
 
 
 @dataclass
-class DenseSparseArguments:
+class DenseSparseArguments(TechniqueArguments):
     """SaiT: one checkpoint for several token keep rates (dense/sparse weight sharing) and distillation."""
 
     dense_sparse_keep_rates: list[float] | None = field(
@@ -232,39 +205,28 @@ class DenseSparseArguments:
     def distillation_mode(self) -> str:
         return self.distillation or "self"
 
-    def check_training_arguments(self, training_args: TrainingArguments) -> None:
-        """Nothing in the run constrains these flags; without training the technique is simply not built."""
-
-    def build(
-        self,
-        config: TriLevelViTConfig,
-        training_args: TrainingArguments,
-        *,
-        num_train_examples: int | None = None,
-        technique_args: Sequence[object] = (),
-        **hub_kwargs,
-    ) -> DenseSparseTraining | None:
+    def build(self, context: TechniqueContext) -> DenseSparseTraining | None:
         """`DenseSparseTraining` for the model `config` (with the keep-rate warm-up of `technique_args`' schedule
         for every sparse rate), or None without `dense_sparse_keep_rates` or without training.
 
         The teacher (`hub_kwargs`: `cache_dir`, `revision`, `token`) is checked against the config's classes from
         its own config first, then loaded frozen on the training device.
         """
-        if not self.enabled() or not training_args.do_train:
+        if not self.enabled() or not context.training_args.do_train:
             return None
         rates = check_dense_sparse_keep_rates(self.dense_sparse_keep_rates)
-        check_model_for_dense_sparse(config, rates, self.distillation_mode())
+        check_model_for_dense_sparse(context.config, rates, self.distillation_mode())
         teacher = None
         if self.distillation_mode() == "teacher":
-            label_names = [config.id2label[index] for index in range(config.num_labels)]
+            label_names = [context.config.id2label[index] for index in range(context.config.num_labels)]
             teacher = load_teacher(
                 self.teacher_model_name_or_path,
                 label_names=label_names,
-                num_labels=config.num_labels,
-                device=training_args.device,
-                **hub_kwargs,
+                num_labels=context.config.num_labels,
+                device=context.training_args.device,
+                **context.hub_kwargs,
             )
-        schedules = (args.fractions() for args in technique_args if isinstance(args, KeepRateScheduleArguments))
+        schedules = (args.fractions() for args in context.technique_args if isinstance(args, KeepRateScheduleArguments))
         warmup_fraction, decay_fraction = next((found for found in schedules if found is not None), (0.0, 0.0))
         return DenseSparseTraining(
             self.dense_sparse_keep_rates,

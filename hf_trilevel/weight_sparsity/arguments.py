@@ -9,14 +9,13 @@ technique, or None. Saving the slimmed copy after training is the recipe's (`hf_
 """
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from transformers import TrainingArguments
 
-from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.value_checks import check_fraction, check_int
+from ..training.arguments import TechniqueArguments, TechniqueContext
 from .masks import PATTERNS
 from .structured_units import unit_count
 from .technique import WeightSparsity
@@ -27,7 +26,7 @@ STRUCTURED_ONLY = ("head_density", "neuron_density", "slim_output_dir")
 
 
 @dataclass
-class WeightSparsityArguments:
+class WeightSparsityArguments(TechniqueArguments):
     """SViTE: sparse weights within a fixed budget, by single weights or by whole heads and MLP neurons."""
 
     weight_sparsity: str = field(
@@ -137,21 +136,13 @@ class WeightSparsityArguments:
                 "here."
             )
 
-    def build(
-        self,
-        config: TriLevelViTConfig,
-        training_args: TrainingArguments,
-        *,
-        num_train_examples: int | None = None,
-        technique_args: Sequence[object] = (),
-        **hub_kwargs,
-    ) -> WeightSparsity | None:
+    def build(self, context: TechniqueContext) -> WeightSparsity | None:
         """`WeightSparsity` for the model `config`, or None without `weight_sparsity` or without training.
 
         Structured densities must leave every layer of `config` a head and an MLP neuron; with `num_train_examples`
         the update interval must fit the run's optimizer steps, so neither fails at the first step.
         """
-        if not self.enabled() or not training_args.do_train:
+        if not self.enabled() or not context.training_args.do_train:
             return None
         settings = {
             "update_interval": self.sparse_update_interval,
@@ -163,10 +154,10 @@ class WeightSparsityArguments:
         else:
             heads = 0.5 if self.head_density is None else self.head_density
             neurons = 0.5 if self.neuron_density is None else self.neuron_density
-            check_unit_counts(config, heads, neurons)
+            check_unit_counts(context.config, heads, neurons)
             settings |= {"head_density": heads, "neuron_density": neurons}
-        if num_train_examples is not None:
-            self.check_run_length(optimizer_steps(training_args, num_train_examples))
+        if context.num_train_examples is not None:
+            self.check_run_length(optimizer_steps(context.training_args, context.num_train_examples))
         return WeightSparsity(self.weight_sparsity, **settings)
 
     def check_run_length(self, max_steps: int) -> None:
