@@ -6,7 +6,6 @@ The fields are checked in `__post_init__`; `check_training_arguments` checks the
 epochs within it, a reachable budget) before any data loads; `build` returns the `ExamplePruning` technique, or None.
 """
 
-import importlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from transformers import TrainingArguments
 from ..modeling.value_checks import check_fraction, check_int
 from ..training.arguments import TechniqueArguments, TechniqueContext
 from .policies import POLICIES, PruningPolicy
-from .technique import ExamplePruning
+from .technique import ExamplePruning, import_policy
 
 # The flags each built-in policy is built with (its constructor's arguments).
 POLICY_SETTINGS = {
@@ -135,16 +134,7 @@ class ExamplePruningArguments(TechniqueArguments):
         if self.example_pruning in POLICY_SETTINGS:
             settings = {name: getattr(self, name) for name in POLICY_SETTINGS[self.example_pruning]}
             return POLICIES[self.example_pruning](**settings)
-        module_name, _, class_name = self.example_pruning.partition(":")
-        try:
-            policy_class = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError, ValueError) as error:
-            raise ValueError(
-                f"`example_pruning` {self.example_pruning!r} cannot be imported ({error}); give "
-                "package.module:ClassName, importable from PYTHONPATH."
-            ) from None
-        if not (isinstance(policy_class, type) and issubclass(policy_class, PruningPolicy)):
-            raise ValueError(f"`example_pruning` {self.example_pruning!r} is not a PruningPolicy subclass.")
+        policy_class = import_policy(self.example_pruning, argument="example_pruning")
         try:
             return policy_class(**self.custom_settings())
         except TypeError as error:

@@ -38,16 +38,19 @@ def build_policy(policy: str | PruningPolicy, **settings) -> PruningPolicy:
         raise ValueError(f"unknown setting for the {policy!r} example pruning policy: {error}.") from None
 
 
-def import_policy(spec: str) -> type[PruningPolicy]:
+def import_policy(spec: str, argument: str = "policy") -> type[PruningPolicy]:
     """The `PruningPolicy` subclass `"package.module:ClassName"` names, so a script's `--example_pruning` flag can
-    take a user's own policy without editing the script."""
+    take a user's own policy without editing the script; errors name `argument` (the flag, in a script)."""
     module_name, _, class_name = spec.partition(":")
     try:
         policy_class = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"`policy` {spec!r} cannot be imported ({error}); give 'package.module:ClassName'.") from None
+        raise ValueError(
+            f"`{argument}` {spec!r} cannot be imported ({error}); give 'package.module:ClassName', importable from "
+            "PYTHONPATH."
+        ) from None
     if not (isinstance(policy_class, type) and issubclass(policy_class, PruningPolicy)):
-        raise ValueError(f"`policy` {spec!r} is not a PruningPolicy subclass.")
+        raise ValueError(f"`{argument}` {spec!r} is not a PruningPolicy subclass.")
     return policy_class
 
 

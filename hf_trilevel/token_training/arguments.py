@@ -215,7 +215,7 @@ class DenseSparseArguments(TechniqueArguments):
         if not self.enabled() or not context.training_args.do_train:
             return None
         rates = check_dense_sparse_keep_rates(self.dense_sparse_keep_rates)
-        check_model_for_dense_sparse(context.config, rates, self.distillation_mode())
+        check_model_for_dense_sparse(context.config, rates, self.distillation_mode(), "dense_sparse_keep_rates")
         teacher = None
         if self.distillation_mode() == "teacher":
             label_names = [context.config.id2label[index] for index in range(context.config.num_labels)]

@@ -266,8 +266,11 @@ class DenseSparseTraining(TrainingTechnique):
         return settings
 
 
-def check_model_for_dense_sparse(config, keep_rates: list[float], distillation: str) -> None:
-    """Refuse a model that dense/sparse training cannot serve as asked, before the first step.
+def check_model_for_dense_sparse(
+    config, keep_rates: list[float], distillation: str, argument: str = "keep_rates"
+) -> None:
+    """Refuse a model that dense/sparse training cannot serve as asked, before the first step; messages name the rates
+    as `argument` (the flag, in a script).
 
     Without pruning layers every "sparse" pass would equal the dense one. The model's own `token_keep_rate` is the
     operating point evaluation, `from_pretrained` and the card use, so it must be one of the trained rates.
@@ -281,7 +284,7 @@ def check_model_for_dense_sparse(config, keep_rates: list[float], distillation: 
     if float(config.token_keep_rate) not in keep_rates:
         raise ValueError(
             f"the model's `token_keep_rate` ({config.token_keep_rate}, its default operating point: evaluation, "
-            f"`from_pretrained` and the model card use it) is not among the trained `keep_rates` {keep_rates}; set "
+            f"`from_pretrained` and the model card use it) is not among the trained `{argument}` {keep_rates}; set "
             "`token_keep_rate` to one of them."
         )
     check_distillable(config, distillation)
