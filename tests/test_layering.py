@@ -13,6 +13,7 @@ outside the package (torch, transformers, huggingface_hub, the standard library)
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import hf_trilevel
 
 PACKAGE = Path(hf_trilevel.__file__).parent
 ROOT = "hf_trilevel"
+MODULE_PATH = re.compile(r"hf_trilevel(\.[a-z_]+)+")
 LEVELS = {
     "modeling": 0,
     "evaluation": 1,
@@ -69,6 +71,10 @@ def source_imports(source: str, name: str, is_package: bool) -> list[tuple[int, 
                 module = ".".join(base[: len(base) - node.level + 1] + ([module] if module else []))
             # `from package import x` imports the module `x` when there is one, else a name of `package`
             found += [(node.lineno, _submodule(module, alias.name)) for alias in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_PATH.fullmatch(node.value):
+            # a module named as a string is imported at run time (`import_module`, the CLI's command table, the
+            # front door's moved names): the same dependency as an import statement
+            found.append((node.lineno, node.value))
     return [(line, module) for line, module in found if module == ROOT or module.startswith(ROOT + ".")]
 
 
@@ -186,3 +192,16 @@ def test_relative_imports_resolve_from_the_importing_file_and_deferred_ones_coun
         (1, "hf_trilevel.model_card.builder"),
         (1, "hf_trilevel.model_card.sources"),
     ]
+
+
+def test_modules_named_as_strings_count_as_imports():
+    source = (
+        'import_module("hf_trilevel.cli.bench.report")\n'
+        'MOVED = {"x": ("hf_trilevel.recipe", "y")}\n'
+        '"see `hf_trilevel.cli`, a docstring, not an import"\n'
+    )
+    assert source_imports(source, "hf_trilevel.training.trainer", is_package=False) == [
+        (1, "hf_trilevel.cli.bench.report"),
+        (2, "hf_trilevel.recipe"),
+    ]
+    assert not allowed("hf_trilevel.training.trainer", "hf_trilevel.cli.bench.report")

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..evaluation.patches import num_patches
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.token_reduction import num_kept_tokens, token_schedule
 from ..modeling.token_selectors import learned_scorer_flops
-from ..modeling.value_checks import as_pair, num_patches
+from ..modeling.value_checks import as_pair
 
 
 @dataclass(frozen=True)

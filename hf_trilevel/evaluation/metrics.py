@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from transformers import EvalPrediction
 
+from ..evaluation.patches import num_patches
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
-from ..modeling.value_checks import num_patches
 from .flops import flops_speedup_limit, forward_flops, layer_costs
 
 if TYPE_CHECKING:

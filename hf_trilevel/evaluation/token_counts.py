@@ -11,9 +11,9 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from ..evaluation.patches import num_patches
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.token_reduction import token_schedule
-from ..modeling.value_checks import num_patches
 from .flops import measured_flops
 
 # Metric of the mean patch tokens an image keeps after pruning layer `layer` (`kept_token_metrics` writes it, with

@@ -1,9 +1,8 @@
 """Example level of Tri-Level E-ViT: the pruner that owns a run's pruning state, and the sampler that serves it.
 
-The pieces: `data_pruning_statistics.py` records what each example did, `data_pruning_policies.py` decides which
-examples each epoch serves, this module holds the run's state (`ExamplePruner`) and serves the current epoch's kept
-set (`PrunedEpochSampler`). `ExamplePruning` (callbacks.py) plugs them into the Trainer through the
-training-technique seam.
+The pieces: `statistics.py` records what each example did, `policies.py` decides which examples each epoch serves,
+this module holds the run's state (`ExamplePruner`) and serves the current epoch's kept set (`PrunedEpochSampler`).
+`ExamplePruning` (`technique.py`) plugs them into the Trainer through the training-technique seam.
 """
 
 from collections.abc import Iterator

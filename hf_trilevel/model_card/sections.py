@@ -21,10 +21,11 @@ checkpoint holds (counted by `hf_trilevel.model_card.builder.model_nonzero_weigh
 
 from ..evaluation.flops import dense_config, flops_speedup_limit, forward_flops, full_width_config
 from ..evaluation.formatting import format_duration, format_flops
+from ..evaluation.patches import num_patches
 from ..evaluation.token_counts import FIXED_COUNT_SELECTORS, KEPT_TOKENS_METRIC
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.token_reduction import token_schedule
-from ..modeling.value_checks import as_pair, num_patches
+from ..modeling.value_checks import as_pair
 from ..token_training.card import temperature_text
 from ..weight_sparsity.card import nonzero_weights_text
 from .techniques import TECHNIQUE_CARDS, settings_cell, technique_rows, technique_sentences

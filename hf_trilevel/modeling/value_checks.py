@@ -1,4 +1,4 @@
-"""Shared checks and shapes: numbers in a range, integers, image/patch pairs and patch grids.
+"""The config's checks: numbers in a range, integers, image/patch pairs.
 
 One home for the small rules that the config, the callbacks, the policies and the command-line tools all apply, so
 that every bad value is refused with the same kind of message: the argument's name, the value and the allowed range.
@@ -75,24 +75,10 @@ def as_pair(value: int | Sequence[int]) -> tuple[int, int]:
     raise ValueError(f"expected an integer or a (height, width) pair, got {value!r}.")
 
 
-def patch_grid(image_size: int | Sequence[int], patch_size: int | Sequence[int]) -> tuple[int, int]:
-    """Patch rows and columns of an image: `(image_height // patch_height, image_width // patch_width)`."""
-    (image_height, image_width), (patch_height, patch_width) = as_pair(image_size), as_pair(patch_size)
-    return image_height // patch_height, image_width // patch_width
-
-
-def num_patches(image_size: int | Sequence[int], patch_size: int | Sequence[int]) -> int:
-    """Number of patch tokens (the sequence length without the class token)."""
-    rows, columns = patch_grid(image_size, patch_size)
-    return rows * columns
-
-
 __all__ = [
     "as_pair",
     "check_fraction",
     "check_int",
     "check_keep_rate",
     "check_number",
-    "num_patches",
-    "patch_grid",
 ]

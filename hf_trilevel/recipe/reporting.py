@@ -7,8 +7,8 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, TrainingArguments
 
+from ..evaluation.patches import num_patches
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
-from ..modeling.value_checks import num_patches
 from .arguments import DataArguments, ModelArguments
 from .model import selector_text
 from .results import kept_token_keys

@@ -7,22 +7,17 @@ in `__post_init__`, and `build(context)` returns the technique for the run, or N
 
 import logging
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from ..modeling.configuration_trilevel_vit import check_dense_sparse_keep_rates
 from ..modeling.value_checks import check_fraction, check_keep_rate, check_number
-from ..training.arguments import TechniqueArguments, TechniqueContext
+from ..training.arguments import TechniqueArguments, TechniqueContext, given_fields
 from .dense_sparse import DISTILLATION_MODES, SCHEDULES, DenseSparseTraining, check_model_for_dense_sparse
 from .distillation import check_temperature, load_teacher
 from .keep_rate_schedule import KeepRateSchedule
 from .selector_temperature import SelectorTemperatureSchedule
 
 logger = logging.getLogger(__name__)
-
-
-def given_fields(arguments) -> list[str]:
-    """The names of `arguments`' fields whose value differs from the field's default, in field order."""
-    return [item.name for item in fields(arguments) if getattr(arguments, item.name) != item.default]
 
 
 @dataclass

@@ -8,7 +8,7 @@ every technique the same way: `[args.build(context) for args in technique_args]`
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from transformers import PretrainedConfig, TrainingArguments
 
@@ -48,4 +48,10 @@ class TechniqueArguments:
         raise NotImplementedError
 
 
-__all__ = ["TechniqueArguments", "TechniqueContext"]
+def given_fields(arguments) -> list[str]:
+    """The names of a dataclass's fields whose value differs from the field's default, in field order: the flags a
+    user set, for notices about flags that have no effect."""
+    return [item.name for item in fields(arguments) if getattr(arguments, item.name) != item.default]
+
+
+__all__ = ["TechniqueArguments", "TechniqueContext", "given_fields"]

@@ -9,13 +9,13 @@ technique, or None. Saving the slimmed copy after training is the recipe's (`hf_
 """
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainingArguments
 
 from ..modeling.value_checks import check_fraction, check_int
-from ..training.arguments import TechniqueArguments, TechniqueContext
+from ..training.arguments import TechniqueArguments, TechniqueContext, given_fields
 from .masks import PATTERNS
 from .structured_units import unit_count
 from .technique import WeightSparsity
@@ -79,7 +79,7 @@ class WeightSparsityArguments(TechniqueArguments):
             raise ValueError(
                 f"`weight_sparsity` must be one of {list(WEIGHT_SPARSITY_MODES)}, got {self.weight_sparsity!r}."
             )
-        given = [item.name for item in fields(self) if getattr(self, item.name) != item.default]
+        given = given_fields(self)
         if not self.enabled():
             if given:
                 raise ValueError(
@@ -156,26 +156,11 @@ class WeightSparsityArguments(TechniqueArguments):
             neurons = 0.5 if self.neuron_density is None else self.neuron_density
             check_unit_counts(context.config, heads, neurons)
             settings |= {"head_density": heads, "neuron_density": neurons}
-        if context.num_train_examples is not None:
-            self.check_run_length(optimizer_steps(context.training_args, context.num_train_examples))
-        return WeightSparsity(self.weight_sparsity, **settings)
-
-    def check_run_length(self, max_steps: int) -> None:
-        """Refuse a `sparse_update_interval` that would never update the masks in a run of `max_steps` steps (the
-        rule `WeightSparsity.check_run_length` applies at the first step, here before any step)."""
-        interval = self.sparse_update_interval
-        if self.sparse_one_shot and interval >= max_steps:
-            raise ValueError(
-                f"`sparse_update_interval` {interval} must be shorter than the run ({max_steps} optimizer steps): "
-                "one-shot pruning happens after that many dense steps, and the rest fine-tunes."
-            )
-        end_step = math.floor(self.sparse_end_fraction * max_steps)
-        if not self.sparse_one_shot and interval > end_step:
-            raise ValueError(
-                f"`sparse_update_interval` {interval} is longer than the part of the run that updates masks "
-                f"(`sparse_end_fraction` {self.sparse_end_fraction:g} of {max_steps} optimizer steps = {end_step}): "
-                f"the masks would never change; use at most {max(end_step, 1)}."
-            )
+        technique = WeightSparsity(self.weight_sparsity, **settings)
+        if context.num_train_examples is not None:  # before the first step, where the technique checks it again
+            steps = optimizer_steps(context.training_args, context.num_train_examples)
+            technique.check_run_length(steps, "sparse_update_interval", "sparse_end_fraction")
+        return technique
 
 
 def check_unit_counts(config, head_density: float, neuron_density: float) -> None:

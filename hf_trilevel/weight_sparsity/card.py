@@ -1,7 +1,7 @@
 """The model card's weight-sparsity parts (SViTE): its hyperparameter row, training sentence and tags, from
 `WeightSparsity.card_settings()`, and the share of non-zero weights a live model or a saved folder holds.
 
-Counted over the weights sparse training masks (`weight_masks.masked_weights`: patch projection, q/k/v/o, fc1, fc2,
+Counted over the weights sparse training masks (`masks.masked_weights`: patch projection, q/k/v/o, fc1, fc2,
 classifier), so a dense checkpoint reads 100% and gets no row. A saved folder is read one tensor at a time.
 """
 
@@ -16,7 +16,7 @@ from .masks import count_nonzero_weights, masked_weights
 LABEL = "weight sparsity (SViTE: sparse training of the weights)"  # the hyperparameter table's row
 TAGS = {"unstructured": ["weight-sparsity"], "structured": ["weight-sparsity", "structured-pruning"]}
 
-# The weights `weight_masks.masked_weights` names (patch projection, q/k/v/o, fc1, fc2, classifier) as a saved file
+# The weights `masks.masked_weights` names (patch projection, q/k/v/o, fc1, fc2, classifier) as a saved file
 # holds them: under ViT's checkpoint names (`encoder.layer.{i}.attention.attention.query`, ...) or the model's own.
 SAVED_MASKED_WEIGHT = re.compile(
     r"(^|\.)(patch_embeddings\.projection|attention\.[qkvo]_proj|mlp\.fc[12]|classifier"

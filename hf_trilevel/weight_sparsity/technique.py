@@ -131,21 +131,24 @@ class WeightSparsity(TrainingTechnique):
     def death_rate_at(self, step: int) -> float:
         return cosine_death_rate(step, self._end_step, self.death_rate, self.final_death_rate)
 
-    def check_run_length(self, max_steps: int) -> None:
-        """Refuse an `update_interval` that would never update the masks in a run of `max_steps` steps."""
+    def check_run_length(
+        self, max_steps: int, interval_name: str = "update_interval", end_fraction_name: str = "end_fraction"
+    ) -> None:
+        """Refuse an `update_interval` that would never update the masks in a run of `max_steps` steps; messages name
+        the two settings as `interval_name` / `end_fraction_name` (a script's flags)."""
         if self.one_shot:
             if self.update_interval >= max_steps:
                 raise ValueError(
-                    f"`update_interval` {self.update_interval} must be shorter than the run ({max_steps} optimizer "
+                    f"`{interval_name}` {self.update_interval} must be shorter than the run ({max_steps} optimizer "
                     "steps): one-shot pruning happens after that many dense steps, and the rest fine-tunes."
                 )
             return
         end_step = math.floor(self.end_fraction * max_steps)
         if self.update_interval > end_step:
             raise ValueError(
-                f"`update_interval` {self.update_interval} is longer than the part of the run that updates masks "
-                f"(`end_fraction` {self.end_fraction:g} of {max_steps} optimizer steps = {end_step}): the masks would "
-                f"never change; use at most {max(end_step, 1)}."
+                f"`{interval_name}` {self.update_interval} is longer than the part of the run that updates masks "
+                f"(`{end_fraction_name}` {self.end_fraction:g} of {max_steps} optimizer steps = {end_step}): the masks "
+                f"would never change; use at most {max(end_step, 1)}."
             )
 
     # -- Trainer events -----------------------------------------------------------------------------------------

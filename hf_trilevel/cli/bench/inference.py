@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ...modeling.value_checks import num_patches
+from ...evaluation.patches import num_patches
 from .measure import Measurement, TimingPlan, measure_settings, random_batch, timing_plan, weights_note
 from .models import trilevel_config
 from .options import add_shape_arguments, add_target_arguments

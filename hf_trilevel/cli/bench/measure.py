@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ...evaluation.flops import MeasuredFlops, flops_speedup_limit, forward_flops, measured_flops
+from ...evaluation.patches import num_patches
 from ...modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ...modeling.token_reduction import token_schedule
-from ...modeling.value_checks import num_patches
 from ...token_training.dense_sparse import operating_point
 from .models import build_models_by_selector, compile_models, slimmed_model, switch_setting, trilevel_config
 from .options import ModelShape, RunTarget, model_shape, run_target

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ...modeling.value_checks import as_pair, patch_grid
+from ...evaluation.patches import patch_grid
+from ...modeling.value_checks import as_pair
 from ..errors import CommandError
 from .inputs import (
     add_checkpoint_and_data_arguments,
