@@ -18,22 +18,25 @@ Bad input stops the run before training, with exit status 2 and a message naming
 
 import logging
 import sys
+from pathlib import Path
 
-from transformers import set_seed
+from transformers import PreTrainedModel, TrainingArguments, set_seed
 
 from hf_trilevel import DenseSparseTraining, TriLevelTrainer
 from hf_trilevel.evaluation.metrics import build_compute_metrics
+from hf_trilevel.evaluation.patches import num_patches
 from hf_trilevel.image_data import RandomSource, attach_transforms, collate, eval_transforms, train_transforms
 from hf_trilevel.model_card import trainer_model_card
+from hf_trilevel.modeling.configuration_trilevel_vit import TriLevelViTConfig
 from hf_trilevel.modeling.value_checks import as_pair
+from hf_trilevel.recipe.arguments import DataArguments, ModelArguments
 from hf_trilevel.recipe.checks import check_arguments, slim_output_dir
 from hf_trilevel.recipe.data import label_names, limit_splits, load_digits, load_user_dataset
-from hf_trilevel.recipe.model import build_image_processor, load_trilevel_model
+from hf_trilevel.recipe.model import build_image_processor, load_trilevel_model, selector_text
 from hf_trilevel.recipe.outputs import remove_earlier_results, save_slimmed_model, write_operating_point_table
 from hf_trilevel.recipe.parsing import build_parser, parse_flags_or_json, resolve_defaults
 from hf_trilevel.recipe.processes import end_distributed
-from hf_trilevel.recipe.reporting import configure_logging, describe, model_card_kwargs, results_text
-from hf_trilevel.recipe.results import examples_seen_metrics, realised_sparsity_metrics
+from hf_trilevel.recipe.results import examples_seen_metrics, kept_token_keys, realised_sparsity_metrics
 from hf_trilevel.training.arguments import TechniqueContext
 
 logger = logging.getLogger("run_image_classification")
@@ -144,6 +147,84 @@ def main(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, floa
     if trainer.is_world_process_zero():
         print(results_text(metrics, model.config, training_args.output_dir))
     return trainer, metrics
+
+
+PACKAGE_LOGGER = "hf_trilevel"
+
+
+def configure_logging(training_args: TrainingArguments, script_logger: str) -> None:
+    """The script's and the package's notices on stderr, prefixed by the script's name, from the main process only
+    (every process reaches the same ones). Records still propagate, so a caller's own handlers see them too."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"[{script_logger}] %(levelname)s: %(message)s"))
+    for name in (script_logger, PACKAGE_LOGGER):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(logging.INFO if training_args.process_index == 0 else logging.ERROR)
+
+
+def describe(model: PreTrainedModel, dataset: dict, augmentation: str, training_args: TrainingArguments) -> str:
+    """One paragraph on what is about to run: model, sparsity, data, augmentation, processes."""
+    config = model.config
+    sizes = " / ".join(f"{len(data)} {split}" for split, data in dataset.items())
+    text = (
+        f"TriLevel ViT: {model.num_parameters():,} parameters, {config.num_hidden_layers} layers, "
+        f"hidden {config.hidden_size}, {num_patches(config.image_size, config.patch_size)} patches; "
+        f"token_keep_rate={config.token_keep_rate} at layers {config.token_prune_layers} "
+        f"(fusion {'on' if config.token_fusion else 'off'}, {selector_text(config)}), "
+        f"attention_keep_rate={config.attention_keep_rate}; "
+        f"{config.num_labels} classes, {sizes} images; augmentation {augmentation}."
+    )
+    if training_args.world_size > 1:
+        backend = " on CPU over gloo (--use_cpu)" if training_args.use_cpu else ""
+        text += f" {training_args.world_size} processes, {training_args.parallel_mode.value}{backend}."
+    if config.token_keep_rate == 1.0 and config.attention_keep_rate == 1.0:
+        text += " Token and attention sparsity are off (keep rates 1.0); see --token_keep_rate."
+    return text
+
+
+def model_card_kwargs(model_args: ModelArguments, data_args: DataArguments) -> dict:
+    """What transformers' example passes to `push_to_hub` / `create_model_card`."""
+    kwargs = {
+        "finetuned_from": model_args.model_name_or_path,
+        "tasks": "image-classification",
+        "dataset": dataset_title(data_args),
+        "tags": ["image-classification", "vision", "trilevel-vit"],
+    }
+    if data_args.dataset_name and not data_args.uses_digits() and not Path(data_args.dataset_name).exists():  # Hub id
+        kwargs["dataset_tags"] = data_args.dataset_name
+    return kwargs
+
+
+def dataset_title(data_args: DataArguments) -> str:
+    """The data set's name as the model card shows it."""
+    if data_args.uses_redundant_digits():
+        return "scikit-learn digits, redundant variant (typical images repeated as near-copies)"
+    if data_args.uses_digits():
+        return "scikit-learn digits"
+    return data_args.dataset_name or "imagefolder"
+
+
+def results_text(metrics: dict[str, float], config: TriLevelViTConfig, output_dir: str) -> str:
+    """The run's last lines: validation accuracy (and top-5), forward FLOPs per image against the dense model (the
+    measured counts when images keep different numbers of tokens), non-zero weights, kept tokens, the folder."""
+    lines = []
+    if "eval_accuracy" in metrics:
+        top5 = f"  (top-5: {metrics['eval_top5_accuracy']:.4f})" if "eval_top5_accuracy" in metrics else ""
+        lines.append(f"\nvalidation accuracy: {metrics['eval_accuracy']:.4f}{top5}")
+        gflops, limit = metrics["eval_gflops_per_image"], metrics["flops_speedup_limit"]
+        if "eval_measured_gflops_per_image" in metrics:  # per-image counts: the config gives an upper bound
+            gflops, limit = metrics["eval_measured_gflops_per_image"], metrics["eval_measured_flops_speedup_limit"]
+        lines.append(f"forward GFLOPs per image: {gflops:.4g} ({limit:.2f}x fewer than dense)")
+        if "weight_density" in metrics:
+            lines.append(f"non-zero share of the 2-D weights: {metrics['weight_density']:.3f}")
+        kept = [metrics[key] for key in kept_token_keys(config) if key in metrics]
+        if kept:
+            counts = " -> ".join(f"{count:.4g}" for count in kept)
+            total = num_patches(config.image_size, config.patch_size)
+            lines.append(f"patch tokens kept per image after each pruning layer (mean): {counts} of {total}")
+    lines.append(f"saved to {output_dir}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
