@@ -21,6 +21,7 @@ from hf_trilevel.modeling import REMOTE_CODE_FILES
 from .helpers import run_without_hf_trilevel
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_0_1_0"
+REMOTE_CODE_FOLDER = "remote_code"  # the code every 0.1.0 folder carried, kept once
 FOLDERS = ("fixed", "learned", "adaptive", "slimmed")
 LOADERS = {
     "AutoModelForImageClassification": AutoModelForImageClassification.from_pretrained,
@@ -75,6 +76,15 @@ print(json.dumps({
 """
 
 
+def copy_saved_folders(target: Path) -> None:
+    """The folders as 0.1.0's `save_pretrained` wrote them: the fixtures keep the eight code files, identical in all
+    four folders, once (`remote_code/`), and each folder gets its copy back here."""
+    shutil.copytree(FIXTURES, target, ignore=shutil.ignore_patterns(REMOTE_CODE_FOLDER))
+    for name in FOLDERS:
+        for path in (FIXTURES / REMOTE_CODE_FOLDER).glob("*.py"):
+            shutil.copy(path, target / name / path.name)
+
+
 def resave_with_todays_code(source: Path, target: Path) -> None:
     """Each folder of `source`, loaded with today's classes and saved again (weights, config and today's code)."""
     target.mkdir()
@@ -89,7 +99,7 @@ def test_the_folders_load_with_remote_code_where_hf_trilevel_cannot_be_imported(
     checkpoints, work = tmp_path / "checkpoints", tmp_path / "elsewhere"
     work.mkdir()
     if saved_by == "0.1.0":
-        shutil.copytree(FIXTURES, checkpoints)
+        copy_saved_folders(checkpoints)
     else:
         resave_with_todays_code(FIXTURES, checkpoints)
 
