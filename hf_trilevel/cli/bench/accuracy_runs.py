@@ -10,7 +10,7 @@ import argparse
 import statistics
 from dataclasses import dataclass, field
 
-from .report import markdown_table
+from ...evaluation.formatting import markdown_table
 from .settings import DENSE_NAME
 
 

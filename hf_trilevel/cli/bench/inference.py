@@ -35,11 +35,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ...evaluation.formatting import markdown_table
 from ...evaluation.patches import num_patches
 from .measure import Measurement, TimingPlan, measure_settings, random_batch, timing_plan, weights_note
 from .models import trilevel_config
 from .options import add_shape_arguments, add_target_arguments
-from .report import check_writable, markdown_table, mib, report_payload, write_report
+from .report import check_writable, mib, report_payload, write_report
 from .settings import Setting, add_setting_arguments
 from .slimmed_shapes import add_slimming_arguments
 

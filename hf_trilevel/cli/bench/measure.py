@@ -23,13 +23,14 @@ import torch
 
 from ...evaluation.flops import MeasuredFlops, flops_speedup_limit, forward_flops, measured_flops
 from ...evaluation.patches import num_patches
+from ...evaluation.timing import interleaved_times
 from ...modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ...modeling.token_reduction import token_schedule
 from ...token_training.dense_sparse import operating_point
 from .models import build_models_by_selector, compile_models, slimmed_model, switch_setting, trilevel_config
 from .options import ModelShape, RunTarget, model_shape, run_target
 from .settings import DENSE_NAME, Setting, selector_config, settings
-from .timing import interleaved_times, peak_memories, print_progress
+from .timing import peak_memories, print_progress
 from .token_budget import Calibration, calibrate_keep_mass, kept_token_counts
 
 # (model to call, possibly compiled; the module itself, for its parameters) -> one timed call

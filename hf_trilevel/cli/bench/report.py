@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from ...evaluation.formatting import markdown_table
 from ...evaluation.timing import environment
 from ..errors import CommandError
 
@@ -55,8 +54,6 @@ def mib(num_bytes: int | None) -> str:
 
 __all__ = [
     "check_writable",
-    "environment",
-    "markdown_table",
     "mib",
     "report_payload",
     "write_json",

@@ -1,7 +1,7 @@
 """Peak-memory probes and round progress for the benchmarks; the timing rounds themselves are the library's.
 
 The interleaved rounds (`interleaved_times`, `medians`) live in `hf_trilevel.evaluation.timing`, where the
-library's own measurements use them too; they are re-exported here for the benchmark modules.
+library's own measurements use them too.
 """
 
 import sys
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ...evaluation.timing import interleaved_times, medians, synchronize
+from ...evaluation.timing import synchronize
 
 
 def print_progress(label: str) -> Callable[[int, int], None]:
@@ -127,10 +127,7 @@ def peak_memories(
 
 __all__ = [
     "TensorMemoryTracker",
-    "interleaved_times",
-    "medians",
     "peak_memories",
     "peak_memory_bytes",
     "print_progress",
-    "synchronize",
 ]

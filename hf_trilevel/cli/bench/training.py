@@ -32,7 +32,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ...evaluation.formatting import format_duration
+from ...evaluation.formatting import format_duration, markdown_table
 from ...example_pruning.pruner import ForgettingPolicy
 from ...modeling.value_checks import check_int
 from ...token_training.dense_sparse import SCHEDULES, DenseSparseTraining
@@ -49,7 +49,7 @@ from .measure import (
 )
 from .models import switch_setting
 from .options import RunTarget, add_shape_arguments, add_target_arguments
-from .report import check_writable, markdown_table, mib, report_payload, write_report
+from .report import check_writable, mib, report_payload, write_report
 from .settings import Setting, add_setting_arguments, check_example_keep_fractions, dense_sparse_settings
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
