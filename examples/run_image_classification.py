@@ -38,6 +38,7 @@ from hf_trilevel.recipe.parsing import build_parser, parse_flags_or_json, resolv
 from hf_trilevel.recipe.processes import end_distributed
 from hf_trilevel.recipe.results import examples_seen_metrics, kept_token_keys, realised_sparsity_metrics
 from hf_trilevel.training.arguments import TechniqueContext
+from hf_trilevel.training.errors import TrainingRefused
 
 logger = logging.getLogger("run_image_classification")
 
@@ -117,7 +118,10 @@ def main(argv: list[str] | None = None) -> tuple[TriLevelTrainer, dict[str, floa
     if training_args.do_train:
         if training_args.resume_from_checkpoint is None:
             remove_earlier_results(trainer, model_args)
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        try:
+            train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        except TrainingRefused as error:  # refused before the first step (a resume that differs, a technique's check)
+            parser.error(str(error))
         trainer.save_model()  # TriLevelTrainer writes training_args.json, not the training_args.bin pickle
         train_metrics = {**train_result.metrics, "train_samples": len(dataset["train"])}
         train_metrics.update(examples_seen_metrics(trainer, len(dataset["train"])))

@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
 from hf_trilevel import TriLevelTrainer, TriLevelViTForImageClassification, WeightSparsity
+from hf_trilevel.training.technique_manifest import MANIFEST_NAME
 from hf_trilevel.weight_sparsity import structured_unit_masks
 from hf_trilevel.weight_sparsity.masks import is_two_four, masked_weights
 from hf_trilevel.weight_sparsity.structured_units import unit_layers
@@ -185,9 +186,14 @@ def test_the_stock_trainer_is_told_to_use_trilevel_trainer(digits, tmp_path):  #
 
 def test_resuming_with_another_sparsity_setting_is_refused(digits, tmp_path):  # noqa: F811
     train(digits, tmp_path / "run", WeightSparsity(update_interval=2), save_strategy="steps", save_steps=3)
-    with pytest.raises(ValueError, match=r"trained with weight sparsity `density` 0.5, this run asks for 0.3"):
-        train(digits, tmp_path / "again", WeightSparsity(density=0.3, update_interval=2),
-              resume=str(tmp_path / "run" / "checkpoint-3"))  # fmt: skip
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    with pytest.raises(ValueError, match=r"`density` \(weight_sparsity\): checkpoint-3 was trained with 0.5, this run"):
+        train(digits, tmp_path / "again", WeightSparsity(density=0.3, update_interval=2), resume=str(checkpoint))
+    # A checkpoint written before the trainer's record of techniques: the technique's own state is compared, on every
+    # setting it saved (the update interval too, which shapes the masks the resumed run inherits).
+    (checkpoint / MANIFEST_NAME).unlink()
+    with pytest.raises(ValueError, match=r"trained with weight sparsity `update_interval` 2, this run asks for 3"):
+        train(digits, tmp_path / "again", WeightSparsity(update_interval=3), resume=str(checkpoint))
 
 
 def test_load_best_model_at_end_keeps_the_best_checkpoints_masks(digits, tmp_path):  # noqa: F811

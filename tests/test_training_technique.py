@@ -7,6 +7,7 @@ import torch
 from transformers import TrainingArguments
 
 from hf_trilevel import TrainingBatch, TrainingTechnique, TriLevelTrainer
+from hf_trilevel.training.technique_manifest import MANIFEST_NAME
 
 from .test_pruning_trainer import NUM_EXAMPLES, collate, tiny_classifier
 
@@ -121,6 +122,10 @@ def test_technique_state_is_saved_in_each_checkpoint_and_restored_on_resume(digi
 
 def test_a_checkpoint_without_a_techniques_state_is_refused_naming_the_file(digits, tmp_path):
     run(digits, tmp_path / "plain", [], save_strategy="steps", save_steps=4)
+    resumed = [StepCounter()]
+    with pytest.raises(ValueError, match="this run adds step_counter"):  # the checkpoint's record says so first
+        run(digits, tmp_path / "added", resumed, resume_from_checkpoint=str(tmp_path / "plain" / "checkpoint-4"))
+    (tmp_path / "plain" / "checkpoint-4" / MANIFEST_NAME).unlink()  # a checkpoint written before the record
     with pytest.raises(ValueError, match=r"step_counter\.safetensors, step_counter\.json missing"):
         run(
             digits,

@@ -70,7 +70,10 @@ class ExamplePruning(TrainingTechnique):
             set: the control an importance policy must beat. Settings: `keep_fraction=0.8`.
         `"none"`: every example every epoch.
         A `PruningPolicy` instance, or `"package.module:ClassName"` naming a subclass importable from `sys.path`
-            (built with the settings): your own policy.
+            (built with the settings): your own policy. Its `epoch_sizes` are checked before training (a whole
+            number from 1 to the training set's size per epoch) and each epoch's plan against them; with several
+            processes each plan's digest is compared across them, so a policy that plans differently on different
+            processes (randomness not drawn from the `seed` it is given) stops the run with a `ValueError`.
 
     A training technique (`hf_trilevel.training.technique`): it records every training example's loss and
     correctness (`observe`), weights the losses (`loss_weights`), serves each epoch's kept set (`train_sampler`) and
@@ -173,6 +176,14 @@ class ExamplePruning(TrainingTechnique):
             for name in ExampleStatistics.EPOCH:
                 tensors[f"statistics.{name}"] = torch.zeros_like(tensors[f"statistics.{name}"])
         self.pruner.load_state(tensors, metadata)
+
+    def resume_settings(self) -> dict:
+        """The policy's settings (`PruningPolicy.config`), and the class of a policy that is not a built-in one."""
+        settings = dict(self.policy.config())
+        policy_class = type(self.policy)
+        if POLICIES.get(self.policy.name) is not policy_class:
+            settings["policy_class"] = f"{policy_class.__module__}.{policy_class.__qualname__}"
+        return settings
 
     def card_settings(self) -> dict:
         return self.policy.config()

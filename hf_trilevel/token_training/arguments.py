@@ -19,6 +19,20 @@ from .selector_temperature import SelectorTemperatureSchedule
 
 logger = logging.getLogger(__name__)
 
+# Technique settings whose flag has another name (messages about a resumed run's settings name the flag).
+KEEP_RATE_FLAGS = {
+    "target_token_keep_rate": "token_keep_rate",
+    "warmup_fraction": "keep_rate_warmup_fraction",
+    "decay_fraction": "keep_rate_decay_fraction",
+}
+DENSE_SPARSE_FLAGS = {
+    "keep_rates": "dense_sparse_keep_rates",
+    "schedule": "dense_sparse_schedule",
+    "importance_weight": "token_importance_distillation_weight",
+    "warmup_fraction": "keep_rate_warmup_fraction",
+    "decay_fraction": "keep_rate_decay_fraction",
+}
+
 
 @dataclass
 class KeepRateScheduleArguments(TechniqueArguments):
@@ -58,7 +72,7 @@ class KeepRateScheduleArguments(TechniqueArguments):
         if self.fractions() is None or not context.training_args.do_train or dense_sparse:
             return None
         warmup, decay = self.fractions()
-        return KeepRateSchedule(warmup_fraction=warmup, decay_fraction=decay)
+        return KeepRateSchedule(warmup_fraction=warmup, decay_fraction=decay).name_settings(KEEP_RATE_FLAGS)
 
 
 @dataclass
@@ -103,6 +117,9 @@ class SelectorTemperatureArguments(TechniqueArguments):
                 self.token_selector_temperature_end,
                 noise_start=self.token_selector_noise_start,
                 noise_end=self.token_selector_noise_end,
+            ).name_settings(
+                {"start": "token_selector_temperature_start", "end": "token_selector_temperature_end"}
+                | {key: f"token_selector_{key}" for key in ("noise_start", "noise_end")}
             )
         changed = given_fields(self)
         if changed:
@@ -233,7 +250,7 @@ class DenseSparseArguments(TechniqueArguments):
             importance_weight=self.token_importance_distillation_weight,
             warmup_fraction=warmup_fraction,
             decay_fraction=decay_fraction,
-        )
+        ).name_settings(DENSE_SPARSE_FLAGS)
 
 
 __all__ = ["DenseSparseArguments", "KeepRateScheduleArguments", "SelectorTemperatureArguments"]

@@ -250,6 +250,20 @@ class DenseSparseTraining(TrainingTechnique):
         return per_example.mean()
 
     # -- card and logs -----------------------------------------------------------------------------------------
+    def resume_settings(self) -> dict:
+        """Every constructor setting but the teacher itself (a teacher folder may move between runs; whether there
+        is one is `distillation`)."""
+        return {
+            "keep_rates": list(self.keep_rates),
+            "schedule": self.schedule,
+            "distillation": self.distillation,
+            "distillation_temperature": self.distillation_temperature,
+            "distillation_weight": self.distillation_weight,
+            "importance_weight": self.importance_weight,
+            "warmup_fraction": self.warmup_fraction,
+            "decay_fraction": self.decay_fraction,
+        }
+
     def card_settings(self) -> dict:
         settings = {
             "keep_rates": list(self.keep_rates),

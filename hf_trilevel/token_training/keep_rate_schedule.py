@@ -45,6 +45,13 @@ class KeepRateSchedule(TrainingTechnique):
     name = "keep_rate_schedule"
     sets_keep_rates = True
 
+    def resume_settings(self) -> dict:
+        return {
+            "target_token_keep_rate": self.target_token_keep_rate,
+            "warmup_fraction": self.warmup_fraction,
+            "decay_fraction": self.decay_fraction,
+        }
+
     def card_settings(self) -> dict:
         return {
             "target_token_keep_rate": self._target or self.target_token_keep_rate,

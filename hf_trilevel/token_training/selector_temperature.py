@@ -37,6 +37,9 @@ class SelectorTemperatureSchedule(TrainingTechnique):
         self.noise_end = check_number("noise_end", noise_end, 0.0, 1.0, low_open=False)
         self._total_steps = 0
 
+    def resume_settings(self) -> dict:
+        return {"start": self.start, "end": self.end, "noise_start": self.noise_start, "noise_end": self.noise_end}
+
     def card_settings(self) -> dict:
         settings = {"start": self.start, "end": self.end, "schedule": "linear per step"}
         if (self.noise_start, self.noise_end) != (1.0, 1.0):

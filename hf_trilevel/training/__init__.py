@@ -5,7 +5,8 @@ its own card settings through `technique.py`; the trainer knows no technique by 
 (keyed generators, step schedules, per-example losses) live here so that no technique imports another.
 """
 
+from .errors import TrainingRefused
 from .technique import TrainingBatch, TrainingTechnique, sum_across_processes
 from .trainer import TriLevelTrainer
 
-__all__ = ["TrainingBatch", "TrainingTechnique", "TriLevelTrainer", "sum_across_processes"]
+__all__ = ["TrainingBatch", "TrainingRefused", "TrainingTechnique", "TriLevelTrainer", "sum_across_processes"]

@@ -29,9 +29,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Sampler
 from transformers import TrainerCallback
+
+from .errors import TrainingRefused
 
 
 def is_distributed() -> bool:
@@ -91,6 +94,9 @@ class TrainingTechnique(TrainerCallback):
     needs_example_index: bool = False
     #: Whether the technique sets the model's keep rates every step; a run takes at most one such technique.
     sets_keep_rates: bool = False
+    #: Why the technique cannot train with sharded parameters (FSDP, DeepSpeed ZeRO-3), or None when it can; the
+    #: trainer refuses such a run before training and names this reason.
+    sharding_refusal: str | None = None
 
     def setup(self, args, num_examples: int | None, device: torch.device) -> None:
         """Called once before the train dataloader is built: check the run and plan (raise `ValueError` early)."""
@@ -132,6 +138,27 @@ class TrainingTechnique(TrainerCallback):
 
     def load_state(self, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
         """Restore what `state_tensors` / `state_metadata` saved, on resume (after `setup`)."""
+
+    def resume_settings(self) -> dict:
+        """Every setting a resumed run must share with the checkpoint it resumes, as plain JSON data.
+
+        `TriLevelTrainer` records them, keyed by the technique's `name`, in every checkpoint
+        (`hf_trilevel.training.technique_manifest`) and refuses a resume whose techniques or settings differ, before
+        the first step: a technique dropped on resume would silently lose its state (masks, statistics), one added
+        or changed halfway would train a run that is neither the old nor the new one. The default records only that
+        the technique ran; override it to add the constructor arguments that shape training.
+        """
+        return {}
+
+    def name_settings(self, spellings: dict[str, str]) -> "TrainingTechnique":
+        """Tell the technique how its caller spells `resume_settings` keys (a script's flags, without dashes), so
+        messages about them name what the user typed; keys left out keep their own name. Returns the technique."""
+        self._setting_spellings = dict(spellings)
+        return self
+
+    def setting_spelling(self, key: str) -> str:
+        """How the caller spells setting `key` (see `name_settings`)."""
+        return getattr(self, "_setting_spellings", {}).get(key, key)
 
     def has_state(self) -> bool:
         """Whether this technique writes checkpoint state (then resuming requires it)."""
@@ -181,18 +208,39 @@ def save_technique_state(technique: TrainingTechnique, folder: str, is_main_proc
 
 
 def load_technique_state(technique: TrainingTechnique, folder: str) -> None:
-    """Give a technique the state it saved in a checkpoint folder; a clear error names a missing file."""
+    """Give a technique the state it saved in a checkpoint folder.
+
+    A missing, truncated or unparsable state file, and a `load_state` that refuses the state, raise
+    `TrainingRefused` naming the file or the setting, before the first step.
+    """
     tensor_path, metadata_path = state_paths(folder, technique.name)
     missing = [os.path.basename(path) for path in (tensor_path, metadata_path) if not os.path.isfile(path)]
     if missing:
-        raise ValueError(
+        raise TrainingRefused(
             f"checkpoint {folder} has no {technique.name} state ({', '.join(missing)} missing): it was not saved by a "
             f"run with {type(technique).__name__}, or the save was interrupted; resume from another checkpoint or "
             "start without `resume_from_checkpoint`."
         )
-    with open(metadata_path, encoding="utf-8") as file:
-        metadata = json.load(file)
-    technique.load_state(load_file(tensor_path), metadata)
+    try:
+        with open(metadata_path, encoding="utf-8") as file:
+            metadata = json.load(file)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _corrupt_state(technique, metadata_path, error) from None
+    try:
+        tensors = load_file(tensor_path)
+    except (OSError, SafetensorError) as error:
+        raise _corrupt_state(technique, tensor_path, error) from None
+    try:
+        technique.load_state(tensors, metadata)
+    except ValueError as error:
+        raise TrainingRefused(f"cannot resume {technique.name} from checkpoint {folder}: {error}") from error
+
+
+def _corrupt_state(technique: TrainingTechnique, path: str, error: Exception) -> TrainingRefused:
+    return TrainingRefused(
+        f"cannot resume {technique.name} from {path!r}: the file is truncated or corrupt ({error}); resume from an "
+        "earlier checkpoint."
+    )
 
 
 def find_planned_sampler(dataloader):

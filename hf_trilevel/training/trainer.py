@@ -29,8 +29,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
 from .balanced_batches import ProcessBalancedBatchSampler
 from .checkpoints import check_resumable, latest_complete_checkpoint
+from .errors import TrainingRefused
 from .indexed_dataset import EXAMPLE_INDEX, IndexCollator, IndexedDataset
 from .loss_terms import LossTermLog, composed_loss
+from .sharding import check_sharded_training
 from .technique import (
     TrainingTechnique,
     find_planned_sampler,
@@ -38,6 +40,7 @@ from .technique import (
     planned_samples,
     save_technique_state,
 )
+from .technique_manifest import check_resumed_techniques, write_technique_manifest
 
 MODEL_CARD_NAME = "README.md"
 TRAINING_ARGS_PICKLE = "training_args.bin"  # what transformers writes
@@ -89,18 +92,25 @@ class TriLevelTrainer(Trainer):
 
         `resume_from_checkpoint=True` means the newest *complete* `checkpoint-*` in `output_dir`, skipping folders
         whose save was interrupted (transformers would pick the highest-numbered folder whatever it holds); a named
-        checkpoint that is incomplete is refused with a `ValueError` naming the missing file, before any training.
+        checkpoint that is incomplete is refused naming the missing file, and one trained with other techniques or
+        settings (`hf_trilevel.training.technique_manifest`) naming the setting, before any training. Everything
+        refused before the first step raises `TrainingRefused` (a `ValueError`).
         """
         if resume_from_checkpoint is True:
             latest = latest_complete_checkpoint(self.args.output_dir)
             if latest is None:
-                raise ValueError(
+                raise TrainingRefused(
                     f"`resume_from_checkpoint` True: `output_dir` {self.args.output_dir!r} holds no complete "
                     "checkpoint-* folder to resume from; pass a checkpoint folder, or None to train from scratch."
                 )
             resume_from_checkpoint = latest
         elif resume_from_checkpoint:
-            check_resumable(resume_from_checkpoint)
+            try:
+                check_resumable(resume_from_checkpoint)
+            except ValueError as error:
+                raise TrainingRefused(str(error)) from None
+        if resume_from_checkpoint:
+            check_resumed_techniques(resume_from_checkpoint, self.techniques())
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # -- the techniques ---------------------------------------------------------------------------------------
@@ -136,8 +146,12 @@ class TriLevelTrainer(Trainer):
                 f"{' and '.join(setters)} all set the model's keep rates every step; pass one of them (a keep-rate "
                 "warm-up goes to DenseSparseTraining as `warmup_fraction` / `decay_fraction`)."
             )
-        for technique in techniques:
-            technique.setup(self.args, num_examples, self.args.device)
+        try:
+            check_sharded_training(techniques, self.accelerator, self.args)  # FSDP / DeepSpeed (training.sharding)
+            for technique in techniques:
+                technique.setup(self.args, num_examples, self.args.device)
+        except ValueError as error:  # a technique's own check of the run: refused before the first step
+            raise TrainingRefused(str(error)) from error
         self._check_per_example_losses(techniques)
         samplers = [(t.name, s) for t in techniques if (s := t.train_sampler(num_examples)) is not None]
         if len(samplers) > 1:
@@ -254,10 +268,13 @@ class TriLevelTrainer(Trainer):
                 )
             kwargs["steps_in_epoch"] = len(dataloader)
             kwargs["num_update_steps_per_epoch"] = self._planned_update_steps[epoch]
-            for technique in self.techniques():
-                summary = technique.epoch_summary()
-                if summary:
-                    self.log({f"{technique.name}/{key}": value for key, value in summary.items()})
+            # Summaries are logged once per epoch, when it starts: a run resumed inside the epoch restored a log
+            # history that already holds them.
+            if self.state.global_step <= sum(self._planned_update_steps[:epoch]):
+                for technique in self.techniques():
+                    summary = technique.epoch_summary()
+                    if summary:
+                        self.log({f"{technique.name}/{key}": value for key, value in summary.items()})
         return super()._run_epoch(*args, **kwargs)
 
     # -- the loss seam -----------------------------------------------------------------------------------------
@@ -307,8 +324,9 @@ class TriLevelTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save as `Trainer` does; in a checkpoint, also every technique's state; never a pickle.
 
-        Technique state is written here, before the Trainer writes `trainer_state.json` and rotates old checkpoints,
-        so a checkpoint that has its Trainer state also has every technique's. `training_args.bin` (a `torch.save`
+        Technique state, and the record of which techniques ran with which settings (`trilevel_techniques.json`),
+        are written here, before the Trainer writes `trainer_state.json` and rotates old checkpoints, so a checkpoint
+        that has its Trainer state also has every technique's. `training_args.bin` (a `torch.save`
         pickle that `Trainer._save` adds everywhere and `push_to_hub` uploads) is replaced by `training_args.json`.
         """
         super().save_model(output_dir, _internal_call=_internal_call)
@@ -327,6 +345,8 @@ class TriLevelTrainer(Trainer):
             for technique in self.techniques():
                 if technique.has_state():
                     save_technique_state(technique, folder, self.args.should_save)
+            if self.args.should_save:
+                write_technique_manifest(folder, self.techniques())
 
     def create_model_card(
         self,

@@ -23,6 +23,15 @@ from .technique import WeightSparsity
 WEIGHT_SPARSITY_MODES = ("none", "unstructured", "structured")
 UNSTRUCTURED_ONLY = ("weight_density", "sparsity_pattern")
 STRUCTURED_ONLY = ("head_density", "neuron_density", "slim_output_dir")
+# `WeightSparsity` settings whose flag has another name (messages about a resumed run's settings name the flag).
+SETTING_FLAGS = {
+    "sparsity": "weight_sparsity",
+    "density": "weight_density",
+    "pattern": "sparsity_pattern",
+    "update_interval": "sparse_update_interval",
+    "end_fraction": "sparse_end_fraction",
+    "one_shot": "sparse_one_shot",
+}
 
 
 @dataclass
@@ -82,10 +91,8 @@ class WeightSparsityArguments(TechniqueArguments):
         given = given_fields(self)
         if not self.enabled():
             if given:
-                raise ValueError(
-                    f"`{given[0]}` is a setting of weight sparsity; pass `weight_sparsity` unstructured or structured "
-                    "too."
-                )
+                needed = "structured" if given[0] in STRUCTURED_ONLY else "unstructured or structured"
+                raise ValueError(f"`{given[0]}` is a setting of weight sparsity; pass `weight_sparsity` {needed} too.")
             return
         other = STRUCTURED_ONLY if self.weight_sparsity == "unstructured" else UNSTRUCTURED_ONLY
         misplaced = [name for name in other if name in given]
@@ -156,7 +163,7 @@ class WeightSparsityArguments(TechniqueArguments):
             neurons = 0.5 if self.neuron_density is None else self.neuron_density
             check_unit_counts(context.config, heads, neurons)
             settings |= {"head_density": heads, "neuron_density": neurons}
-        technique = WeightSparsity(self.weight_sparsity, **settings)
+        technique = WeightSparsity(self.weight_sparsity, **settings).name_settings(SETTING_FLAGS)
         if context.num_train_examples is not None:  # before the first step, where the technique checks it again
             steps = optimizer_steps(context.training_args, context.num_train_examples)
             technique.check_run_length(steps, "sparse_update_interval", "sparse_end_fraction")

@@ -28,7 +28,6 @@ anything else. Structured sparsity saves time once slimmed; `2:4` needs GPUs wit
 """
 
 import math
-import os
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -70,6 +69,10 @@ class WeightSparsity(TrainingTechnique):
     """
 
     name = "weight_sparsity"
+    sharding_refusal = (
+        "its masks pick among whole weights (each layer's top scores, 2:4 groups, whole heads and neurons) and are "
+        "applied to every weight and gradient on every process, but sharding leaves each process a slice of each."
+    )
 
     def __init__(
         self,
@@ -154,12 +157,6 @@ class WeightSparsity(TrainingTechnique):
     # -- Trainer events -----------------------------------------------------------------------------------------
     def setup(self, args: TrainingArguments, num_examples, device) -> None:
         self._set_up = True  # only TriLevelTrainer calls this, and only it saves the masks in checkpoints
-        accelerate_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
-        if getattr(args, "fsdp", None) or getattr(args, "deepspeed", None) or accelerate_fsdp:
-            raise ValueError(
-                "WeightSparsity masks whole weights on every process; FSDP and DeepSpeed shard them. Train "
-                "with DDP (`accelerate launch --multi_gpu` or `torchrun`)."
-            )
         if args.max_steps is not None and args.max_steps > 0:
             self.check_run_length(args.max_steps)
 
@@ -235,6 +232,24 @@ class WeightSparsity(TrainingTechnique):
             }  # fmt: skip
         return settings
 
+    def resume_settings(self) -> dict:
+        """Every constructor setting, including those the card leaves out for the mode (a mask schedule's
+        interval, end and death rates, the initial mask and the seed all shape the masks a resumed run inherits)."""
+        return {
+            "sparsity": self.sparsity,
+            "density": self.density,
+            "head_density": self.head_density,
+            "neuron_density": self.neuron_density,
+            "pattern": self.pattern,
+            "update_interval": self.update_interval,
+            "end_fraction": self.end_fraction,
+            "death_rate": self.death_rate,
+            "final_death_rate": self.final_death_rate,
+            "one_shot": self.one_shot,
+            "initial_mask": self.initial_mask,
+            "seed": self.seed,
+        }
+
     def card_settings(self) -> dict:
         return self.settings()
 
@@ -245,12 +260,12 @@ class WeightSparsity(TrainingTechnique):
         return {"settings": self.settings(), "updates": self.updates, "last_moved": self.last_moved}
 
     def load_state(self, tensors: dict, metadata: dict) -> None:
-        saved = metadata.get("settings", {})
-        for key in ("sparsity", "pattern", "head_density", "neuron_density", "density"):
-            if key in saved and saved[key] != self.settings().get(key, saved[key]):
+        saved, wanted = metadata.get("settings", {}), self.resume_settings()
+        for key, value in saved.items():  # what a checkpoint of any version recorded (before the trainer's record)
+            if key in wanted and value != wanted[key]:
                 raise ValueError(
-                    f"the checkpoint was trained with weight sparsity `{key}` {saved[key]!r}, this run asks for "
-                    f"{self.settings()[key]!r}; resume with the same setting, or start a new run."
+                    f"the checkpoint was trained with weight sparsity `{self.setting_spelling(key)}` {value!r}, this "
+                    f"run asks for {wanted[key]!r}; resume with the same setting, or start a new run."
                 )
         self.updates, self.last_moved = int(metadata.get("updates", 0)), float(metadata.get("last_moved", 0.0))
         self._restored = tensors

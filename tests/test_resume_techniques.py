@@ -1,0 +1,272 @@
+"""A checkpoint records which training techniques it was trained with and their settings; resuming with a technique
+missing, added or changed is refused before the first step, naming the setting (the flag) and both values.
+
+Two layers: the record and its check, per technique and per saved setting (fast, no training); and the example, per
+technique, resumed without its flag, with a setting changed, and with a technique added (exit status 2).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_trilevel import DenseSparseTraining, ExamplePruning, KeepRateSchedule, WeightSparsity
+from hf_trilevel.example_pruning.policies import RandomPolicy
+from hf_trilevel.token_training.selector_temperature import SelectorTemperatureSchedule
+from hf_trilevel.training.errors import TrainingRefused
+from hf_trilevel.training.technique_manifest import (
+    MANIFEST_NAME,
+    check_resumed_techniques,
+    read_technique_manifest,
+    write_technique_manifest,
+)
+
+from .test_example import load_example
+
+# Each technique as the example builds it, and for every setting it records a different valid value.
+TECHNIQUES = {
+    "example_pruning": (
+        lambda **changed: ExamplePruning(**{"policy": "loss", "prune_ratio": 0.5, **changed}),
+        {"policy": "forgetting", "prune_ratio": 0.3, "full_data_fraction": 0.25, "well_learned_fraction": 0.7},
+    ),
+    "keep_rate_schedule": (
+        lambda **changed: KeepRateSchedule(**{"warmup_fraction": 0.1, "decay_fraction": 0.5, **changed}),
+        {"target_token_keep_rate": 0.5, "warmup_fraction": 0.2, "decay_fraction": 0.6},
+    ),
+    "token_selector_temperature": (
+        lambda **changed: SelectorTemperatureSchedule(**{"start": 10.0, "end": 0.1, **changed}),
+        {"start": 5.0, "end": 0.5, "noise_start": 0.5, "noise_end": 0.0},
+    ),
+    "dense_sparse": (
+        lambda **changed: DenseSparseTraining(**{"keep_rates": [1.0, 0.7], "decay_fraction": 0.5, **changed}),
+        {
+            "keep_rates": [1.0, 0.5],
+            "schedule": "every_rate",
+            "distillation": "none",
+            "distillation_temperature": 2.0,
+            "distillation_weight": 0.5,
+            "importance_weight": 0.1,
+            "warmup_fraction": 0.1,
+            "decay_fraction": 0.6,
+        },
+    ),
+    "weight_sparsity": (
+        lambda **changed: WeightSparsity(**{"sparsity": "structured", "update_interval": 2, **changed}),
+        {
+            "sparsity": "unstructured",
+            "density": 0.3,
+            "head_density": 0.75,
+            "neuron_density": 0.25,
+            "pattern": "2:4",
+            "update_interval": 3,
+            "end_fraction": 0.5,
+            "death_rate": 0.3,
+            "final_death_rate": 0.1,
+            "one_shot": True,
+            "initial_mask": "magnitude",
+            "seed": 7,
+        },
+    ),
+}
+CHANGES = [(name, key, value) for name, (_, changes) in TECHNIQUES.items() for key, value in changes.items()]
+
+
+def checkpoint_with(tmp_path: Path, *techniques) -> Path:
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    write_technique_manifest(folder, techniques)
+    return folder
+
+
+def build(name: str, **changed):
+    factory, _ = TECHNIQUES[name]
+    if changed.get("pattern") == "2:4":  # 2:4 is a layout of single weights at density 0.5
+        changed |= {"sparsity": "unstructured", "density": 0.5}
+    if name == "example_pruning" and "policy" in changed:  # another policy, with its own default settings
+        return ExamplePruning(changed["policy"])
+    return factory(**changed)
+
+
+@pytest.mark.parametrize("name", sorted(TECHNIQUES))
+def test_every_technique_records_every_setting_it_is_compared_on(tmp_path, name):
+    folder = checkpoint_with(tmp_path, build(name))
+    recorded = read_technique_manifest(folder)
+    assert set(recorded) == {name}
+    assert set(recorded[name]["settings"]) >= set(TECHNIQUES[name][1]) - {"policy"} | ({"policy"} & set(recorded))
+
+
+@pytest.mark.parametrize("name", sorted(TECHNIQUES))
+def test_resuming_with_the_same_technique_and_settings_is_allowed(tmp_path, name):
+    check_resumed_techniques(checkpoint_with(tmp_path, build(name)), [build(name)])
+
+
+@pytest.mark.parametrize("name", sorted(TECHNIQUES))
+def test_resuming_without_a_technique_the_checkpoint_was_trained_with_is_refused(tmp_path, name):
+    folder = checkpoint_with(tmp_path, build(name))
+    with pytest.raises(TrainingRefused, match=rf"checkpoint-4 was trained with {name} .* which this run does not use"):
+        check_resumed_techniques(folder, [])
+
+
+@pytest.mark.parametrize("name", sorted(TECHNIQUES))
+def test_resuming_with_a_technique_added_is_refused(tmp_path, name):
+    folder = checkpoint_with(tmp_path)
+    with pytest.raises(TrainingRefused, match=rf"this run adds {name} .* checkpoint-4 was not trained with"):
+        check_resumed_techniques(folder, [build(name)])
+
+
+@pytest.mark.parametrize(("name", "key", "value"), CHANGES, ids=[f"{name}-{key}" for name, key, _ in CHANGES])
+def test_resuming_with_a_setting_changed_is_refused_naming_it_and_both_values(tmp_path, name, key, value):
+    original, changed = build(name), build(name, **{key: value})
+    before, after = original.resume_settings(), changed.resume_settings()
+    differing = sorted(setting for setting in before | after if before.get(setting) != after.get(setting))
+    assert key in differing, f"changing {key} changed {differing}"
+    with pytest.raises(TrainingRefused, match=r"trained with .*, this run asks for ") as refused:
+        check_resumed_techniques(checkpoint_with(tmp_path, original), [changed])
+    assert f"({name}): checkpoint-4" in str(refused.value)
+
+
+def test_the_message_names_the_flag_a_script_spells_the_setting_with(tmp_path):
+    saved = WeightSparsity("structured", update_interval=2).name_settings({"update_interval": "sparse_update_interval"})
+    resumed = WeightSparsity("structured", update_interval=3).name_settings(
+        {"update_interval": "sparse_update_interval"}
+    )
+    with pytest.raises(TrainingRefused) as refused:
+        check_resumed_techniques(checkpoint_with(tmp_path, saved), [resumed])
+    assert str(refused.value).startswith(
+        "`sparse_update_interval` (weight_sparsity): checkpoint-4 was trained with 2, this run asks for 3;"
+    )
+
+
+def test_a_user_policy_is_recorded_by_its_class(tmp_path):
+    class MyPolicy(RandomPolicy):
+        pass
+
+    folder = checkpoint_with(tmp_path, ExamplePruning(MyPolicy(keep_fraction=0.5)))
+    with pytest.raises(TrainingRefused, match="policy_class"):
+        check_resumed_techniques(folder, [ExamplePruning(RandomPolicy(keep_fraction=0.5))])
+
+
+def test_a_checkpoint_without_a_record_is_checked_by_its_state_files(tmp_path):
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    (folder / "weight_sparsity.safetensors").write_bytes(b"")
+    (folder / "weight_sparsity.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(TrainingRefused, match=r"holds weight_sparsity state .* this run does not use weight_sparsity"):
+        check_resumed_techniques(folder, [])
+    check_resumed_techniques(folder, [WeightSparsity("structured")])
+
+
+def test_a_corrupt_record_refuses_the_resume(tmp_path):
+    folder = checkpoint_with(tmp_path)
+    (folder / MANIFEST_NAME).write_text('{"format": 1, "techn')
+    with pytest.raises(TrainingRefused, match=f"{MANIFEST_NAME} is truncated or corrupt"):
+        check_resumed_techniques(folder, [])
+
+
+# -- the example: resumed without its flag, with a setting changed, with a technique added ---------------------------
+
+TINY = [
+    "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--intermediate_size", "64",
+    "--max_train_samples", "32", "--max_eval_samples", "16", "--per_device_train_batch_size", "16",
+    "--num_train_epochs", "2", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+    "--disable_tqdm", "True", "--token_prune_layers", "1", "--token_keep_rate", "0.7",
+]  # fmt: skip
+# Each technique's flags, and one of them changed.
+RUNS = {
+    "weight_sparsity": (
+        ["--weight_sparsity", "structured", "--sparse_update_interval", "2"],
+        ["--weight_sparsity", "structured", "--sparse_update_interval", "3"],
+        "`sparse_update_interval` (weight_sparsity): checkpoint-4 was trained with 2, this run asks for 3",
+    ),
+    "example_pruning": (
+        ["--example_pruning", "loss"],
+        ["--example_pruning", "loss", "--prune_ratio", "0.3"],
+        "`prune_ratio` (example_pruning): checkpoint-4 was trained with 0.5, this run asks for 0.3",
+    ),
+    "keep_rate_schedule": (
+        ["--keep_rate_schedule", "True", "--keep_rate_warmup_fraction", "0.1", "--keep_rate_decay_fraction", "0.5"],
+        ["--keep_rate_schedule", "True", "--keep_rate_warmup_fraction", "0.2", "--keep_rate_decay_fraction", "0.5"],
+        "`keep_rate_warmup_fraction` (keep_rate_schedule): checkpoint-4 was trained with 0.1, this run asks for 0.2",
+    ),
+    "token_selector_temperature": (
+        ["--token_selector", "learned"],
+        ["--token_selector", "learned", "--token_selector_temperature_end", "0.5"],
+        "`token_selector_temperature_end` (token_selector_temperature): checkpoint-4 was trained with 0.1, this run "
+        "asks for 0.5",
+    ),
+    "dense_sparse": (
+        ["--dense_sparse_keep_rates", "1.0", "0.7"],
+        ["--dense_sparse_keep_rates", "1.0", "0.5", "--token_keep_rate", "0.5"],
+        "`dense_sparse_keep_rates` (dense_sparse): checkpoint-4 was trained with 1.0 0.7, this run asks for 1.0 0.5",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def example():
+    return load_example()
+
+
+@pytest.fixture(scope="module")
+def trained(example, tmp_path_factory):
+    """name -> the output folder of a short run with that technique's flags (checkpoints every 2 steps)."""
+    folders = {}
+    for name, (flags, _, _) in RUNS.items():
+        output = tmp_path_factory.mktemp(name) / "out"
+        example.main([*TINY, *flags, "--output_dir", str(output)])
+        folders[name] = output
+    return folders
+
+
+def refusal(example, capsys, output: Path, *flags: str) -> str:
+    with pytest.raises(SystemExit) as raised:
+        example.main([*TINY, *flags, "--output_dir", str(output), "--resume_from_checkpoint", "latest"])
+    assert raised.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_the_example_refuses_to_resume_without_the_techniques_flag(example, trained, capsys, name):
+    error = refusal(example, capsys, trained[name])
+    assert f"checkpoint-4 was trained with {name} (" in error and "which this run does not use" in error
+    assert MISSING[name] in error  # the flags to resume with
+
+
+MISSING = {
+    "weight_sparsity": "`weight_sparsity` 'structured', `weight_density` 0.5, `head_density` 0.5",
+    "example_pruning": "`example_pruning` 'loss', `prune_ratio` 0.5",
+    "keep_rate_schedule": "`keep_rate_warmup_fraction` 0.1, `keep_rate_decay_fraction` 0.5",
+    "token_selector_temperature": "`token_selector_temperature_start` 10.0, `token_selector_temperature_end` 0.1",
+    "dense_sparse": "`dense_sparse_keep_rates` 1.0 0.7, `dense_sparse_schedule` 'dense_and_one'",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_the_example_refuses_to_resume_with_a_setting_changed(example, trained, capsys, name):
+    assert RUNS[name][2] in refusal(example, capsys, trained[name], *RUNS[name][1])
+
+
+def test_the_example_refuses_to_resume_with_a_technique_added(example, trained, capsys):
+    flags = [*RUNS["keep_rate_schedule"][0], "--example_pruning", "random"]
+    error = refusal(example, capsys, trained["keep_rate_schedule"], *flags)
+    assert "this run adds example_pruning (`example_pruning` 'random', `keep_fraction` 0.8)" in error
+
+
+def test_a_structured_run_resumed_with_its_flags_keeps_its_pruned_heads(example, trained, tmp_path):
+    """The case that used to lose the masks: resumed as trained, the pruned heads stay pruned to the end."""
+    output = trained["weight_sparsity"]
+    resume = ["--resume_from_checkpoint", str(output / "checkpoint-2")]
+    example.main([*TINY, *RUNS["weight_sparsity"][0], "--output_dir", str(output), *resume])
+    weights = load_file(output / "model.safetensors")
+    config = json.loads((output / "config.json").read_text())
+    head_size = config["hidden_size"] // config["num_attention_heads"]
+    for layer in range(config["num_hidden_layers"]):
+        rows = weights[f"vit.encoder.layer.{layer}.attention.attention.query.weight"].view(
+            config["num_attention_heads"], head_size, -1
+        )
+        zero_heads = int((rows.abs().sum(dim=(1, 2)) == 0).sum())
+        assert zero_heads == 1, f"layer {layer} has {zero_heads} zeroed heads of 2, expected 1 (head_density 0.5)"
+    assert torch.isfinite(next(iter(weights.values()))).all()
