@@ -6,17 +6,21 @@ they change before any data loads (`check_config_overrides`). Errors are `ValueE
 backticks.
 """
 
+import copy
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoImageProcessor, PretrainedConfig, ViTImageProcessorPil
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
 from ..image_data.loading import is_missing_local_path
-from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
+from ..modeling.configuration_trilevel_vit import PER_LAYER_FIELDS, TriLevelViTConfig
 from ..modeling.modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..modeling.value_checks import as_pair
+from ..training.weight_files import WeightFileError, folder_weight_shapes
 
 CHECKPOINT_MODEL_TYPES = (TriLevelViTConfig.model_type, "vit")  # what a TriLevel model can start from
 
@@ -99,19 +103,19 @@ def check_config_overrides(
     config_name: str | None = None,
     scratch: Mapping[str, object] | None = None,
     **hub_kwargs,
-) -> None:
+) -> TriLevelViTConfig:
     """Refuse `overrides` (e.g. `token_selector`, `token_keep_mass` from a command line) that the config they change
     refuses, before a script loads its data: `build_trilevel_config` needs the data's label names, so without this
     check a bad field would only fail after the data loaded.
 
     The config is the one `build_trilevel_config` starts from (`config_name`, else `model_name_or_path`'s, else
     `scratch`), so combinations are checked too: `token_selector="learned"` against a checkpoint without pruning
-    layers. Raises the config's `ValueError`, which names the field.
+    layers. Raises the config's `ValueError`, which names the field. Returns the checked config (with the
+    checkpoint's labels, not yet the data's).
     """
     source = config_name or model_name_or_path
     if source is None:
-        TriLevelViTConfig(**{**(scratch or {}), **overrides})
-        return
+        return TriLevelViTConfig(**{**(scratch or {}), **overrides})
     argument = "config_name" if config_name is not None else "model_name_or_path"
     read_vit_config(source, argument, **hub_kwargs)
     try:
@@ -119,6 +123,7 @@ def check_config_overrides(
     except StrictDataclassError as error:
         raise invalid_config_error(error, argument, source, **hub_kwargs) from error
     config.check_trilevel_fields()
+    return config
 
 
 def selector_text(config: TriLevelViTConfig) -> str:
@@ -160,16 +165,153 @@ def _config_file(source: str) -> str:
     return str(path / "config.json") if path.is_dir() else str(path) if path.is_file() else f"{source}/config.json"
 
 
+CLASSIFIER_PREFIX = "classifier."  # the only weights `ignore_mismatched_sizes` may replace
+
+
+def mismatched_weights(
+    saved_shapes: Mapping[str, tuple[int, ...]], config: TriLevelViTConfig
+) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """`(name, saved shape, model shape)` for each weight whose saved shape differs from that of the model `config`
+    describes, names as the model's (`vit.layers.0.attention.q_proj.weight`, `classifier.weight`), in the model's
+    order. `saved_shapes` may use a checkpoint's names (ViT's v4 names, a base model's without `vit.`); weights only
+    one side has are not compared. The model is built on the meta device: no memory, no initialisation."""
+    with torch.device("meta"):
+        model = TriLevelViTForImageClassification(copy.deepcopy(config))
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    saved = {}
+    renamings = get_checkpoint_conversion_mapping(config.model_type) or []
+    for key, shape in saved_shapes.items():
+        for renaming in renamings:
+            key, _ = renaming.rename_source_key(key)
+        if key not in expected and f"{model.base_model_prefix}.{key}" in expected:  # a base model's save
+            key = f"{model.base_model_prefix}.{key}"
+        saved[key] = tuple(shape)
+    return [(name, saved[name], shape) for name, shape in expected.items() if name in saved and saved[name] != shape]
+
+
+def check_checkpoint_weights(
+    model_name_or_path: str | None,
+    config: TriLevelViTConfig,
+    *,
+    ignore_mismatched_sizes: bool = False,
+    compare_classifier: bool = True,
+    argument: str = "model_name_or_path",
+    config_argument: str | None = None,
+) -> None:
+    """Refuse a local checkpoint folder whose weights cannot load into the model `config` describes, before they
+    load: a cut-short or corrupt `model.safetensors` (or shard), and saved shapes that differ from the model's.
+
+    Only the headers are read (`hf_trilevel.training.weight_files`). A classifier of another size is what
+    `ignore_mismatched_sizes` is for (a new one is trained); any other mismatch is refused with or without it, since
+    transformers would otherwise stop with a `RuntimeError`, or with the flag silently re-initialise every layer
+    whose shape differs. `compare_classifier=False` skips the classifier (when `config` does not yet carry the
+    data's labels); `config_argument` names the flag the config came from when it is not `argument`'s. Hub ids and
+    files are left to transformers.
+    """
+    if model_name_or_path is None or not Path(model_name_or_path).expanduser().is_dir():
+        return
+    folder = Path(model_name_or_path).expanduser()
+    # A flag in backticks with the value quoted; a command's positional argument (`IN_DIR`) as its usage line shows it.
+    named = f"{argument} {model_name_or_path}" if argument.isupper() else f"`{argument}` {model_name_or_path!r}"
+    try:
+        saved_shapes = folder_weight_shapes(folder)
+    except WeightFileError as error:
+        raise ValueError(f"{named}: {error}. Save, copy or download the model again.") from None
+    if saved_shapes is None:
+        return
+    mismatches = mismatched_weights(saved_shapes, config)
+    body = [found for found in mismatches if not found[0].startswith(CLASSIFIER_PREFIX)]
+    if body:
+        described = f"`{config_argument}`" if config_argument else "its config.json"
+        cause = mismatch_cause(saved_shapes, config, body)
+        if ignore_mismatched_sizes:
+            raise ValueError(
+                f"`ignore_mismatched_sizes` replaces only the classifier, but other weights of {named} do not fit "
+                f"the model {described} describes: {mismatch_text(body)}. It would re-initialise them, training "
+                f"from scratch what the folder holds. {cause}"
+            )
+        raise ValueError(
+            f"{named}: its weights do not fit the model {described} describes: {mismatch_text(body)}. {cause}"
+        )
+    if mismatches and compare_classifier and not ignore_mismatched_sizes:
+        raise ValueError(
+            f"{named} has a classifier of another size than the model's: "
+            f"{mismatch_text(mismatches)}. Pass `ignore_mismatched_sizes` to train a new classifier."
+        )
+
+
+def mismatch_text(mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> str:
+    """`'vit.layers.0.attention.q_proj.weight' is [16, 32] in the folder but [32, 32] in the model (and 23 more)`."""
+    name, saved, expected = mismatches[0]
+    more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+    return f"{name!r} is {list(saved)} in the folder but {list(expected)} in the model{more}"
+
+
+def mismatch_cause(
+    saved_shapes: Mapping[str, tuple[int, ...]],
+    config: TriLevelViTConfig,
+    mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+) -> str:
+    """The likely cause of a body mismatch: per-layer sizes (a slimmed folder whose config lost or changed them),
+    else the config's shape fields."""
+    layer_parts = (".attention.", ".mlp.fc1.", ".mlp.fc2.")
+    if all(".layers." in name and any(part in name for part in layer_parts) for name, _, _ in mismatches):
+        sizes = saved_layer_sizes(saved_shapes, config)
+        configured = {name: getattr(config, name, None) for name in PER_LAYER_FIELDS}
+        fields = " and ".join(f"`{name}`" for name in PER_LAYER_FIELDS)
+        found = ", ".join(f'"{name}": {value}' for name, value in sizes.items())
+        found = f" The weights' sizes, to put in config.json: {found}." if sizes else ""
+        if all(value is None for value in configured.values()):
+            return (
+                "Likely cause: the folder was slimmed (its layers have their own numbers of heads and MLP neurons) "
+                f"but the config has no per-layer sizes ({fields}).{found}"
+            )
+        given = ", ".join(f"{name}={value}" for name, value in configured.items())
+        return f"Likely cause: the config's per-layer sizes ({given}) are not the weights'.{found}"
+    return (
+        "Likely cause: the config's shape fields (hidden_size, num_hidden_layers, num_attention_heads, "
+        "intermediate_size, image_size, patch_size, num_channels) are not those the weights were saved with."
+    )
+
+
+def saved_layer_sizes(saved_shapes: Mapping[str, tuple[int, ...]], config: TriLevelViTConfig) -> dict[str, list]:
+    """`{num_attention_heads_per_layer: [...], intermediate_size_per_layer: [...]}` read from the saved q and fc1
+    weights (heads of `hidden_size / num_attention_heads` channels), or {} when a layer's weights are missing."""
+    by_model_name = {}
+    renamings = get_checkpoint_conversion_mapping(config.model_type) or []
+    for key, shape in saved_shapes.items():
+        for renaming in renamings:
+            key, _ = renaming.rename_source_key(key)
+        by_model_name[key.removeprefix("vit.")] = shape
+    head_dim = config.hidden_size // config.num_attention_heads
+    heads, neurons = [], []
+    for index in range(config.num_hidden_layers):
+        query = by_model_name.get(f"layers.{index}.attention.q_proj.weight")
+        fc1 = by_model_name.get(f"layers.{index}.mlp.fc1.weight")
+        if query is None or fc1 is None or not query or query[0] % head_dim:
+            return {}
+        heads.append(query[0] // head_dim)
+        neurons.append(fc1[0])
+    return dict(zip(PER_LAYER_FIELDS, (heads, neurons), strict=True))
+
+
 def load_trilevel_model(
     config: TriLevelViTConfig,
     model_name_or_path: str | None = None,
     *,
     ignore_mismatched_sizes: bool = False,
+    config_argument: str | None = None,
     **hub_kwargs,
 ) -> TriLevelViTForImageClassification:
-    """A new model for `config`, or the checkpoint's weights (TriLevel, ViT or DeiT) in this package's classes."""
+    """A new model for `config`, or the checkpoint's weights (TriLevel, ViT or DeiT) in this package's classes.
+
+    A local folder's weights are checked first (`check_checkpoint_weights`); `config_argument` names the flag the
+    config came from when it is not the checkpoint's own (`config_name`)."""
     if model_name_or_path is None:
         return TriLevelViTForImageClassification(config)
+    check_checkpoint_weights(
+        model_name_or_path, config, ignore_mismatched_sizes=ignore_mismatched_sizes, config_argument=config_argument
+    )
     try:
         return TriLevelViTForImageClassification.from_pretrained(
             model_name_or_path, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes, **hub_kwargs
@@ -216,9 +358,11 @@ __all__ = [
     "CHECKPOINT_MODEL_TYPES",
     "build_image_processor",
     "build_trilevel_config",
+    "check_checkpoint_weights",
     "check_classifier_size",
     "check_config_overrides",
     "load_trilevel_model",
+    "mismatched_weights",
     "read_vit_config",
     "selector_text",
 ]

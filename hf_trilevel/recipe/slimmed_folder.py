@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
 from ..model_card.folder import write_model_card
@@ -23,6 +24,7 @@ from ..modeling.modeling_trilevel_vit import TriLevelViTForImageClassification, 
 from ..token_training.operating_points import OPERATING_POINTS_FILE
 from ..training.trainer import TRAINING_ARGS_JSON
 from ..weight_sparsity.slimming import slim, structured_unit_masks
+from .model import check_checkpoint_weights
 
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 # What slimming leaves true: the processor's preprocessing, and (same logits) the run's results and arguments.
@@ -38,6 +40,7 @@ def slim_folder(
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     model_class = _model_class(in_dir)
     _check_output(in_dir, out_dir, overwrite)
+    _check_weights(in_dir)
     try:
         model = model_class.from_pretrained(in_dir)
         slimmed = slim(model)
@@ -78,6 +81,16 @@ def _model_class(in_dir: Path) -> type[nn.Module]:
     if "TriLevelViTModel" in (config.get("architectures") or []):
         return TriLevelViTModel
     return TriLevelViTForImageClassification
+
+
+def _check_weights(in_dir: Path) -> None:
+    """IN_DIR's weight files must read whole and fit the model its config.json describes (headers only)."""
+    try:
+        config = TriLevelViTConfig.from_pretrained(in_dir)
+        config.check_trilevel_fields()
+    except (StrictDataclassError, ValueError, OSError) as error:
+        raise ValueError(f"IN_DIR {in_dir}: {error}") from None
+    check_checkpoint_weights(str(in_dir), config, argument="IN_DIR")
 
 
 def _check_output(in_dir: Path, out_dir: Path, overwrite: bool) -> None:

@@ -13,11 +13,17 @@ Two terms teach a sparse pass (`hf_trilevel.DenseSparseTraining`):
 Each returns one value per example, so a technique can weight it like the task loss before reducing it.
 """
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForImageClassification
 
+from ..image_data.loading import is_missing_local_path
 from ..modeling.value_checks import check_number
+from ..training.weight_files import folder_weights_problem
+
+TEACHER_FLAG = "teacher_model_name_or_path"
 
 _UNSEEN = -1e30  # log score of a patch outside a layer's view
 
@@ -102,16 +108,45 @@ def load_teacher(
     """A frozen teacher for logit distillation: any ViT or TriLevel checkpoint folder or Hub id, in eval mode.
 
     Its classes are checked against the data's first (from its config alone, before the weights load). Its weights
-    never require gradients, and it is not part of the student, so no optimizer ever holds state for it.
+    never require gradients, and it is not part of the student, so no optimizer ever holds state for it. A local
+    path that does not exist, and a folder whose weights are cut short or corrupt (read from their headers), are
+    refused with a `ValueError` naming the flag, as are weights that do not fit the teacher's config.
     """
+    check_teacher_source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
     except (OSError, ValueError) as error:
-        raise ValueError(f"`teacher_model_name_or_path` {name_or_path!r} cannot be loaded: {error}") from None
+        raise ValueError(f"`{TEACHER_FLAG}` {name_or_path!r} cannot be loaded: {error}") from None
     if num_labels is not None:
         check_teacher_labels(config, label_names, num_labels, repr(name_or_path))
-    teacher = AutoModelForImageClassification.from_pretrained(name_or_path, **hub_kwargs)
+    try:
+        teacher = AutoModelForImageClassification.from_pretrained(name_or_path, **hub_kwargs)
+    except (OSError, RuntimeError) as error:  # e.g. weights whose shapes are not the config's
+        message = str(error).strip().splitlines()
+        raise ValueError(f"`{TEACHER_FLAG}` {name_or_path!r}: cannot load its weights: {' '.join(message)}") from None
     return freeze(teacher, device)
+
+
+def check_teacher_source(name_or_path: str) -> None:
+    """Refuse a teacher path that does not exist (before the Hub client reads it as a malformed repo id) and a
+    folder whose weight files are cut short or corrupt, naming the flag and the file."""
+    path = Path(name_or_path).expanduser()
+    # `outputs/teacher` with `outputs/` here is a local path, even though it has the form of a Hub id.
+    partly_here = not path.exists() and len(path.parts) > 1 and path.parent.is_dir()
+    if is_missing_local_path(name_or_path) or partly_here:
+        raise ValueError(
+            f"`{TEACHER_FLAG}` {name_or_path!r}: no such folder (the nearest existing one is "
+            f"{str(_nearest_existing(path))!r}); give the folder of a trained model or a Hub model id."
+        )
+    if path.is_dir():
+        problem = folder_weights_problem(path)
+        if problem is not None:
+            raise ValueError(f"`{TEACHER_FLAG}` {name_or_path!r}: {problem}. Save or copy the teacher again.")
+
+
+def _nearest_existing(path: Path) -> Path:
+    absolute = path.absolute()
+    return next((folder for folder in absolute.parents if folder.exists()), absolute.anchor)
 
 
 def freeze(teacher: torch.nn.Module, device: torch.device | str | None = None) -> torch.nn.Module:
@@ -122,6 +157,7 @@ def freeze(teacher: torch.nn.Module, device: torch.device | str | None = None) -
 
 __all__ = [
     "check_teacher_labels",
+    "check_teacher_source",
     "check_temperature",
     "freeze",
     "importance_distillation",

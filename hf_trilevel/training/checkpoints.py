@@ -27,6 +27,8 @@ from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .weight_files import folder_weights_problem, safetensors_problem
+
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME (pinned by test_trainer_contract)
@@ -34,7 +36,13 @@ CHECKPOINT_FOLDER = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:
-    """Why `folder` cannot be resumed from (naming the missing or broken file), or None when it is complete."""
+    """Why `folder` cannot be resumed from (naming the missing or broken file), or None when it is complete.
+
+    Beyond a parsable `trainer_state.json`, every `*.json` in it must parse and every `*.safetensors` (the model,
+    its shards, the training techniques' state such as `weight_sparsity.safetensors`) must read whole: a checkpoint
+    copied, synced or restored only in part fails those. Only headers are read (`hf_trilevel.training.weight_files`),
+    so checking every checkpoint of a run costs milliseconds.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return f"{str(folder)!r} is not a directory"
@@ -51,7 +59,23 @@ def checkpoint_problem(folder: str | Path) -> str | None:
         return f"{str(state_file)!r} is incomplete or corrupt ({error}): its save was interrupted"
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
         return f"{str(state_file)!r} has no `global_step`: it is not a Trainer state"
-    return None
+    return _file_problem(folder)
+
+
+def _file_problem(folder: Path) -> str | None:
+    """The first unreadable `*.json` or `*.safetensors` file directly in `folder`, or a broken shard index."""
+    for path in sorted(folder.glob("*.json")):
+        if path.name == TRAINER_STATE_NAME or not path.is_file():
+            continue
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            return f"{str(path)!r} is incomplete or corrupt ({error})"
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(path) if path.is_file() else None
+        if problem is not None:
+            return problem
+    return folder_weights_problem(folder)  # a sharded model's index must name shards that hold its tensors
 
 
 def checkpoint_folders(output_dir: str | Path) -> list[Path]:

@@ -25,6 +25,7 @@ import copy
 import torch
 from torch import nn
 
+from ..modeling.configuration_trilevel_vit import PER_LAYER_FIELDS
 from ..modeling.modeling_trilevel_vit import TriLevelViTForImageClassification, TriLevelViTModel
 
 # A share of exactly-zero layer weights above this, with no whole unit zero, reads as unstructured sparsity.
@@ -131,6 +132,13 @@ def _check_masks(
                     f"zero); a layer needs at least one head and one MLP neuron. Keep at least one {unit} per layer."
                 )
     if all(bool(mask.all()) for mask in (*head_masks, *neuron_masks)):
+        per_layer = {field: getattr(model.config, field, None) for field in PER_LAYER_FIELDS}
+        if any(sizes is not None for sizes in per_layer.values()):
+            sizes = ", ".join(f"`{field}` {sizes}" for field, sizes in per_layer.items() if sizes is not None)
+            raise ValueError(
+                f"The {name} is already slimmed (its config has per-layer sizes: {sizes}) and none of its remaining "
+                "heads or MLP neurons is pruned: there is nothing to slim."
+            )
         raise ValueError(
             f"The {name} has no structured masks: no attention head and no MLP neuron is pruned.{_zeros_note(encoder)}"
         )
