@@ -220,7 +220,7 @@ def test_the_example_takes_a_users_own_policy_by_import_path(tmp_path, monkeypat
             "`example_pruning_settings` configures a package.module:ClassName",
         ),
         ({"example_pruning": "bogus"}, "`example_pruning` must be none, random, forgetting, loss or"),
-        ({"example_pruning": "forgetting", "budget": 0.5}, "`budget` configure `example_pruning` loss only"),
+        ({"example_pruning": "forgetting", "budget": 0.5}, "`budget` configures `example_pruning` loss only"),
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             ExamplePruningArguments(**bad).policy()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..modeling.value_checks import check_fraction, check_int
-from ..training.arguments import TechniqueArguments, TechniqueContext
+from ..training.arguments import TechniqueArguments, TechniqueContext, given_fields
 from .policies import POLICIES, PruningPolicy
 from .technique import ExamplePruning, import_policy
 
@@ -24,7 +24,8 @@ POLICY_SETTINGS = {
     "forgetting": ("keep_fraction", "swap_fraction", "swap_epochs"),
     "loss": ("prune_ratio", "full_data_fraction", "well_learned_fraction", "budget"),
 }
-LOSS_ONLY = ("prune_ratio", "budget", "well_learned_fraction")  # default None: a value was given
+# Every built-in policy's flag, in field order; a policy that does not read a given one refuses it.
+POLICY_FLAGS = tuple(dict.fromkeys(name for settings in POLICY_SETTINGS.values() for name in settings))
 
 
 @dataclass
@@ -85,11 +86,6 @@ class ExamplePruningArguments(TechniqueArguments):
                 "`example_pruning` must be none, random, forgetting, loss or package.module:ClassName (a "
                 f"PruningPolicy), got {self.example_pruning!r}."
             )
-        loss_only = [f"`{name}`" for name in LOSS_ONLY if getattr(self, name) is not None]
-        if loss_only and self.example_pruning != "loss":
-            raise ValueError(
-                f"{', '.join(loss_only)} configure `example_pruning` loss only, not {self.example_pruning!r}."
-            )
         if self.example_pruning_settings is not None and not custom:
             raise ValueError("`example_pruning_settings` configures a package.module:ClassName `example_pruning` only.")
         self.custom_settings()
@@ -111,6 +107,30 @@ class ExamplePruningArguments(TechniqueArguments):
         check_fraction("full_data_fraction", self.full_data_fraction)
         if self.well_learned_fraction is not None:
             check_fraction("well_learned_fraction", self.well_learned_fraction)
+        self.check_unread_flags()
+
+    def check_unread_flags(self) -> None:
+        """Refuse a policy flag set away from its default that the chosen policy does not read, so it cannot be
+        silently ignored (`keep_fraction` with loss, `swap_fraction` with random, any of them with none)."""
+        read = POLICY_SETTINGS.get(self.example_pruning, ())
+        unread = [name for name in given_fields(self) if name in POLICY_FLAGS and name not in read]
+        if not unread:
+            return
+        name = unread[0]
+        users = " and ".join(policy for policy, settings in POLICY_SETTINGS.items() if name in settings)
+        if self.example_pruning == "none":
+            reason = "`example_pruning` is none (no example pruning), so it would have no effect"
+        elif self.example_pruning in POLICY_SETTINGS:
+            reason = f"{self.example_pruning!r} does not read it"
+        else:
+            reason = (
+                f"{self.example_pruning!r} takes its settings from `example_pruning_settings` only (a JSON object, "
+                f"e.g. '{{\"{name}\": {getattr(self, name)!r}}}')"
+            )
+        raise ValueError(
+            f"`{name}` configures `example_pruning` {users} only; {reason}. Drop `{name}`, or pass `example_pruning` "
+            f"{users.replace(' and ', ' or ')}."
+        )
 
     def enabled(self) -> bool:
         return self.example_pruning != "none"
@@ -153,7 +173,9 @@ class ExamplePruningArguments(TechniqueArguments):
         training. The arguments are those every technique's `build` takes; pruning needs none of the model's."""
         if not self.enabled() or not context.training_args.do_train:
             return None
-        return ExamplePruning(self.policy())
+        return ExamplePruning(self.policy()).name_settings(
+            {"policy": "example_pruning", "policy_class": "example_pruning"}
+        )
 
 
 __all__ = ["ExamplePruningArguments"]

@@ -266,12 +266,61 @@ class LossPolicy(PruningPolicy):
         pruned = len(self.pruned_epochs(num_epochs))
         lowest = (num_epochs - pruned) / num_epochs  # every pruned epoch serving nothing
         if self.budget <= lowest:
-            raise ValueError(
-                f"the loss policy's `budget` {self.budget:g} is out of reach: of `num_train_epochs` {num_epochs}, "
-                f"{num_epochs - pruned} use all the data (the first, and the final `full_data_fraction` "
-                f"{self.full_data_fraction:g}), so the budget must be above {lowest:.4g}; raise the budget, train "
-                "longer or lower `full_data_fraction`."
+            raise ValueError(self._budget_out_of_reach(num_epochs))
+
+    def _budget_out_of_reach(self, num_epochs: int) -> str:
+        """Why `budget` cannot be reached in `num_epochs`, the lowest budget that can, and the flags that help.
+
+        The first epoch (no losses yet) and the final `ceil(full_data_fraction x epochs)` serve every example, so a
+        run of `E` epochs of which `F` are full serves at least `F / E` of its examples: a budget must lie above that.
+        With no pruned epoch left (`F = E`) no budget below 1 can be reached at all.
+        """
+        budget, fraction = self.budget, self.full_data_fraction
+        full = num_epochs - len(self.pruned_epochs(num_epochs))
+        final = full - 1  # the first epoch is always full
+        settings = f"`num_train_epochs` {num_epochs} and `full_data_fraction` {fraction:g}"
+        which = "the first, which has no losses yet to prune by"
+        if final:
+            which += f", and the last {final}: `full_data_fraction` x `num_train_epochs`, rounded up"
+        lowest = full / num_epochs
+        if full >= num_epochs:
+            every = "the only epoch uses" if num_epochs == 1 else f"all {num_epochs} epochs use"
+            text = (
+                f"the loss policy's `budget` {budget:g} cannot be reached with {settings}: {every} all the data "
+                f"({which}), so no epoch is pruned and no budget below 1 can be reached."
             )
+            remedies = []
+        else:
+            text = (
+                f"the loss policy's `budget` {budget:g} is out of reach with {settings}: {full} of the {num_epochs} "
+                f"epochs use all the data ({which}), so the lowest reachable budget is above {lowest:.4g}."
+            )
+            remedies = [f"raise `budget` above {lowest:.4g}"]
+        longer = self._epochs_for_budget(num_epochs)
+        if longer is not None:
+            remedies.append(f"train longer (`num_train_epochs` {longer} or more)")
+        most_final = math.ceil(budget * num_epochs) - 2  # 1 + the last full epochs must stay below budget x epochs
+        if 1 <= most_final < final:
+            lower = math.floor(most_final / num_epochs * 1e4) / 1e4
+            while lower > 0 and math.ceil(lower * num_epochs) > most_final:  # rounded up as `pruned_epochs` does
+                lower -= 1e-4
+            remedies.append(f"lower `full_data_fraction` to {lower:.4g} or less")
+        elif longer is None:
+            remedies.append(f"lower `full_data_fraction` below the budget and train longer than {num_epochs} epochs")
+        remedies[0] = remedies[0][0].upper() + remedies[0][1:]
+        return f"{text} {', '.join(remedies[:-1])}{', or ' if len(remedies) > 1 else ''}{remedies[-1]}."
+
+    def _epochs_for_budget(self, num_epochs: int) -> int | None:
+        """The fewest epochs beyond `num_epochs` at which `budget` is reachable with this `full_data_fraction`, or
+        None when no run length reaches it (the full epochs' share tends to `full_data_fraction` from above)."""
+        gap = self.budget - self.full_data_fraction
+        if gap <= 0:
+            return None
+        enough = max(math.ceil(2 / gap), num_epochs + 1)  # full share < (2 + fraction x E) / E <= budget
+        for epochs in range(num_epochs + 1, min(enough, num_epochs + 100_000)):
+            if self.budget > (epochs - len(self.pruned_epochs(epochs))) / epochs:
+                return epochs
+        return enough
 
     def _skips(self, num_examples: int, num_epochs: int) -> list[int]:
         """Examples skipped in each epoch (0 in full epochs)."""

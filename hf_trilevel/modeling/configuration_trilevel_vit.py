@@ -71,6 +71,22 @@ def check_per_layer_sizes(name: str, value: object, num_hidden_layers: int) -> l
     return [check_int(f"{name}[{index}]", size, low=1) for index, size in enumerate(value)]
 
 
+def check_per_layer_limit(name: str, sizes: list[int] | None, limit_name: str, limit: object) -> None:
+    """Refuse a per-layer size above its uniform field (`ValueError` naming the field, the layer, the value and the
+    limit): the per-layer lists only narrow layers (slimming removes heads and neurons), so a wider layer would build
+    a model larger than `num_attention_heads` / `intermediate_size` say, which FLOPs and cards read as the full width.
+    """
+    if sizes is None:
+        return
+    for index, size in enumerate(sizes):
+        if size > limit:
+            raise ValueError(
+                f"`{name}[{index}]` (layer {index}) is {size}, above `{limit_name}` ({limit}): per-layer entries "
+                f"only narrow a layer (as slimming does), so each must be at most `{limit_name}`; lower the entry "
+                f"or raise `{limit_name}`."
+            )
+
+
 def check_dense_sparse_keep_rates(value: object, name: str = DENSE_SPARSE_FIELD) -> list[float] | None:
     """None, or the distinct keep rates in (0, 1] as a list sorted from the densest; else `ValueError` naming `name`."""
     if value is None:
@@ -177,10 +193,12 @@ class TriLevelViTConfig(ViTConfig):
             docs/benchmarks.md), so they are off by default. Not applied when hidden states or attentions are
             requested.
         num_attention_heads_per_layer (`list[int]`, *optional*):
-            Heads of each layer (one entry per layer); absent means `num_attention_heads` everywhere. The head size
-            stays `hidden_size / num_attention_heads`, so a layer with `h` heads projects to `h * head_size`.
+            Heads of each layer (one entry per layer, each at most `num_attention_heads`: slimming removes heads,
+            it never adds them); absent means `num_attention_heads` everywhere. The head size stays
+            `hidden_size / num_attention_heads`, so a layer with `h` heads projects to `h * head_size`.
         intermediate_size_per_layer (`list[int]`, *optional*):
-            MLP width of each layer (one entry per layer); absent means `intermediate_size` everywhere.
+            MLP width of each layer (one entry per layer, each at most `intermediate_size`); absent means
+            `intermediate_size` everywhere.
         dense_sparse_keep_rates (`list[float]`, *optional*):
             The token keep rates this checkpoint was trained to serve with one set of weights (SaiT dense/sparse
             training, `hf_trilevel.DenseSparseTraining`), densest first; rate 1.0 is the dense model (no token
@@ -243,7 +261,9 @@ class TriLevelViTConfig(ViTConfig):
                 "into whole patches."
             )
         for name in PER_LAYER_FIELDS:
-            check_per_layer_sizes(name, getattr(self, name), self.num_hidden_layers)
+            uniform = name.removesuffix("_per_layer")  # the full width each entry narrows
+            sizes = check_per_layer_sizes(name, getattr(self, name), self.num_hidden_layers)
+            check_per_layer_limit(name, sizes, uniform, getattr(self, uniform))
 
     def validate_token_sparsity(self) -> None:
         """Class validator: keep rates in (0, 1], boolean fusion, pruning layers in range, a registered selector."""

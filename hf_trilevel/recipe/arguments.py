@@ -38,6 +38,16 @@ SPARSITY_FIELDS = (
     "token_count_buckets",
 )
 
+# Selector settings and the built-in selectors that read them; given with another built-in selector (which ignores
+# them) they are refused (`hf_trilevel.recipe.checks.check_selector_settings`). A registered selector of a user's own
+# receives the whole config, so it may read any of them.
+SELECTOR_SETTINGS = {
+    "token_keep_mass": ("adaptive",),
+    "token_min_keep_rate": ("adaptive",),
+    "token_importance": ("adaptive",),
+    "token_count_buckets": ("adaptive",),
+}
+
 
 def choices(names) -> str:
     """`{a,b,c}`: argparse's way of listing the values a flag takes, for fields the config checks instead."""
@@ -265,6 +275,7 @@ class RunArguments:
 __all__ = [
     "SCRATCH_SHAPE",
     "SCRATCH_SPARSITY",
+    "SELECTOR_SETTINGS",
     "SPARSITY_FIELDS",
     "DataArguments",
     "ModelArguments",

@@ -12,11 +12,17 @@ from pathlib import Path
 
 from transformers import TrainingArguments
 
-from ..training.checkpoints import check_resumable, latest_complete_checkpoint
+from ..modeling.token_selectors import BUILT_IN_TOKEN_SELECTORS
+from ..training.checkpoints import (
+    check_resumable,
+    checkpoint_folders,
+    checkpoint_problem,
+    latest_complete_checkpoint,
+)
 from ..training.trainer import check_hub_strategy
 from ..weight_sparsity.arguments import WeightSparsityArguments
-from .arguments import ModelArguments, RunArguments
-from .model import check_config_overrides
+from .arguments import SELECTOR_SETTINGS, ModelArguments, RunArguments
+from .model import check_checkpoint_weights, check_config_overrides
 from .processes import launched_on_several_processes
 
 # Files that mark a folder as holding the results of an earlier run.
@@ -59,13 +65,52 @@ def check_arguments(
     )
     # The config's own checks of the fields given here (an unknown selector, a mass outside (0, 1], a learned selector
     # without pruning layers) against the config they change, so they fail before any data loads, not after.
-    check_config_overrides(
+    config = check_config_overrides(
         model_args.config_overrides(),
         model_name_or_path=model_args.model_name_or_path,
         config_name=model_args.config_name,
         scratch=model_args.scratch_config(),
         **model_args.hub_kwargs(),
     )
+    # The checkpoint folder's weights (headers only) against that config: a cut-short file, or shapes other than the
+    # model's. The classifier is compared once the data's labels are known (`load_trilevel_model`).
+    check_checkpoint_weights(
+        model_args.model_name_or_path,
+        config,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        compare_classifier=False,
+        config_argument="config_name" if model_args.config_name else None,
+    )
+    check_selector_settings(model_args, config.token_selector)
+
+
+def check_selector_settings(model_args: ModelArguments, selector: str) -> None:
+    """Refuse a selector setting given as a flag (`token_keep_mass`, `token_importance`, ...) that the run's token
+    selector ignores, naming the flag, the selector and the selectors that read it.
+
+    `selector` is the final config's (`check_config_overrides`): `token_selector` if given, else `config_name`'s or
+    the checkpoint's, else the config's default; so a flag meant for an adaptive checkpoint passes and the same flag
+    given to a class-attention one is refused. A selector the user registered may read any config field, so it is
+    trusted with all of them.
+    """
+    overrides = model_args.config_overrides()
+    given = [name for name in SELECTOR_SETTINGS if name in overrides]
+    if not given or selector not in BUILT_IN_TOKEN_SELECTORS:
+        return
+    if "token_selector" in overrides:
+        origin = "given"
+    elif model_args.config_name or model_args.model_name_or_path:
+        argument = "config_name" if model_args.config_name else "model_name_or_path"
+        origin = f"from `{argument}` {model_args.config_name or model_args.model_name_or_path!r}"
+    else:
+        origin = "the default"
+    for name in given:
+        readers = SELECTOR_SETTINGS[name]
+        if selector not in readers:
+            raise ValueError(
+                f"`{name}` has no effect with token_selector {selector!r} ({origin}): only token_selector "
+                f"{' and '.join(readers)} reads it. Pass `token_selector` {' or '.join(readers)}, or drop `{name}`."
+            )
 
 
 def slim_output_dir(technique_args: Sequence) -> str | None:
@@ -125,10 +170,13 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: st
         return resume_from_checkpoint
     latest = latest_complete_checkpoint(output_dir)
     if latest is None:
+        incomplete = [folder.name for folder in checkpoint_folders(output_dir)]
+        found = f" (only incomplete ones: {', '.join(incomplete)})" if incomplete else ""
+        fresh = " (with `overwrite_output_dir`, which replaces them)" if incomplete else ""
         raise ValueError(
             f"`resume_from_checkpoint` {resume_from_checkpoint!r} asks for the newest checkpoint in `output_dir` "
-            f"{output_dir!r}, but it holds no complete checkpoint-* folder; pass a checkpoint folder or train from "
-            "scratch."
+            f"{output_dir!r}, but it holds no complete checkpoint-* folder{found}; pass a checkpoint folder or train "
+            f"from scratch{fresh}."
         )
     return latest
 
@@ -139,7 +187,9 @@ def check_output_dir(
     """Refuse to train into a folder that holds an earlier run's model or results without consent.
 
     `resume_from_checkpoint` continues the run in that folder, so it counts as consent; its path must exist. An
-    `output_dir` that is a file, or lies inside one, is refused whatever the consent (nothing could be saved).
+    `output_dir` that is a file, or lies inside one, is refused whatever the consent (nothing could be saved). The
+    message names the checkpoints there that cannot be resumed (an interrupted save) and offers resuming only when a
+    complete one exists.
     """
     check_output_dir_is_a_folder(output_dir)
     if resume_from_checkpoint is not None and not Path(resume_from_checkpoint).is_dir():
@@ -149,11 +199,26 @@ def check_output_dir(
     if not do_train or overwrite_output_dir or resume_from_checkpoint is not None:
         return
     found = saved_run_files(Path(output_dir))
-    if found:
-        raise ValueError(
-            f"`output_dir` {output_dir!r} already holds {', '.join(found[:4])}: pass `overwrite_output_dir` to "
-            "replace them, `resume_from_checkpoint` to continue a run saved there, or choose another `output_dir`."
-        )
+    if not found:
+        return
+    # Resuming is offered only where it can work: from a complete checkpoint (`hf_trilevel.training.checkpoints`).
+    complete, incomplete = None, []
+    for folder in checkpoint_folders(output_dir):
+        problem = checkpoint_problem(folder)
+        if problem is not None:
+            incomplete.append((folder.name, problem))
+        elif complete is None:
+            complete = folder.name
+    message = f"`output_dir` {output_dir!r} already holds {', '.join(found[:4])}: pass `overwrite_output_dir` to "
+    message += "replace them"
+    if complete is not None:
+        message += f", `resume_from_checkpoint` latest to continue the run saved there (from {complete})"
+    message += ", or choose another `output_dir`."
+    if incomplete:
+        names = ", ".join(name for name, _ in incomplete)
+        verb = "is an incomplete checkpoint" if len(incomplete) == 1 else "are incomplete checkpoints"
+        message += f" {names} {verb} that cannot be resumed: {incomplete[0][1]}."
+    raise ValueError(message)
 
 
 def check_output_dir_is_a_folder(output_dir: str) -> None:
@@ -182,6 +247,7 @@ __all__ = [
     "check_arguments",
     "check_output_dir",
     "check_output_dir_is_a_folder",
+    "check_selector_settings",
     "check_slim_output_dir",
     "check_training_arguments",
     "resolve_resume_checkpoint",

@@ -2,11 +2,14 @@
 
 The groups are the recipe's own (`hf_trilevel.recipe.arguments`), each technique's (from its folder) and
 `TrainingArguments`, whose transformers defaults suit fine-tuning, not training a small ViT from scratch: the tuned
-recipe (`TRAINING_DEFAULTS`) replaces them for unset flags, in a JSON file too. docs/flags.md lists every flag.
+recipe (`TRAINING_DEFAULTS`) replaces them for unset flags, in a JSON file too. Its `save_strategy` "no" keeps the
+default run free of checkpoints; `resolve_defaults` turns saving by steps on when `--save_steps` or
+`--save_total_limit` is given without `--save_strategy`, as transformers would. docs/flags.md lists every flag.
 """
 
+import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import torch
@@ -51,6 +54,9 @@ TRAINING_DEFAULTS = {
     "dataloader_pin_memory": False,  # CPU training; avoids a warning per epoch
     "use_cpu": None,
 }
+# Checkpoint settings that only act when the run saves: given without `save_strategy`, the run saves by steps, as it
+# would with transformers' own default ("steps"); given with `save_strategy` "no", they are refused.
+SAVE_SETTINGS = ("save_steps", "save_total_limit")
 
 
 def build_parser() -> HfArgumentParser:
@@ -62,28 +68,54 @@ def build_parser() -> HfArgumentParser:
     return parser
 
 
-def resolve_defaults(values: dict) -> dict:
+def resolve_defaults(values: dict, given: Collection[str] = frozenset()) -> dict:
     """Fill the defaults that depend on other arguments or on how the script was launched: `output_dir` is
     `outputs/<data set name>-trilevel`, and `use_cpu` turns on when several processes are launched on a machine
-    without GPUs (transformers would otherwise run every process as an independent copy)."""
+    without GPUs (transformers would otherwise run every process as an independent copy).
+
+    `given` names the arguments the user set (flags or JSON keys; `parse_flags_or_json` passes them). The recipe
+    saves no checkpoints by default (`save_strategy` "no"), so `save_steps` or `save_total_limit` given without
+    `save_strategy` turn saving by steps on, as transformers' own default would; given with `save_strategy` "no"
+    they are refused (`ValueError` naming both flags) instead of leaving a run that saves nothing to resume from.
+    """
     values = dict(values)
     if values.get("output_dir") is None:
         source = values.get("dataset_name") or values.get("train_dir") or values.get("validation_dir")
         values["output_dir"] = f"outputs/{Path(source.rstrip('/')).name if source else 'digits'}-trilevel"
     if values.get("use_cpu") is None:
         values["use_cpu"] = launched_on_several_processes() and not torch.accelerator.is_available()
+    save_settings = [name for name in SAVE_SETTINGS if name in given]
+    if save_settings and "save_strategy" not in given:
+        values["save_strategy"] = "steps"
+    elif save_settings and str(values.get("save_strategy")) in ("no", "SaveStrategy.NO"):
+        raise ValueError(
+            f"`{save_settings[0]}` is given but `save_strategy` is 'no', so no checkpoint would be saved: pass "
+            f"`save_strategy` steps (or leave `save_strategy` out, which then saves by steps), or drop "
+            f"`{save_settings[0]}`."
+        )
     return values
 
 
+def given_arguments(parser: HfArgumentParser, argv: list[str]) -> frozenset[str]:
+    """The argument names `argv` sets, whatever their values (a flag given at its default value counts too)."""
+    unset = object()
+    namespace = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), unset))
+    parser.parse_known_args(argv, namespace=namespace)  # argparse leaves attributes already on the namespace alone
+    return frozenset(name for name, value in vars(namespace).items() if value is not unset)
+
+
 def parse_flags_or_json(
-    parser: HfArgumentParser, argv: list[str], fill_defaults: Callable[[dict], dict] | None = None
+    parser: HfArgumentParser,
+    argv: list[str],
+    fill_defaults: Callable[[dict, frozenset[str]], dict] | None = None,
 ) -> tuple:
     """Flags, or a single `.json` file of them, into the parser's dataclasses (`ValueError` for unknown names, and
     for values a dataclass's `__post_init__` refuses).
 
     Both forms start from the parser's defaults (`parser.set_defaults` included), so a JSON file gets a script's
     tuned recipe too (transformers' `parse_json_file` would use the dataclass defaults instead). `fill_defaults`
-    then completes values that depend on other values.
+    then completes values that depend on other values, given the values and the names the user set (the flags in
+    `argv`, or the file's keys), e.g. `resolve_defaults`.
     """
     if len(argv) == 1 and argv[0].endswith(".json"):
         path = Path(argv[0])
@@ -95,20 +127,22 @@ def parse_flags_or_json(
             raise ValueError(f"the arguments file {argv[0]!r} is not valid JSON: {error}") from error
         if not isinstance(given, dict):
             raise ValueError(f"the arguments file {argv[0]!r} must hold a JSON object of argument names and values.")
-        values = {**vars(parser.parse_args([])), **given}
+        values, given_names = {**vars(parser.parse_args([])), **given}, frozenset(given)
     else:
         namespace, unknown = parser.parse_known_args(argv)
         if unknown:
             raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
-        values = vars(namespace)
-    return parser.parse_dict(fill_defaults(values) if fill_defaults else values)
+        values, given_names = vars(namespace), given_arguments(parser, argv)
+    return parser.parse_dict(fill_defaults(values, given_names) if fill_defaults else values)
 
 
 __all__ = [
     "ARGUMENT_GROUPS",
+    "SAVE_SETTINGS",
     "TECHNIQUE_ARGUMENTS",
     "TRAINING_DEFAULTS",
     "build_parser",
+    "given_arguments",
     "parse_flags_or_json",
     "resolve_defaults",
 ]
