@@ -5,15 +5,54 @@ this module holds the run's state (`ExamplePruner`) and serves the current epoch
 `ExamplePruning` (`technique.py`) plugs them into the Trainer through the training-technique seam.
 """
 
-from collections.abc import Iterator
+import hashlib
+import numbers
+from collections.abc import Iterator, Sequence
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from ..training.generators import keyed_generator
-from ..training.technique import find_planned_sampler
+from ..training.technique import find_planned_sampler, is_distributed
 from .policies import POLICIES, EpochPlan, ForgettingPolicy, LossPolicy, NoPruning, PruningPolicy, RandomPolicy
 from .statistics import SALT_ORDER, ExampleStatistics, digest
+
+DETERMINISM_ADVICE = (
+    "a policy must decide from its arguments alone: draw randomness only from the `seed` `plan_epoch` is given, "
+    "e.g. `keyed_generator(seed, epoch, salt)` from hf_trilevel.training.generators, never from global state "
+    "(`torch.randperm` or `torch.rand` without `generator=`, `random`, `numpy.random`)."
+)
+
+
+def describe_policy(policy: PruningPolicy) -> str:
+    """A policy's class and settings, for error messages: `config()` where the policy defines it, else its public
+    attributes (a user's policy that keeps its settings as attributes still shows them)."""
+    if type(policy).config is not PruningPolicy.config:
+        settings = {key: value for key, value in policy.config().items() if key != "policy"}
+    else:
+        settings = {key: value for key, value in vars(policy).items() if not key.startswith("_")}
+    shown = [f"{key}={_shortened(repr(value))}" for key, value in settings.items()]
+    return f"{type(policy).__name__}({', '.join(shown)})"
+
+
+def _shortened(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _fingerprint(text: str) -> int:
+    """A 40-bit integer fingerprint of `text`, exact in an int64 tensor (as a kept-set `digest` read in base 16)."""
+    return int(hashlib.sha1(text.encode()).hexdigest()[:10], 16)
+
+
+def extremes_across_processes(value: int, device: torch.device | str) -> tuple[int, int]:
+    """The lowest and highest `value` over every process, from one all-reduce of two int64s (gloo and NCCL alike);
+    `(value, value)` without several processes. Every process must call it at the same point."""
+    if not is_distributed():
+        return value, value
+    both = torch.tensor([value, -value], dtype=torch.int64, device=device)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    return -int(both[1]), int(both[0])
 
 
 class ExamplePruner:
@@ -33,32 +72,90 @@ class ExamplePruner:
         return self.statistics.num_examples
 
     def begin(self, num_examples: int, num_epochs: int, device: torch.device | str = "cpu") -> None:
-        """Set up for a run (before the dataloader is measured), planning every epoch's size and epoch 0's set."""
+        """Set up for a run (before the dataloader is measured), planning every epoch's size and epoch 0's set.
+
+        The planned sizes are checked here, before training: one whole number from 1 to `num_examples` per epoch,
+        the same on every process.
+        """
         if num_examples < 1:
             raise ValueError("example pruning needs a non-empty training set.")
         self.policy.prepare(num_examples, num_epochs)
-        self.sizes = self.policy.epoch_sizes(num_examples, num_epochs)
-        if any(size < 1 for size in self.sizes):
-            raise ValueError(f"the {self.policy.name!r} policy would leave an epoch empty: planned sizes {self.sizes}.")
+        sizes = self.policy.epoch_sizes(num_examples, num_epochs)
+        problem = self._sizes_problem(sizes, num_examples, num_epochs)
+        # Every process compares before any raises, so a policy wrong on one process only cannot leave the others
+        # waiting in a collective.
+        low, high = extremes_across_processes(_fingerprint(repr(sizes)), device)
+        if problem is not None:
+            raise ValueError(f"the example pruning policy {describe_policy(self.policy)} {problem}")
+        if low != high:
+            raise ValueError(
+                f"the example pruning policy {describe_policy(self.policy)} planned different epoch sizes on "
+                f"different processes (this one: {sizes}); `epoch_sizes` must depend on its arguments and the "
+                "policy's settings alone, never on global random state."
+            )
+        self.sizes = [int(size) for size in sizes]
         self.statistics = ExampleStatistics(num_examples, device)
         self.plan, self.plan_epoch = None, -1
         self.advance_to(0)
+
+    def _sizes_problem(self, sizes: object, num_examples: int, num_epochs: int) -> str | None:
+        """Why `epoch_sizes` cannot be trained (one whole number in [1, num_examples] per epoch), or None."""
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) != num_epochs:
+            return (
+                f"returned {sizes!r} from `epoch_sizes`, which must be a list of {num_epochs} example counts, one "
+                f"per epoch of `num_train_epochs` {num_epochs}."
+            )
+        for epoch, size in enumerate(sizes):
+            if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 1 <= size <= num_examples:
+                return (
+                    f"plans {size!r} examples for epoch {epoch}, but an epoch serves a whole number of examples "
+                    f"from 1 to the training set's {num_examples}; check the policy's settings (its `epoch_sizes` "
+                    "must stay within the data)."
+                )
+        return None
 
     def epoch_size(self, epoch: int) -> int:
         return self.sizes[min(epoch, len(self.sizes) - 1)]
 
     def advance_to(self, epoch: int) -> None:
-        """Decide the plan of `epoch` (idempotent for the current epoch)."""
+        """Decide the plan of `epoch` (idempotent for the current epoch).
+
+        The plan must hold the epoch's planned number of examples, all within the training set, and (with several
+        processes) be the same on every process: its digest is compared across processes, one small all-reduce.
+        """
         if epoch == self.plan_epoch:
             return
         plan = self.policy.plan_epoch(epoch, self.plan, self.statistics, self.num_examples, self.seed)
-        if len(plan.indices) != self.epoch_size(epoch):
-            raise RuntimeError(
-                f"policy {self.policy.name!r} planned {self.epoch_size(epoch)} examples for epoch {epoch} but "
-                f"returned {len(plan.indices)}; a policy must keep its planned sizes."
+        problem = self._plan_problem(epoch, plan)
+        # The digest (10 hex digits, as logged) read as a 40-bit integer.
+        low, high = extremes_across_processes(int(digest(plan.indices), 16), self.statistics.device)
+        if problem is not None:
+            raise ValueError(f"the example pruning policy {describe_policy(self.policy)} {problem}")
+        if low != high:
+            raise ValueError(
+                f"the example pruning policy {describe_policy(self.policy)} planned different examples for epoch "
+                f"{epoch} on different processes (kept-set digests {low:010x} and {high:010x}), so the processes "
+                f"would train on different data; {DETERMINISM_ADVICE}"
             )
         self.plan, self.plan_epoch = plan, epoch
         self._weights_by_example = None
+
+    def _plan_problem(self, epoch: int, plan: EpochPlan) -> str | None:
+        """Why a policy's plan for `epoch` cannot be served (wrong count, indices outside the data), or None."""
+        planned, returned = self.epoch_size(epoch), len(plan.indices)
+        if returned != planned:
+            return (
+                f"planned {planned} examples for epoch {epoch} (`epoch_sizes`) but its `plan_epoch` returned "
+                f"{returned}; `plan_epoch` must return exactly the planned number of dataset indices, since the "
+                "run's steps and learning-rate schedule were fixed from the planned sizes."
+            )
+        low, high = (int(plan.indices.min()), int(plan.indices.max())) if returned else (0, 0)
+        if low < 0 or high >= self.num_examples:
+            return (
+                f"planned indices from {low} to {high} for epoch {epoch}, outside the training set's positions 0 "
+                f"to {self.num_examples - 1}."
+            )
+        return None
 
     def end_epoch(self, epoch: int) -> None:
         """Gather the epoch's statistics from every rank and decide the next epoch."""
@@ -175,6 +272,8 @@ __all__ = [
     "PrunedEpochSampler",
     "PruningPolicy",
     "RandomPolicy",
+    "describe_policy",
     "digest",
+    "extremes_across_processes",
     "find_pruning_sampler",
 ]
