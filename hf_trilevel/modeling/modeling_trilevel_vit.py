@@ -18,7 +18,9 @@ This file is part of the remote-code set copied into every saved checkpoint: it 
 the standard library and its flat siblings.
 """
 
+import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -33,6 +35,7 @@ try:  # transformers 5 internals this file builds on; they move between major ve
         get_checkpoint_conversion_mapping,
         register_checkpoint_conversion_mapping,
     )
+    from transformers.dynamic_module_utils import custom_object_save, get_relative_import_files
     from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
     from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTPooler, ViTPreTrainedModel
     from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
@@ -207,14 +210,66 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
             check_masked_attention_implementation(self.config._attn_implementation)
         check_padding_attention_implementation(self.config)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
         """Save like transformers does (weights under ViT's v4 key names), with every Auto class in `auto_map`.
 
         transformers writes only the saved class and its config into `auto_map`; adding the rest lets AutoConfig,
         AutoModel and AutoModelForImageClassification all resolve from any TriLevel checkpoint.
+
+        A model whose class a wrapper replaced in place (FSDP2's `fully_shard` makes it a class such as
+        `FSDPTriLevelViTForImageClassification`, created in torch's own files) is saved as its TriLevel class: the
+        folder carries this file and its siblings, not the wrapper's module, and `auto_map` names the TriLevel classes.
         """
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        if not (_is_wrapper_class(type(self)) and self.is_remote_code()):
+            return super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        # transformers copies the code of `type(self)`'s module (torch's files) and names the wrapper in `auto_map`
+        # before it writes config.json; undo both once it is done, removing only files this save added.
+        present = set(os.listdir(save_directory)) if os.path.isdir(save_directory) else set()
+        wrapper_files = _code_file_names(type(self).__module__)
+        result = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        if self.should_save_on_this_rank(is_main_process) and os.path.isdir(save_directory):
+            _save_as_trilevel_class(self, save_directory, wrapper_files - present)
+        return result
+
+
+def _trilevel_class(cls: type) -> type:
+    """The first class of this file in `cls`'s MRO: `cls` itself unless a wrapper or subclass replaced it."""
+    return next(base for base in cls.__mro__ if base.__module__ == __name__)
+
+
+def _is_wrapper_class(cls: type) -> bool:
+    """Whether `cls` wraps a class of this file and its module does not define it by name, so remote code could not
+    load it from that module (FSDP2's `FSDP<name>` classes are made with `type(...)` inside torch). A subclass that
+    its module defines is left to transformers, which saves that module's code as for any custom model."""
+    module = sys.modules.get(cls.__module__)
+    return _trilevel_class(cls) is not cls and getattr(module, cls.__name__, None) is not cls
+
+
+def _code_file_names(module_name: str) -> set[str]:
+    """Names of the files transformers' `custom_object_save` copies for a class of `module_name`."""
+    module_file = sys.modules[module_name].__file__
+    return {os.path.basename(path) for path in [module_file, *get_relative_import_files(module_file)]}
+
+
+def _save_as_trilevel_class(model: TriLevelViTPreTrainedModel, folder: str, copied: set[str]) -> None:
+    """Turn the folder a wrapped `model` was just saved to into what saving its TriLevel class writes: remove the
+    wrapper module's files in `copied`, copy this file and its siblings, and rewrite config.json with `auto_map`
+    and `architectures` naming the TriLevel class."""
+    trilevel_class = _trilevel_class(type(model))
+    for name in sorted(copied):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    custom_object_save(trilevel_class, folder)  # a class: copies its module's code, leaves configs alone
+    module = trilevel_class.__module__.rsplit(".", 1)[-1]
+    model.config.auto_map = {
+        **model.config.auto_map,
+        trilevel_class._auto_class: f"{module}.{trilevel_class.__name__}",
+    }
+    model.config.architectures = [trilevel_class.__name__]
+    if not getattr(model, "_hf_peft_config_loaded", False):  # transformers writes no config.json for adapters
+        model.config.save_pretrained(folder)
 
 
 def _add_losses(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
