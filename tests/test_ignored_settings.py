@@ -244,3 +244,11 @@ def test_a_fresh_run_over_a_complete_checkpoint_offers_to_resume_it(tmp_path):
     message = str(raised.value)
     assert "checkpoint-4 is an incomplete checkpoint" in message
     assert "`resume_from_checkpoint` latest to continue the run saved there (from checkpoint-2)" in message
+
+
+def test_keep_rate_fractions_without_the_warm_up_are_refused():
+    from hf_trilevel.token_training.arguments import KeepRateScheduleArguments
+
+    with pytest.raises(ValueError, match="`keep_rate_decay_fraction` shapes the keep-rate warm-up, which is off"):
+        KeepRateScheduleArguments(keep_rate_decay_fraction=0.5)
+    assert KeepRateScheduleArguments(keep_rate_schedule=True, keep_rate_decay_fraction=0.5).fractions()[1] == 0.5

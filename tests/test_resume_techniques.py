@@ -6,6 +6,8 @@ technique, resumed without its flag, with a setting changed, and with a techniqu
 """
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -25,21 +27,25 @@ from hf_trilevel.training.technique_manifest import (
 
 from .test_example import load_example
 
-# Each technique as the example builds it, and for every setting it records a different valid value.
+# Each technique (case -> its name, a builder, and for every setting it records a different valid value).
 TECHNIQUES = {
     "example_pruning": (
+        "example_pruning",
         lambda **changed: ExamplePruning(**{"policy": "loss", "prune_ratio": 0.5, **changed}),
         {"policy": "forgetting", "prune_ratio": 0.3, "full_data_fraction": 0.25, "well_learned_fraction": 0.7},
     ),
     "keep_rate_schedule": (
+        "keep_rate_schedule",
         lambda **changed: KeepRateSchedule(**{"warmup_fraction": 0.1, "decay_fraction": 0.5, **changed}),
         {"target_token_keep_rate": 0.5, "warmup_fraction": 0.2, "decay_fraction": 0.6},
     ),
     "token_selector_temperature": (
+        "token_selector_temperature",
         lambda **changed: SelectorTemperatureSchedule(**{"start": 10.0, "end": 0.1, **changed}),
         {"start": 5.0, "end": 0.5, "noise_start": 0.5, "noise_end": 0.0},
     ),
     "dense_sparse": (
+        "dense_sparse",
         lambda **changed: DenseSparseTraining(**{"keep_rates": [1.0, 0.7], "decay_fraction": 0.5, **changed}),
         {
             "keep_rates": [1.0, 0.5],
@@ -52,79 +58,105 @@ TECHNIQUES = {
             "decay_fraction": 0.6,
         },
     ),
-    "weight_sparsity": (
+    "weight_sparsity-structured": (
+        "weight_sparsity",
         lambda **changed: WeightSparsity(**{"sparsity": "structured", "update_interval": 2, **changed}),
         {
             "sparsity": "unstructured",
-            "density": 0.3,
             "head_density": 0.75,
             "neuron_density": 0.25,
-            "pattern": "2:4",
             "update_interval": 3,
             "end_fraction": 0.5,
             "death_rate": 0.3,
             "final_death_rate": 0.1,
             "one_shot": True,
-            "initial_mask": "magnitude",
             "seed": 7,
         },
     ),
+    "weight_sparsity-unstructured": (
+        "weight_sparsity",
+        lambda **changed: WeightSparsity(**{"sparsity": "unstructured", "update_interval": 2, **changed}),
+        {"density": 0.3, "pattern": "2:4", "initial_mask": "magnitude"},
+    ),
 }
-CHANGES = [(name, key, value) for name, (_, changes) in TECHNIQUES.items() for key, value in changes.items()]
+CHANGES = [(case, key, value) for case, (_, _, changes) in TECHNIQUES.items() for key, value in changes.items()]
 
 
-def checkpoint_with(tmp_path: Path, *techniques) -> Path:
+def checkpoint_with(tmp_path: Path, *techniques, seed: int | None = None) -> Path:
     folder = tmp_path / "checkpoint-4"
     folder.mkdir()
-    write_technique_manifest(folder, techniques)
+    write_technique_manifest(folder, techniques, seed)
     return folder
 
 
-def build(name: str, **changed):
-    factory, _ = TECHNIQUES[name]
-    if changed.get("pattern") == "2:4":  # 2:4 is a layout of single weights at density 0.5
-        changed |= {"sparsity": "unstructured", "density": 0.5}
-    if name == "example_pruning" and "policy" in changed:  # another policy, with its own default settings
+def build(case: str, **changed):
+    _, factory, _ = TECHNIQUES[case]
+    if changed.get("pattern") == "2:4":  # 2:4 keeps two of four: density 0.5
+        changed |= {"density": 0.5}
+    if case == "example_pruning" and "policy" in changed:  # another policy, with its own default settings
         return ExamplePruning(changed["policy"])
     return factory(**changed)
 
 
-@pytest.mark.parametrize("name", sorted(TECHNIQUES))
-def test_every_technique_records_every_setting_it_is_compared_on(tmp_path, name):
-    folder = checkpoint_with(tmp_path, build(name))
-    recorded = read_technique_manifest(folder)
+@pytest.mark.parametrize("case", sorted(TECHNIQUES))
+def test_every_technique_records_every_setting_it_is_compared_on(tmp_path, case):
+    name = TECHNIQUES[case][0]
+    recorded = read_technique_manifest(checkpoint_with(tmp_path, build(case)))
     assert set(recorded) == {name}
-    assert set(recorded[name]["settings"]) >= set(TECHNIQUES[name][1]) - {"policy"} | ({"policy"} & set(recorded))
+    assert set(recorded[name]["settings"]) >= set(TECHNIQUES[case][2])
 
 
-@pytest.mark.parametrize("name", sorted(TECHNIQUES))
-def test_resuming_with_the_same_technique_and_settings_is_allowed(tmp_path, name):
-    check_resumed_techniques(checkpoint_with(tmp_path, build(name)), [build(name)])
+@pytest.mark.parametrize("case", sorted(TECHNIQUES))
+def test_resuming_with_the_same_technique_and_settings_is_allowed(tmp_path, case):
+    check_resumed_techniques(checkpoint_with(tmp_path, build(case), seed=3), [build(case)], seed=3)
 
 
-@pytest.mark.parametrize("name", sorted(TECHNIQUES))
-def test_resuming_without_a_technique_the_checkpoint_was_trained_with_is_refused(tmp_path, name):
-    folder = checkpoint_with(tmp_path, build(name))
+@pytest.mark.parametrize("case", sorted(TECHNIQUES))
+def test_resuming_without_a_technique_the_checkpoint_was_trained_with_is_refused(tmp_path, case):
+    folder = checkpoint_with(tmp_path, build(case))
+    name = TECHNIQUES[case][0]
     with pytest.raises(TrainingRefused, match=rf"checkpoint-4 was trained with {name} .* which this run does not use"):
         check_resumed_techniques(folder, [])
 
 
-@pytest.mark.parametrize("name", sorted(TECHNIQUES))
-def test_resuming_with_a_technique_added_is_refused(tmp_path, name):
+@pytest.mark.parametrize("case", sorted(TECHNIQUES))
+def test_resuming_with_a_technique_added_is_refused(tmp_path, case):
     folder = checkpoint_with(tmp_path)
+    name = TECHNIQUES[case][0]
     with pytest.raises(TrainingRefused, match=rf"this run adds {name} .* checkpoint-4 was not trained with"):
-        check_resumed_techniques(folder, [build(name)])
+        check_resumed_techniques(folder, [build(case)])
 
 
-@pytest.mark.parametrize(("name", "key", "value"), CHANGES, ids=[f"{name}-{key}" for name, key, _ in CHANGES])
-def test_resuming_with_a_setting_changed_is_refused_naming_it_and_both_values(tmp_path, name, key, value):
-    original, changed = build(name), build(name, **{key: value})
+@pytest.mark.parametrize(("case", "key", "value"), CHANGES, ids=[f"{case}-{key}" for case, key, _ in CHANGES])
+def test_resuming_with_a_setting_changed_is_refused_naming_it_and_both_values(tmp_path, case, key, value):
+    original, changed = build(case), build(case, **{key: value})
     before, after = original.resume_settings(), changed.resume_settings()
-    differing = sorted(setting for setting in before | after if before.get(setting) != after.get(setting))
-    assert key in differing, f"changing {key} changed {differing}"
-    with pytest.raises(TrainingRefused, match=r"trained with .*, this run asks for ") as refused:
+    differing = {setting for setting in before | after if before.get(setting) != after.get(setting)}
+    assert key in differing, f"changing {key} changed {sorted(differing)}"
+    with pytest.raises(TrainingRefused) as refused:
         check_resumed_techniques(checkpoint_with(tmp_path, original), [changed])
-    assert f"({name}): checkpoint-4" in str(refused.value)
+    named = re.match(
+        r"`(\w+)` \((\w+)\): checkpoint-4 was trained with (.+), this run asks for (.+); ", str(refused.value)
+    )
+    assert named is not None, str(refused.value)
+    setting, technique, saved, asked = named.groups()
+    assert technique == TECHNIQUES[case][0] and setting in differing
+    assert (saved, asked) == (value_text(before.get(setting)), value_text(after.get(setting)))
+
+
+def value_text(value) -> str:
+    """A setting's value as the messages write it."""
+    if value is None:
+        return "none (unset)"
+    if isinstance(value, list):
+        return " ".join(str(item) for item in value)
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def test_resuming_with_another_seed_is_refused_naming_both(tmp_path):
+    folder = checkpoint_with(tmp_path, build("weight_sparsity-structured"), seed=42)
+    with pytest.raises(TrainingRefused, match=r"^`seed`: checkpoint-4 was trained with 42, this run asks for 7;"):
+        check_resumed_techniques(folder, [build("weight_sparsity-structured")], seed=7)
 
 
 def test_the_message_names_the_flag_a_script_spells_the_setting_with(tmp_path):
@@ -229,19 +261,17 @@ def refusal(example, capsys, output: Path, *flags: str) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
-def test_the_example_refuses_to_resume_without_the_techniques_flag(example, trained, capsys, name):
+def test_the_example_refuses_to_resume_without_the_techniques_flag_and_quotes_the_flags_that_resume(
+    example, trained, capsys, name
+):
     error = refusal(example, capsys, trained[name])
-    assert f"checkpoint-4 was trained with {name} (" in error and "which this run does not use" in error
-    assert MISSING[name] in error  # the flags to resume with
-
-
-MISSING = {
-    "weight_sparsity": "`weight_sparsity` 'structured', `weight_density` 0.5, `head_density` 0.5",
-    "example_pruning": "`example_pruning` 'loss', `prune_ratio` 0.5",
-    "keep_rate_schedule": "`keep_rate_warmup_fraction` 0.1, `keep_rate_decay_fraction` 0.5",
-    "token_selector_temperature": "`token_selector_temperature_start` 10.0, `token_selector_temperature_end` 0.1",
-    "dense_sparse": "`dense_sparse_keep_rates` 1.0 0.7, `dense_sparse_schedule` 'dense_and_one'",
-}
+    quoted = re.search(rf"checkpoint-4 was trained with {name} \(`([^`]*)`\), which this run does not use", error)
+    assert quoted is not None, error
+    assert shlex.split(quoted[1]) == RUNS[name][0]
+    # The advice works: those flags resume (checkpoint-4 is the run's last step, so nothing more is trained).
+    example.main(
+        [*TINY, *shlex.split(quoted[1]), "--output_dir", str(trained[name]), "--resume_from_checkpoint", "latest"]
+    )
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
@@ -249,10 +279,23 @@ def test_the_example_refuses_to_resume_with_a_setting_changed(example, trained, 
     assert RUNS[name][2] in refusal(example, capsys, trained[name], *RUNS[name][1])
 
 
+def test_the_example_refuses_a_resumed_warm_up_to_another_keep_rate(example, trained, capsys):
+    flags = [*RUNS["keep_rate_schedule"][0], "--token_keep_rate", "0.3"]  # the target the warm-up decays to
+    error = refusal(example, capsys, trained["keep_rate_schedule"], *flags)
+    assert "`token_keep_rate` (keep_rate_schedule): checkpoint-4 was trained with 0.7, this run asks for 0.3" in error
+
+
+def test_the_example_refuses_to_resume_with_another_seed(example, trained, capsys):
+    error = refusal(example, capsys, trained["weight_sparsity"], *RUNS["weight_sparsity"][0], "--seed", "7")
+    assert re.search(r"`seed`: checkpoint-4 was trained with \d+, this run asks for 7;", error), error
+
+
 def test_the_example_refuses_to_resume_with_a_technique_added(example, trained, capsys):
     flags = [*RUNS["keep_rate_schedule"][0], "--example_pruning", "random"]
     error = refusal(example, capsys, trained["keep_rate_schedule"], *flags)
-    assert "this run adds example_pruning (`example_pruning` 'random', `keep_fraction` 0.8)" in error
+    assert (
+        "this run adds example_pruning (`--example_pruning random`), which checkpoint-4 was not trained with" in error
+    )
 
 
 def test_a_structured_run_resumed_with_its_flags_keeps_its_pruned_heads(example, trained, tmp_path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..modeling.value_checks import check_fraction, check_int
-from ..training.arguments import TechniqueArguments, TechniqueContext, given_fields
+from ..training.arguments import TechniqueArguments, TechniqueContext, given_fields, given_flags
 from .policies import POLICIES, PruningPolicy
 from .technique import ExamplePruning, import_policy
 
@@ -174,7 +174,7 @@ class ExamplePruningArguments(TechniqueArguments):
         if not self.enabled() or not context.training_args.do_train:
             return None
         return ExamplePruning(self.policy()).name_settings(
-            {"policy": "example_pruning", "policy_class": "example_pruning"}
+            {"policy": "example_pruning", "policy_class": None}, flags=given_flags(self)
         )
 
 

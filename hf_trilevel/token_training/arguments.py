@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..modeling.configuration_trilevel_vit import check_dense_sparse_keep_rates
 from ..modeling.value_checks import check_fraction, check_keep_rate, check_number
-from ..training.arguments import TechniqueArguments, TechniqueContext, given_fields
+from ..training.arguments import TechniqueArguments, TechniqueContext, given_fields, given_flags
 from .dense_sparse import DISTILLATION_MODES, SCHEDULES, DenseSparseTraining, check_model_for_dense_sparse
 from .distillation import check_temperature, load_teacher
 from .keep_rate_schedule import KeepRateSchedule
@@ -58,6 +58,12 @@ class KeepRateScheduleArguments(TechniqueArguments):
                 "`keep_rate_warmup_fraction + keep_rate_decay_fraction` must be <= 1, got "
                 f"{self.keep_rate_warmup_fraction} + {self.keep_rate_decay_fraction}."
             )
+        shape = [name for name in given_fields(self) if name != "keep_rate_schedule"]
+        if shape and not self.keep_rate_schedule:
+            raise ValueError(
+                f"`{shape[0]}` shapes the keep-rate warm-up, which is off: pass `keep_rate_schedule` True too, or drop "
+                f"`{shape[0]}`."
+            )
 
     def fractions(self) -> tuple[float, float] | None:
         """`(warmup, decay)` shares of training when the warm-up is on, else None."""
@@ -72,7 +78,8 @@ class KeepRateScheduleArguments(TechniqueArguments):
         if self.fractions() is None or not context.training_args.do_train or dense_sparse:
             return None
         warmup, decay = self.fractions()
-        return KeepRateSchedule(warmup_fraction=warmup, decay_fraction=decay).name_settings(KEEP_RATE_FLAGS)
+        schedule = KeepRateSchedule(context.config.token_keep_rate, warmup_fraction=warmup, decay_fraction=decay)
+        return schedule.name_settings(KEEP_RATE_FLAGS, flags=given_flags(self))
 
 
 @dataclass
@@ -119,7 +126,12 @@ class SelectorTemperatureArguments(TechniqueArguments):
                 noise_end=self.token_selector_noise_end,
             ).name_settings(
                 {"start": "token_selector_temperature_start", "end": "token_selector_temperature_end"}
-                | {key: f"token_selector_{key}" for key in ("noise_start", "noise_end")}
+                | {key: f"token_selector_{key}" for key in ("noise_start", "noise_end")},
+                flags=" ".join(
+                    [f"--token_selector {context.config.token_selector}"]
+                    + ["--token_importance learned"] * (context.config.token_selector == "adaptive")
+                    + [given_flags(self)] * bool(given_fields(self))
+                ),
             )
         changed = given_fields(self)
         if changed:
@@ -238,8 +250,10 @@ class DenseSparseArguments(TechniqueArguments):
                 device=context.training_args.device,
                 **context.hub_kwargs,
             )
-        schedules = (args.fractions() for args in context.technique_args if isinstance(args, KeepRateScheduleArguments))
-        warmup_fraction, decay_fraction = next((found for found in schedules if found is not None), (0.0, 0.0))
+        warmup_arguments = [
+            args for args in context.technique_args if isinstance(args, KeepRateScheduleArguments) and args.fractions()
+        ]
+        warmup_fraction, decay_fraction = warmup_arguments[0].fractions() if warmup_arguments else (0.0, 0.0)
         return DenseSparseTraining(
             self.dense_sparse_keep_rates,
             schedule=self.dense_sparse_schedule,
@@ -250,7 +264,7 @@ class DenseSparseArguments(TechniqueArguments):
             importance_weight=self.token_importance_distillation_weight,
             warmup_fraction=warmup_fraction,
             decay_fraction=decay_fraction,
-        ).name_settings(DENSE_SPARSE_FLAGS)
+        ).name_settings(DENSE_SPARSE_FLAGS, flags=given_flags(self, *warmup_arguments))
 
 
 __all__ = ["DenseSparseArguments", "KeepRateScheduleArguments", "SelectorTemperatureArguments"]

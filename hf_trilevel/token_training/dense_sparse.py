@@ -265,18 +265,12 @@ class DenseSparseTraining(TrainingTechnique):
         }
 
     def card_settings(self) -> dict:
-        settings = {
-            "keep_rates": list(self.keep_rates),
-            "schedule": self.schedule,
-            "distillation": self.distillation,
-            "distillation_temperature": self.distillation_temperature,
-            "distillation_weight": self.distillation_weight,
-            "importance_weight": self.importance_weight,
-        }
+        settings = self.resume_settings()
+        warmup, decay = settings.pop("warmup_fraction"), settings.pop("decay_fraction")
         if self.teacher is not None:
             settings["teacher"] = getattr(self.teacher.config, "_name_or_path", None) or type(self.teacher).__name__
-        if self.decay_fraction:
-            settings.update(warmup_fraction=self.warmup_fraction, decay_fraction=self.decay_fraction)
+        if decay:
+            settings.update(warmup_fraction=warmup, decay_fraction=decay)
         return settings
 
 

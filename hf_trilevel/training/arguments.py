@@ -48,10 +48,22 @@ class TechniqueArguments:
         raise NotImplementedError
 
 
+def given_flags(*arguments) -> str:
+    """The flags a user set in these argument dataclasses, as a command line (`--name value`, lists space-separated):
+    what a message quotes to say how a technique was asked for."""
+    words = []
+    for group in arguments:
+        for name in given_fields(group):
+            value = getattr(group, name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            words += [f"--{name}", *(str(item) for item in values)]
+    return " ".join(words)
+
+
 def given_fields(arguments) -> list[str]:
     """The names of a dataclass's fields whose value differs from the field's default, in field order: the flags a
     user set, for notices about flags that have no effect."""
     return [item.name for item in fields(arguments) if getattr(arguments, item.name) != item.default]
 
 
-__all__ = ["TechniqueArguments", "TechniqueContext", "given_fields"]
+__all__ = ["TechniqueArguments", "TechniqueContext", "given_fields", "given_flags"]

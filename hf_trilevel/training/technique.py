@@ -150,15 +150,27 @@ class TrainingTechnique(TrainerCallback):
         """
         return {}
 
-    def name_settings(self, spellings: dict[str, str]) -> "TrainingTechnique":
-        """Tell the technique how its caller spells `resume_settings` keys (a script's flags, without dashes), so
-        messages about them name what the user typed; keys left out keep their own name. Returns the technique."""
+    def name_settings(self, spellings: dict[str, str | None], flags: str | None = None) -> "TrainingTechnique":
+        """Tell the technique how its caller spells it, so messages name what the user typed; returns the technique.
+
+        Args:
+            spellings: `resume_settings` key -> the caller's name for it (a script's flag, without dashes), or None
+                for a setting the caller has no flag for; keys left out keep their own name.
+            flags: the command-line flags that built the technique, as the user gave them (e.g.
+                `"--weight_sparsity structured --sparse_update_interval 2"`): a message about a resume without the
+                technique quotes them.
+        """
         self._setting_spellings = dict(spellings)
+        self._flags = flags
         return self
 
-    def setting_spelling(self, key: str) -> str:
-        """How the caller spells setting `key` (see `name_settings`)."""
+    def setting_spelling(self, key: str) -> str | None:
+        """How the caller spells setting `key`, None when it has no flag for it (see `name_settings`)."""
         return getattr(self, "_setting_spellings", {}).get(key, key)
+
+    def flags(self) -> str | None:
+        """The command-line flags that built the technique, if the caller gave them (see `name_settings`)."""
+        return getattr(self, "_flags", None)
 
     def has_state(self) -> bool:
         """Whether this technique writes checkpoint state (then resuming requires it)."""

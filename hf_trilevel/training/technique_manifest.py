@@ -1,13 +1,14 @@
 """Which training techniques a checkpoint was trained with, and the check that a resumed run uses the same ones.
 
-Every checkpoint `TriLevelTrainer` writes holds `trilevel_techniques.json`: for each technique its `name`, class and
-`resume_settings()`, and how the caller spells each setting (a script's flags). Resuming compares it with the run's
-techniques before the first step and refuses, naming the setting (flag) and both values, when
+Every checkpoint `TriLevelTrainer` writes holds `trilevel_techniques.json`: the run's seed (keyed augmentation, pruning
+and mask draws depend on it) and, for each technique, its `name`, class and `resume_settings()`, and how the caller
+spells each setting (a script's flags). Resuming compares it with the run before the first step and refuses, naming
+the setting (flag) and both values, when
 
 * a technique the checkpoint was trained with is missing: its state (weight masks, pruning statistics) would be
   silently dropped, e.g. a structured weight-sparsity run whose pruned heads regrow;
 * a technique is added: it would start halfway with empty state, a run that is neither the old one nor a new one;
-* a setting differs: an update interval, a policy, a keep rate the saved state was built for.
+* a setting differs: an update interval, a policy, a keep rate the saved state was built for, or the seed.
 
 Checkpoints written before this file existed (0.1.0) are checked by the state files they hold instead: a
 `<name>.safetensors` + `<name>.json` pair with no technique of that name in the run is a technique dropped on resume.
@@ -25,8 +26,8 @@ MANIFEST_NAME = "trilevel_techniques.json"
 MANIFEST_FORMAT = 1
 
 
-def technique_manifest(techniques: Sequence[TrainingTechnique]) -> dict:
-    """The JSON record of `techniques`: class, settings and their spellings, keyed by technique name."""
+def technique_manifest(techniques: Sequence[TrainingTechnique], seed: int | None = None) -> dict:
+    """The JSON record of a run: its seed, and each technique's class, settings, their spellings and its switch."""
     recorded = {}
     for technique in techniques:
         settings = technique.resume_settings()
@@ -34,14 +35,17 @@ def technique_manifest(techniques: Sequence[TrainingTechnique]) -> dict:
             "class": f"{type(technique).__module__}.{type(technique).__qualname__}",
             "settings": settings,
             "spellings": {key: technique.setting_spelling(key) for key in settings},
+            "flags": technique.flags(),
         }
-    return {"format": MANIFEST_FORMAT, "techniques": recorded}
+    return {"format": MANIFEST_FORMAT, "seed": seed, "techniques": recorded}
 
 
-def write_technique_manifest(folder: str | Path, techniques: Sequence[TrainingTechnique]) -> None:
+def write_technique_manifest(
+    folder: str | Path, techniques: Sequence[TrainingTechnique], seed: int | None = None
+) -> None:
     """Write `trilevel_techniques.json` into a checkpoint folder (the main process calls this)."""
     path = Path(folder) / MANIFEST_NAME
-    path.write_text(json.dumps(technique_manifest(techniques), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(technique_manifest(techniques, seed), indent=2) + "\n", encoding="utf-8")
 
 
 def read_technique_manifest(folder: str | Path) -> dict | None:
@@ -49,6 +53,11 @@ def read_technique_manifest(folder: str | Path) -> dict | None:
 
     A record that does not parse refuses the resume: guessing would defeat the check.
     """
+    manifest = _read_manifest(folder)
+    return None if manifest is None else manifest["techniques"]
+
+
+def _read_manifest(folder: str | Path) -> dict | None:
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
         return None
@@ -62,16 +71,26 @@ def read_technique_manifest(folder: str | Path) -> dict | None:
     techniques = manifest.get("techniques") if isinstance(manifest, dict) else None
     if not isinstance(techniques, dict):
         raise TrainingRefused(f"cannot resume from {str(folder)!r}: {MANIFEST_NAME} holds no `techniques` record.")
-    return techniques
+    return manifest
 
 
-def check_resumed_techniques(folder: str | Path, techniques: Sequence[TrainingTechnique]) -> None:
-    """Refuse to resume `folder` with techniques or settings other than those it was trained with (see the module)."""
-    recorded = read_technique_manifest(folder)
+def check_resumed_techniques(
+    folder: str | Path, techniques: Sequence[TrainingTechnique], seed: int | None = None
+) -> None:
+    """Refuse to resume `folder` with techniques, settings or a seed other than those it was trained with (see the
+    module); `seed` None skips the seed."""
+    manifest = _read_manifest(folder)
     checkpoint = Path(folder).name
-    if recorded is None:
+    if manifest is None:
         _check_state_files(Path(folder), techniques)
         return
+    if seed is not None and manifest.get("seed") is not None and manifest["seed"] != seed:
+        raise TrainingRefused(
+            f"`seed`: {checkpoint} was trained with {manifest['seed']}, this run asks for {seed}; the augmentation, "
+            "example pruning and weight masks are drawn from it, so the resumed run would be neither run. Resume "
+            "with the same seed, or start a new run."
+        )
+    recorded = manifest["techniques"]
     running = {technique.name: technique for technique in techniques}
     for name, record in recorded.items():
         if name not in running:
@@ -89,7 +108,7 @@ def check_resumed_techniques(folder: str | Path, techniques: Sequence[TrainingTe
         saved, wanted = recorded[name].get("settings", {}), technique.resume_settings()
         for key in sorted(set(saved) | set(wanted), key=lambda key: (key not in wanted, key)):
             if saved.get(key) != _as_json(wanted.get(key)):
-                spelling = recorded[name].get("spellings", {}).get(key) or technique.setting_spelling(key)
+                spelling = recorded[name].get("spellings", {}).get(key) or technique.setting_spelling(key) or key
                 raise TrainingRefused(
                     f"`{spelling}` ({name}): {checkpoint} was trained with {_value_text(saved.get(key))}, this run "
                     f"asks for {_value_text(wanted.get(key))}; resume with the same setting, or start a new run."
@@ -123,12 +142,15 @@ def _value_text(value: object) -> str:
 
 
 def _settings_text(record: dict) -> str:
-    """`--flag value` pairs of a record, as the user would pass them again."""
+    """How the technique was asked for: the flags the user gave (a script's), else its settings as `key value`
+    pairs (unset ones left out: a default decides)."""
+    if record.get("flags"):
+        return f"`{record['flags']}`"
     settings, spellings = record.get("settings", {}), record.get("spellings", {})
-    if not settings:
-        return "no settings recorded"
-    given = {key: value for key, value in settings.items() if value is not None}  # unset: a default decides
-    return ", ".join(f"`{spellings.get(key, key)}` {_value_text(value)}" for key, value in given.items())
+    given = [
+        f"`{spellings.get(key) or key}` {_value_text(value)}" for key, value in settings.items() if value is not None
+    ]
+    return ", ".join(given) if given else "no settings recorded"
 
 
 __all__ = [

@@ -32,7 +32,7 @@ from .checkpoints import check_resumable, latest_complete_checkpoint
 from .errors import TrainingRefused
 from .indexed_dataset import EXAMPLE_INDEX, IndexCollator, IndexedDataset
 from .loss_terms import LossTermLog, composed_loss
-from .sharding import check_sharded_training
+from .sharding import check_sharded_training, warn_if_fsdp_dropped
 from .technique import (
     TrainingTechnique,
     find_planned_sampler,
@@ -110,7 +110,7 @@ class TriLevelTrainer(Trainer):
             except ValueError as error:
                 raise TrainingRefused(str(error)) from None
         if resume_from_checkpoint:
-            check_resumed_techniques(resume_from_checkpoint, self.techniques())
+            check_resumed_techniques(resume_from_checkpoint, self.techniques(), self.args.seed)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # -- the techniques ---------------------------------------------------------------------------------------
@@ -147,6 +147,7 @@ class TriLevelTrainer(Trainer):
                 "warm-up goes to DenseSparseTraining as `warmup_fraction` / `decay_fraction`)."
             )
         try:
+            warn_if_fsdp_dropped(self.accelerator, self.args)  # FSDP asked for, DDP run (accelerate on CPU)
             check_sharded_training(techniques, self.accelerator, self.args)  # FSDP / DeepSpeed (training.sharding)
             for technique in techniques:
                 technique.setup(self.args, num_examples, self.args.device)
@@ -331,6 +332,8 @@ class TriLevelTrainer(Trainer):
         """
         super().save_model(output_dir, _internal_call=_internal_call)
         folder = output_dir if output_dir is not None else self.args.output_dir
+        if _internal_call and self.args.should_save:
+            os.makedirs(folder, exist_ok=True)  # a checkpoint under FSDP's SHARDED_STATE_DICT: nothing saved here yet
         if self.args.should_save:
             pickled = os.path.join(folder, TRAINING_ARGS_PICKLE)
             if os.path.isfile(pickled):
@@ -346,7 +349,7 @@ class TriLevelTrainer(Trainer):
                 if technique.has_state():
                     save_technique_state(technique, folder, self.args.should_save)
             if self.args.should_save:
-                write_technique_manifest(folder, self.techniques())
+                write_technique_manifest(folder, self.techniques(), self.args.seed)
 
     def create_model_card(
         self,

@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from ..modeling.value_checks import check_fraction, check_int
-from ..training.arguments import TechniqueArguments, TechniqueContext, given_fields
+from ..training.arguments import TechniqueArguments, TechniqueContext, given_fields, given_flags
 from .masks import PATTERNS
 from .structured_units import unit_count
 from .technique import WeightSparsity
@@ -31,6 +31,10 @@ SETTING_FLAGS = {
     "update_interval": "sparse_update_interval",
     "end_fraction": "sparse_end_fraction",
     "one_shot": "sparse_one_shot",
+    "initial_mask": None,  # settings of the Python API that the example has no flag for
+    "death_rate": None,
+    "final_death_rate": None,
+    "seed": None,
 }
 
 
@@ -163,7 +167,8 @@ class WeightSparsityArguments(TechniqueArguments):
             neurons = 0.5 if self.neuron_density is None else self.neuron_density
             check_unit_counts(context.config, heads, neurons)
             settings |= {"head_density": heads, "neuron_density": neurons}
-        technique = WeightSparsity(self.weight_sparsity, **settings).name_settings(SETTING_FLAGS)
+        technique = WeightSparsity(self.weight_sparsity, **settings)
+        technique.name_settings(SETTING_FLAGS, flags=given_flags(self))
         if context.num_train_examples is not None:  # before the first step, where the technique checks it again
             steps = optimizer_steps(context.training_args, context.num_train_examples)
             technique.check_run_length(steps, "sparse_update_interval", "sparse_end_fraction")

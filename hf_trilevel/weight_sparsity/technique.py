@@ -233,22 +233,9 @@ class WeightSparsity(TrainingTechnique):
         return settings
 
     def resume_settings(self) -> dict:
-        """Every constructor setting, including those the card leaves out for the mode (a mask schedule's
-        interval, end and death rates, the initial mask and the seed all shape the masks a resumed run inherits)."""
-        return {
-            "sparsity": self.sparsity,
-            "density": self.density,
-            "head_density": self.head_density,
-            "neuron_density": self.neuron_density,
-            "pattern": self.pattern,
-            "update_interval": self.update_interval,
-            "end_fraction": self.end_fraction,
-            "death_rate": self.death_rate,
-            "final_death_rate": self.final_death_rate,
-            "one_shot": self.one_shot,
-            "initial_mask": self.initial_mask,
-            "seed": self.seed,
-        }
+        """Every setting the mode reads (`settings`: the schedule's interval, end and death rates shape the masks a
+        resumed run inherits) and the seed of the masks (None: the run's, which the trainer records itself)."""
+        return {**self.settings(), "seed": self.seed}
 
     def card_settings(self) -> dict:
         return self.settings()
