@@ -89,7 +89,7 @@ def train(digits, tmp_path, policy="forgetting", epochs=6, callbacks=(), trainer
 
 
 def digests(trainer) -> dict[int, str]:
-    """Kept-set fingerprint per epoch, from the log history (a resumed run logs its resumed epoch again)."""
+    """Kept-set fingerprint per epoch, from the log history (logged once per epoch, resumed runs included)."""
     return {
         h["example_pruning/epoch"]: h["example_pruning/digest"]
         for h in trainer.state.log_history

@@ -157,7 +157,7 @@ def reference_and_resumed(matrix, config: str, kill: str) -> tuple[dict, dict]:
 
 
 def digests(result: dict) -> list[tuple[int, str]]:
-    """(epoch, kept-set digest) as logged; a run resumed mid-epoch logs that epoch again."""
+    """(epoch, kept-set digest) as logged, once per epoch (a run resumed mid-epoch does not log its epoch again)."""
     return [
         (entry["example_pruning/epoch"], entry["example_pruning/digest"])
         for entry in result["log_history"]
@@ -173,11 +173,8 @@ def step_logs(result: dict) -> list[dict]:
 @pytest.mark.parametrize(("config", "kill"), [case for case in CASES if not case[0].startswith("none")])
 def test_the_resumed_run_makes_the_same_pruning_decisions(matrix, config, kill):
     reference, resumed = reference_and_resumed(matrix, config, kill)
-    expected = dict(digests(reference))
-    assert len(expected) == 3 == len(digests(reference))
-    assert {epoch for epoch, _ in digests(resumed)} == set(expected)
-    for epoch, digest in digests(resumed):
-        assert digest == expected[epoch], f"epoch {epoch} kept another set after the resume"
+    assert len(digests(reference)) == 3
+    assert digests(resumed) == digests(reference), "another kept set, or an epoch logged twice, after the resume"
 
 
 @pytest.mark.parametrize(("config", "kill"), CASES)

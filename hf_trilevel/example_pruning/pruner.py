@@ -7,7 +7,8 @@ this module holds the run's state (`ExamplePruner`) and serves the current epoch
 
 import hashlib
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,7 @@ from ..training.technique import find_planned_sampler, is_distributed
 from .policies import POLICIES, EpochPlan, ForgettingPolicy, LossPolicy, NoPruning, PruningPolicy, RandomPolicy
 from .statistics import SALT_ORDER, ExampleStatistics, digest
 
+T = TypeVar("T")
 DETERMINISM_ADVICE = (
     "a policy must decide from its arguments alone: draw randomness only from the `seed` `plan_epoch` is given, "
     "e.g. `keyed_generator(seed, epoch, salt)` from hf_trilevel.training.generators, never from global state "
@@ -43,6 +45,33 @@ def _shortened(text: str, limit: int = 60) -> str:
 def _fingerprint(text: str) -> int:
     """A 40-bit integer fingerprint of `text`, exact in an int64 tensor (as a kept-set `digest` read in base 16)."""
     return int(hashlib.sha1(text.encode()).hexdigest()[:10], 16)
+
+
+FAILED = -1  # what a process that raised contributes instead of a fingerprint (fingerprints are >= 0)
+
+
+def decide_on_every_process(
+    decide: Callable[[], T], fingerprint: Callable[[T], int], device
+) -> tuple[T, tuple[int, int] | None]:
+    """`decide()` on this process, and the lowest and highest fingerprint over the processes when they differ (None
+    when every process decided the same); one all-reduce.
+
+    Every process reaches the collective even when `decide` raises on some only: the raising process re-raises its
+    own error after it, and the others stop with a `ValueError` pointing at it, instead of waiting forever.
+    """
+    try:
+        result, error = decide(), None
+    except Exception as caught:  # re-raised below, once every process has taken part in the collective
+        result, error = None, caught
+    low, high = extremes_across_processes(FAILED if error is not None else fingerprint(result), device)
+    if error is not None:
+        raise error
+    if low == FAILED:
+        raise ValueError(
+            "the example pruning policy raised an error on another process (its traceback is in that process's "
+            "output); every process must take the same decision."
+        )
+    return result, (low, high) if low != high else None
 
 
 def extremes_across_processes(value: int, device: torch.device | str) -> tuple[int, int]:
@@ -79,15 +108,16 @@ class ExamplePruner:
         """
         if num_examples < 1:
             raise ValueError("example pruning needs a non-empty training set.")
-        self.policy.prepare(num_examples, num_epochs)
-        sizes = self.policy.epoch_sizes(num_examples, num_epochs)
+
+        def plan_sizes():
+            self.policy.prepare(num_examples, num_epochs)
+            return self.policy.epoch_sizes(num_examples, num_epochs)
+
+        sizes, differ = decide_on_every_process(plan_sizes, lambda sizes: _fingerprint(repr(sizes)), device)
         problem = self._sizes_problem(sizes, num_examples, num_epochs)
-        # Every process compares before any raises, so a policy wrong on one process only cannot leave the others
-        # waiting in a collective.
-        low, high = extremes_across_processes(_fingerprint(repr(sizes)), device)
         if problem is not None:
             raise ValueError(f"the example pruning policy {describe_policy(self.policy)} {problem}")
-        if low != high:
+        if differ:
             raise ValueError(
                 f"the example pruning policy {describe_policy(self.policy)} planned different epoch sizes on "
                 f"different processes (this one: {sizes}); `epoch_sizes` must depend on its arguments and the "
@@ -125,17 +155,19 @@ class ExamplePruner:
         """
         if epoch == self.plan_epoch:
             return
-        plan = self.policy.plan_epoch(epoch, self.plan, self.statistics, self.num_examples, self.seed)
+        plan, differ = decide_on_every_process(
+            lambda: self.policy.plan_epoch(epoch, self.plan, self.statistics, self.num_examples, self.seed),
+            lambda plan: int(digest(plan.indices), 16),  # the digest (10 hex digits, as logged) as a 40-bit integer
+            self.statistics.device,
+        )
         problem = self._plan_problem(epoch, plan)
-        # The digest (10 hex digits, as logged) read as a 40-bit integer.
-        low, high = extremes_across_processes(int(digest(plan.indices), 16), self.statistics.device)
         if problem is not None:
             raise ValueError(f"the example pruning policy {describe_policy(self.policy)} {problem}")
-        if low != high:
+        if differ:
             raise ValueError(
                 f"the example pruning policy {describe_policy(self.policy)} planned different examples for epoch "
-                f"{epoch} on different processes (kept-set digests {low:010x} and {high:010x}), so the processes "
-                f"would train on different data; {DETERMINISM_ADVICE}"
+                f"{epoch} on different processes (kept-set digests {differ[0]:010x} and {differ[1]:010x}), so the "
+                f"processes would train on different data; {DETERMINISM_ADVICE}"
             )
         self.plan, self.plan_epoch = plan, epoch
         self._weights_by_example = None
