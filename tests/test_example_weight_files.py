@@ -114,7 +114,8 @@ def test_a_folder_whose_config_does_not_describe_its_weights_is_refused_before_t
 ):
     message = (
         f"`model_name_or_path` '{lost_sizes}': its weights do not fit the model its config.json describes: "
-        "'vit.layers.0.attention.q_proj.weight' is [16, 32] in the folder but [32, 32] in the model"
+        "'vit.encoder.layer.0.attention.attention.query.weight' is [16, 32] in the folder but [32, 32] in the model "
+        "(its 'vit.layers.0.attention.q_proj.weight'"
     )
     assert_usage_error_before_the_data(example, ["--model_name_or_path", str(lost_sizes)], message, tmp_path, capsys)
     capsys.readouterr()
@@ -130,8 +131,9 @@ def test_ignore_mismatched_sizes_refuses_to_reinitialise_more_than_the_classifie
     argv = ["--model_name_or_path", str(lost_sizes), "--ignore_mismatched_sizes"]
     message = (
         f"`ignore_mismatched_sizes` replaces only the classifier, but other weights of `model_name_or_path` "
-        f"'{lost_sizes}' do not fit the model its config.json describes: 'vit.layers.0.attention.q_proj.weight' is "
-        "[16, 32] in the folder but [32, 32] in the model (and 29 more)"
+        f"'{lost_sizes}' do not fit the model its config.json describes: "
+        "'vit.encoder.layer.0.attention.attention.query.weight' is [16, 32] in the folder but [32, 32] in the model "
+        "(its 'vit.layers.0.attention.q_proj.weight'; and 29 more)"
     )
     assert_usage_error_before_the_data(example, argv, message, tmp_path, capsys)
 
@@ -182,7 +184,7 @@ def test_slim_names_a_cut_short_in_dir_file(capsys, tmp_path):
 def test_slim_names_the_weight_that_does_not_fit_in_dirs_config(capsys, tmp_path, lost_sizes):
     error = slim_error(capsys, lost_sizes, tmp_path / "out")
     assert f"IN_DIR {lost_sizes}: its weights do not fit the model its config.json describes" in error
-    assert "'vit.layers.0.attention.q_proj.weight' is [16, 32] in the folder but [32, 32]" in error
+    assert "'vit.encoder.layer.0.attention.attention.query.weight' is [16, 32] in the folder but [32, 32]" in error
     assert LOST_SIZES_CAUSE in error and SAVED_SIZES in error
 
 

@@ -205,8 +205,8 @@ def test_a_base_model_folder_is_compared_under_the_models_names(tmp_path):
     shapes = folder_weight_shapes(tmp_path / "base")
     assert mismatched_weights(shapes, tiny_config()) == []
     wider = mismatched_weights(shapes, tiny_config(intermediate_size=128))
-    assert [name for name, _, _ in wider][:2] == ["vit.layers.0.mlp.fc1.weight", "vit.layers.0.mlp.fc1.bias"]
-    assert wider[0][1:] == ((64, 32), (128, 32))
+    assert [name for name, *_ in wider][:2] == ["vit.layers.0.mlp.fc1.weight", "vit.layers.0.mlp.fc1.bias"]
+    assert wider[0][1:] == ((64, 32), (128, 32), "encoder.layer.0.intermediate.dense.weight")
 
 
 # --- item 9's messages --------------------------------------------------------------------------------------------

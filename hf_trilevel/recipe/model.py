@@ -168,25 +168,38 @@ def _config_file(source: str) -> str:
 CLASSIFIER_PREFIX = "classifier."  # the only weights `ignore_mismatched_sizes` may replace
 
 
-def mismatched_weights(
-    saved_shapes: Mapping[str, tuple[int, ...]], config: TriLevelViTConfig
-) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
-    """`(name, saved shape, model shape)` for each weight whose saved shape differs from that of the model `config`
-    describes, names as the model's (`vit.layers.0.attention.q_proj.weight`, `classifier.weight`), in the model's
-    order. `saved_shapes` may use a checkpoint's names (ViT's v4 names, a base model's without `vit.`); weights only
-    one side has are not compared. The model is built on the meta device: no memory, no initialisation."""
+Mismatch = tuple[str, tuple[int, ...], tuple[int, ...], str]  # model's name, saved shape, model's shape, saved name
+
+
+def by_model_name(saved_shapes: Mapping[str, tuple[int, ...]], model_type: str, prefix: str = "vit") -> dict:
+    """`{model's name: (saved name, shape)}` of a checkpoint's weights: ViT's v4 names renamed by transformers'
+    conversion mapping for `model_type`, a base model's save (no `prefix.`) given the prefix."""
+    renamings = get_checkpoint_conversion_mapping(model_type) or []
+    found = {}
+    for saved_name, shape in saved_shapes.items():
+        key = saved_name
+        for renaming in renamings:
+            key, _ = renaming.rename_source_key(key)
+        key = key if key.startswith(f"{prefix}.") or key.startswith(CLASSIFIER_PREFIX) else f"{prefix}.{key}"
+        found[key] = (saved_name, tuple(shape))
+    return found
+
+
+def mismatched_weights(saved_shapes: Mapping[str, tuple[int, ...]], config: TriLevelViTConfig) -> list[Mismatch]:
+    """`(name, saved shape, model shape, saved name)` for each weight whose saved shape differs from that of the
+    model `config` describes, names as the model's (`vit.layers.0.attention.q_proj.weight`, `classifier.weight`), in
+    the model's order. `saved_shapes` may use a checkpoint's names (ViT's v4 names, a base model's without `vit.`);
+    weights only one side has are not compared. The model is built on the meta device: no memory, no
+    initialisation."""
     with torch.device("meta"):
         model = TriLevelViTForImageClassification(copy.deepcopy(config))
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    saved = {}
-    renamings = get_checkpoint_conversion_mapping(config.model_type) or []
-    for key, shape in saved_shapes.items():
-        for renaming in renamings:
-            key, _ = renaming.rename_source_key(key)
-        if key not in expected and f"{model.base_model_prefix}.{key}" in expected:  # a base model's save
-            key = f"{model.base_model_prefix}.{key}"
-        saved[key] = tuple(shape)
-    return [(name, saved[name], shape) for name, shape in expected.items() if name in saved and saved[name] != shape]
+    saved = by_model_name(saved_shapes, config.model_type, model.base_model_prefix)
+    return [
+        (name, saved[name][1], shape, saved[name][0])
+        for name, shape in expected.items()
+        if name in saved and saved[name][1] != shape
+    ]
 
 
 def check_checkpoint_weights(
@@ -240,22 +253,25 @@ def check_checkpoint_weights(
         )
 
 
-def mismatch_text(mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> str:
-    """`'vit.layers.0.attention.q_proj.weight' is [16, 32] in the folder but [32, 32] in the model (and 23 more)`."""
-    name, saved, expected = mismatches[0]
-    more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
-    return f"{name!r} is {list(saved)} in the folder but {list(expected)} in the model{more}"
+def mismatch_text(mismatches: list[Mismatch]) -> str:
+    """`'vit.encoder.layer.0.attention.attention.query.weight' is [16, 32] in the folder but [32, 32] in the model
+    (its 'vit.layers.0.attention.q_proj.weight'; and 23 more)`: the folder's name, and the model's where it differs."""
+    name, saved, expected, saved_name = mismatches[0]
+    notes = [f"its {name!r}"] if name != saved_name else []
+    notes += [f"and {len(mismatches) - 1} more"] if len(mismatches) > 1 else []
+    more = f" ({'; '.join(notes)})" if notes else ""
+    return f"{saved_name!r} is {list(saved)} in the folder but {list(expected)} in the model{more}"
 
 
 def mismatch_cause(
     saved_shapes: Mapping[str, tuple[int, ...]],
     config: TriLevelViTConfig,
-    mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    mismatches: list[Mismatch],
 ) -> str:
     """The likely cause of a body mismatch: per-layer sizes (a slimmed folder whose config lost or changed them),
     else the config's shape fields."""
     layer_parts = (".attention.", ".mlp.fc1.", ".mlp.fc2.")
-    if all(".layers." in name and any(part in name for part in layer_parts) for name, _, _ in mismatches):
+    if all(".layers." in name and any(part in name for part in layer_parts) for name, *_ in mismatches):
         sizes = saved_layer_sizes(saved_shapes, config)
         configured = {name: getattr(config, name, None) for name in PER_LAYER_FIELDS}
         fields = " and ".join(f"`{name}`" for name in PER_LAYER_FIELDS)
@@ -277,17 +293,12 @@ def mismatch_cause(
 def saved_layer_sizes(saved_shapes: Mapping[str, tuple[int, ...]], config: TriLevelViTConfig) -> dict[str, list]:
     """`{num_attention_heads_per_layer: [...], intermediate_size_per_layer: [...]}` read from the saved q and fc1
     weights (heads of `hidden_size / num_attention_heads` channels), or {} when a layer's weights are missing."""
-    by_model_name = {}
-    renamings = get_checkpoint_conversion_mapping(config.model_type) or []
-    for key, shape in saved_shapes.items():
-        for renaming in renamings:
-            key, _ = renaming.rename_source_key(key)
-        by_model_name[key.removeprefix("vit.")] = shape
+    shapes = {name: shape for name, (_, shape) in by_model_name(saved_shapes, config.model_type).items()}
     head_dim = config.hidden_size // config.num_attention_heads
     heads, neurons = [], []
     for index in range(config.num_hidden_layers):
-        query = by_model_name.get(f"layers.{index}.attention.q_proj.weight")
-        fc1 = by_model_name.get(f"layers.{index}.mlp.fc1.weight")
+        query = shapes.get(f"vit.layers.{index}.attention.q_proj.weight")
+        fc1 = shapes.get(f"vit.layers.{index}.mlp.fc1.weight")
         if query is None or fc1 is None or not query or query[0] % head_dim:
             return {}
         heads.append(query[0] // head_dim)
