@@ -6,14 +6,20 @@ reports losses, gathered weights and how the prepared model held its parameters.
 under DDP; a technique that cannot is refused before its first step, by name and with its reason
 (`TrainingTechnique.sharding_refusal`, `hf_trilevel.training.sharding`). The refusals for each technique and each
 sharded setup are checked in-process, without a launch.
+
+The same launch stops FSDP2 runs at a checkpoint (both of transformers' FSDP checkpoint layouts) and resumes them: the
+resumed run must be the uninterrupted one, bit for bit. And it asks for FSDP on CPUs without the job's patch, where
+accelerate trains DDP instead, to see the trainer's warning.
 """
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
@@ -26,6 +32,7 @@ from hf_trilevel import (
     TriLevelTrainer,
     WeightSparsity,
 )
+from hf_trilevel.training import sharding
 from hf_trilevel.training.errors import TrainingRefused
 from hf_trilevel.training.sharding import (
     DEEPSPEED,
@@ -33,6 +40,7 @@ from hf_trilevel.training.sharding import (
     FSDP2,
     check_sharded_training,
     uses_sharded_parameters,
+    warn_if_fsdp_dropped,
 )
 
 from .helpers import run_on_two_processes, run_without_hf_trilevel, tiny_model
@@ -53,6 +61,14 @@ SUPPORTED = [
 # by about 1e-2); the differences are the order of float32 sums in an all-reduce against a reduce-scatter.
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 1e-4
+# FSDP2 runs stopped right after writing checkpoint-<step> and resumed (tests/jobs/fsdp_runs.py `RESUMED`): the plain
+# model and forgetting one step into epoch 1 (FULL_STATE_DICT, transformers' default), the loss policy half-way through
+# epoch 0, whose losses choose epoch 1's kept set (SHARDED_STATE_DICT: torch.distributed.checkpoint folders).
+# The keep-rate schedule, which keeps no checkpoint state, one step into epoch 1 with SHARDED_STATE_DICT.
+RESUMED = {"plain": 6, "example_pruning_forgetting": 4, "example_pruning_loss_3_epochs": 2, "keep_rate_schedule": 6}
+SHARDED_STATE = {"example_pruning_loss_3_epochs", "keep_rate_schedule"}
+DCP_FILES = (".metadata", "__0_0.distcp", "__1_0.distcp")  # torch.distributed.checkpoint: an index and a file a rank
+WITH_STATE = {"example_pruning_forgetting", "example_pruning_loss_3_epochs"}
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +160,125 @@ def test_fsdp2_saved_folder_carries_the_model_code(launched, tmp_path):
     report = run_without_hf_trilevel(LOAD_SCRIPT, folder, work, tmp_path)
     assert report["module"].startswith("transformers_modules.")
     assert report["class"] == "TriLevelViTForImageClassification" and report["classifier_matches"]
+
+
+# -- checkpoints and resuming ---------------------------------------------------------------------------------------
+RNG_STATES = {"rng_state_0.pth", "rng_state_1.pth"}  # one a process
+EVERY_CHECKPOINT = {"trainer_state.json", "trilevel_techniques.json", "scheduler.pt", *RNG_STATES}
+FULL_STATE = {"model.safetensors", "config.json", "modeling_trilevel_vit.py", "pytorch_model_fsdp.bin", "optimizer.bin"}
+SHARDED = {f"{folder}/{file}" for folder in ("pytorch_model_fsdp_0", "optimizer_0") for file in DCP_FILES}
+
+
+@pytest.mark.parametrize("name", sorted(RESUMED))
+def test_fsdp2_checkpoints_are_complete_with_technique_state(launched, name):
+    reports, output = launched
+    checkpoint = reports[0]["fsdp2-resumed"][name]
+    files = set(checkpoint["files"])
+    expected = EVERY_CHECKPOINT | (SHARDED if name in SHARDED_STATE else FULL_STATE)
+    if name in WITH_STATE:
+        expected |= {"example_pruning.safetensors", "example_pruning.json"}
+    assert expected <= files, sorted(expected - files)
+    assert "training_args.bin" not in files  # TriLevelTrainer.save_model writes no pickled arguments
+    if name in SHARDED_STATE:  # the weights are only in the .distcp shards: transformers gathers none
+        assert not any(file.endswith(".safetensors") and file.startswith("model") for file in files)
+    assert checkpoint["problem"] is None  # hf_trilevel.training.checkpoints.checkpoint_problem accepts it
+    folder = output / "fsdp2" / name / f"checkpoint-{RESUMED[name]}"
+    manifest = json.loads((folder / "trilevel_techniques.json").read_text())
+    recorded = ["example_pruning"] if name in WITH_STATE else ["keep_rate_schedule"] if name in SHARDED_STATE else []
+    assert sorted(manifest["techniques"]) == recorded
+
+
+@pytest.mark.parametrize("name", sorted(RESUMED))
+def test_fsdp2_run_resumed_from_a_checkpoint_is_the_uninterrupted_run(launched, name):
+    reports, output = launched
+    for rank, report in enumerate(reports):
+        uninterrupted, resumed = report["fsdp2"][name], report["fsdp2-resumed"][name]
+        assert "error" not in resumed, resumed["error"]
+        assert resumed["trained"] == uninterrupted["steps"] - RESUMED[name] > 0  # it started at the checkpoint
+        assert resumed["steps"] == uninterrupted["steps"]
+        # Every step's loss, loss terms, gradient norm, learning rate and epoch, and every epoch's pruning summary
+        # (kept set digest), bit for bit. The log up to the checkpoint is restored from process 0's
+        # trainer_state.json, and loss terms are each process's own, so process 1 is compared after it only.
+        expected, found = uninterrupted["log"], resumed["log"]
+        if rank:
+            expected, found = ([entry for entry in log if entry["step"] > RESUMED[name]] for log in (expected, found))
+        assert found == expected
+    expected, found = weights(output, "fsdp2", name), weights(output, "fsdp2-resumed", name)
+    assert expected.keys() == found.keys()
+    assert all(torch.equal(expected[key], found[key]) for key in expected)
+
+
+def test_the_resumed_loss_policy_run_prunes_by_the_losses_in_its_checkpoint(launched):
+    # Epoch 1 keeps 48 of 64 examples, chosen by epoch 0's losses, half of them (2 of its 4 steps) computed before
+    # checkpoint-2: a resumed run without them chooses another set (measured: another digest, weights off by 7e-3).
+    log = launched[0][0]["fsdp2"]["example_pruning_loss_3_epochs"]["log"]
+    kept = [entry["example_pruning/kept"] for entry in log if "example_pruning/kept" in entry]
+    assert kept == [64, 48, 64]
+
+
+# -- FSDP asked for where accelerate does not set it up --------------------------------------------------------------
+def test_fsdp_on_cpus_trains_ddp_and_the_main_process_warns_once(launched):
+    main, other = (report["fsdp2-dropped"] for report in launched[0])
+    assert main["distributed_type"] == other["distributed_type"] == "DistributedType.MULTI_CPU"
+    assert not main["fsdp_plugin"] and not other["fsdp_plugin"]
+    assert len(main["warnings"]) == 1 and other["warnings"] == []
+    assert main["warnings"][0].startswith("FSDP was asked for (`TrainingArguments.fsdp`, `--fsdp`) but accelerate")
+    assert "trains as plain DDP" in main["warnings"][0] and "type is MULTI_CPU" in main["warnings"][0]
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(sharding, "_warned", set())
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_VERSION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")  # TrainingArguments(fsdp=...) exports it
+
+
+def cpu_accelerator(plugin=None, main: bool = True) -> SimpleNamespace:
+    state = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU)
+    if plugin is not None:  # accelerate's state has no `fsdp_plugin` attribute at all when it did not set FSDP up
+        state.fsdp_plugin = plugin
+    return SimpleNamespace(state=state, is_main_process=main)
+
+
+def sharding_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == sharding.__name__ and r.levelno == logging.WARNING]
+
+
+def test_fsdp_arguments_without_a_plugin_warn_once(fresh_warnings, caplog, tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), fsdp=True, use_cpu=True, report_to="none")
+    with caplog.at_level(logging.WARNING, logger=sharding.__name__):
+        assert warn_if_fsdp_dropped(cpu_accelerator(), args)
+        assert not warn_if_fsdp_dropped(cpu_accelerator(), args)
+    (message,) = sharding_warnings(caplog)
+    assert "(`TrainingArguments.fsdp`, `--fsdp`)" in message and "trains as plain DDP" in message
+    assert "not on CPUs" in message and "type is MULTI_CPU" in message
+
+
+def test_no_warning_with_a_plugin_on_other_processes_or_without_fsdp(fresh_warnings, caplog, tmp_path):
+    asked = TrainingArguments(output_dir=str(tmp_path), fsdp=True, use_cpu=True, report_to="none")
+    plain = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    with caplog.at_level(logging.WARNING, logger=sharding.__name__):
+        assert not warn_if_fsdp_dropped(cpu_accelerator(plugin=SimpleNamespace(fsdp_version=2)), asked)
+        assert not warn_if_fsdp_dropped(cpu_accelerator(main=False), asked)
+        assert not warn_if_fsdp_dropped(cpu_accelerator(), plain)
+    assert sharding_warnings(caplog) == []
+
+
+def test_the_trainer_warns_when_accelerate_launch_asks_for_fsdp(fresh_warnings, monkeypatch, caplog, tmp_path):
+    """In one process: `accelerate launch --use_fsdp` exports ACCELERATE_USE_FSDP; a single process gets no FSDP."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    trainer = TriLevelTrainer(
+        model=tiny_model().train(),
+        args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, save_strategy="no"),
+        train_dataset=[{"pixel_values": torch.zeros(3, 32, 32), "labels": 0}] * 4,
+    )
+    with caplog.at_level(logging.WARNING, logger=sharding.__name__):
+        trainer.get_train_dataloader()
+    (message,) = sharding_warnings(caplog)
+    assert message.startswith("FSDP was asked for (`ACCELERATE_USE_FSDP`, `accelerate launch --use_fsdp`)")
+    assert "trains on one process, unsharded" in message and "type is NO" in message
 
 
 # -- refused techniques ----------------------------------------------------------------------------------------------

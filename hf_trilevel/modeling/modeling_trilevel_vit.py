@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
+import torch.distributed as dist
 import transformers
 from torch import nn
 
@@ -221,14 +222,15 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
         folder carries this file and its siblings, not the wrapper's module, and `auto_map` names the TriLevel classes.
         """
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
-        if not (_is_wrapper_class(type(self)) and self.is_remote_code()):
+        if not (_is_wrapper_class(type(self)) and self._auto_class is not None):  # remote code, wrapped
             return super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
         # transformers copies the code of `type(self)`'s module (torch's files) and names the wrapper in `auto_map`
         # before it writes config.json; undo both once it is done, removing only files this save added.
         present = set(os.listdir(save_directory)) if os.path.isdir(save_directory) else set()
         wrapper_files = _code_file_names(type(self).__module__)
         result = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
-        if self.should_save_on_this_rank(is_main_process) and os.path.isdir(save_directory):
+        saves_here = is_main_process and (not dist.is_initialized() or dist.get_rank() == 0)  # as transformers does
+        if saves_here and os.path.isdir(save_directory):
             _save_as_trilevel_class(self, save_directory, wrapper_files - present)
         return result
 

@@ -12,9 +12,13 @@ something else under sharding, so the trainer asks before training:
 * **FSDP version 1 and DeepSpeed**: no technique has been tested with them, so any technique is refused; a run
   without techniques is transformers' and accelerate's own business and goes ahead.
 
+FSDP asked for where accelerate does not set it up (accelerate 1.16 shards only multi-process runs on accelerator
+devices: a CPU run trains as plain DDP) is logged once, as a warning (`warn_if_fsdp_dropped`).
+
 docs/distributed.md has the matrix and the measurements.
 """
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -26,6 +30,9 @@ FSDP1 = "FSDP version 1"
 DEEPSPEED = "DeepSpeed"
 DDP_ADVICE = "train with DDP (`accelerate launch --multi_gpu` or `torchrun`)"
 DOCS = "docs/distributed.md"
+
+logger = logging.getLogger(__name__)
+_warned: set[str] = set()  # the warnings this process has logged
 
 
 def uses_sharded_parameters(accelerator=None, args=None) -> str | None:
@@ -84,6 +91,41 @@ def check_sharded_training(techniques: Sequence[TrainingTechnique], accelerator=
     )
 
 
+def warn_if_fsdp_dropped(accelerator, args=None) -> bool:
+    """Warn, once per process and on the main process only, when FSDP was asked for but accelerate did not set it up,
+    so the run trains as DDP with whole parameters on every process; return whether it warned.
+
+    Asked for: `TrainingArguments.fsdp` (`--fsdp`), or `ACCELERATE_USE_FSDP` (what `accelerate launch --use_fsdp`
+    exports). Set up: the accelerator's state holds an FSDP plugin. accelerate 1.16 makes a run FSDP only when it is
+    a multi-process run on accelerator devices (GPU, XPU, NPU, HPU, ...); on CPUs (`--use_cpu`, gloo) it keeps
+    multi-CPU DDP and drops the plugin without a word, so the same command shards on GPUs and not on CPUs. The
+    sharding refusals (`check_sharded_training`) still apply there: they read what was asked for.
+    """
+    if getattr(args, "fsdp", None):
+        asked = "`TrainingArguments.fsdp`, `--fsdp`"
+    elif _flag("ACCELERATE_USE_FSDP"):
+        asked = "`ACCELERATE_USE_FSDP`, `accelerate launch --use_fsdp`"
+    else:
+        return False
+    state = getattr(accelerator, "state", None)
+    if getattr(state, "fsdp_plugin", None) is not None or not getattr(accelerator, "is_main_process", True):
+        return False
+    kind = getattr(state, "distributed_type", None)
+    kind = getattr(kind, "value", kind)
+    trains = "on one process, unsharded" if kind == "NO" else "as plain DDP"
+    message = (
+        f"FSDP was asked for ({asked}) but accelerate did not set it up, so this run trains {trains}: every "
+        "process holds every parameter whole and no memory is saved. accelerate shards parameters only in "
+        "multi-process runs on accelerator devices (GPU, XPU, NPU, HPU, ...), not on CPUs; this run's distributed "
+        f"type is {kind}. Techniques refused under FSDP2 are refused here too, as on any machine; see {DOCS}."
+    )
+    if message in _warned:
+        return False
+    _warned.add(message)
+    logger.warning(message)
+    return True
+
+
 def _fsdp_kind(version) -> str:
     return FSDP2 if str(version).strip() == "2" else FSDP1
 
@@ -92,4 +134,4 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
 
 
-__all__ = ["DEEPSPEED", "FSDP1", "FSDP2", "check_sharded_training", "uses_sharded_parameters"]
+__all__ = ["DEEPSPEED", "FSDP1", "FSDP2", "check_sharded_training", "uses_sharded_parameters", "warn_if_fsdp_dropped"]

@@ -7,11 +7,19 @@ accelerate (1.16) enables FSDP only for accelerator devices: on a CPU-only run (
 multi-CPU DDP and drops the FSDP plugin without a word. `sharded_on_cpu` below makes accelerate honour the plugin on
 CPU (torch's `fully_shard` itself runs on CPU over gloo); everything else is the real Trainer -> accelerate -> FSDP2
 path a GPU run takes. A run that must be refused writes the error instead.
+
+The FSDP2 runs in `RESUMED` also write checkpoints; each is then resumed from one of them in a fresh folder and
+trained to the end, to be compared with the uninterrupted run. Last, one FSDP run is set up without the patch, to
+record what accelerate does on CPUs and the warning the trainer logs about it.
 """
 
 import json
+import logging
+import shutil
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -33,6 +41,7 @@ from hf_trilevel import (
     WeightSparsity,
 )
 from hf_trilevel.image_data import load_digits_dataset
+from hf_trilevel.training.checkpoints import checkpoint_problem
 
 SHAPE = {
     "image_size": 16, "patch_size": 4, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -70,8 +79,32 @@ RUNS = {
         lambda: [DenseSparseTraining([1.0, 0.5], distillation="teacher", teacher=teacher())],
     ),
     "weight_sparsity": ({}, lambda: [WeightSparsity(update_interval=2)]),
+    "example_pruning_loss_3_epochs": ({}, lambda: [ExamplePruning("loss", full_data_fraction=0.25)]),
 }
 REFUSED = {"weight_sparsity"}  # run with FSDP2 only, to see the refusal
+RESUMED_ONLY = {"example_pruning_loss_3_epochs"}  # run with FSDP2 only, to be resumed
+EPOCHS = {"example_pruning_loss_3_epochs": 3}  # the others train 2
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """An FSDP2 run that also writes checkpoints every `step` steps (in the FSDP `state_dict_type` given), and is
+    resumed from `checkpoint-<step>`."""
+
+    step: int
+    state_dict_type: str = "FULL_STATE_DICT"  # transformers' default
+
+
+# 4 steps an epoch (3 for forgetting's 48 kept examples). The loss policy prunes only with a pruned epoch between its
+# first and its last, full, one: 3 epochs (4 + 3 + 4 steps), epoch 1's kept set chosen by every example's loss in
+# epoch 0, half of which were computed before checkpoint-2 was written.
+RESUMED = {
+    "plain": Resumed(6),  # one step into epoch 1
+    # No technique with checkpoint state: TriLevelTrainer.save_model creates the folder transformers left unwritten.
+    "keep_rate_schedule": Resumed(6, "SHARDED_STATE_DICT"),
+    "example_pruning_forgetting": Resumed(4),  # one step into epoch 1, after the swap
+    "example_pruning_loss_3_epochs": Resumed(2, "SHARDED_STATE_DICT"),  # torch.distributed.checkpoint folders
+}
 
 
 @contextmanager
@@ -129,23 +162,34 @@ def full_weights(model) -> dict[str, torch.Tensor]:
     return weights
 
 
-def run(name: str, mode: str, output_dir: str, dataset) -> dict:
+def build(name: str, mode: str, run_dir: str, dataset, callbacks=(), on_cpu=sharded_on_cpu) -> TriLevelTrainer:
+    """The trainer of one run, its model drawn from seed 0; an FSDP2 run in `RESUMED` also writes checkpoints."""
     overrides, techniques = RUNS[name]
     torch.manual_seed(0)
     model = TriLevelViTForImageClassification(TriLevelViTConfig(**SHAPE, **overrides))
-    initial = {key: value.detach().clone() for key, value in model.named_parameters()}
-    sharding = {"fsdp": True, "fsdp_config": FSDP2_CONFIG} if mode == "fsdp2" else {}
-    probe = ShardingProbe()
-    with sharded_on_cpu():
+    sharding, saving = {}, {"save_strategy": "no"}
+    if mode == "fsdp2":
+        sharding = {"fsdp": True, "fsdp_config": FSDP2_CONFIG}
+        if name in RESUMED:
+            resumed = RESUMED[name]
+            sharding["fsdp_config"] = {**FSDP2_CONFIG, "state_dict_type": resumed.state_dict_type}
+            saving = {"save_strategy": "steps", "save_steps": resumed.step}
+    with on_cpu():
         args = TrainingArguments(
-            output_dir=f"{output_dir}/{mode}/{name}", num_train_epochs=2, per_device_train_batch_size=4,
+            output_dir=run_dir, num_train_epochs=EPOCHS.get(name, 2), per_device_train_batch_size=4,
             gradient_accumulation_steps=2, learning_rate=3e-3, report_to="none", remove_unused_columns=False,
-            save_strategy="no", disable_tqdm=True, logging_steps=1, dataloader_pin_memory=False, seed=0,
-            use_cpu=True, **sharding,
+            disable_tqdm=True, logging_steps=1, dataloader_pin_memory=False, seed=0, use_cpu=True, **saving,
+            **sharding,
         )  # fmt: skip
-        trainer = TriLevelTrainer(
-            model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[*techniques(), probe]
+        return TriLevelTrainer(
+            model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[*techniques(), *callbacks]
         )
+
+
+def run(name: str, mode: str, output_dir: str, dataset) -> dict:
+    probe = ShardingProbe()
+    trainer = build(name, mode, f"{output_dir}/{mode}/{name}", dataset, [probe])
+    initial = {key: value.detach().clone() for key, value in trainer.model.named_parameters()}
     probe.trainer = trainer
     report = {"distributed_type": str(trainer.accelerator.distributed_type), "world_size": dist.get_world_size()}
     try:
@@ -167,6 +211,7 @@ def run(name: str, mode: str, output_dir: str, dataset) -> dict:
     return {
         **report,
         "losses": [entry["loss"] for entry in logged],
+        "log": training_log(trainer),
         "terms": sorted({key for entry in logged for key in entry if key.startswith("loss/")}),
         "steps": trainer.state.global_step,
         "moved": max(float((weights[key] - initial[key]).abs().max()) for key in weights),
@@ -175,12 +220,90 @@ def run(name: str, mode: str, output_dir: str, dataset) -> dict:
     }
 
 
+class StepCounter(TrainerCallback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def resume(name: str, output_dir: str, dataset) -> dict:
+    """The FSDP2 run `name` stopped right after writing `checkpoint-<step>`, then resumed to the end.
+
+    The stopped run's folder is the uninterrupted run's `checkpoint-<step>` alone (nothing after that step is in it,
+    and the run up to it is the same), and the resumed run is the same command with `resume_from_checkpoint=True`.
+    """
+    source = Path(output_dir, "fsdp2", name, f"checkpoint-{RESUMED[name].step}")
+    run_dir = Path(output_dir, "fsdp2-resumed", name)
+    if dist.get_rank() == 0:
+        shutil.copytree(source, run_dir / source.name)
+    dist.barrier()
+    counter = StepCounter()
+    trainer = build(name, "fsdp2", str(run_dir), dataset, [counter])
+    report = {"files": checkpoint_files(source), "problem": checkpoint_problem(source)}
+    try:
+        trainer.train(resume_from_checkpoint=True)
+    except Exception as error:  # a refusal or a failed load, on every rank: the test shows it
+        return {**report, "error": f"{type(error).__name__}: {error}", "steps": trainer.state.global_step}
+    weights = full_weights(trainer.model)
+    if dist.get_rank() == 0:
+        save_file(weights, f"{output_dir}/fsdp2-resumed-{name}.safetensors")
+    return {**report, "log": training_log(trainer), "steps": trainer.state.global_step, "trained": counter.steps}
+
+
+def fsdp_dropped(output_dir: str, dataset) -> dict:
+    """What accelerate itself does with `--fsdp` on CPUs (no `sharded_on_cpu`), and the warnings the trainer logs
+    when it builds the training data (`hf_trilevel.training.sharding.warn_if_fsdp_dropped`)."""
+    trainer = build("plain", "fsdp2", f"{output_dir}/fsdp2-dropped", dataset, on_cpu=nullcontext)
+    caught = Caught()
+    sharding_logger = logging.getLogger("hf_trilevel.training.sharding")
+    sharding_logger.addHandler(caught)
+    try:
+        trainer.get_train_dataloader()
+        trainer.get_train_dataloader()  # a second time: the warning is logged once
+    finally:
+        sharding_logger.removeHandler(caught)
+    return {
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "fsdp_plugin": getattr(trainer.accelerator.state, "fsdp_plugin", None) is not None,
+        "warnings": [record.getMessage() for record in caught.records if record.levelno == logging.WARNING],
+    }
+
+
+class Caught(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def training_log(trainer) -> list[dict]:
+    """The log entries of every step (loss, loss terms, gradient norm, learning rate, epoch) and every technique's
+    epoch summary; the end-of-training summary, with its timings, left out."""
+    return [entry for entry in trainer.state.log_history if "train_runtime" not in entry]
+
+
+def checkpoint_files(folder: Path) -> list[str]:
+    """Every file and folder in a checkpoint, by its path inside it (a folder's ends with `/`)."""
+    return sorted(str(path.relative_to(folder)) + ("/" if path.is_dir() else "") for path in folder.rglob("*"))
+
+
 def main(output_dir: str, modes: list[str], names: list[str]) -> None:
     dataset = load_digits_dataset(image_size=16)["train"].select(range(64)).with_transform(to_pixels)
     report = {
-        mode: {name: run(name, mode, output_dir, dataset) for name in names if mode == "fsdp2" or name not in REFUSED}
+        mode: {
+            name: run(name, mode, output_dir, dataset)
+            for name in names
+            if mode == "fsdp2" or name not in REFUSED | RESUMED_ONLY
+        }
         for mode in modes
     }
+    if "fsdp2" in modes:
+        report["fsdp2-resumed"] = {name: resume(name, output_dir, dataset) for name in names if name in RESUMED}
+        report["fsdp2-dropped"] = fsdp_dropped(output_dir, dataset)
     with open(f"{output_dir}/rank{dist.get_rank()}.json", "w") as file:
         json.dump(report, file)
     dist.barrier()
