@@ -171,6 +171,21 @@ def test_the_message_names_the_flag_a_script_spells_the_setting_with(tmp_path):
     )
 
 
+def test_resuming_with_another_model_config_is_refused_naming_the_field(tmp_path):
+    from hf_trilevel.training.technique_manifest import config_record
+
+    from .helpers import tiny_config
+
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    write_technique_manifest(folder, [], model_config=config_record(tiny_config(token_keep_rate=0.7)))
+    check_resumed_techniques(folder, [], model_config=config_record(tiny_config(token_keep_rate=0.7)))
+    with pytest.raises(TrainingRefused, match=r"^`attention_keep_rate` \(the model's config\): checkpoint-4 was "):
+        check_resumed_techniques(
+            folder, [], model_config=config_record(tiny_config(token_keep_rate=0.7, attention_keep_rate=0.5))
+        )
+
+
 def test_a_user_policy_is_recorded_by_its_class(tmp_path):
     class MyPolicy(RandomPolicy):
         pass
@@ -288,6 +303,14 @@ def test_the_example_refuses_a_resumed_warm_up_to_another_keep_rate(example, tra
 def test_the_example_refuses_to_resume_with_another_seed(example, trained, capsys):
     error = refusal(example, capsys, trained["weight_sparsity"], *RUNS["weight_sparsity"][0], "--seed", "7")
     assert re.search(r"`seed`: checkpoint-4 was trained with \d+, this run asks for 7;", error), error
+
+
+def test_the_example_refuses_to_resume_with_the_models_config_changed(example, trained, capsys):
+    """Without a warm-up the keep rate is the config's alone: changed on resume, the run would go on at another rate."""
+    error = refusal(
+        example, capsys, trained["example_pruning"], *RUNS["example_pruning"][0], "--token_keep_rate", "0.5"
+    )
+    assert "`token_keep_rate` (the model's config): checkpoint-4 was trained with 0.7, this run asks for 0.5" in error
 
 
 def test_the_example_refuses_to_resume_with_a_technique_added(example, trained, capsys):

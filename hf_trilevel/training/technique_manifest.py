@@ -1,14 +1,16 @@
 """Which training techniques a checkpoint was trained with, and the check that a resumed run uses the same ones.
 
 Every checkpoint `TriLevelTrainer` writes holds `trilevel_techniques.json`: the run's seed (keyed augmentation, pruning
-and mask draws depend on it) and, for each technique, its `name`, class and `resume_settings()`, and how the caller
+and mask draws depend on it), the model's config as the run built it (before any technique changed it: keep rates,
+selector, pruning layers), and, for each technique, its `name`, class and `resume_settings()`, and how the caller
 spells each setting (a script's flags). Resuming compares it with the run before the first step and refuses, naming
 the setting (flag) and both values, when
 
 * a technique the checkpoint was trained with is missing: its state (weight masks, pruning statistics) would be
   silently dropped, e.g. a structured weight-sparsity run whose pruned heads regrow;
 * a technique is added: it would start halfway with empty state, a run that is neither the old one nor a new one;
-* a setting differs: an update interval, a policy, a keep rate the saved state was built for, or the seed.
+* a setting differs: an update interval, a policy, a keep rate the saved state was built for, the seed, or a field of
+  the model's config (`--token_keep_rate 0.3` on a run trained at 0.7 would otherwise train on at another rate).
 
 Checkpoints written before this file existed (0.1.0) are checked by the state files they hold instead: a
 `<name>.safetensors` + `<name>.json` pair with no technique of that name in the run is a technique dropped on resume.
@@ -24,10 +26,26 @@ from .technique import TrainingTechnique
 
 MANIFEST_NAME = "trilevel_techniques.json"
 MANIFEST_FORMAT = 1
+# Config fields that say where and how the model was saved, not what it computes.
+UNCOMPARED_CONFIG_FIELDS = frozenset(
+    {"architectures", "auto_map", "dtype", "torch_dtype", "transformers_version", "name_or_path"}
+)
 
 
-def technique_manifest(techniques: Sequence[TrainingTechnique], seed: int | None = None) -> dict:
-    """The JSON record of a run: its seed, and each technique's class, settings, their spellings and its switch."""
+def config_record(config) -> dict | None:
+    """The fields of a model config a resumed run must share (JSON data), or None for a model without a config."""
+    to_dict = getattr(config, "to_dict", None)
+    if to_dict is None:
+        return None
+    fields = {key: value for key, value in to_dict().items() if not key.startswith("_")}
+    return _as_json({key: value for key, value in fields.items() if key not in UNCOMPARED_CONFIG_FIELDS})
+
+
+def technique_manifest(
+    techniques: Sequence[TrainingTechnique], seed: int | None = None, model_config: dict | None = None
+) -> dict:
+    """The JSON record of a run: its seed, its model's `config_record`, and each technique's class, settings, their
+    spellings and the flags that built it."""
     recorded = {}
     for technique in techniques:
         settings = technique.resume_settings()
@@ -37,15 +55,18 @@ def technique_manifest(techniques: Sequence[TrainingTechnique], seed: int | None
             "spellings": {key: technique.setting_spelling(key) for key in settings},
             "flags": technique.flags(),
         }
-    return {"format": MANIFEST_FORMAT, "seed": seed, "techniques": recorded}
+    return {"format": MANIFEST_FORMAT, "seed": seed, "model_config": model_config, "techniques": recorded}
 
 
 def write_technique_manifest(
-    folder: str | Path, techniques: Sequence[TrainingTechnique], seed: int | None = None
+    folder: str | Path,
+    techniques: Sequence[TrainingTechnique],
+    seed: int | None = None,
+    model_config: dict | None = None,
 ) -> None:
     """Write `trilevel_techniques.json` into a checkpoint folder (the main process calls this)."""
-    path = Path(folder) / MANIFEST_NAME
-    path.write_text(json.dumps(technique_manifest(techniques, seed), indent=2) + "\n", encoding="utf-8")
+    manifest = technique_manifest(techniques, seed, model_config)
+    (Path(folder) / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
 def read_technique_manifest(folder: str | Path) -> dict | None:
@@ -75,10 +96,13 @@ def _read_manifest(folder: str | Path) -> dict | None:
 
 
 def check_resumed_techniques(
-    folder: str | Path, techniques: Sequence[TrainingTechnique], seed: int | None = None
+    folder: str | Path,
+    techniques: Sequence[TrainingTechnique],
+    seed: int | None = None,
+    model_config: dict | None = None,
 ) -> None:
-    """Refuse to resume `folder` with techniques, settings or a seed other than those it was trained with (see the
-    module); `seed` None skips the seed."""
+    """Refuse to resume `folder` with techniques, settings, a seed or a model config other than those it was trained
+    with (see the module); `seed` or `model_config` None skips it."""
     manifest = _read_manifest(folder)
     checkpoint = Path(folder).name
     if manifest is None:
@@ -113,6 +137,19 @@ def check_resumed_techniques(
                     f"`{spelling}` ({name}): {checkpoint} was trained with {_value_text(saved.get(key))}, this run "
                     f"asks for {_value_text(wanted.get(key))}; resume with the same setting, or start a new run."
                 )
+    _check_model_config(manifest.get("model_config"), model_config, checkpoint)  # after the techniques' flags
+
+
+def _check_model_config(saved: dict | None, wanted: dict | None, checkpoint: str) -> None:
+    """Refuse a model config field that differs from the one the checkpoint's run built (both records present)."""
+    if saved is None or wanted is None:
+        return
+    for key in sorted(set(saved) | set(wanted)):
+        if saved.get(key) != wanted.get(key):
+            raise TrainingRefused(
+                f"`{key}` (the model's config): {checkpoint} was trained with {_value_text(saved.get(key))}, this "
+                f"run asks for {_value_text(wanted.get(key))}; resume with the same setting, or start a new run."
+            )
 
 
 def _check_state_files(folder: Path, techniques: Sequence[TrainingTechnique]) -> None:
@@ -156,6 +193,7 @@ def _settings_text(record: dict) -> str:
 __all__ = [
     "MANIFEST_NAME",
     "check_resumed_techniques",
+    "config_record",
     "read_technique_manifest",
     "technique_manifest",
     "write_technique_manifest",

@@ -40,7 +40,7 @@ from .technique import (
     planned_samples,
     save_technique_state,
 )
-from .technique_manifest import check_resumed_techniques, write_technique_manifest
+from .technique_manifest import check_resumed_techniques, config_record, write_technique_manifest
 
 MODEL_CARD_NAME = "README.md"
 TRAINING_ARGS_PICKLE = "training_args.bin"  # what transformers writes
@@ -85,6 +85,7 @@ class TriLevelTrainer(Trainer):
         self.per_example_loss_func = per_example_loss_func
         self.loss_terms = LossTermLog()
         self._planned_update_steps: list[int] | None = None
+        self._config_record: dict | None = None  # set by `train`
 
     # -- resuming only from complete checkpoints ----------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
@@ -109,8 +110,11 @@ class TriLevelTrainer(Trainer):
                 check_resumable(resume_from_checkpoint)
             except ValueError as error:
                 raise TrainingRefused(str(error)) from None
+        # The model's config as this run built it, before any technique changes it (keep rates, temperatures): what
+        # every checkpoint records, and what a resumed run must build again.
+        self._config_record = config_record(getattr(self.model, "config", None))
         if resume_from_checkpoint:
-            check_resumed_techniques(resume_from_checkpoint, self.techniques(), self.args.seed)
+            check_resumed_techniques(resume_from_checkpoint, self.techniques(), self.args.seed, self._config_record)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # -- the techniques ---------------------------------------------------------------------------------------
@@ -349,7 +353,7 @@ class TriLevelTrainer(Trainer):
                 if technique.has_state():
                     save_technique_state(technique, folder, self.args.should_save)
             if self.args.should_save:
-                write_technique_manifest(folder, self.techniques(), self.args.seed)
+                write_technique_manifest(folder, self.techniques(), self.args.seed, self._config_record)
 
     def create_model_card(
         self,
