@@ -14,6 +14,10 @@ pins their signatures, so a transformers release that changes one fails with a m
   a training set with `set_epoch` (`hf_trilevel.image_data.AugmentedSplit`) is told the epoch: the Trainer's own
   `DataLoader.set_epoch` reaches the dataset only for some sampler layouts (accelerate), not in DDP.
 * `_train_batch_size` (read only) -- the batch size `auto_find_batch_size` settled on.
+
+One module for one class: every Trainer override is here so that the private members above are touched in one
+place; what the overrides delegate to lives beside it (checkpoints, technique_manifest, sharding, loss_terms,
+balanced_batches, indexed_dataset).
 """
 
 import math
