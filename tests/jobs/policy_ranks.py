@@ -6,15 +6,13 @@ import sys
 
 import torch
 import torch.distributed as dist
-from distributed_pruning import collate, to_pixels, write_report_and_finish  # the sibling job script's helpers
+from distributed_pruning import collate, tiny_model, to_pixels, write_report_and_finish  # the sibling job's helpers
 from transformers import TrainingArguments
 
 from hf_trilevel import (
     ExamplePruning,
     PruningPolicy,
     TriLevelTrainer,
-    TriLevelViTConfig,
-    TriLevelViTForImageClassification,
 )
 from hf_trilevel.example_pruning import EpochPlan
 from hf_trilevel.image_data import load_digits_dataset
@@ -53,13 +51,8 @@ class DrawnSizesPolicy(HalfPolicy):
 
 
 def run(policy: PruningPolicy, output_dir: str, dataset) -> dict:
-    torch.manual_seed(0)
-    config = TriLevelViTConfig(
-        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_labels=10,
-    )  # fmt: skip
     trainer = TriLevelTrainer(
-        model=TriLevelViTForImageClassification(config),
+        model=tiny_model(),
         args=TrainingArguments(
             output_dir=output_dir, num_train_epochs=3, per_device_train_batch_size=8, learning_rate=1e-3,
             report_to="none", remove_unused_columns=False, save_strategy="no", disable_tqdm=True,
