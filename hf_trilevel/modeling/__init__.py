@@ -21,6 +21,7 @@ REMOTE_CODE_FILES = (
     "modeling_trilevel_vit.py",
     "sparse_attention.py",
     "token_groups.py",
+    "token_merging.py",
     "token_reduction.py",
     "token_selectors.py",
     "value_checks.py",

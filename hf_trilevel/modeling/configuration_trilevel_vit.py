@@ -23,7 +23,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
-from .token_selectors import LEARNED_SCORE_SELECTORS, TOKEN_IMPORTANCES, check_token_selector
+from .token_merging import check_merge_r, layer_token_counts, merge_problem
+from .token_selectors import LEARNED_SCORE_SELECTORS, TOKEN_IMPORTANCES, check_token_selector, selector_pads_tokens
 from .value_checks import as_pair, check_fraction, check_int, check_keep_rate, check_number
 
 PER_LAYER_FIELDS = ("num_attention_heads_per_layer", "intermediate_size_per_layer")
@@ -117,12 +118,16 @@ class SparsitySettings:
     token_count_buckets: int = 1
     token_selector_noise: float = 1.0
     record_token_importance: bool = False
+    token_merge_r: tuple[int, ...] = ()  # per layer; empty when no layer merges (the exact dense/dropping path)
+    token_merge_proportional_attention: bool = True
+    record_token_sources: bool = False
 
     @classmethod
     def from_config(cls, config: "TriLevelViTConfig") -> "SparsitySettings":
         """Validated settings; catches values assigned to the config directly, which bypass its constructor."""
         if not isinstance(config.token_fusion, bool):
             raise ValueError(f"`token_fusion` must be True or False, got {config.token_fusion!r}.")
+        merge_r = check_token_merging(config)
         return cls(
             check_keep_rate("token_keep_rate", config.token_keep_rate),
             check_keep_rate("attention_keep_rate", config.attention_keep_rate),
@@ -137,7 +142,53 @@ class SparsitySettings:
             ),
             check_int("token_count_buckets", config.token_count_buckets, low=1),
             check_number("token_selector_noise", config.token_selector_noise, 0.0, 1.0, low_open=False),
+            token_merge_r=tuple(merge_r) if any(merge_r) else (),
+            token_merge_proportional_attention=getattr(config, "token_merge_proportional_attention", True),
         )
+
+
+def check_token_merging(config: "TriLevelViTConfig") -> list[int]:
+    """`token_merge_r` per layer, after refusing (`ValueError`, naming the fields) what merging cannot honour.
+
+    Merging composes with token dropping at the pruning layers (drop, then merge the survivors), with fusion (the
+    fused token is never merged) and with the fixed-count selectors. It is refused with attention sparsity (a
+    connection mask is built for one token set at a pruning layer and reused until the next, and merging changes
+    the token set in every layer) and with per-image counts (padded slots would be matched as tokens, and every
+    image merges the same r). Each layer's r must fit the tokens it has there at the config's keep rate (and at the
+    sparsest of `dense_sparse_keep_rates`).
+    """
+    merge_r = check_merge_r(getattr(config, "token_merge_r", 0), config.num_hidden_layers)
+    proportional = getattr(config, "token_merge_proportional_attention", True)
+    if not isinstance(proportional, bool):
+        raise ValueError(f"`token_merge_proportional_attention` must be True or False, got {proportional!r}.")
+    if not any(merge_r):
+        return merge_r
+    shown = config.token_merge_r
+    if check_keep_rate("attention_keep_rate", config.attention_keep_rate) < 1.0:
+        raise ValueError(
+            f"`token_merge_r={shown!r}` cannot be combined with `attention_keep_rate={config.attention_keep_rate}`: "
+            "attention sparsity builds a connection mask for the tokens of a pruning layer and reuses it until the "
+            "next one, while merging changes the tokens in every layer. Set `attention_keep_rate=1.0` or "
+            "`token_merge_r=0`."
+        )
+    check_token_selector(config.token_selector)
+    if selector_pads_tokens(config.token_selector):
+        raise ValueError(
+            f"`token_merge_r={shown!r}` cannot be combined with `token_selector={config.token_selector!r}` (per-image "
+            "token counts): merging takes the same r from every image, and padded slots would be matched as tokens. "
+            "Use a fixed-count selector ('class_attention' or 'learned') with merging, or `token_merge_r=0`."
+        )
+    image, patch = as_pair(config.image_size), as_pair(config.patch_size)
+    patches = (image[0] // patch[0]) * (image[1] // patch[1])
+    prune_layers = check_token_prune_layers(config.token_prune_layers, config.num_hidden_layers)
+    rates = [check_keep_rate("token_keep_rate", config.token_keep_rate)]
+    rates += check_dense_sparse_keep_rates(getattr(config, DENSE_SPARSE_FIELD, None)) or []
+    for rate in sorted(set(rates)):
+        counts = layer_token_counts(patches, config.num_hidden_layers, prune_layers, rate, merge_r)
+        problem = merge_problem(counts, merge_r)
+        if problem is not None:
+            raise ValueError(f"{problem} (at `token_keep_rate={rate:g}`, {patches} patches per image)")
+    return merge_r
 
 
 @strict
@@ -199,6 +250,15 @@ class TriLevelViTConfig(ViTConfig):
         intermediate_size_per_layer (`list[int]`, *optional*):
             MLP width of each layer (one entry per layer, each at most `intermediate_size`); absent means
             `intermediate_size` everywhere.
+        token_merge_r (`int` or `list[int]`, *optional*, defaults to 0):
+            Token merging (ToMe): patch tokens merged away in every layer (an int), or per layer (a list of
+            `num_hidden_layers` ints), between the attention block and the MLP, after that layer's drop at a pruning
+            layer. 0 is off and computes exactly what it computed before merging existed. Each layer merges at most
+            half its patch tokens. Works with any ViT/DeiT checkpoint without training; see
+            docs/token_merging.md for what it combines with (not `attention_keep_rate < 1`, not `"adaptive"`).
+        token_merge_proportional_attention (`bool`, *optional*, defaults to `True`):
+            Add `log(size)` to the attention logits of a merged token (ToMe's proportional attention), so a token
+            holding `s` patches gets the attention of `s` copies; an additive mask that keeps `sdpa` fused.
         dense_sparse_keep_rates (`list[float]`, *optional*):
             The token keep rates this checkpoint was trained to serve with one set of weights (SaiT dense/sparse
             training, `hf_trilevel.DenseSparseTraining`), densest first; rate 1.0 is the dense model (no token
@@ -225,6 +285,8 @@ class TriLevelViTConfig(ViTConfig):
     num_attention_heads_per_layer: Any = None
     intermediate_size_per_layer: Any = None
     dense_sparse_keep_rates: Any = None
+    token_merge_r: Any = 0
+    token_merge_proportional_attention: Any = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -301,6 +363,17 @@ class TriLevelViTConfig(ViTConfig):
         for name in PER_LAYER_FIELDS:
             setattr(self, name, check_per_layer_sizes(name, getattr(self, name), self.num_hidden_layers))
         self.dense_sparse_keep_rates = check_dense_sparse_keep_rates(self.dense_sparse_keep_rates)
+        if isinstance(self.token_merge_r, (list, tuple)):
+            self.token_merge_r = check_merge_r(self.token_merge_r, self.num_hidden_layers)
+
+    def layer_token_merge_r(self, index: int) -> int:
+        """Patch tokens layer `index` merges away (`token_merge_r`, uniform or per layer); 0 when it merges none."""
+        check_int("layer index", index, low=0, high=self.num_hidden_layers - 1)
+        return check_merge_r(self.token_merge_r, self.num_hidden_layers)[index]
+
+    def merges_tokens(self) -> bool:
+        """Whether any layer merges tokens (`token_merge_r` above 0 somewhere)."""
+        return any(check_merge_r(self.token_merge_r, self.num_hidden_layers))
 
     def layer_num_attention_heads(self, index: int) -> int:
         """Attention heads of layer `index`: the one place every reader (model, FLOPs, cards) takes them from."""

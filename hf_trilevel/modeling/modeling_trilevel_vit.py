@@ -90,6 +90,12 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
         `log_importance`), and the last layer's log class-token attention (what the prediction reads); -inf at
         patches already dropped (or padded). Not normalised, and carrying gradients: dense/sparse training's
         importance distillation (`hf_trilevel.DenseSparseTraining`) aligns the first with the dense pass's last.
+    token_sources (`torch.LongTensor` of shape `[batch, patches]`, *optional*, returned with
+        `output_token_sources=True`):
+        For every original patch position, the index (into the final patch tokens, `last_hidden_state[:, 1 + j]`) of
+        the token that holds it, or -1 if it was dropped (or fused). Without merging each kept patch has its own
+        token; with token merging (`token_merge_r`) several patches share one (ToMe's source map), and
+        `kept_token_indices` reports a merged token by the position of the patch it was merged into.
 
     With per-image counts, `last_hidden_state` is `[class, patches padded to the batch's widest image, (fused)]`;
     padded slots hold no token (zeros where the batch was split into groups by count), so pool patch tokens with
@@ -100,6 +106,7 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
     auxiliary_loss: torch.FloatTensor | None = None
     kept_token_counts: tuple[torch.LongTensor, ...] | None = None  # after the older fields, so their positions stay
     token_importance: tuple[torch.FloatTensor, ...] | None = None
+    token_sources: torch.LongTensor | None = None
 
 
 @dataclass
@@ -113,12 +120,15 @@ class TriLevelViTImageClassifierOutput(ImageClassifierOutput):
         See [`TriLevelViTModelOutput`]; already included in `loss` when `labels` are given.
     token_importance (`tuple[torch.FloatTensor]`, *optional*, returned with `output_token_importance=True`):
         See [`TriLevelViTModelOutput`].
+    token_sources (`torch.LongTensor`, *optional*, returned with `output_token_sources=True`):
+        See [`TriLevelViTModelOutput`].
     """
 
     kept_token_indices: tuple[torch.LongTensor, ...] | None = None
     auxiliary_loss: torch.FloatTensor | None = None
     kept_token_counts: tuple[torch.LongTensor, ...] | None = None  # after the older fields, so their positions stay
     token_importance: tuple[torch.FloatTensor, ...] | None = None
+    token_sources: torch.LongTensor | None = None
 
 
 class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
@@ -171,37 +181,58 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
             )
         return (model, info) if return_info else model
 
-    def set_keep_rates(self, token_keep_rate: float | None = None, attention_keep_rate: float | None = None) -> None:
-        """Change the token and/or attention keep rates; the next forward uses them. No reload, no new weights.
+    def set_keep_rates(
+        self,
+        token_keep_rate: float | None = None,
+        attention_keep_rate: float | None = None,
+        token_merge_r: int | list[int] | None = None,
+    ) -> None:
+        """Change the token and/or attention keep rates (and/or the tokens merged per layer); the next forward uses
+        them. No reload, no new weights.
 
         The rates live in `model.config`, as every transformers setting does, so models built from the same config
         object (e.g. `Cls(model.config)` for an EMA or teacher copy) change together; build copies from
         `copy.deepcopy(model.config)` to set them apart.
 
-        Raises `ValueError` (and changes nothing) if a rate is outside (0, 1], or if attention sparsity is asked of
-        an attention implementation that cannot apply a mask.
+        Raises `ValueError` (and changes nothing) if a rate is outside (0, 1], if attention sparsity is asked of
+        an attention implementation that cannot apply a mask, or if the new settings cannot combine (token merging
+        with attention sparsity, an `r` a layer has too few tokens for).
         """
         updates = {
             name: check_keep_rate(name, value)
             for name, value in (("token_keep_rate", token_keep_rate), ("attention_keep_rate", attention_keep_rate))
             if value is not None
         }
+        if token_merge_r is not None:
+            updates["token_merge_r"] = token_merge_r
         if updates.get("attention_keep_rate", 1.0) < 1.0:
             check_masked_attention_implementation(self.config._attn_implementation)
+        previous = {name: getattr(self.config, name) for name in updates}
         for name, value in updates.items():
             setattr(self.config, name, value)
+        try:
+            SparsitySettings.from_config(self.config)
+        except ValueError:
+            for name, value in previous.items():
+                setattr(self.config, name, value)
+            raise
 
     @contextmanager
     def keep_rates(
-        self, token_keep_rate: float | None = None, attention_keep_rate: float | None = None
+        self,
+        token_keep_rate: float | None = None,
+        attention_keep_rate: float | None = None,
+        token_merge_r: int | list[int] | None = None,
     ) -> Iterator[None]:
-        """Temporarily use other keep rates (e.g. to evaluate several operating points of one checkpoint)."""
-        previous = (self.config.token_keep_rate, self.config.attention_keep_rate)
-        self.set_keep_rates(token_keep_rate, attention_keep_rate)
+        """Temporarily use other keep rates or merge counts (e.g. to evaluate several operating points of one
+        checkpoint)."""
+        config = self.config
+        previous = (config.token_keep_rate, config.attention_keep_rate, getattr(config, "token_merge_r", 0))
+        self.set_keep_rates(token_keep_rate, attention_keep_rate, token_merge_r)
         try:
             yield
         finally:
-            self.set_keep_rates(*previous)
+            config.token_keep_rate, config.attention_keep_rate, config.token_merge_r = previous
 
     def post_init(self):
         super().post_init()
@@ -362,6 +393,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         interpolate_pos_encoding: bool | None = None,
         output_kept_token_indices: bool | None = None,
         output_token_importance: bool | None = None,
+        output_token_sources: bool | None = None,
         **kwargs,
     ) -> TriLevelViTModelOutput:
         r"""
@@ -374,6 +406,8 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         output_token_importance (`bool`, *optional*):
             Also return each pruning layer's and the last layer's token importance (`token_importance`), with
             gradients; for distillation of token selection. Costs one class-token attention row per such layer.
+        output_token_sources (`bool`, *optional*):
+            Also return which final token holds each original patch (`token_sources`; merged patches share one).
         """
         if kwargs.get("attention_mask") is not None:
             raise ValueError(
@@ -385,6 +419,8 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         sparsity = SparsitySettings.from_config(self.config)
         if output_token_importance:
             sparsity = replace(sparsity, record_token_importance=True)
+        if output_token_sources:
+            sparsity = replace(sparsity, record_token_sources=True)
         if sparsity.attention_keep_rate < 1.0:
             check_masked_attention_implementation(self.config._attn_implementation)
         check_padding_attention_implementation(self.config)
@@ -400,8 +436,11 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             for name in ("output_hidden_states", "output_attentions")
         )
         # Hooks must see whole-batch layers, and importance is returned over the whole batch.
-        buckets = 1 if captures_layers or output_token_importance else sparsity.token_count_buckets
-        encoded = self._encode(0, hidden_states, patch_positions, None, sparsity, buckets, kwargs)
+        buckets = 1 if captures_layers or output_token_importance or output_token_sources else None
+        buckets = sparsity.token_count_buckets if buckets is None else buckets
+        # Sources as sequence indices (the class token is 0), followed through every drop and merge.
+        token_sources = patch_positions + 1 if output_token_sources else None
+        encoded = self._encode(0, hidden_states, patch_positions, None, sparsity, buckets, kwargs, token_sources)
 
         sequence_output = self.layernorm(encoded.hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
@@ -412,6 +451,9 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             kept_token_counts=tuple(encoded.kept_token_counts) if output_kept_token_indices else None,
             auxiliary_loss=encoded.auxiliary_loss,
             token_importance=tuple(encoded.token_importance) if output_token_importance else None,
+            token_sources=(
+                torch.where(encoded.token_sources > 0, encoded.token_sources - 1, -1) if output_token_sources else None
+            ),
         )
 
     def _encode(
@@ -423,6 +465,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         sparsity: SparsitySettings,
         buckets: int,
         layer_kwargs: dict,
+        token_sources: torch.Tensor | None = None,
     ) -> EncodedTokens:
         """Run layers `start..` on a batch; after a per-image pruning layer, run the rest per group of similar counts.
 
@@ -431,13 +474,23 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         (`count_groups`), each trimmed to its own largest count and run through the remaining layers on its own
         (without further splitting unless buckets are left), then merged back in the original order. Every layer
         treats images independently, so this changes no image's result, only the padding computed.
+
+        With token merging, each layer also carries the merged tokens' sizes (and, when recorded, every patch's
+        token); merging is refused with per-image counts, so merged batches are never split into groups.
         """
         kept_token_indices, kept_token_counts, auxiliary_loss, token_importance = [], [], None, []
         num_patches = patch_positions.shape[1]  # all of them when importance is recorded (never split into groups)
+        token_sizes = None  # set by the first merging layer
         for layer in self.layers[start:]:
             incoming_positions = patch_positions
-            hidden_states, patch_positions, attention_mask, layer_loss, *importance = layer(
-                hidden_states, patch_positions, attention_mask, sparsity=sparsity, **layer_kwargs
+            hidden_states, patch_positions, attention_mask, token_sizes, token_sources, layer_loss, *importance = layer(
+                hidden_states,
+                patch_positions,
+                attention_mask,
+                token_sizes,
+                token_sources,
+                sparsity=sparsity,
+                **layer_kwargs,
             )
             token_importance += [scatter_importance(entry, incoming_positions, num_patches) for entry in importance]
             if attention_mask is not None:
@@ -471,7 +524,13 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
                         _add_losses(auxiliary_loss, merged.auxiliary_loss),
                     )
         return EncodedTokens(
-            hidden_states, patch_positions, kept_token_indices, kept_token_counts, auxiliary_loss, token_importance
+            hidden_states,
+            patch_positions,
+            kept_token_indices,
+            kept_token_counts,
+            auxiliary_loss,
+            token_importance,
+            token_sources,
         )
 
 
@@ -493,13 +552,14 @@ class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
         interpolate_pos_encoding: bool | None = None,
         output_kept_token_indices: bool | None = None,
         output_token_importance: bool | None = None,
+        output_token_sources: bool | None = None,
         **kwargs,
     ) -> TriLevelViTImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `[batch]`, *optional*):
             Class indices for the loss (cross-entropy for `num_labels > 1`, as in transformers' ViT). The selectors'
             `auxiliary_loss`, if any, is added to it, so a stock `Trainer` trains a learned selector too.
-        output_kept_token_indices, output_token_importance (`bool`, *optional*):
+        output_kept_token_indices, output_token_importance, output_token_sources (`bool`, *optional*):
             See [`TriLevelViTModel.forward`].
         """
         outputs: TriLevelViTModelOutput = self.vit(
@@ -507,6 +567,7 @@ class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_kept_token_indices=output_kept_token_indices,
             output_token_importance=output_token_importance,
+            output_token_sources=output_token_sources,
             **kwargs,
         )
         logits = self.classifier(outputs.last_hidden_state[:, 0, :])
@@ -524,6 +585,7 @@ class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
             kept_token_counts=outputs.kept_token_counts,
             auxiliary_loss=outputs.auxiliary_loss,
             token_importance=outputs.token_importance,
+            token_sources=outputs.token_sources,
         )
 
 

@@ -31,6 +31,7 @@ class EncodedTokens:
     kept_token_counts: list[torch.Tensor]
     auxiliary_loss: torch.Tensor | None
     token_importance: list[torch.Tensor] = field(default_factory=list)  # recorded only for unsplit batches
+    token_sources: torch.Tensor | None = None  # recorded only for unsplit batches
 
 
 def count_groups(counts: torch.Tensor, max_groups: int) -> list[tuple[torch.Tensor, int]]:

@@ -32,7 +32,14 @@ except ImportError as error:
 
 from .configuration_trilevel_vit import SparsitySettings
 from .sparse_attention import key_padding_mask, sparse_attention_mask
-from .token_reduction import class_token_attention, dropped_token_weights, fuse_weighted_tokens, keep_tokens
+from .token_merging import follow_sources, match_tokens, max_merge, merge_tokens, proportional_attention_mask
+from .token_reduction import (
+    class_token_attention,
+    dropped_token_weights,
+    fuse_weighted_tokens,
+    gather_tokens,
+    keep_tokens,
+)
 from .token_selectors import TokenSelection, accepts_settings, build_token_selector, patch_log_scores
 
 
@@ -122,6 +129,8 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         patch_positions: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        token_sizes: torch.Tensor | None = None,
+        token_sources: torch.Tensor | None = None,
         *,
         sparsity: SparsitySettings,
         **kwargs,
@@ -131,12 +140,18 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             hidden_states: `[batch, tokens, hidden]`, class token first (and a fused token last, after fusion).
             patch_positions: `[batch, patches]` original position of each patch token in `hidden_states[:, 1:]`,
                 -1 at padded slots (per-image counts).
-            attention_mask: the additive mask built by the last pruning layer, or None (dense, no padding).
+            attention_mask: the additive mask built by the last pruning layer (or, with merging, the proportional
+                attention mask of the last merge), or None (dense, no padding).
+            token_sizes: `[batch, tokens]` float, the original patches each token holds, once a layer has merged
+                (token merging); None while every token holds one.
+            token_sources: `[batch, original patches]` int64, the sequence index of the token holding each original
+                patch (-1: dropped), tracked only when `sparsity.record_token_sources`; else None.
             sparsity: this forward's settings, passed by keyword so a checkpointing recompute reuses them.
 
         Returns:
-            `(hidden_states, patch_positions, attention_mask, auxiliary_loss, *token_importance)`, reduced if this is
-            a pruning layer; `auxiliary_loss` is the selector's (or None). The importance tensors come last, each
+            `(hidden_states, patch_positions, attention_mask, token_sizes, token_sources, auxiliary_loss,
+            *token_importance)`, reduced if this is a pruning layer or merges; `auxiliary_loss` is the selector's
+            (or None). The importance tensors come last, each
             at the top level of the tuple, where reentrant gradient checkpointing keeps their gradients (it drops
             those of tensors nested deeper). `token_importance` is empty unless
             `sparsity.record_token_importance`: then a pruning layer adds the `[batch, patches]` log importance its
@@ -151,18 +166,70 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         token_importance = ()
         if sparsity.record_token_importance:
             token_importance = self.token_importance(hidden_states, patch_positions, *query_key, attention_mask)
-        auxiliary_loss = None
+        auxiliary_loss = sequence_index = None
         if self.layer_idx in sparsity.token_prune_layers:
-            hidden_states, patch_positions, attention_mask, auxiliary_loss = self.reduce(
+            incoming = hidden_states.shape[1]
+            hidden_states, patch_positions, attention_mask, auxiliary_loss, sequence_index = self.reduce(
                 hidden_states, patch_positions, *query_key, attention_mask, sparsity
             )
+            if sequence_index is not None:
+                token_sizes, token_sources = follow_kept_tokens(
+                    sequence_index, incoming, hidden_states.shape[1], token_sizes, token_sources
+                )
+        merge_r = sparsity.token_merge_r[self.layer_idx] if sparsity.token_merge_r else 0
+        if merge_r:
+            metric = query_key[1].mean(dim=1)  # head-averaged keys, [batch, tokens, head_dim]
+            if sequence_index is not None:
+                metric = gather_tokens(metric, sequence_index)
+            hidden_states, patch_positions, token_sizes, token_sources = self.merge(
+                hidden_states, patch_positions, metric, token_sizes, token_sources, merge_r
+            )
+        if token_sizes is not None and sparsity.token_merge_proportional_attention:
+            attention_mask = proportional_attention_mask(token_sizes, query_key[0].dtype)
         del query_key  # as large as the hidden states twice over: free them before the MLP's wide activations
 
         residual = hidden_states
         hidden_states = self.layernorm_after(hidden_states)
         hidden_states = self.mlp(hidden_states)
         hidden_states = self.dropout(hidden_states) + residual
-        return hidden_states, patch_positions, attention_mask, auxiliary_loss, *token_importance
+        return (
+            hidden_states,
+            patch_positions,
+            attention_mask,
+            token_sizes,
+            token_sources,
+            auxiliary_loss,
+            *token_importance,
+        )
+
+    def merge(
+        self,
+        hidden_states: torch.Tensor,
+        patch_positions: torch.Tensor,
+        metric: torch.Tensor,
+        token_sizes: torch.Tensor | None,
+        token_sources: torch.Tensor | None,
+        merge_r: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Merge `merge_r` patch tokens into their most similar partners (`token_merging`); the class token and a
+        fused token are never merged. Returns the new hidden states, positions, sizes and sources."""
+        num_patches = patch_positions.shape[1]
+        if merge_r > max_merge(num_patches):
+            raise ValueError(
+                f"`token_merge_r` merges {merge_r} tokens in layer {self.layer_idx}, which has {num_patches} patch "
+                f"tokens there for these images (at most {max_merge(num_patches)} can merge); lower `token_merge_r` "
+                "for this image size."
+            )
+        if token_sizes is None:
+            token_sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
+        source, destination = match_tokens(metric, merge_r, num_patches)
+        hidden_states, token_sizes, sequence_index, slot_of = merge_tokens(
+            hidden_states, token_sizes, source, destination
+        )
+        patch_positions = torch.gather(patch_positions, 1, sequence_index[:, 1 : 1 + num_patches - merge_r] - 1)
+        if token_sources is not None:
+            token_sources = follow_sources(token_sources, slot_of)
+        return hidden_states, patch_positions, token_sizes, token_sources
 
     def token_importance(
         self,
@@ -194,8 +261,12 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         key: torch.Tensor,
         attention_mask: torch.Tensor | None,
         sparsity: SparsitySettings,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Apply the selector's decision (token level), then mask connections among the survivors (attention level)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Apply the selector's decision (token level), then mask connections among the survivors (attention level).
+
+        Returns `(hidden_states, patch_positions, attention_mask, auxiliary_loss, sequence_index)`; `sequence_index`
+        (`[batch, 1 + kept]`, the survivors' old sequence indices) is None when no token was dropped.
+        """
         if self.token_selector is None:
             raise ValueError(
                 f"`token_prune_layers` is {list(sparsity.token_prune_layers)} but layer {self.layer_idx} was built "
@@ -220,7 +291,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         if selection is not None and selection.patch_index is None:  # keeps every token, returns only a loss
             keep_all_loss, selection = selection.auxiliary_loss, None
         if selection is None and sparsity.attention_keep_rate >= 1.0:
-            return hidden_states, patch_positions, attention_mask, keep_all_loss  # same tokens, same mask
+            return hidden_states, patch_positions, attention_mask, keep_all_loss, None  # same tokens, same mask
 
         # With a padding selector, an incoming mask may carry padding from an earlier per-image decision; re-applying
         # it is exact (a masked_fill with nothing to fill) when there is none, and avoids a host sync to find out.
@@ -232,10 +303,12 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             )
         padded = self.token_selector.pads_tokens and (attention_mask is not None or returned_padding)
         sequence_index = fused_valid = None  # sequence_index: the surviving class and patch tokens' old positions
+        dropped_index = None
         if selection is not None:
             hidden_states, patch_positions, sequence_index, fused_valid = self.apply_selection(
                 hidden_states, patch_positions, selection, sparsity.token_fusion, padded
             )
+            dropped_index = sequence_index
 
         has_fused_token = hidden_states.shape[1] > 1 + patch_positions.shape[1]
         if padded and fused_valid is None and has_fused_token and attention_mask is not None:
@@ -268,6 +341,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             patch_positions,
             mask,
             selection.auxiliary_loss if selection is not None else keep_all_loss,
+            dropped_index,
         )
 
     def apply_selection(
@@ -297,6 +371,28 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         if selection.token_gates is not None:
             kept = gate_kept_patches(kept, selection.token_gates)
         return kept, positions, sequence_index, fused_valid
+
+
+def follow_kept_tokens(
+    sequence_index: torch.Tensor,
+    old_tokens: int,
+    new_tokens: int,
+    token_sizes: torch.Tensor | None,
+    token_sources: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Carry merged sizes and patch sources through a drop from `old_tokens` to `new_tokens`: keep the survivors'
+    entries (`sequence_index`, `[batch, 1 + kept]`); a fused token (last, when `new_tokens` is one more) holds size 1,
+    and dropped (or fused) patches get source -1."""
+    if token_sizes is not None:
+        token_sizes = token_sizes.gather(1, sequence_index)
+        if new_tokens > sequence_index.shape[1]:  # a fused token at the end: a summary, counted as one token
+            token_sizes = torch.cat([token_sizes, token_sizes.new_ones(len(token_sizes), 1)], dim=1)
+    if token_sources is not None:
+        slot_of = sequence_index.new_full((len(sequence_index), old_tokens), -1)
+        new_slots = torch.arange(sequence_index.shape[1], device=sequence_index.device).expand_as(sequence_index)
+        slot_of = slot_of.scatter(1, sequence_index, new_slots)
+        token_sources = follow_sources(token_sources, slot_of)
+    return token_sizes, token_sources
 
 
 def gate_kept_patches(hidden_states: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
