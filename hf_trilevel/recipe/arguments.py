@@ -36,6 +36,8 @@ SPARSITY_FIELDS = (
     "token_min_keep_rate",
     "token_importance",
     "token_count_buckets",
+    "token_merge_r",
+    "token_merge_proportional_attention",
 )
 
 # Selector settings and the built-in selectors that read them; given with another built-in selector (which ignores
@@ -145,6 +147,23 @@ class ModelArguments:
         default=None,
         metadata={"help": "adaptive: batch groups of similar kept counts, at most this many, >= 1 (default 4)."},
     )
+    token_merge_r: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Token merging (ToMe): patch tokens merged away in every layer, an integer >= 0, or one per "
+            "layer (`8 8 6 6 ...`); 0 is off. From scratch, merging replaces the default dropping and attention "
+            "sparsity (keep rates 1.0) unless --token_keep_rate / --attention_keep_rate are given.",
+            "nargs": "+",
+        },
+    )
+    token_merge_proportional_attention: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Token merging: add log(size) to a merged token's attention logits (default: on).",
+            "nargs": "?",
+            "const": True,
+        },
+    )
 
     def __post_init__(self):
         shape_given = [name for name in SCRATCH_SHAPE if getattr(self, name) is not None]
@@ -163,11 +182,16 @@ class ModelArguments:
     def scratch_config(self) -> dict:
         """Config fields of a model trained from scratch: the shape flags (or the digits model) and its keep rates."""
         shape = {name: getattr(self, name) or default for name, default in SCRATCH_SHAPE.items()}
+        if any(self.token_merge_r or ()):  # merging instead of the default dropping; flags given still win
+            return {**shape, "token_keep_rate": 1.0, "attention_keep_rate": 1.0}
         return {**shape, **SCRATCH_SPARSITY}
 
     def config_overrides(self) -> dict:
         """The sparsity and selector fields given as flags; they win over a checkpoint's or config's values."""
-        return {name: getattr(self, name) for name in SPARSITY_FIELDS if getattr(self, name) is not None}
+        overrides = {name: getattr(self, name) for name in SPARSITY_FIELDS if getattr(self, name) is not None}
+        if len(overrides.get("token_merge_r", ())) == 1:  # one value: the same r in every layer
+            overrides["token_merge_r"] = overrides["token_merge_r"][0]
+        return overrides
 
     def build_config(self, label_names: list[str]) -> TriLevelViTConfig:
         """The config from the checkpoint, `config_name` or the scratch shape, with the sparsity fields given here
