@@ -186,6 +186,24 @@ def test_resuming_with_another_model_config_is_refused_naming_the_field(tmp_path
         )
 
 
+def test_a_record_written_before_token_merging_resumes_at_r_0_and_refuses_another_r(tmp_path):
+    """A record from before `token_merge_r` existed was trained without merging: resuming at r=0 (the default) is
+    the same run; asking for merging is a changed setting, refused by its name."""
+    from hf_trilevel.training.technique_manifest import ADDED_CONFIG_FIELDS, config_record
+
+    from .helpers import tiny_config
+
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    before = {key: value for key, value in config_record(tiny_config()).items() if key not in ADDED_CONFIG_FIELDS}
+    write_technique_manifest(folder, [], model_config=before)
+    check_resumed_techniques(folder, [], model_config=config_record(tiny_config()))
+    with pytest.raises(
+        TrainingRefused, match=r"^`token_merge_r` \(the model's config\): checkpoint-4 was trained with 0"
+    ):
+        check_resumed_techniques(folder, [], model_config=config_record(tiny_config(token_merge_r=2)))
+
+
 def test_a_user_policy_is_recorded_by_its_class(tmp_path):
     class MyPolicy(RandomPolicy):
         pass

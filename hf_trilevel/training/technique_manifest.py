@@ -30,6 +30,9 @@ MANIFEST_FORMAT = 1
 UNCOMPARED_CONFIG_FIELDS = frozenset(
     {"architectures", "auto_map", "dtype", "torch_dtype", "transformers_version", "name_or_path"}
 )
+# Config fields added after checkpoints were first written, with the value that computes what the model computed
+# before the field existed: a record without the field was trained at that value (merging arrived with issue 25).
+ADDED_CONFIG_FIELDS = {"token_merge_r": 0, "token_merge_proportional_attention": True}
 
 
 def config_record(config) -> dict | None:
@@ -144,6 +147,7 @@ def _check_model_config(saved: dict | None, wanted: dict | None, checkpoint: str
     """Refuse a model config field that differs from the one the checkpoint's run built (both records present)."""
     if saved is None or wanted is None:
         return
+    saved = {**{key: value for key, value in ADDED_CONFIG_FIELDS.items() if key in wanted}, **saved}
     for key in sorted(set(saved) | set(wanted)):
         if saved.get(key) != wanted.get(key):
             raise TrainingRefused(
