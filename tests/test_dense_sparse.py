@@ -84,13 +84,13 @@ def test_the_warm_up_lowers_every_sparse_rate_from_dense_to_its_target():
     assert technique.warmed_rate(0.6, 0) == 1.0 and technique.warmed_rate(0.2, 25) == 1.0
     assert technique.warmed_rate(0.6, 50) == pytest.approx(0.8) and technique.warmed_rate(0.2, 50) == pytest.approx(0.6)
     assert technique.warmed_rate(0.6, 75) == pytest.approx(0.6) and technique.warmed_rate(0.2, 99) == pytest.approx(0.2)
-    assert technique.pass_rates(0.6, 0) == (1.0, 1.0)  # warmed to 1.0: a dense pass
+    assert technique.pass_rates(0.6, 0) == (1.0, 1.0, 0)  # warmed to 1.0: a dense pass (merging off too)
 
 
 def test_operating_point_one_is_fully_dense_and_others_keep_the_attention_rate():
     config = tiny_classifier(attention_keep_rate=0.4).config
-    assert operating_point(config, 1.0) == (1.0, 1.0)
-    assert operating_point(config, 0.7) == (0.7, 0.4)
+    assert operating_point(config, 1.0) == (1.0, 1.0, 0)
+    assert operating_point(config, 0.7) == (0.7, 0.4, 0)
 
 
 def test_evaluation_and_the_saved_config_see_the_models_own_rates_and_the_trained_rates(digits, tmp_path):

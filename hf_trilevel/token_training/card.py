@@ -8,7 +8,7 @@ the config's `dense_sparse_keep_rates` and a measured `operating_points.json`. P
 """
 
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
-from .dense_sparse import operating_point
+from .dense_sparse import OperatingPoint, operating_point
 from .operating_points import OPERATING_POINTS_FILE, format_rate, measurement_setup, operating_points_markdown
 
 # The hyperparameter table's rows, by technique.
@@ -96,7 +96,8 @@ def operating_points_text(config: TriLevelViTConfig, report: dict | None) -> str
         first, *others = trained_operating_points(config)
         pairs = f"`r` = {format_rate(first[0])} with `a` = {format_rate(first[1])}"
         pairs += " (the dense model)" if first[0] >= 1 else ""
-        pairs += "".join(f", {format_rate(rate)} with {format_rate(attention)}" for rate, attention in others)
+        pairs += "".join(f", {format_rate(point[0])} with {format_rate(point[1])}" for point in others)
+        pairs += merging_text(config)
         return (
             "\n## Operating points\n\n"
             f"This checkpoint was trained with dense/sparse training (SaiT) for token keep rates {rates_text(rates)}: "
@@ -115,9 +116,13 @@ def operating_points_text(config: TriLevelViTConfig, report: dict | None) -> str
             "other rows run the same weights at rates they were not trained for"
         )
     points = report["points"]
-    # Name the dense row only if the table has one (keep 1.0 at attention 1.0); a table measured with attention
-    # held lower, or without rate 1.0, has no dense row.
-    dense_rows = [p for p in points if p.get("token_keep_rate") == 1.0 and p.get("attention_keep_rate") == 1.0]
+    # Name the dense row only if the table has one (keep 1.0 at attention 1.0, no merging); a table measured with
+    # attention held lower, or without rate 1.0, has no dense row.
+    dense_rows = [
+        p
+        for p in points
+        if p.get("token_keep_rate") == 1.0 and p.get("attention_keep_rate") == 1.0 and not p.get("token_merge_r")
+    ]
     dense = "; the keep rate 1.0 row is the dense model" if dense_rows else ""
     measured = f"{report['num_examples']} images" if isinstance(report.get("num_examples"), int) else "the evaluation"
     split = f" of the `{report['split']}` split" if isinstance(report.get("split"), str) else ""
@@ -131,9 +136,20 @@ def operating_points_text(config: TriLevelViTConfig, report: dict | None) -> str
     )
 
 
-def trained_operating_points(config: TriLevelViTConfig) -> list[tuple[float, float]]:
-    """`(token_keep_rate, attention_keep_rate)` of each rate a dense/sparse checkpoint was trained for."""
+def trained_operating_points(config: TriLevelViTConfig) -> list[OperatingPoint]:
+    """`(token_keep_rate, attention_keep_rate, token_merge_r)` of each rate a dense/sparse checkpoint was trained
+    for."""
     return [operating_point(config, rate) for rate in trained_keep_rates(config) or []]
+
+
+def merging_text(config: TriLevelViTConfig) -> str:
+    """`; every rate below 1.0 also merges 2 tokens per layer (`token_merge_r`), keep 1.0 none (`token_merge_r=0`)`,
+    or "" for a checkpoint without token merging."""
+    merge_r = getattr(config, "token_merge_r", 0)
+    if not config.merges_tokens():
+        return ""
+    amount = f"{merge_r} tokens per layer" if isinstance(merge_r, int) else f"per layer {list(merge_r)} tokens"
+    return f"; every rate below 1.0 also merges {amount} (`token_merge_r`), keep 1.0 none (`token_merge_r=0`)"
 
 
 __all__ = [
@@ -143,6 +159,7 @@ __all__ = [
     "SELECTOR_TEMPERATURE_LABEL",
     "dense_sparse_sentence",
     "describe_dense_sparse",
+    "merging_text",
     "operating_points_text",
     "rates_text",
     "temperature_text",

@@ -24,16 +24,30 @@ logits (`distillation`; the teacher is the main pass itself, detached, with `"se
 last-layer class attention (`importance_distillation`, see `hf_trilevel.token_training.distillation`). Example pruning's
 per-example weights apply to every term.
 
-**Operating points.** Rate 1.0 is the dense model: no token dropping and full attention. Other rates drop tokens
-at that rate and keep the model's `attention_keep_rate`. `operating_point(config, rate)` gives both rates. The rates
-are recorded in the saved config as `dense_sparse_keep_rates`.
+**Operating points.** Rate 1.0 is the dense model: no token dropping, full attention and no token merging. Other
+rates drop tokens at that rate and keep the model's `attention_keep_rate` and `token_merge_r`. `operating_point(config,
+rate)` gives all three as an `OperatingPoint` `(token_keep_rate, attention_keep_rate, token_merge_r)`, in
+`model.keep_rates(...)`'s argument order. The rates are recorded in the saved config as `dense_sparse_keep_rates`.
+
+**Token merging** (`token_merge_r`, ToMe). A merging model trains its dense pass (rate 1.0) with merging off, the "no
+loss" point SaiT promises, and its sparse passes with its own r; the matching is not differentiable, the gradients of
+the sparse passes flow through the size-weighted averages. Before the first step the r must fit every layer at the
+sparsest trained rate (a layer's token count only grows with the rate, so it then fits at every rate the warm-up
+passes through), and a merging model's own `token_keep_rate` must be a sparse rate: at 1.0 its default forward (keep
+1.0 *with* merging) would be a point no pass trains. Several r per checkpoint are not operating points of their own:
+the operating points are keyed by keep rate everywhere (the saved `dense_sparse_keep_rates`, the operating-point
+table, the card, the benchmark), and a second axis would need a config field for the trained r's; a merging
+checkpoint is still evaluated at other r with `model.keep_rates(token_merge_r=...)`, untrained for them, as ToMe
+models are.
 """
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 from ..modeling.configuration_trilevel_vit import check_dense_sparse_keep_rates
+from ..modeling.token_merging import check_merge_r, layer_token_counts, merge_problem
 from ..modeling.value_checks import as_pair, check_fraction, check_number
 from ..training.loss_terms import model_output
 from ..training.schedules import cosine_keep_rate
@@ -47,19 +61,34 @@ DISTILLATION_TERM = "distillation"
 IMPORTANCE_TERM = "importance_distillation"
 
 
-def operating_point(config, token_keep_rate: float) -> tuple[float, float]:
-    """`(token_keep_rate, attention_keep_rate)` of one operating point of a dense/sparse checkpoint.
+class OperatingPoint(NamedTuple):
+    """What one operating point runs at, in `model.keep_rates(...)`'s argument order: spread it with `*`."""
 
-    Rate 1.0 is the dense model, the "no pruning, no loss" point SaiT promises: no token dropping and full attention.
-    A lower rate drops tokens at that rate and keeps the checkpoint's own `attention_keep_rate`, as in training.
-    Use it as `with model.keep_rates(*operating_point(model.config, 0.5)): ...`.
+    token_keep_rate: float
+    attention_keep_rate: float
+    token_merge_r: int | list[int]  # 0: no merging; else as `config.token_merge_r` (uniform or per layer)
+
+
+def operating_point(config, token_keep_rate: float) -> OperatingPoint:
+    """`(token_keep_rate, attention_keep_rate, token_merge_r)` of one operating point of a dense/sparse checkpoint.
+
+    Rate 1.0 is the dense model, the "no pruning, no loss" point SaiT promises: no token dropping, full attention and
+    no token merging. A lower rate drops tokens at that rate and keeps the checkpoint's own `attention_keep_rate` and
+    `token_merge_r`, as in training. Use it as `with model.keep_rates(*operating_point(model.config, 0.5)): ...`;
+    `[0]` and `[1]` are the two rates, as before merging existed.
     """
-    return pass_rates(token_keep_rate, config.attention_keep_rate)
+    return pass_rates(token_keep_rate, config.attention_keep_rate, getattr(config, "token_merge_r", 0))
 
 
-def pass_rates(token_keep_rate: float, attention_keep_rate: float) -> tuple[float, float]:
+def pass_rates(
+    token_keep_rate: float, attention_keep_rate: float, token_merge_r: int | Sequence[int] = 0
+) -> OperatingPoint:
+    """The operating point at `token_keep_rate` of a model whose own sparse settings are the other two arguments."""
     rate = float(token_keep_rate)
-    return (rate, 1.0) if rate >= 1.0 else (rate, float(attention_keep_rate))
+    if rate >= 1.0:
+        return OperatingPoint(rate, 1.0, 0)
+    merge_r = list(token_merge_r) if isinstance(token_merge_r, (list, tuple)) else token_merge_r
+    return OperatingPoint(rate, float(attention_keep_rate), merge_r)
 
 
 class DenseSparseTraining(TrainingTechnique):
@@ -135,7 +164,7 @@ class DenseSparseTraining(TrainingTechnique):
         self.warmup_fraction, self.decay_fraction = float(warmup), float(decay)
         self._model = None
         self._set_up = False
-        self._saved_rates: tuple[float, float] | None = None
+        self._saved_rates: OperatingPoint | None = None  # the model's own settings, from train begin
         self._total_steps = 0
         self._step = 0
 
@@ -157,10 +186,11 @@ class DenseSparseTraining(TrainingTechnique):
             return rate
         return cosine_keep_rate(step, self._total_steps, rate, self.warmup_fraction, self.decay_fraction)
 
-    def pass_rates(self, rate: float, step: int) -> tuple[float, float]:
-        """`(token, attention)` keep rates of the pass at target `rate` in step `step`."""
-        attention = self._saved_rates[1] if self._saved_rates is not None else 1.0  # the model's own, from train begin
-        return pass_rates(self.warmed_rate(rate, step), attention)
+    def pass_rates(self, rate: float, step: int) -> OperatingPoint:
+        """`(token_keep_rate, attention_keep_rate, token_merge_r)` of the pass at target `rate` in step `step`: a
+        pass warmed up to 1.0 is the dense one (full attention, no merging)."""
+        own = self._saved_rates if self._saved_rates is not None else OperatingPoint(1.0, 1.0, 0)
+        return pass_rates(self.warmed_rate(rate, step), own.attention_keep_rate, own.token_merge_r)
 
     # -- Trainer events ----------------------------------------------------------------------------------------
     def setup(self, args, num_examples, device) -> None:
@@ -184,7 +214,9 @@ class DenseSparseTraining(TrainingTechnique):
             check_teacher_model(self.teacher, config)
             self.teacher.to(args.device)
         self._model = model
-        self._saved_rates = (config.token_keep_rate, config.attention_keep_rate)
+        self._saved_rates = OperatingPoint(
+            config.token_keep_rate, config.attention_keep_rate, getattr(config, "token_merge_r", 0)
+        )
         self._total_steps = state.max_steps
         config.dense_sparse_keep_rates = list(self.keep_rates)  # saved with every checkpoint and the final model
 
@@ -282,7 +314,8 @@ def check_model_for_dense_sparse(
 
     Without pruning layers every "sparse" pass would equal the dense one. The model's own `token_keep_rate` is the
     operating point evaluation, `from_pretrained` and the card use, so it must be one of the trained rates.
-    Distillation needs single-label classification (`check_distillable`).
+    Distillation needs single-label classification (`check_distillable`). Token merging is checked by
+    `check_merging_for_dense_sparse`.
     """
     if not config.token_prune_layers:
         raise ValueError(
@@ -295,7 +328,39 @@ def check_model_for_dense_sparse(
             f"`from_pretrained` and the model card use it) is not among the trained `{argument}` {keep_rates}; set "
             "`token_keep_rate` to one of them."
         )
+    check_merging_for_dense_sparse(config, keep_rates, argument)
     check_distillable(config, distillation)
+
+
+def check_merging_for_dense_sparse(config, keep_rates: list[float], argument: str = "keep_rates") -> None:
+    """Refuse a merging model (`token_merge_r` > 0 somewhere) that dense/sparse training would train wrongly.
+
+    Keep rate 1.0 runs without merging (the dense model), so a merging model's own `token_keep_rate` 1.0 would be a
+    default operating point no pass trains. Every layer's r must fit its tokens at the sparsest rate (`merge_problem`;
+    counts grow with the rate, so r then fits at every rate, warm-up included): refused here, before the first step,
+    rather than by the first sparse pass.
+    """
+    merge_r = check_merge_r(getattr(config, "token_merge_r", 0), config.num_hidden_layers)
+    if not any(merge_r):
+        return
+    sparse = [rate for rate in keep_rates if rate < 1.0]
+    if float(config.token_keep_rate) >= 1.0:
+        raise ValueError(
+            f"the model merges tokens (`token_merge_r={config.token_merge_r!r}`) at its own `token_keep_rate` 1.0, but "
+            "dense/sparse training runs keep rate 1.0 as the dense model, without merging: the model's default "
+            "operating point (evaluation, `from_pretrained`, the model card) would be one no pass trains. Set "
+            f"`token_keep_rate` to one of the sparse `{argument}` {sparse}, or `token_merge_r=0`."
+        )
+    image, patch = as_pair(config.image_size), as_pair(config.patch_size)
+    patches = (image[0] // patch[0]) * (image[1] // patch[1])
+    sparsest = min(keep_rates)
+    counts = layer_token_counts(patches, config.num_hidden_layers, config.token_prune_layers, sparsest, merge_r)
+    problem = merge_problem(counts, merge_r)
+    if problem is not None:
+        raise ValueError(
+            f"{problem} (at keep rate {sparsest:g}, the sparsest of `{argument}` {keep_rates}, with {patches} patches "
+            "per image; every sparse pass merges the model's r)"
+        )
 
 
 def check_distillable(config, distillation: str) -> None:
@@ -325,4 +390,12 @@ def check_teacher_model(teacher: torch.nn.Module, config) -> None:
             )
 
 
-__all__ = ["DISTILLATION_MODES", "SCHEDULES", "DenseSparseTraining", "check_teacher_model", "operating_point"]
+__all__ = [
+    "DISTILLATION_MODES",
+    "SCHEDULES",
+    "DenseSparseTraining",
+    "OperatingPoint",
+    "check_merging_for_dense_sparse",
+    "check_teacher_model",
+    "operating_point",
+]

@@ -20,6 +20,10 @@ class KeepRateSchedule(TrainingTechnique):
 
     Each distinct rate is a distinct token count, so a `torch.compile`d model recompiles as the rate moves; compile
     after the warm-up or accept the recompiles.
+
+    With token merging (`token_merge_r`) every warm-up rate merges the model's r: the rate only moves from 1.0 down
+    to the target, and a layer's token count only shrinks with the rate, so an r that fits at the target (checked
+    when training begins) fits at every rate on the way. The warm-up is of the keep rate alone; r is not warmed up.
     """
 
     def __init__(
@@ -69,7 +73,10 @@ class KeepRateSchedule(TrainingTechnique):
             )
         self._target = self.target_token_keep_rate or model.config.token_keep_rate
         self._total_steps = state.max_steps
-        model.set_keep_rates(token_keep_rate=self._target)
+        try:  # refuses a target at which the model's token merging (`token_merge_r`) does not fit
+            model.set_keep_rates(token_keep_rate=self._target)
+        except ValueError as error:
+            raise ValueError(f"KeepRateSchedule's target keep rate {self._target:g}: {error}") from None
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         model.set_keep_rates(token_keep_rate=self.rate_at(state.global_step))

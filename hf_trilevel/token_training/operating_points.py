@@ -2,7 +2,8 @@
 
 "Operating point" has three homes, one job each:
 - `hf_trilevel.token_training.dense_sparse.operating_point(config, rate)`: the rule, the `(token_keep_rate,
-  attention_keep_rate)` pair one rate of a dense/sparse checkpoint runs at (1.0 is the dense model).
+  attention_keep_rate, token_merge_r)` one rate of a dense/sparse checkpoint runs at (1.0 is the dense model: full
+  attention, no token merging).
 - this module: the table, which rates to measure (`measure_operating_points`), the report file a run writes
   (`write_operating_points` -> `operating_points.json`, read back by `read_operating_points_report`) and its markdown
   (`operating_points_markdown`), which the model card shows.
@@ -25,8 +26,9 @@ from ..evaluation.accuracy_throughput import measure_accuracy_and_throughput
 from ..evaluation.formatting import markdown_table
 from ..evaluation.timing import environment
 from ..image_data import collate
+from ..modeling.token_merging import check_merge_r
 from ..modeling.value_checks import check_int, check_keep_rate
-from .dense_sparse import operating_point
+from .dense_sparse import OperatingPoint, operating_point
 
 OPERATING_POINTS_FILE = "operating_points.json"
 DENSE_RATE = 1.0
@@ -66,6 +68,18 @@ def point_attention_keep_rate(config, token_keep_rate: float, attention_keep_rat
     return float(config.attention_keep_rate)
 
 
+def point_settings(config, token_keep_rate: float, attention_keep_rate: float | None = None) -> OperatingPoint:
+    """What one operating point runs at: `point_attention_keep_rate`, and the tokens merged per layer, which follow
+    the same rule (a dense/sparse checkpoint merges none at keep rate 1.0, `operating_point`; any other checkpoint
+    its own `token_merge_r` at every rate)."""
+    attention = point_attention_keep_rate(config, token_keep_rate, attention_keep_rate)
+    if getattr(config, "dense_sparse_keep_rates", None):
+        merge_r = operating_point(config, token_keep_rate).token_merge_r
+    else:
+        merge_r = getattr(config, "token_merge_r", 0)
+    return OperatingPoint(float(token_keep_rate), attention, merge_r)
+
+
 def measure_operating_points(
     model: torch.nn.Module,
     pixel_values: torch.Tensor,
@@ -90,14 +104,32 @@ def measure_operating_points(
     `pixel_values` (`[examples, channels, height, width]`, on the CPU) scored by `metric` (default: the shipped top-1
     / top-5 accuracy), throughput timed on the first `batch_size` examples in interleaved rounds.
 
+    A merging model (`token_merge_r`) also runs each point at its merge count (`point_settings`: none at keep rate
+    1.0 of a dense/sparse checkpoint). The generic measurement sets two rates per point, so the points are measured
+    in one group per merge count, each under `model.keep_rates(token_merge_r=...)`, interleaved within the group.
+
     Returns:
         One dict per keep rate, in the given order: `token_keep_rate`, `attention_keep_rate`, the metric's results
         (`accuracy`, `top5_accuracy`, ...), `images_per_second`, `median_batch_seconds`, `flops_per_image`,
-        `flops_speedup_limit`.
+        `flops_speedup_limit`; and `token_merge_r` for a merging model.
     """
-    settings = [(rate, point_attention_keep_rate(model.config, rate, attention_keep_rate)) for rate in keep_rates]
+    settings = [point_settings(model.config, rate, attention_keep_rate) for rate in keep_rates]
     timing = {"batch_size": batch_size, "repeats": repeats, "warmup": warmup, "device": device, "progress": progress}
-    return measure_accuracy_and_throughput(model, pixel_values, labels, settings, metric=metric, **timing)
+    if not any(check_merge_r(setting.token_merge_r, model.config.num_hidden_layers) for setting in settings):
+        pairs = [setting[:2] for setting in settings]
+        return measure_accuracy_and_throughput(model, pixel_values, labels, pairs, metric=metric, **timing)
+    points: list[dict] = [{} for _ in settings]
+    groups: dict[str, list[int]] = {}
+    for index, setting in enumerate(settings):
+        groups.setdefault(json.dumps(setting.token_merge_r), []).append(index)
+    for indices in groups.values():
+        merge_r = settings[indices[0]].token_merge_r
+        pairs = [settings[index][:2] for index in indices]
+        with model.keep_rates(token_merge_r=merge_r):
+            measured = measure_accuracy_and_throughput(model, pixel_values, labels, pairs, metric=metric, **timing)
+        for index, point in zip(indices, measured, strict=True):
+            points[index] = {**point, "token_merge_r": merge_r}
+    return points
 
 
 def write_operating_points(
@@ -213,8 +245,9 @@ def read_operating_points(folder: str | Path) -> list[dict] | None:
 
 
 def operating_points_markdown(points: Sequence[Mapping]) -> str:
-    """A markdown table, one row per point in the given order: keep rate, attention keep rate, top-1 accuracy,
-    images/s, the speed against keep rate 1.0 (a column only when a point at 1.0 was measured) and the FLOPs limit.
+    """A markdown table, one row per point in the given order: keep rate, attention keep rate, the tokens merged per
+    layer (a column only when a point merges, `token_merge_r`), top-1 accuracy, images/s, the speed against keep rate
+    1.0 (a column only when a point at 1.0 was measured) and the FLOPs limit.
 
     Raises:
         ValueError: `points` is empty or a point lacks `token_keep_rate`.
@@ -223,6 +256,7 @@ def operating_points_markdown(points: Sequence[Mapping]) -> str:
         raise ValueError(f"`points` must be a non-empty list of dicts with a `token_keep_rate` each, got {points!r}.")
     dense = next((point for point in points if float(point["token_keep_rate"]) == DENSE_RATE), None)
     dense_speed = dense.get("images_per_second") if dense is not None else None
+    merged = any(point.get("token_merge_r") not in (None, 0) for point in points)
     rows = []
     for point in points:
         row = {
@@ -230,9 +264,11 @@ def operating_points_markdown(points: Sequence[Mapping]) -> str:
             "attention keep rate": format_rate(point["attention_keep_rate"])
             if _is_number(point.get("attention_keep_rate"))
             else "n/a",
-            "top-1 accuracy": _number(point.get("accuracy"), "{:.2%}"),
-            "images/s": _number(point.get("images_per_second"), "{:,.1f}"),
         }
+        if merged:
+            row["tokens merged per layer"] = _merge_text(point.get("token_merge_r"))
+        row["top-1 accuracy"] = _number(point.get("accuracy"), "{:.2%}")
+        row["images/s"] = _number(point.get("images_per_second"), "{:,.1f}")
         if dense is not None:
             speed = point.get("images_per_second")
             row["speed vs keep 1.0"] = (
@@ -266,6 +302,13 @@ def measurement_setup(report: Mapping) -> str:
     return ", ".join(parts)
 
 
+def _merge_text(merge_r: object) -> str:
+    """`0`, `2`, or a per-layer list as `2 2 1 0`."""
+    if isinstance(merge_r, list):
+        return " ".join(str(entry) for entry in merge_r)
+    return str(merge_r) if _is_number(merge_r) else "n/a"
+
+
 def _is_point(point: object) -> bool:
     return isinstance(point, Mapping) and _is_number(point.get("token_keep_rate"))
 
@@ -290,6 +333,7 @@ __all__ = [
     "measurement_setup",
     "operating_points_markdown",
     "point_attention_keep_rate",
+    "point_settings",
     "read_operating_points",
     "read_operating_points_report",
     "write_operating_points",
