@@ -50,6 +50,7 @@ except ImportError as error:
 from .configuration_trilevel_vit import SparsitySettings, TriLevelViTConfig, check_keep_rate
 from .sparse_attention import check_masked_attention_implementation
 from .token_groups import EncodedTokens, count_groups, merge_groups, trim_group
+from .token_merging import check_merge_r
 from .token_selectors import ZeroInitLinear, selector_pads_tokens
 from .value_checks import as_pair
 from .vit_layer import TriLevelViTAttention, TriLevelViTLayer
@@ -216,6 +217,8 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
             for name, value in previous.items():
                 setattr(self.config, name, value)
             raise
+        if isinstance(token_merge_r, (list, tuple)):  # stored as the constructor stores it: a list of ints
+            self.config.token_merge_r = check_merge_r(token_merge_r, self.config.num_hidden_layers)
 
     @contextmanager
     def keep_rates(

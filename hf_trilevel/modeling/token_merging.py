@@ -85,6 +85,7 @@ def merge_problem(counts: Sequence[LayerTokens], merge_r: Sequence[int], field: 
     return None
 
 
+@torch.no_grad()
 def match_tokens(metric: torch.Tensor, r: int, num_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Bipartite soft matching: which `r` patch tokens merge, and into which.
 
@@ -96,7 +97,8 @@ def match_tokens(metric: torch.Tensor, r: int, num_patches: int) -> tuple[torch.
     Returns:
         `(source, destination)`, both `[batch, r]` int64 sequence indices: token `source[b, i]` (from set A, odd
         sequence indices 1, 3, ...) merges into `destination[b, i]` (set B, even indices 2, 4, ...). Ties are broken
-        by position (a stable sort), so an image's result does not depend on the batch it is in.
+        by position (a stable sort), so an image's result does not depend on the batch it is in. A decision, not
+        differentiable: computed without recording gradients.
     """
     patches = metric[:, 1 : 1 + num_patches].float()
     patches = patches / patches.norm(dim=-1, keepdim=True).clamp_min(1e-12)
