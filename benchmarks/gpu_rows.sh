@@ -4,14 +4,15 @@
 #   OUT=gpu-results bash benchmarks/gpu_rows.sh                       # on the GPU machine
 #   DEVICE=cpu DTYPE=float32 BATCH=4 REPEATS=1 SHAPE="--hidden-size 32 --num-hidden-layers 4 --num-attention-heads 2 \
 #     --intermediate-size 64 --image-size 32 --patch-size 4" TTA="--epochs 5 --max-train-samples 64 --seeds 0" \
-#     OUT=/tmp/gpu-dry bash benchmarks/gpu_rows.sh   # CPU dry run
+#     MERGE_R="2 4" OUT=/tmp/gpu-dry bash benchmarks/gpu_rows.sh   # CPU dry run
 #
 # Rows: dense vs TriLevel keep rates and attention sparsity (inference and training steps), and the three token
 # selectors at fixed-rate's token budget (random weights: selector overhead; a trained folder via MODEL=path), and
 # a dense/sparse training step (the operating points' own throughputs are the keep-rate inference rows), and
 # physically slimmed shapes (fewer heads and MLP neurons per layer, as `hf-trilevel slim` leaves them) on PRESET and,
-# without SHAPE, on deit-tiny too; and the data level's time to accuracy on the redundant digits (TTA: its run
-# length and seeds).
+# without SHAPE, on deit-tiny too; token merging (ToMe, r tokens per layer; MERGE_R: the inference values, the first
+# one also for training); and the data level's time to accuracy on the redundant digits (TTA: its run length and
+# seeds).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-bfloat16}
@@ -21,6 +22,7 @@ PRESET=${PRESET:-deit-small}
 SHAPE=${SHAPE:-}
 OUT=${OUT:-gpu-results}
 MODEL=${MODEL:-}
+read -r -a MERGE_R <<< "${MERGE_R:-8 13}"
 mkdir -p "$OUT"
 BENCH=(python -m hf_trilevel bench)
 COMMON=(--device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH" --repeats "$REPEATS" --no-progress)
@@ -49,6 +51,11 @@ if [[ -z "$SHAPE" && "$PRESET" != deit-tiny ]]; then
     "${BENCH[@]}" inference --preset deit-tiny "${COMMON[@]}" --keep-rates 1 0.7 --attention-keep-rates 1 \
         --head-densities 1 0.7 0.5 --neuron-densities 1 0.7 0.5 --json "$OUT/slimmed_tiny.json"
 fi
+echo "== token merging: r tokens merged per layer, against dense (keep-rate rows: inference.json) (issue 25)"
+"${BENCH[@]}" inference "${SHAPE_ARGS[@]}" "${COMMON[@]}" --keep-rates 1 --attention-keep-rates 1 \
+    --token-merge-r 0 "${MERGE_R[@]}" --json "$OUT/merging.json"
+"${BENCH[@]}" train "${SHAPE_ARGS[@]}" "${COMMON[@]}" --keep-rates 1 --attention-keep-rates 1 \
+    --token-merge-r 0 "${MERGE_R[0]}" --example-keep-fractions 1 --json "$OUT/merging_train.json"
 echo "== the data level against chance: time to accuracy on the redundant digits, every policy at one budget (issue 14)"
 read -r -a TTA_ARGS <<< "${TTA:---epochs 10 --seeds 0 1 2 3 4}"
 "${BENCH[@]}" train --time-to-accuracy --dataset digits-redundant --device "$DEVICE" --dtype "$DTYPE" --no-progress \

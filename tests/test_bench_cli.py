@@ -10,7 +10,7 @@ import torch
 
 import hf_trilevel
 from hf_trilevel.cli import build_parser, main
-from hf_trilevel.cli.bench.models import build_models_by_selector, slimmed_model
+from hf_trilevel.cli.bench.models import build_models_by_selector, slimmed_model, switch_setting
 from hf_trilevel.cli.bench.options import RunTarget, model_shape
 from hf_trilevel.cli.bench.settings import Setting, settings
 from hf_trilevel.cli.bench.slimmed_shapes import slimmed_size
@@ -113,6 +113,54 @@ def test_inference_times_slimmed_shapes_beside_dense_vit_with_their_kept_units_a
     )
     assert both["fraction_of_limit"] == pytest.approx(both["speedup"] / both["flops_limit"])
     assert "| 1 of 2 heads, 16 of 64 neurons |" in capsys.readouterr().out
+
+
+def test_inference_times_merging_rows_with_their_merged_counts_and_limit(tmp_path, capsys):
+    path = tmp_path / "merging.json"
+    arguments = ["bench", "inference", *TINY, *QUICK, "--keep-rates", "1", "0.7", "--attention-keep-rates", "1",
+                 "--token-merge-r", "0", "4", "--no-memory", "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+
+    report = json.loads(path.read_text())
+    assert report["arguments"]["token_merge_r"] == [0, 4]
+    results = {row["setting"]: row for row in report["results"]}
+    assert list(results) == ["dense ViT (transformers)", "keep 1", "keep 1, merge r=4", "keep 0.7",
+                             "keep 0.7, merge r=4"]  # fmt: skip
+    merged, both = results["keep 1, merge r=4"], results["keep 0.7, merge r=4"]
+    assert merged["token_merge_r"] == 4 and results["keep 1"]["token_merge_r"] == 0
+    # Kept after each pruning layer's drop and merge: layer 0 merges 64 -> 60, then 60 - 4, 56 - 4, 52 - 4.
+    assert merged["mean_kept_tokens"] == [56, 52, 48]
+    assert both["mean_kept_tokens"] == [38, 23, 13]  # 60 -> 42 - 4, 38 -> 27 - 4, 23 -> 17 - 4
+    dense = forward_flops(tiny_config(num_labels=10))
+    assert merged["flops_limit"] == pytest.approx(dense / forward_flops(tiny_config(num_labels=10, token_merge_r=4)))
+    assert both["flops_limit"] > results["keep 0.7"]["flops_limit"] > merged["flops_limit"] > 1.0
+    assert merged["fraction_of_limit"] == pytest.approx(merged["speedup"] / merged["flops_limit"])
+    assert "| keep 1, merge r=4 |" in capsys.readouterr().out
+
+
+def test_train_times_merging_steps(tmp_path):
+    path = tmp_path / "train_merging.json"
+    arguments = ["bench", "train", *TINY, *QUICK, "--keep-rates", "1", "--token-merge-r", "4", "--no-memory",
+                 "--example-keep-fractions", "1", "--dataset-size", "100", "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+    steps = {row["setting"]: row for row in json.loads(path.read_text())["steps"]}
+    assert list(steps) == ["dense ViT (transformers)", "keep 1, merge r=4"]
+    merged = steps["keep 1, merge r=4"]
+    assert merged["token_merge_r"] == 4 and merged["mean_kept_tokens"] == [56, 52, 48]
+    assert merged["flops_limit"] == pytest.approx(
+        forward_flops(tiny_config(num_labels=10)) / forward_flops(tiny_config(num_labels=10, token_merge_r=4))
+    )
+    assert merged["steps_per_second"] > 0
+
+
+def test_merging_rows_switch_on_one_model_and_restore_the_others():
+    model = tiny_model(token_keep_rate=0.7)
+    switch_setting(model, Setting(1.0, token_merge_r=4))()
+    with torch.no_grad():
+        counts = model(images(2), output_kept_token_indices=True).kept_token_counts
+    assert [int(count[0]) for count in counts] == [56, 52, 48]
+    switch_setting(model, Setting(0.7, 0.5))()  # attention sparsity: merging must be off again
+    assert model.config.token_merge_r == 0 and model.config.attention_keep_rate == 0.5
 
 
 def bench_settings(*arguments: str) -> list[Setting]:
@@ -540,6 +588,20 @@ def test_time_to_accuracy_trains_the_learned_and_adaptive_selectors(tmp_path):
             "must be one of forgetting, random, loss or package.module:ClassName, got 'bogus'",
         ),
         (["bench", "inference", "--keep-rates", "0.7", "0.7000001"], "values that print alike"),
+        (["bench", "inference", "--token-merge-r", "-1"], "`--token-merge-r` must be an integer >= 0, got -1"),
+        (
+            ["bench", "inference", "--token-merge-r", "0", "8", "--attention-keep-rates", "1", "0.3"],
+            "--token-merge-r 8 cannot be combined with --attention-keep-rates 0.3",
+        ),
+        (
+            ["bench", "train", "--token-merge-r", "8", "--token-selector", "class_attention", "adaptive"],
+            "--token-merge-r 8 cannot be combined with `--token-selector adaptive`",
+        ),
+        (
+            ["bench", "inference", "--keep-rates", "1", "0.5", "--attention-keep-rates", "1", "--token-merge-r", "13"],
+            "--keep-rates 0.5 with --token-merge-r 13 (row 'keep 0.5, merge r=13'): `token_merge_r` merges 13 tokens",
+        ),
+        (["bench", "train", "--time-to-accuracy", "--token-merge-r", "4"], "--token-merge-r times training steps"),
         (["bench", "inference", "--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
         (
             ["bench", "inference", "--token-selector", "class_attention", "random"],

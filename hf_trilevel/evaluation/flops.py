@@ -8,6 +8,12 @@ selector's scores, fusion, and the connection scores behind the attention mask) 
 Layer sizes come from `config.layer_num_attention_heads(i)` / `config.layer_intermediate_size(i)`, so slimmed models
 with fewer heads or MLP neurons in some layers are counted as built.
 
+Token merging (`config.token_merge_r`): the patch tokens of every layer come from the model's own schedule
+(`hf_trilevel.modeling.token_merging.layer_token_counts`: attention, then the pruning layer's drop, then the merge),
+so a layer's MLP and every later layer are counted at the merged width. The bipartite matching of a merging layer is
+counted where it happens (`matching_flops`); averaging, scattering and the proportional-attention mask are not
+matmuls. The model's `kept_token_counts` are the tokens alive after a pruning layer's drop and merge.
+
 Selectors (`config.token_selector`):
 - `"class_attention"` and `"learned"` keep the same count in every image, so a config fixes the FLOPs. Both score
   with the class token's query against every key; `"learned"` adds its scorer (`learned_scorer_flops`) on every
@@ -28,7 +34,8 @@ import torch
 
 from ..evaluation.patches import num_patches
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
-from ..modeling.token_reduction import num_kept_tokens, token_schedule
+from ..modeling.token_merging import LayerTokens, check_merge_r, layer_token_counts
+from ..modeling.token_reduction import num_kept_tokens
 from ..modeling.token_selectors import learned_scorer_flops
 from ..modeling.value_checks import as_pair
 
@@ -84,38 +91,62 @@ def _selector_flops(config: TriLevelViTConfig, tokens: int, patches: int, inner:
     return flops
 
 
+def matching_flops(num_patches: int, head_size: int) -> int:
+    """Bipartite matching of one merging layer, per image: `[set A, head_size] @ [head_size, set B]` cosine
+    similarities of the head-averaged keys, set A holding `ceil(n / 2)` of the `n` current patch tokens and set B
+    the other `floor(n / 2)`."""
+    return 2 * ((num_patches + 1) // 2) * (num_patches // 2) * head_size
+
+
+def merge_r_per_layer(config: TriLevelViTConfig) -> list[int]:
+    """`config.token_merge_r` as one entry per layer (0 where a layer does not merge, and for configs without it)."""
+    return check_merge_r(getattr(config, "token_merge_r", 0), config.num_hidden_layers)
+
+
+def layer_tokens(config: TriLevelViTConfig, kept_counts: Sequence[int] | None = None) -> list[LayerTokens]:
+    """Patch tokens each layer sees (entering attention, after its drop, after its merge) for one image.
+
+    Args:
+        kept_counts: patch tokens alive after each pruning layer's drop and merge (one int per entry of
+            `config.token_prune_layers`), e.g. one column of a model's `kept_token_counts`. Default: the schedule
+            the keep rate and `token_merge_r` fix (for `"adaptive"`, its upper bound).
+    """
+    patches, merge_r = num_patches(config.image_size, config.patch_size), merge_r_per_layer(config)
+    prune_layers = list(config.token_prune_layers)
+    if kept_counts is None:
+        after_drop = config.token_keep_rate
+    else:
+        counts = _checked_counts(config, [[count] for count in kept_counts])[0]
+        after_drop = [count + merge_r[layer] for count, layer in zip(counts, prune_layers, strict=True)]
+    return layer_token_counts(patches, config.num_hidden_layers, prune_layers, after_drop, merge_r)
+
+
 def layer_costs(config: TriLevelViTConfig, kept_counts: Sequence[int] | None = None) -> list[LayerCost]:
     """Per-layer token counts and FLOPs for one image.
 
     Args:
-        config: the model's config, at the keep rates and selector to count.
-        kept_counts: patch tokens the image keeps after each pruning layer (one int per entry of
-            `config.token_prune_layers`), e.g. one column of a model's `kept_token_counts`. Default: the schedule the
-            keep rate fixes (for `"adaptive"`, its upper bound).
+        config: the model's config, at the keep rates, merge counts and selector to count.
+        kept_counts: patch tokens the image keeps after each pruning layer's drop and merge (see `layer_tokens`).
+            Default: the schedule the config fixes (for `"adaptive"`, its upper bound).
     """
     hidden, head_size = config.hidden_size, config.hidden_size // config.num_attention_heads
-    patches, fused = num_patches(config.image_size, config.patch_size), 0
-    if kept_counts is None:
-        kept_counts = token_schedule(patches, config.token_keep_rate, len(config.token_prune_layers))
-    schedule = iter(_checked_counts(config, [[count] for count in kept_counts])[0])
-    costs = []
-    for layer in range(config.num_hidden_layers):
+    merge_r, fused, costs = merge_r_per_layer(config), 0, []
+    for layer, patches in enumerate(layer_tokens(config, kept_counts)):
         inner = config.layer_num_attention_heads(layer) * head_size  # width of q, k, v across the heads
-        tokens = 1 + patches + fused
+        tokens = 1 + patches.attention + fused
         flops = 2 * tokens * hidden * inner * 4  # q, k, v and output projections
         flops += 2 * 2 * tokens * tokens * inner  # scores and weighted values, all heads together
         if layer in config.token_prune_layers:
-            kept = next(schedule)
-            if _selector_scores(config, patches):
-                flops += _selector_flops(config, tokens, patches, inner)
-            if kept < patches:
-                if config.token_fusion:
-                    flops += 2 * (tokens - 1) * hidden  # score-weighted sum of the non-kept tokens
-                    fused = 1
-                patches = kept
+            if _selector_scores(config, patches.attention):
+                flops += _selector_flops(config, tokens, patches.attention, inner)
+            if patches.after_drop < patches.attention and config.token_fusion:
+                flops += 2 * (tokens - 1) * hidden  # score-weighted sum of the non-kept tokens
+                fused = 1
             if config.attention_keep_rate < 1.0:
-                flops += 2 * (1 + patches) * tokens * inner  # kept queries against the layer's keys
-        mlp_tokens = 1 + patches + fused
+                flops += 2 * (1 + patches.after_drop) * tokens * inner  # kept queries against the layer's keys
+        if merge_r[layer]:
+            flops += matching_flops(patches.after_drop, head_size)
+        mlp_tokens = 1 + patches.after_merge + fused
         flops += 2 * 2 * mlp_tokens * hidden * config.layer_intermediate_size(layer)
         costs.append(LayerCost(tokens, mlp_tokens, flops))
     return costs
@@ -138,9 +169,10 @@ def forward_flops(
 
 
 def dense_config(config: TriLevelViTConfig) -> TriLevelViTConfig:
-    """The same shape with every token kept, dense attention and no selector work: what transformers' ViT computes."""
+    """The same shape with every token kept, dense attention, no merging and no selector work: what transformers'
+    ViT computes."""
     dense = config.to_dict()
-    dense.update(token_keep_rate=1.0, attention_keep_rate=1.0, token_selector="class_attention")
+    dense.update(token_keep_rate=1.0, attention_keep_rate=1.0, token_selector="class_attention", token_merge_r=0)
     dense.update(token_importance="class_attention", token_keep_mass=1.0)
     return TriLevelViTConfig(**dense)
 
@@ -169,8 +201,9 @@ def measured_flops(
     Args:
         config: the config the counts were measured with (keep rates, selector, fusion, attention sparsity).
         kept_token_counts: one `[batch]` tensor (or list of ints) per pruning layer, in `config.token_prune_layers`
-            order: the `kept_token_counts` output of a TriLevel model. Any selector: fixed-count ones give equal
-            counts, and then `flops_per_image == forward_flops(config)`.
+            order: the `kept_token_counts` output of a TriLevel model (tokens alive after the layer's drop and, with
+            `token_merge_r`, its merge). Any selector: fixed-count ones give equal counts, and then
+            `flops_per_image == forward_flops(config)`.
         with_classifier: count the linear classifier on the class token (as `forward_flops` does).
 
     Each image is counted with its own counts, then the FLOPs are averaged; padding (the padded width of a batch with
@@ -224,18 +257,37 @@ def _checked_counts(config: TriLevelViTConfig, kept_token_counts: Sequence) -> l
             f"`kept_token_counts` must hold the same number (>= 1) of images for every pruning layer, got "
             f"{[len(column) for column in columns]}."
         )
-    rows = list(zip(*columns, strict=True)) if layers else [()]
-    patches = num_patches(config.image_size, config.patch_size)
+    rows = [tuple(row) for row in zip(*columns, strict=True)] if layers else [()]
+    checked = set()
     for image, row in enumerate(rows):
-        previous = patches
-        for index, count in enumerate(row):
-            if not 1 <= count <= previous:
-                raise ValueError(
-                    f"`kept_token_counts[{index}][{image}]` must be in [1, {previous}] (an image keeps at least one "
-                    f"and at most the {previous} patch tokens it entered the pruning layer with), got {count}."
-                )
-            previous = count
-    return [tuple(row) for row in rows]
+        if row not in checked:
+            _check_row(config, row, image)
+            checked.add(row)
+    return rows
+
+
+def _check_row(config: TriLevelViTConfig, row: tuple[int, ...], image: int) -> None:
+    """One image's counts must fit the tokens entering each pruning layer (after the merges of the layers before),
+    less the tokens that layer merges; a merging layer must keep as many as it merges (it merges at most half)."""
+    entering, merge_r = num_patches(config.image_size, config.patch_size), merge_r_per_layer(config)
+    counts = iter(enumerate(row))
+    for layer in range(config.num_hidden_layers):
+        r = merge_r[layer]
+        if layer not in config.token_prune_layers:
+            entering = max(1, entering - r)
+            continue
+        index, count = next(counts)
+        low, high = max(1, r), entering - r
+        if not low <= count <= high:
+            why = (
+                f"layer {layer} merges {r} of the {entering} patch tokens it entered with, and at most half of what "
+                "its drop kept"
+                if r
+                else f"an image keeps at least one and at most the {entering} patch tokens it entered the pruning "
+                "layer with"
+            )
+            raise ValueError(f"`kept_token_counts[{index}][{image}]` must be in [{low}, {high}] ({why}), got {count}.")
+        entering = count
 
 
 def _as_int(value: object) -> int | None:

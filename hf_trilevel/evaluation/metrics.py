@@ -127,7 +127,8 @@ def sparsity_metrics(config: TriLevelViTConfig) -> dict[str, float]:
     """The token sparsity and forward FLOPs that `config`'s keep rates give, from the analytic FLOPs model.
 
     `token_fraction_kept` is the number of tokens each layer's MLP processes as a share of the dense count (class
-    and fused tokens included), averaged over layers: what token dropping saves in the MLPs, which dominate the cost.
+    and fused tokens included), averaged over layers: what token dropping (and merging, `token_merge_r`: the MLPs
+    run at the merged widths) saves in the MLPs, which dominate the cost.
     Attention sparsity saves no FLOPs here (the kernels compute masked entries too), so it is reported as the rate.
     """
     sparse_flops = forward_flops(config)

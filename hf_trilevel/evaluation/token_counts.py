@@ -11,15 +11,13 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from ..evaluation.patches import num_patches
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
-from ..modeling.token_reduction import token_schedule
-from .flops import measured_flops
+from .flops import layer_tokens, measured_flops
 
-# Metric of the mean patch tokens an image keeps after pruning layer `layer` (`kept_token_metrics` writes it, with
-# Trainer's `eval_` prefix in results files; model cards read it back).
+# Metric of the mean patch tokens an image keeps after pruning layer `layer`'s drop and merge (`kept_token_metrics`
+# writes it, with Trainer's `eval_` prefix in results files; model cards read it back).
 KEPT_TOKENS_METRIC = "kept_tokens_layer_{layer}"
-FIXED_COUNT_SELECTORS = ("class_attention", "learned")  # every image keeps `ceil(n * token_keep_rate)`
+FIXED_COUNT_SELECTORS = ("class_attention", "learned")  # every image keeps `ceil(n * token_keep_rate)`, less merges
 
 
 def kept_token_counts(outputs) -> torch.Tensor:
@@ -36,19 +34,20 @@ def kept_token_counts(outputs) -> torch.Tensor:
 
 def fixed_kept_token_counts(config: TriLevelViTConfig) -> torch.Tensor | None:
     """`[1, pruning layers]` int64: the counts every image keeps under a fixed-count selector (`"class_attention"`,
-    `"learned"`), from the keep-rate schedule; None when counts may differ per image (`"adaptive"`, a custom
-    selector) and must be measured, or without pruning layers.
+    `"learned"`), from the keep rate and `token_merge_r` (tokens alive after each pruning layer's drop and merge, as
+    the model's `kept_token_counts`); None when counts may differ per image (`"adaptive"`, a custom selector) and must
+    be measured, or without pruning layers.
 
     Lets a script report the same figures for every selector without an extra pass over its data where the config
     already fixes them.
     """
     if getattr(config, "token_selector", "class_attention") not in FIXED_COUNT_SELECTORS:
         return None
-    layers = len(config.token_prune_layers)
-    if not layers:
+    prune_layers = config.token_prune_layers
+    if not prune_layers:
         return None
-    patches = num_patches(config.image_size, config.patch_size)
-    return torch.tensor([token_schedule(patches, config.token_keep_rate, layers)], dtype=torch.int64)
+    counts = [tokens.after_merge for layer, tokens in enumerate(layer_tokens(config)) if layer in prune_layers]
+    return torch.tensor([counts], dtype=torch.int64)
 
 
 def collect_kept_token_counts(
@@ -84,8 +83,9 @@ def collect_kept_token_counts(
 def kept_token_metrics(config: TriLevelViTConfig, counts: torch.Tensor | None, prefix: str = "eval_") -> dict:
     """What measured counts (`collect_kept_token_counts`) say, for results files and model cards.
 
-    - `kept_tokens_layer_<i>`: the mean patch tokens an image keeps after pruning layer `i`. With the `"adaptive"`
-      selector the counts differ per image, so only a measurement gives them; fixed selectors give the schedule.
+    - `kept_tokens_layer_<i>`: the mean patch tokens an image keeps after pruning layer `i` (after its drop and, with
+      `token_merge_r`, its merge). With the `"adaptive"` selector the counts differ per image, so only a measurement
+      gives them; fixed selectors give the schedule.
     - `measured_gflops_per_image` and `measured_flops_speedup_limit`: forward FLOPs per image with each image counted
       at its own counts, then averaged (`hf_trilevel.evaluation.flops.measured_flops`), and dense FLOPs over them. For
       fixed

@@ -4,6 +4,7 @@
     hf-trilevel bench inference --preset deit-small --device cuda --dtype bfloat16 --batch-size 256
     hf-trilevel bench inference --keep-rates 0.7 0.5 --attention-keep-rates 1 --token-selector class_attention \
         adaptive --match-fixed-rate --model path/to/trained_folder
+    hf-trilevel bench inference --preset deit-small --keep-rates 1 --attention-keep-rates 1 --token-merge-r 0 8 13
 
 Both models hold the same weights and see the same batch. Every setting is timed once per round and the rounds are
 interleaved, so drift in machine speed hits all settings alike; medians over rounds are reported. Each row shows the
@@ -17,6 +18,12 @@ patch tokens kept after each pruning layer, measured on the benchmark batch (mea
 limit from those counts. Adaptive rows run at each `--token-keep-mass`, or, with `--match-fixed-rate`, at the mass
 calibrated by bisection so that their mean count after the last pruning layer equals fixed-rate pruning's at the
 same keep rate; they also show the share of that fixed-rate row's speedup they reach.
+
+Token merging (`--token-merge-r`, ToMe): each value is a row (with every keep rate, fusion and fixed-count selector)
+whose every layer merges that many patch tokens into their most similar partners; its FLOPs limit counts the
+merged widths and the matching. Merging needs `--attention-keep-rates 1` and a fixed-count selector, and each layer
+must have at least `2 r` patch tokens at the row's keep rate; other combinations are refused before any model is
+built.
 
 Physically slimmed shapes (`--head-densities`, `--neuron-densities`): the shape a model trained with structured
 sparsity has after `hf_trilevel.slim`, every layer keeping `max(1, round(density * size))` heads and MLP neurons.
@@ -74,6 +81,7 @@ class InferenceResult:
     neuron_density: float = 1.0
     heads_per_layer: list[int] | None = None  # attention heads each layer of the timed model has
     intermediate_size_per_layer: list[int] | None = None  # MLP neurons each layer of the timed model has
+    token_merge_r: int = 0  # patch tokens every layer merges away (token merging)
 
 
 def benchmark_inference(plan: TimingPlan) -> list[InferenceResult]:
@@ -120,6 +128,7 @@ def _result(m: Measurement, batch_size: int) -> InferenceResult:
         neuron_density=m.setting.neuron_density,
         heads_per_layer=[m.config.layer_num_attention_heads(i) for i in range(m.config.num_hidden_layers)],
         intermediate_size_per_layer=[m.config.layer_intermediate_size(i) for i in range(m.config.num_hidden_layers)],
+        token_merge_r=m.setting.token_merge_r,
     )
 
 

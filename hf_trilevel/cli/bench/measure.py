@@ -27,7 +27,14 @@ from ...evaluation.timing import interleaved_times
 from ...modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ...modeling.token_reduction import token_schedule
 from ...token_training.dense_sparse import operating_point
-from .models import build_models_by_selector, compile_models, slimmed_model, switch_setting, trilevel_config
+from .models import (
+    build_models_by_selector,
+    check_setting_configs,
+    compile_models,
+    slimmed_model,
+    switch_setting,
+    trilevel_config,
+)
 from .options import ModelShape, RunTarget, model_shape, run_target
 from .settings import DENSE_NAME, Setting, selector_config, settings
 from .timing import peak_memories, print_progress
@@ -68,6 +75,7 @@ def timing_plan(args: argparse.Namespace, label: str) -> TimingPlan:
     """The plan a `bench` command's arguments ask for; `label` names the command on the progress line."""
     shape = model_shape(args)
     trilevel_settings = settings(args)
+    check_setting_configs(shape, trilevel_settings)
     target = run_target(args, trilevel_settings)
     progress = None if args.no_progress else print_progress(label)
     return TimingPlan(

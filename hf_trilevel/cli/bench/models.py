@@ -19,6 +19,7 @@ from ...modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ...modeling.modeling_trilevel_vit import TriLevelViTForImageClassification
 from ...weight_sparsity.slimming import slim
 from ...weight_sparsity.structured_units import apply_unit_masks, unit_layers, zero_output_sides
+from ..errors import CommandError
 from .options import ModelShape, RunTarget
 from .settings import Setting
 from .slimmed_shapes import slimmed_size
@@ -32,11 +33,11 @@ def switch_setting(model: TriLevelViTForImageClassification, setting: Setting) -
     """A call that puts `model` at `setting`; run untimed before each timed call of that setting.
 
     The selector is fixed when a model is built (a learned one owns weights), so each selector has its own model;
-    the keep rates, fusion and the adaptive mass are read by every forward and switch here.
+    the keep rates, merge count, fusion and the adaptive mass are read by every forward and switch here.
     """
 
     def apply() -> None:
-        model.set_keep_rates(setting.token_keep_rate, setting.attention_keep_rate)
+        model.set_keep_rates(setting.token_keep_rate, setting.attention_keep_rate, setting.token_merge_r)
         model.config.token_fusion = setting.token_fusion
         if setting.token_selector == "adaptive":
             model.config.token_keep_mass = setting.token_keep_mass
@@ -61,6 +62,18 @@ def trilevel_config(shape: ModelShape, setting: Setting | None = None, **extra) 
     setting = setting or Setting()
     layers = list(shape.token_prune_layers) if shape.token_prune_layers else None
     return TriLevelViTConfig(**shape.vit_kwargs(), token_prune_layers=layers, **setting.config_kwargs(), **extra)
+
+
+def check_setting_configs(shape: ModelShape, chosen: list[Setting]) -> None:
+    """Build each row's config (cheap, no model) before any model is built, so a combination the model refuses (a
+    merge count a layer has too few tokens for at a keep rate) is a `CommandError` naming the flags."""
+    for setting in chosen:
+        try:
+            trilevel_config(shape, setting)
+        except ValueError as error:
+            flags = f"--keep-rates {setting.token_keep_rate:g}"
+            flags += f" with --token-merge-r {setting.token_merge_r}" if setting.token_merge_r else ""
+            raise CommandError(f"{flags} (row {setting.name!r}): {error}") from None
 
 
 def load_shared_weights(trilevel: torch.nn.Module, state_dict: dict) -> None:
@@ -128,5 +141,5 @@ def slimmed_model(
     return slim(pruned) if removed else pruned
 
 
-__all__ = ["build_models_by_selector", "compile_models", "load_shared_weights", "slimmed_model", "switch_setting",
-           "trilevel_config"]  # fmt: skip
+__all__ = ["build_models_by_selector", "check_setting_configs", "compile_models", "load_shared_weights",
+           "slimmed_model", "switch_setting", "trilevel_config"]  # fmt: skip

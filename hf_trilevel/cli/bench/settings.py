@@ -1,10 +1,12 @@
 """The TriLevel operating points a benchmark compares: one `Setting` per row, from the command-line options.
 
-Every combination of `--keep-rates`, `--attention-keep-rates`, `--fusion`, `--token-selector` (and the adaptive
-selector's `--token-keep-mass`) is one row, on every slimmed shape (`slimmed_shapes.py`); `bench train` adds its
-dense/sparse rows. The options are checked here, before any model is built, and bad ones raise `CommandError` with
-the flag, the value and the allowed range. `bench inference` and `bench train` share this vocabulary; the model shape
-and the hardware the rows run on are in `options.py`.
+Every combination of `--keep-rates`, `--attention-keep-rates`, `--fusion`, `--token-merge-r`, `--token-selector`
+(and the adaptive selector's `--token-keep-mass`) is one row, on every slimmed shape (`slimmed_shapes.py`);
+`bench train` adds its dense/sparse rows. The options are checked here, before any model is built, and bad ones raise
+`CommandError` with the flag, the value and the allowed range; a combination the model refuses (token merging with
+attention sparsity or the adaptive selector, or an `r` a layer has too few tokens for at a keep rate, checked with
+the shape in `models.check_setting_configs`) is refused, not skipped. `bench inference` and `bench train` share this
+vocabulary; the model shape and the hardware the rows run on are in `options.py`.
 """
 
 import argparse
@@ -25,7 +27,8 @@ DENSE_NAME = "dense ViT (transformers)"
 class Setting:
     """One TriLevel operating point.
 
-    `token_keep_mass` applies to `"adaptive"` only. `matched_keep_rate` marks an adaptive row whose mass is calibrated
+    `token_keep_mass` applies to `"adaptive"` only. `token_merge_r` is the patch tokens every layer merges away
+    (token merging, ToMe), 0 for none. `matched_keep_rate` marks an adaptive row whose mass is calibrated
     on the benchmark batch (`--match-fixed-rate`) so that it keeps, on average, as many patch tokens after the last
     pruning layer as fixed-rate pruning at that keep rate; `token_keep_rate` is then its per-image upper bound.
     """
@@ -45,6 +48,7 @@ class Setting:
     # `slimmed_size(density, size)` heads and MLP neurons; 1.0 and 1.0 is the full-width model.
     head_density: float = 1.0
     neuron_density: float = 1.0
+    token_merge_r: int = 0
 
     @property
     def slimmed(self) -> bool:
@@ -71,6 +75,7 @@ class Setting:
         if self.attention_keep_rate < 1.0:
             name += f", attention {self.attention_keep_rate:g}"
         name += ", fusion" if self.token_fusion else ""
+        name += f", merge r={self.token_merge_r}" if self.token_merge_r else ""
         if self.dense_sparse_keep_rates is not None:
             name += ", every rate" if self.dense_sparse_schedule == "every_rate" else ""
             name += ", self-distillation" if self.distillation == "self" else ""
@@ -85,6 +90,7 @@ class Setting:
             "attention_keep_rate": self.attention_keep_rate,
             "token_fusion": self.token_fusion,
             "token_selector": self.token_selector,
+            "token_merge_r": self.token_merge_r,
         }
         if self.token_selector == "adaptive":
             kwargs["token_keep_mass"] = self.token_keep_mass
@@ -107,6 +113,10 @@ def add_setting_arguments(parser: argparse.ArgumentParser, keep_rates: list[floa
     group.add_argument("--attention-keep-rates", type=float, nargs="+", default=attention, metavar="RATE",
                        help="attention_keep_rate values, each in (0, 1]")  # fmt: skip
     group.add_argument("--fusion", choices=["off", "on", "both"], default="off", help="token_fusion")
+    group.add_argument("--token-merge-r", type=int, nargs="+", default=[0], metavar="R",
+                       help="token_merge_r values, each an integer >= 0: patch tokens every layer merges away (token "
+                            "merging, ToMe; 0: none); above 0 only with --attention-keep-rates 1 and a fixed-count "
+                            "selector")  # fmt: skip
     group.add_argument("--token-selector", nargs="+", default=["class_attention"], metavar="SELECTOR",
                        help=f"token selectors, each one of {', '.join(BUILT_IN_TOKEN_SELECTORS)}; each gets its own "
                             "model with the same weights")  # fmt: skip
@@ -118,8 +128,8 @@ def add_setting_arguments(parser: argparse.ArgumentParser, keep_rates: list[floa
 
 
 def settings(args: argparse.Namespace) -> list[Setting]:
-    """Every combination of keep rate, attention keep rate, fusion and selector (and mass, for adaptive), on every
-    slimmed shape (`slimmed_shapes`; the full-width one alone without the density flags).
+    """Every combination of keep rate, attention keep rate, fusion, merge count and selector (and mass, for
+    adaptive), on every slimmed shape (`slimmed_shapes`; the full-width one alone without the density flags).
 
     With `--match-fixed-rate`, each adaptive setting instead targets the mean kept count of fixed-rate pruning at
     its keep rate, bounded above by `--match-max-keep-rate`; its mass is calibrated later, on the benchmark batch.
@@ -131,9 +141,15 @@ def settings(args: argparse.Namespace) -> list[Setting]:
     masses = keep_masses(args, selectors)
     matched, cap = matching(args, selectors)
     fusion = {"off": [False], "on": [True], "both": [False, True]}[args.fusion]
-    combos = itertools.product(dict.fromkeys(args.keep_rates), dict.fromkeys(args.attention_keep_rates), fusion)
+    merge_counts = token_merge_counts(args, selectors)
+    combos = itertools.product(
+        dict.fromkeys(args.keep_rates), dict.fromkeys(args.attention_keep_rates), fusion, merge_counts
+    )
     chosen = []
-    for keep, attention, fused in combos:
+    for keep, attention, fused, merge_r in combos:
+        if merge_r:  # fixed-count selectors only (`token_merge_counts`)
+            chosen.extend(Setting(keep, attention, fused, selector, token_merge_r=merge_r) for selector in selectors)
+            continue
         for selector in selectors:
             if selector != "adaptive":
                 chosen.append(Setting(keep, attention, fused, selector))
@@ -196,6 +212,29 @@ def token_selectors(args: argparse.Namespace) -> list[str]:
             choices = ", ".join(BUILT_IN_TOKEN_SELECTORS)
             raise CommandError(f"`--token-selector` must be one of {choices}, got {selector!r}.")
     return list(dict.fromkeys(args.token_selector))
+
+
+def token_merge_counts(args: argparse.Namespace, selectors: list[str]) -> list[int]:
+    """`--token-merge-r`, checked: each an integer >= 0, and above 0 only where the model can merge (no attention
+    sparsity, no per-image counts). Whether a shape has the tokens for `r` is checked with the shape
+    (`models.check_setting_configs`)."""
+    counts = [checked_option(check_int, "--token-merge-r", r, low=0) for r in getattr(args, "token_merge_r", [0])]
+    merging = [r for r in dict.fromkeys(counts) if r]
+    if not merging:
+        return list(dict.fromkeys(counts))
+    sparse = [rate for rate in args.attention_keep_rates if rate < 1.0]
+    if sparse:
+        raise CommandError(
+            f"--token-merge-r {merging[0]} cannot be combined with --attention-keep-rates {sparse[0]:g}: attention "
+            "sparsity masks connections among one pruning layer's tokens, and merging changes the tokens in every "
+            "layer. Give `--attention-keep-rates 1` with merge counts above 0."
+        )
+    if "adaptive" in selectors:
+        raise CommandError(
+            f"--token-merge-r {merging[0]} cannot be combined with `--token-selector adaptive` (per-image token "
+            "counts): every image merges the same r. Time adaptive rows with `--token-merge-r 0`."
+        )
+    return list(dict.fromkeys(counts))
 
 
 def keep_masses(args: argparse.Namespace, selectors: list[str]) -> list[float]:

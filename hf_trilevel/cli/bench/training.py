@@ -2,6 +2,7 @@
 
     hf-trilevel bench train --preset deit-tiny --batch-size 64 --keep-rates 1 0.7 0.5 --example-keep-fractions 1 0.8
     hf-trilevel bench train --time-to-accuracy            # dense vs TriLevel on the bundled digits, same recipe
+    hf-trilevel bench train --keep-rates 1 --token-merge-r 0 8   # token merging (ToMe) rows, r tokens per layer
 
 A step is what `Trainer` does per batch: forward with labels, backward, AdamW step, zero the gradients. Weights stay
 in float32; `--dtype bfloat16|float16` trains under autocast, as mixed-precision training does. Dense ViT and the
@@ -77,6 +78,7 @@ class StepResult:
     dense_sparse_keep_rates: list[float] | None = None  # a dense/sparse training row: the rates one step trains
     dense_sparse_schedule: str | None = None
     distillation: str | None = None
+    token_merge_r: int = 0  # patch tokens every layer merges away (token merging)
 
 
 @dataclass
@@ -185,6 +187,7 @@ def benchmark_training_steps(plan: TimingPlan) -> list[StepResult]:
             token_selector=m.setting.token_selector,
             token_keep_mass=m.setting.token_keep_mass,
             mean_kept_tokens=list(m.flops.mean_kept_tokens) if m.flops else None,
+            token_merge_r=m.setting.token_merge_r,
             **_dense_sparse_fields(m.setting),
         )
         for m in measurements
@@ -289,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(
                 "--dense-sparse-keep-rates times training steps; it does not apply to --time-to-accuracy."
             )
+        if any(args.token_merge_r):
+            raise CommandError("--token-merge-r times training steps; it does not apply to --time-to-accuracy.")
         from .time_to_accuracy import run_time_to_accuracy
 
         return run_time_to_accuracy(args)
