@@ -1,8 +1,9 @@
 """Train or fine-tune a Tri-Level ViT for image classification with `transformers.Trainer`, offline by default.
 
 The arguments are those of transformers' `examples/pytorch/image-classification/run_image_classification.py` plus
-the Tri-Level ones (token and attention sparsity, example pruning, dense/sparse training, weight sparsity), as flags or
-one JSON file of them; docs/flags.md lists every flag with its default and range, and examples of use.
+the Tri-Level ones (token and attention sparsity, token merging, example pruning, dense/sparse training, weight
+sparsity), as flags or one JSON file of them; docs/flags.md lists every flag with its default and range, and examples
+of use.
 
 With no arguments (about 2 minutes on 2 CPU cores) it trains a small TriLevel ViT from scratch on the digits bundled
 with scikit-learn, prints the validation accuracy and saves a self-contained folder (weights, config, the model's
@@ -23,6 +24,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, TrainingArguments, set_seed
 
 from hf_trilevel import DenseSparseTraining, TriLevelTrainer
+from hf_trilevel.evaluation.flops import layer_tokens
 from hf_trilevel.evaluation.metrics import build_compute_metrics
 from hf_trilevel.evaluation.patches import num_patches
 from hf_trilevel.image_data import RandomSource, attach_transforms, collate, eval_transforms, train_transforms
@@ -32,7 +34,7 @@ from hf_trilevel.modeling.value_checks import as_pair
 from hf_trilevel.recipe.arguments import DataArguments, ModelArguments
 from hf_trilevel.recipe.checks import check_arguments, slim_output_dir
 from hf_trilevel.recipe.data import label_names, limit_splits, load_digits, load_user_dataset
-from hf_trilevel.recipe.model import build_image_processor, load_trilevel_model, selector_text
+from hf_trilevel.recipe.model import build_image_processor, load_trilevel_model, merge_text, selector_text
 from hf_trilevel.recipe.outputs import remove_earlier_results, save_slimmed_model, write_operating_point_table
 from hf_trilevel.recipe.parsing import build_parser, parse_flags_or_json, resolve_defaults
 from hf_trilevel.recipe.processes import end_distributed
@@ -176,14 +178,14 @@ def describe(model: PreTrainedModel, dataset: dict, augmentation: str, training_
         f"hidden {config.hidden_size}, {num_patches(config.image_size, config.patch_size)} patches; "
         f"token_keep_rate={config.token_keep_rate} at layers {config.token_prune_layers} "
         f"(fusion {'on' if config.token_fusion else 'off'}, {selector_text(config)}), "
-        f"attention_keep_rate={config.attention_keep_rate}; "
+        f"attention_keep_rate={config.attention_keep_rate}, {merge_text(config)}; "
         f"{config.num_labels} classes, {sizes} images; augmentation {augmentation}."
     )
     if training_args.world_size > 1:
         backend = " on CPU over gloo (--use_cpu)" if training_args.use_cpu else ""
         text += f" {training_args.world_size} processes, {training_args.parallel_mode.value}{backend}."
-    if config.token_keep_rate == 1.0 and config.attention_keep_rate == 1.0:
-        text += " Token and attention sparsity are off (keep rates 1.0); see --token_keep_rate."
+    if config.token_keep_rate == 1.0 and config.attention_keep_rate == 1.0 and not config.merges_tokens():
+        text += " Token and attention sparsity are off (keep rates 1.0); see --token_keep_rate or --token_merge_r."
     return text
 
 
@@ -223,10 +225,14 @@ def results_text(metrics: dict[str, float], config: TriLevelViTConfig, output_di
         if "weight_density" in metrics:
             lines.append(f"non-zero share of the 2-D weights: {metrics['weight_density']:.3f}")
         kept = [metrics[key] for key in kept_token_keys(config) if key in metrics]
+        total = num_patches(config.image_size, config.patch_size)
         if kept:
             counts = " -> ".join(f"{count:.4g}" for count in kept)
-            total = num_patches(config.image_size, config.patch_size)
-            lines.append(f"patch tokens kept per image after each pruning layer (mean): {counts} of {total}")
+            merged = " (after its drop and merge)" if config.merges_tokens() else ""
+            lines.append(f"patch tokens kept per image after each pruning layer{merged} (mean): {counts} of {total}")
+        if config.merges_tokens():  # merging goes on past the last pruning layer
+            left = layer_tokens(config)[-1].after_merge
+            lines.append(f"patch tokens left after the last layer's merge: {left} of {total}")
     lines.append(f"saved to {output_dir}")
     return "\n".join(lines)
 

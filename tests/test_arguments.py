@@ -265,6 +265,32 @@ def test_a_temperature_without_learned_scores_is_ignored_with_a_notice(tmp_path,
     assert "`token_selector_temperature_end` is ignored" in caplog.text
 
 
+# --- token merging: one r or one per layer; from scratch it replaces the default dropping ----------------------------
+
+
+def test_one_merge_r_is_the_same_r_in_every_layer_and_a_list_is_per_layer():
+    assert ModelArguments(token_merge_r=[8]).config_overrides()["token_merge_r"] == 8
+    assert ModelArguments(token_merge_r=[8, 6]).config_overrides()["token_merge_r"] == [8, 6]
+    assert ModelArguments(token_merge_r=8).config_overrides()["token_merge_r"] == 8  # a JSON file's plain integer
+    assert "token_merge_r" not in ModelArguments().config_overrides()
+
+
+def test_from_scratch_merging_replaces_the_default_dropping_unless_keep_rates_are_given():
+    config = ModelArguments(token_merge_r=[4]).build_config(["a", "b"])
+    assert (config.token_merge_r, config.token_keep_rate, config.attention_keep_rate) == (4, 1.0, 1.0)
+    config = ModelArguments(token_merge_r=[4], token_keep_rate=0.7).build_config(["a", "b"])
+    assert (config.token_keep_rate, config.attention_keep_rate) == (0.7, 1.0)
+    config = ModelArguments(token_merge_r=[0]).build_config(["a", "b"])  # 0 is off: the scratch sparsity stays
+    assert (config.token_merge_r, config.token_keep_rate, config.attention_keep_rate) == (0, 0.7, 0.5)
+
+
+def test_merge_r_is_applied_over_a_checkpoints_config(tmp_path):
+    tiny_config(token_keep_rate=0.7).save_pretrained(tmp_path)
+    arguments = ModelArguments(config_name=str(tmp_path), token_merge_r=[2], token_merge_proportional_attention=False)
+    config = arguments.build_config(["a", "b"])
+    assert (config.token_merge_r, config.token_merge_proportional_attention, config.token_keep_rate) == (2, False, 0.7)
+
+
 # --- the flag manual --------------------------------------------------------------------------------------------------
 
 

@@ -129,6 +129,41 @@ def test_a_config_field_of_the_wrong_type_names_the_flag_the_file_and_the_field(
     assert "'hidden_size' is 'big'" in message and "int" in message and "Validation error" not in message
 
 
+# --- 4b. token merging that cannot be honoured -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--token_merge_r", "8", "--attention_keep_rate", "0.5"], ["`token_merge_r=8`", "`attention_keep_rate=0.5`"]),
+        (
+            ["--token_merge_r", "8", "--token_selector", "adaptive"],
+            ["`token_merge_r=8`", "`token_selector='adaptive'`"],
+        ),
+        (["--token_merge_r", "-1"], ["`token_merge_r` must be an integer >= 0, got -1"]),
+        (["--token_merge_r", "2", "-1"], ["`token_merge_r[1]` must be an integer >= 0, got -1"]),
+        (["--token_merge_r", "4", "4", "4"], ["`token_merge_r`", "a list of 2 integers", "got a list of 3"]),
+        # 64 patches: layer 0 merges 30 -> 34 left, of which at most 17 can merge in layer 1
+        (["--token_merge_r", "30", "30"], ["`token_merge_r` merges 30 tokens in layer 1", "at most 17 can merge"]),
+        (["--token_merge_r", "40"], ["`token_merge_r` merges 40 tokens in layer 0", "64 patch tokens there"]),
+    ],
+)
+def test_token_merging_that_cannot_be_honoured_stops_before_the_data_loads(example, capsys, tmp_path, flags, named):
+    message = usage_error(example, capsys, *before_data(tmp_path, *flags))
+    assert all(part in message for part in named), message
+    assert "Traceback" not in message
+
+
+def test_a_merge_r_too_large_for_a_checkpoints_keep_rate_names_the_layer_and_the_rate(example, capsys, tmp_path):
+    tiny_model(token_keep_rate=0.5, num_labels=10).save_pretrained(tmp_path / "model")
+    flags = ["--model_name_or_path", str(tmp_path / "model"), "--token_merge_r", "6"]
+    args = [*flags, "--train_dir", str(tmp_path / "no-such-folder"), "--output_dir", str(tmp_path / "out")]
+    message = usage_error(example, capsys, *args)
+    # 64 patches, merging 6 per layer, pruning layers 1-3 at 0.5: 58, 29 -> 23, 12 -> 6, then ceil(6 * .5) = 3
+    assert "`token_merge_r` merges 6 tokens in layer 3, which has 3 patch tokens there" in message
+    assert "`token_keep_rate=0.5`" in message
+
+
 # --- 5. an --output_dir that is a file --------------------------------------------------------------------------------
 
 

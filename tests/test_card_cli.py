@@ -37,6 +37,16 @@ def test_card_writes_readme_into_the_folder_from_its_files(saved_folder, capsys)
     assert "the `validation` split of Digits" in card.text
 
 
+def test_card_of_a_merging_folder_describes_merging_and_how_to_change_r_under_its_model_id(tmp_path):
+    folder = tmp_path / "merging"
+    tiny_model(token_merge_r=4).save_pretrained(folder)
+    (folder / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.5}))
+    assert main(["card", str(folder), "--model-id", "you/merging"]) == 0
+    card = ModelCard.load(folder / "README.md")
+    assert "| `token_merge_r` | 4 in every layer |" in card.text and "token-merging" in card.data.tags
+    assert 'from_pretrained("you/merging", trust_remote_code=True, token_merge_r=2)' in card.text
+
+
 def test_card_options_set_the_output_title_usage_id_and_license(saved_folder, tmp_path):
     output = tmp_path / "card.md"
     arguments = ["card", str(saved_folder), "--output", str(output), "--model-name", "tiny-trilevel",

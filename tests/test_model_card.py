@@ -11,7 +11,13 @@ from huggingface_hub import ModelCard
 from transformers import TrainingArguments, ViTImageProcessorPil
 
 import hf_trilevel
-from hf_trilevel import ExamplePruning, KeepRateSchedule, SelectorTemperatureSchedule, TriLevelTrainer
+from hf_trilevel import (
+    ExamplePruning,
+    KeepRateSchedule,
+    SelectorTemperatureSchedule,
+    TriLevelTrainer,
+    TriLevelViTForImageClassification,
+)
 from hf_trilevel.evaluation.flops import flops_speedup_limit, forward_flops
 from hf_trilevel.evaluation.metrics import compute_metrics
 from hf_trilevel.model_card import write_model_card
@@ -294,6 +300,49 @@ def test_write_model_card_quotes_the_measured_counts_of_an_adaptive_folder(tmp_p
     card = ModelCard.load(write_model_card(tmp_path, model_name="saved"))
     assert "| `token_selector` | `adaptive` |" in card.text
     assert "(measured mean) | 38.2 → 24.5 → 15.0 of 64 |" in card.text
+
+
+# --- token merging (ToMe) --------------------------------------------------------------------------------------------
+
+
+def test_a_merging_card_describes_merging_and_shows_r_and_the_tokens_each_layer_leaves(tmp_path):
+    config = tiny_config(token_keep_rate=0.7, token_merge_r=4)
+    card = saved_card(tmp_path, config=config)
+    text = card.text
+    assert "4. **Merging.** In every layer" in text and "ToMe's bipartite soft matching" in text
+    assert "| `token_merge_r` | 4 in every layer |" in text
+    assert "| `token_merge_proportional_attention` | True |" in text and "proportional attention)" in text
+    # 64 patches, pruning layers 1-3 at 0.7: 64 - 4 = 60; ceil(60 * .7) - 4 = 38; ceil(38 * .7) - 4 = 23; 13
+    assert "| patch tokens left after each layer (drop, then merge) | 60 → 38 → 23 → 13 of 64 |" in text
+    assert "| patch tokens kept after each pruning layer | 38 → 23 → 13 of 64 (after the drop and the merge) |" in text
+    assert "token-merging" in card.data.tags
+
+
+def test_a_merging_card_quotes_the_flops_of_its_merges_against_dense(tmp_path):
+    config = tiny_config(token_merge_r=[8, 4, 4, 2], token_merge_proportional_attention=False)
+    text = saved_card(tmp_path, config=config).text
+    assert "| `token_merge_r` | per layer [8, 4, 4, 2] |" in text and "proportional attention is off" in text
+    assert f"| forward FLOPs per image (this setting) | {forward_flops(config) / 1e6:.2f} MFLOPs |" in text
+    assert f"| FLOPs speedup limit | {flops_speedup_limit(config):.2f}x |" in text
+    assert flops_speedup_limit(config) > 1.0  # merging alone (keep rates 1.0) saves FLOPs
+
+
+def test_a_merging_cards_usage_changes_r_at_load_and_on_the_loaded_model_with_an_r_that_fits(tmp_path):
+    tiny_model(token_merge_r=[8, 4, 4, 2]).save_pretrained(tmp_path)
+    text = ModelCard.load(write_model_card(tmp_path, model_name="saved")).text
+    at_load = re.search(r'from_pretrained\("saved", trust_remote_code=True, token_merge_r=(\[[\d, ]+\])\)', text)
+    assert at_load is not None and at_load[1] == "[4, 2, 2, 1]"  # half the checkpoint's r
+    assert f"model.set_keep_rates(token_merge_r={at_load[1]})" in text
+    assert "output_token_sources=True).token_sources" in text
+    model = TriLevelViTForImageClassification.from_pretrained(tmp_path, token_merge_r=json.loads(at_load[1]))
+    assert model.config.token_merge_r == [4, 2, 2, 1]
+    model.set_keep_rates(token_merge_r=json.loads(at_load[1]))
+
+
+def test_a_card_without_merging_says_nothing_of_it(tmp_path):
+    card = saved_card(tmp_path, config=tiny_config(token_keep_rate=0.5, token_merge_r=0))
+    assert "token_merge_r" not in card.text and "**Merging.**" not in card.text
+    assert "token-merging" not in card.data.tags
 
 
 def test_every_technique_of_the_package_has_its_card_section_registered_under_its_name():

@@ -15,10 +15,15 @@ from hf_trilevel.cli import main
 from hf_trilevel.cli.visualize import (
     DROPPED_ALPHA,
     DROPPED_VEIL,
+    GROUP_ALPHA,
+    GROUP_OUTLINE,
+    group_colors,
+    groups_title,
     kept_patch_counts,
     kept_patch_masks,
     kept_tokens,
     layer_titles,
+    merged_patch_groups,
     render_kept_tokens,
 )
 from hf_trilevel.cli.visualize.operating_points import DEFAULT_KEEP_RATES
@@ -57,6 +62,15 @@ def adaptive_checkpoint(tmp_path_factory):
 
 def run_cli(*argv: str) -> int:
     return main(["visualize", *argv])
+
+
+@pytest.fixture(scope="module")
+def merging_checkpoint(tmp_path_factory):
+    """A tiny model that drops (keep 0.7 at layers 1-3) and merges 6 patch tokens in every layer."""
+    folder = tmp_path_factory.mktemp("visualize") / "merging"
+    tiny_model(token_keep_rate=0.7, token_merge_r=6, num_labels=10).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
 
 
 # -- pure functions ----------------------------------------------------------------------------------------------------
@@ -139,6 +153,52 @@ def test_dropped_patches_are_veiled_and_kept_patches_untouched():
     np.testing.assert_array_equal(grid[top + 9, 3 + 9], [255, 255, 255])  # the input column is never veiled
 
 
+def test_merged_patch_groups_lay_the_source_map_on_the_grid():
+    sources = torch.tensor([[0, 0, 1, -1, 2, 1], [1, 0, 0, 0, -1, -1]])  # patch -> final token, -1 dropped
+    groups = merged_patch_groups(sources, grid=(2, 3))
+    np.testing.assert_array_equal(groups[0], [[0, 0, 1], [-1, 2, 1]])
+    np.testing.assert_array_equal(groups[1], [[1, 0, 0], [0, -1, -1]])
+    assert groups_title(groups) == "merged: 2-3 tokens"
+
+
+def test_merged_patch_groups_refuse_a_map_of_another_grid_or_below_the_dropped_marker():
+    with pytest.raises(ValueError, match=r"\[batch, patches=4\] for the 2x2 patch grid"):
+        merged_patch_groups(torch.zeros(1, 6, dtype=torch.int64), grid=(2, 2))
+    with pytest.raises(ValueError, match="-1 marks a dropped patch"):
+        merged_patch_groups(torch.tensor([[0, -2, 1, 1]]), grid=(2, 2))
+
+
+def test_group_colors_are_distinct_for_every_token_of_a_model():
+    colors = group_colors(197)  # ViT-B/16's patch tokens
+    assert colors.shape == (197, 3) and colors.dtype == np.uint8
+    assert len({tuple(color) for color in colors}) == 197
+
+
+def test_each_merged_group_is_tinted_one_colour_outlined_and_dropped_patches_veiled():
+    white = Image.new("RGB", (12, 12), (255, 255, 255))
+    groups = np.array([[[0, 0, 1], [2, 1, 1], [-1, -1, 2]]])  # one image, a 3x3 grid of 4-pixel patches
+    masks = np.ones((1, 0, 3, 3), dtype=bool)  # no pruning layers: input and the groups
+    grid = np.asarray(render_kept_tokens([white], masks, patch_size=4, scale=1, gap=2, label_height=0, groups=groups))
+    assert grid.shape == (12 + 2 * 2, 2 * 12 + 3 * 2, 3)
+    top, left, colors = 2, 2 + 12 + 2, group_colors(3)
+
+    def center(row: int, column: int) -> np.ndarray:
+        return grid[top + 4 * row + 2, left + 4 * column + 2]
+
+    for (row, column), group in np.ndenumerate(groups[0]):
+        if group >= 0:
+            np.testing.assert_array_equal(
+                center(row, column), np.rint((1 - GROUP_ALPHA) * 255 + GROUP_ALPHA * colors[group])
+            )
+        else:
+            np.testing.assert_array_equal(
+                center(row, column), np.rint((1 - DROPPED_ALPHA) * 255 + DROPPED_ALPHA * np.array(DROPPED_VEIL))
+            )
+    np.testing.assert_array_equal(grid[top + 1, left + 8], GROUP_OUTLINE)  # group 0 | group 1 edge
+    assert tuple(grid[top + 1, left + 4]) != GROUP_OUTLINE  # inside group 0: patches (0, 0) and (0, 1) join
+    np.testing.assert_array_equal(grid[top + 2, 2 + 2], [255, 255, 255])  # the input column is untouched
+
+
 # -- kept-tokens command -----------------------------------------------------------------------------------------------
 
 
@@ -215,6 +275,47 @@ def test_token_keep_mass_one_gives_an_adaptive_model_the_fixed_schedule(adaptive
     assert run_cli("kept-tokens", *argv, "--output", str(tmp_path / "grid.png")) == 0
     assert drawn["cell_labels"] is None
     assert drawn["titles"] == ["input", "layer 1: 45/64", "layer 2: 32/64", "layer 3: 23/64"]
+
+
+def test_kept_tokens_of_a_merging_model_draw_the_groups_of_its_token_sources(merging_checkpoint, tmp_path, monkeypatch):
+    drawn = {}
+
+    def capture(images, masks, patch_size, **kwargs):
+        drawn.update(kwargs)
+        return render_kept_tokens(images, masks, patch_size, **kwargs)
+
+    monkeypatch.setattr(kept_tokens, "render_kept_tokens", capture)
+    output = tmp_path / "grid.png"
+    argv = ["--model", str(merging_checkpoint), "--images", "3", "--scale", "1", "--output", str(output)]
+    assert run_cli("kept-tokens", *argv) == 0
+    assert Image.open(output).size == (5 * 32 + 6 * 4, 14 + 3 * 32 + 4 * 4)  # input, 3 pruning layers, the groups
+
+    model = TriLevelViTForImageClassification.from_pretrained(merging_checkpoint).eval()
+    validation = load_digits_dataset(image_size=32)["validation"].select(range(3))
+    processor = ViTImageProcessorPil.from_pretrained(merging_checkpoint)
+    pixel_values = processor([image.convert("RGB") for image in validation["image"]], return_tensors="pt")
+    with torch.no_grad():
+        sources = model(**pixel_values, output_token_sources=True).token_sources
+    np.testing.assert_array_equal(drawn["groups"], sources.reshape(3, 8, 8).numpy())
+    # 64 patches: -6 -> 58, keep ceil(58 * .7) = 41 -> 35, 25 -> 19, 14 -> 8 tokens left after the last layer
+    assert drawn["titles"] == ["input", "layer 1: 35/64", "layer 2: 19/64", "layer 3: 8/64", "merged: 8 tokens"]
+    assert (drawn["groups"] >= 0).sum(axis=(1, 2)).min() > 8  # several patches share a token
+
+
+def test_kept_tokens_merge_r_override_draws_the_groups_of_a_checkpoint_that_does_not_merge(checkpoint, tmp_path):
+    output = tmp_path / "grid.png"
+    argv = ["--model", str(checkpoint), "--token-merge-r", "2", "--images", "2", "--scale", "1"]
+    assert run_cli("kept-tokens", *argv, "--output", str(output)) == 0
+    assert Image.open(output).size == (5 * 32 + 6 * 4, 14 + 2 * 32 + 3 * 4)
+
+
+def test_kept_tokens_of_a_merging_model_without_pruning_layers_show_the_groups_alone(tmp_path):
+    folder = tmp_path / "model"
+    tiny_model(token_prune_layers=[], token_merge_r=8, num_labels=10).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    output = tmp_path / "grid.png"
+    assert run_cli("kept-tokens", "--model", str(folder), "--images", "2", "--scale", "1", "--output", str(output)) == 0
+    assert Image.open(output).size == (2 * 32 + 3 * 4, 14 + 2 * 32 + 3 * 4)
 
 
 # -- operating-points command ------------------------------------------------------------------------------------------
@@ -313,6 +414,8 @@ def test_default_keep_rates_are_those_a_dense_sparse_checkpoint_was_trained_for(
         (["kept-tokens", "--split", "test"], "--split 'test' is not in the data"),
         (["kept-tokens", "--token-keep-mass", "0"], "--token-keep-mass must be a number in (0, 1]"),
         (["kept-tokens", "--token-keep-mass", "0.5"], "--token-keep-mass applies to the adaptive selector"),
+        (["kept-tokens", "--token-merge-r", "-1"], "--token-merge-r must be in [0, 1024]"),
+        (["kept-tokens", "--token-merge-r", "40"], "--token-merge-r 40 with --model"),
         (["operating-points", "--keep-rates", "1.0", "1.5"], "--keep-rates must be a number in (0, 1]"),
         (["operating-points", "--keep-rates", "0.5", "0.5"], "--keep-rates must be distinct"),
     ],

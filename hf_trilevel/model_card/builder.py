@@ -31,6 +31,7 @@ from ..weight_sparsity.card import count_nonzero_weights, model_nonzero_weights,
 from .sections import (
     TRAINING_FIELDS,
     fusion_text,
+    merging_text,
     prune_layers_text,
     results_rows,
     results_text,
@@ -48,6 +49,7 @@ from .techniques import technique_tags
 TEMPLATE_NAME = "template.md"
 BASE_TAGS = ("trilevel-vit", "vision", "image-classification", "vision-transformer", "token-pruning")
 DEFAULT_LICENSE = "apache-2.0"
+MERGING_TAG = "token-merging"
 SELECTOR_TAGS = {"learned": ["learned-token-selection"], "adaptive": ["adaptive-token-pruning"]}
 METRIC_TYPES = (("accuracy", "accuracy", "Top-1 accuracy"), ("top5_accuracy", "top_5_accuracy", "Top-5 accuracy"))
 
@@ -148,6 +150,7 @@ def build_model_card(
         token_method_text=token_method_text(config, training),
         fusion_text=fusion_text(config),
         example_text=example_text(training.get("example_pruning")),
+        merging_text=merging_text(config),
         settings_rows=settings_rows(config, num_parameters, nonzero_weights),
         results_text=results_text("accuracy" in measured, evaluation_text),
         results_rows=results_rows(config, measured),
@@ -155,7 +158,7 @@ def build_model_card(
         image_size_text=size_text(config.image_size),
         training_text=training_text(measured, training),
         training_rows=training_table(training),
-        usage_text=usage_text(config),
+        usage_text=usage_text(config, model_id or model_name),
         evaluation_text=evaluation_text,
     )
     return ModelCard(body)
@@ -245,6 +248,8 @@ def card_tags(config: TriLevelViTConfig, training: dict, extra: list[str] | str 
     if config.attention_keep_rate < 1.0:
         tags.append("sparse-attention")
     tags += SELECTOR_TAGS.get(selector_name(config), [])
+    if config.merges_tokens():
+        tags.append(MERGING_TAG)
     if trained_keep_rates(config):
         tags.append(DENSE_SPARSE_TAG)
     tags += technique_tags(training)

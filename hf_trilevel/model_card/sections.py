@@ -12,6 +12,10 @@ A dense/sparse checkpoint (`config.dense_sparse_keep_rates`) serves several keep
 card gets an "Operating points" section, the measured table when the run left `operating_points.json`
 (`hf_trilevel.token_training.operating_points`), else the rates it was trained for.
 
+A merging checkpoint (`config.token_merge_r`, ToMe) gets a fourth method step, its merge counts and the tokens every
+layer leaves in its settings (`hf_trilevel.evaluation.flops.layer_tokens`: drop, then merge), and usage lines that
+change `r` at load or on the loaded model; its FLOPs rows count the merges (`hf_trilevel.evaluation.flops`).
+
 Model sizes are read per layer (`config.layer_num_attention_heads(i)`, `config.layer_intermediate_size(i)`), so a
 structurally slimmed checkpoint shows its real widths, and its FLOPs against the full-width shape it was cut from; a
 config without those methods is uniform. Weight sparsity (`WeightSparsity.card_settings()`, the
@@ -19,7 +23,7 @@ config without those methods is uniform. Weight sparsity (`WeightSparsity.card_s
 checkpoint holds (counted by `hf_trilevel.model_card.builder.model_nonzero_weights`) in its settings.
 """
 
-from ..evaluation.flops import dense_config, flops_speedup_limit, forward_flops, full_width_config
+from ..evaluation.flops import dense_config, flops_speedup_limit, forward_flops, full_width_config, layer_tokens
 from ..evaluation.formatting import format_duration, format_flops
 from ..evaluation.patches import num_patches
 from ..evaluation.token_counts import FIXED_COUNT_SELECTORS, KEPT_TOKENS_METRIC
@@ -116,6 +120,31 @@ def token_method_text(config: TriLevelViTConfig, training: dict | None = None) -
     return f"Patch tokens are picked by the registered `{selector}` token selector at {rate} per layer."
 
 
+def merge_r_text(config: TriLevelViTConfig) -> str:
+    """`8 in every layer` or `per layer [8, 8, 6, 6]`: `config.token_merge_r` as a reader reads it."""
+    merge_r = config.token_merge_r
+    return f"{merge_r} in every layer" if isinstance(merge_r, int) else f"per layer {list(merge_r)}"
+
+
+def merging_text(config: TriLevelViTConfig) -> str:
+    """Step 4 of the card's "Method" for a merging checkpoint (ToMe), with its leading newline; empty otherwise."""
+    if not config.merges_tokens():
+        return ""
+    proportional = (
+        " A merged token counts as the patches it holds in attention (`log(size)` is added to its attention logits: "
+        "ToMe's proportional attention)."
+        if config.token_merge_proportional_attention
+        else " Attention treats a merged token as one token (proportional attention is off)."
+    )
+    return (
+        "\n4. **Merging.** In every layer, not only the pruning layers, between the attention block and the MLP (after "
+        "a pruning layer's drop), the patch tokens are split alternately into two sets and the `r` tokens of the first "
+        "set most similar to a token of the second (cosine similarity of the attention keys, averaged over heads) are "
+        "merged into it (ToMe's bipartite soft matching): a merged token is the size-weighted mean of the patches it "
+        f"holds. Here `token_merge_r` is {merge_r_text(config)}.{proportional}"
+    )
+
+
 def fusion_text(config: TriLevelViTConfig) -> str:
     if config.token_fusion:
         return "The dropped tokens are fused into one extra token, their attention-weighted mean (EViT-style)."
@@ -142,6 +171,10 @@ def kept_tokens_text(config: TriLevelViTConfig) -> str:
     counts = token_schedule(patches, config.token_keep_rate, layers)
     if not counts:
         return f"all {patches}"
+    if config.merges_tokens():  # a fixed-count selector: every image keeps the schedule, less the merges
+        tokens = layer_tokens(config)
+        counts = [tokens[layer].after_merge for layer in config.token_prune_layers]
+        return f"{' → '.join(map(str, counts))} of {patches} (after the drop and the merge)"
     if selector_name(config) != "adaptive":
         return f"{' → '.join(map(str, counts))} of {patches}"
     floor = token_schedule(patches, min(float(config.token_min_keep_rate), config.token_keep_rate), layers)
@@ -172,6 +205,7 @@ def settings_rows(
         ("`token_fusion`", str(bool(config.token_fusion))),
         ("`attention_keep_rate`", str(float(config.attention_keep_rate)) + dense),
         *selector_rows(config),
+        *merge_rows(config),
         ("patch tokens kept after each pruning layer", kept_tokens_text(config)),
         ("architecture", architecture_text(config)),
         *([("non-zero weights", nonzero_weights_text(nonzero_weights))] if _has_zeros(nonzero_weights) else []),
@@ -185,6 +219,19 @@ def settings_rows(
     if num_parameters is not None:
         rows.append(("parameters", f"{num_parameters:,}"))
     return table_rows(rows)
+
+
+def merge_rows(config: TriLevelViTConfig) -> list[tuple[str, str]]:
+    """A merging checkpoint's `token_merge_r`, proportional attention and the patch tokens each layer leaves."""
+    if not config.merges_tokens():
+        return []
+    left = [tokens.after_merge for tokens in layer_tokens(config)]
+    patches = num_patches(config.image_size, config.patch_size)
+    return [
+        ("`token_merge_r`", merge_r_text(config)),
+        ("`token_merge_proportional_attention`", str(bool(config.token_merge_proportional_attention))),
+        ("patch tokens left after each layer (drop, then merge)", f"{' → '.join(map(str, left))} of {patches}"),
+    ]
 
 
 def _has_zeros(nonzero_weights: tuple[int, int] | None) -> bool:
@@ -262,8 +309,21 @@ def results_rows(config: TriLevelViTConfig, metrics: dict) -> str:
     return table_rows(rows)
 
 
-def usage_text(config: TriLevelViTConfig) -> str:
-    """Extra lines of the usage snippet for the selector's own run-time setting (adaptive: the mass)."""
+def usage_text(config: TriLevelViTConfig, model_id: str) -> str:
+    """Extra lines of the usage snippet: the selector's own run-time setting (adaptive: the mass), and for a merging
+    checkpoint how to change `r` at load or on the loaded model and which patches were merged together."""
+    if config.merges_tokens():
+        merge_r = config.token_merge_r  # halved: fewer merges leave more tokens, so every layer's r still fits
+        fewer = merge_r // 2 if isinstance(merge_r, int) else [r // 2 for r in merge_r]
+        return (
+            "\n# Token merging: another r (one for every layer, or one per layer; 0 turns it off), at load or on the "
+            "loaded model:\n"
+            f'model = AutoModelForImageClassification.from_pretrained("{model_id}", trust_remote_code=True, '
+            f"token_merge_r={fewer}).eval()\n"
+            f"model.set_keep_rates(token_merge_r={fewer})\n"
+            "# For every original patch, the final token that holds it (merged patches share one; -1: dropped):\n"
+            "sources = model(**inputs, output_token_sources=True).token_sources"
+        )
     if selector_name(config) != "adaptive":
         return ""
     return (

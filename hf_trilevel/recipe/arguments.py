@@ -174,6 +174,8 @@ class ModelArguments:
             )
         for name in shape_given:
             check_int(name, getattr(self, name), low=1)
+        if isinstance(self.token_merge_r, int) and not isinstance(self.token_merge_r, bool):
+            self.token_merge_r = [self.token_merge_r]  # a JSON file's `"token_merge_r": 8`, as the flag's `8`
 
     def hub_kwargs(self) -> dict:
         """What `from_pretrained` and `load_dataset` take to reach the Hub (or its cache)."""
@@ -182,15 +184,21 @@ class ModelArguments:
     def scratch_config(self) -> dict:
         """Config fields of a model trained from scratch: the shape flags (or the digits model) and its keep rates."""
         shape = {name: getattr(self, name) or default for name, default in SCRATCH_SHAPE.items()}
-        if any(self.token_merge_r or ()):  # merging instead of the default dropping; flags given still win
+        if self.merges_tokens():  # merging instead of the default dropping; flags given still win
             return {**shape, "token_keep_rate": 1.0, "attention_keep_rate": 1.0}
         return {**shape, **SCRATCH_SPARSITY}
+
+    def merges_tokens(self) -> bool:
+        """Whether `token_merge_r` asks some layer to merge (values the config refuses are left to it)."""
+        merge_r = self.token_merge_r
+        return isinstance(merge_r, list) and any(r != 0 for r in merge_r)
 
     def config_overrides(self) -> dict:
         """The sparsity and selector fields given as flags; they win over a checkpoint's or config's values."""
         overrides = {name: getattr(self, name) for name in SPARSITY_FIELDS if getattr(self, name) is not None}
-        if len(overrides.get("token_merge_r", ())) == 1:  # one value: the same r in every layer
-            overrides["token_merge_r"] = overrides["token_merge_r"][0]
+        merge_r = overrides.get("token_merge_r")
+        if isinstance(merge_r, list) and len(merge_r) == 1:  # one value: the same r in every layer
+            overrides["token_merge_r"] = merge_r[0]
         return overrides
 
     def build_config(self, label_names: list[str]) -> TriLevelViTConfig:

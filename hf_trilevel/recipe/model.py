@@ -140,6 +140,17 @@ def selector_text(config: TriLevelViTConfig) -> str:
     return f"selector adaptive ({settings})"
 
 
+def merge_text(config: TriLevelViTConfig) -> str:
+    """`token merging r=8 in every layer (proportional attention on)`, or `token merging off`: the merge counts
+    (`token_merge_r`) for a run's summary line."""
+    if not config.merges_tokens():
+        return "token merging off"
+    merge_r = config.token_merge_r
+    amount = f"r={merge_r} in every layer" if isinstance(merge_r, int) else f"r per layer {list(merge_r)}"
+    proportional = "on" if config.token_merge_proportional_attention else "off"
+    return f"token merging {amount} (proportional attention {proportional})"
+
+
 def invalid_config_error(error: StrictDataclassError, argument: str, source: str, **hub_kwargs) -> ValueError:
     """A `ValueError` naming the flag, the config file, the field and its value, for a config that fails the
     config class's `@strict` type checks (`huggingface_hub.dataclasses`)."""
@@ -373,6 +384,7 @@ __all__ = [
     "check_classifier_size",
     "check_config_overrides",
     "load_trilevel_model",
+    "merge_text",
     "mismatched_weights",
     "read_vit_config",
     "selector_text",

@@ -6,10 +6,18 @@ tensors and images, so they are tested without a model or the command line.
 Every selector is drawn the same way. With `"adaptive"` the images of a batch keep different counts: the model pads
 `kept_token_indices` to the batch's largest count with `-1`, which marks no patch, so each row shows that image's own
 kept set; the column titles then give the range of counts and every cell is tagged with its image's count.
+
+A merging checkpoint (`token_merge_r`, ToMe) gets one more column, after the last layer: which original patches each
+final token holds (the model's `token_sources`, ToMe's source map), every token's patches tinted with one colour and
+outlined, dropped patches veiled as in the layer columns (`merged_patch_groups`, `group_colors`). In the pruning-layer
+columns a merged token shows at the patch it was merged into (`kept_token_indices`), so patches merged away there
+look dropped; the last column tells them apart.
 """
 
 import argparse
-from collections.abc import Sequence
+import colorsys
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import torch
@@ -32,6 +40,8 @@ from .inputs import (
 # alone would be invisible.
 DROPPED_VEIL = (48, 48, 80)
 DROPPED_ALPHA = 0.7
+GROUP_ALPHA = 0.5  # share of a merged group's colour in its patches' pixels
+GROUP_OUTLINE = (255, 255, 255)  # pixels on the edge between two groups (or a group and dropped patches)
 GAP = 4  # pixels between cells and around the grid
 LABEL_HEIGHT = 14  # pixels of the column-title band above the grid
 
@@ -99,6 +109,47 @@ def _check_indices(layer: int, indices: np.ndarray, batch: int, rows: int = 0, c
         raise ValueError(f"`kept_indices[{layer}]` holds positions outside the {rows}x{columns} patch grid.")
 
 
+def merged_patch_groups(token_sources: torch.Tensor | np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Which final token holds each patch: ToMe's source map laid out on the patch grid.
+
+    Args:
+        token_sources: `[batch, patches]` integers, for each original patch (row-major) the index of the final patch
+            token that holds it, `-1` if it was dropped or fused (`TriLevelViTModel(..., output_token_sources=True)
+            .token_sources`). Patches merged together share an index.
+        grid: `(rows, columns)` of the patch grid; `rows * columns == patches`.
+
+    Returns:
+        An int64 array `[batch, rows, columns]`: the group (final token) of each patch, `-1` where it was dropped.
+    """
+    rows, columns = grid
+    sources = np.asarray(token_sources.cpu() if isinstance(token_sources, torch.Tensor) else token_sources)
+    if sources.ndim != 2 or sources.shape[1] != rows * columns or not np.issubdtype(sources.dtype, np.integer):
+        raise ValueError(
+            f"`token_sources` must be an integer array [batch, patches={rows * columns}] for the {rows}x{columns} "
+            f"patch grid, got {sources.shape}."
+        )
+    if sources.size and sources.min() < PADDED_SLOT:
+        raise ValueError(
+            f"`token_sources` holds {sources.min()}; token indices are >= 0, and -1 marks a dropped patch."
+        )
+    return sources.astype(np.int64).reshape(-1, rows, columns)
+
+
+def group_colors(num_groups: int) -> np.ndarray:
+    """`[num_groups, 3]` uint8 RGB: one saturated colour per final token, hues stepped by the golden ratio so that
+    consecutive tokens (often neighbours on the grid) get far-apart hues."""
+    hues = (np.arange(num_groups) * 0.618033988749895) % 1.0
+    rgb = np.array([colorsys.hsv_to_rgb(hue, 0.8, 1.0) for hue in hues], dtype=np.float64).reshape(num_groups, 3)
+    return np.rint(255 * rgb).astype(np.uint8)
+
+
+def groups_title(groups: np.ndarray) -> str:
+    """`merged: 13 tokens` (every image), or `merged: 12-13 tokens` when the images' counts differ."""
+    counts = [len(np.unique(image[image >= 0])) for image in groups]
+    low, high = min(counts), max(counts)
+    return f"merged: {low} tokens" if low == high else f"merged: {low}-{high} tokens"
+
+
 def layer_titles(prune_layers: Sequence[int], counts: np.ndarray, total: int) -> list[str]:
     """Column titles: `input`, then `layer 3: 45/64` (every image keeps 45) or `layer 3: 30-45/64` (the range of
     the images' counts, when they differ: the adaptive selector)."""
@@ -117,24 +168,30 @@ def render_kept_tokens(
     scale: int = 4,
     titles: Sequence[str] | None = None,
     cell_labels: Sequence[Sequence[str]] | None = None,
+    groups: np.ndarray | None = None,
     gap: int = GAP,
     label_height: int = LABEL_HEIGHT,
 ) -> Image.Image:
-    """A grid: one row per image; the input, then one column per pruning layer with dropped patches veiled.
+    """A grid: one row per image; the input, then one column per pruning layer with dropped patches veiled, then
+    (with `groups`) one column of the merged groups.
 
     Args:
         images: the model-sized inputs (all the same size), shown as the model sees them.
         masks: `[len(images), layers, rows, columns]` from `kept_patch_masks`.
         patch_size: patch side in image pixels (or `(height, width)`).
         scale: integer upscaling of every cell (nearest neighbour, so patch edges stay sharp).
-        titles: `1 + layers` column titles; none by default.
+        titles: `1 + layers` column titles (one more with `groups`); none by default.
         cell_labels: per image, `layers` short labels (e.g. that image's kept count), each written on a white tag in
             the top-left corner of its layer cell; none by default. The grid's size does not change.
+        groups: `[len(images), rows, columns]` from `merged_patch_groups`: adds a last column in which the patches
+            of group `g` are tinted `(1 - GROUP_ALPHA) * pixel + GROUP_ALPHA * group_colors(...)[g]`, dropped ones
+            (`-1`) veiled, and the pixels along an edge between two groups drawn in `GROUP_OUTLINE`.
 
     Returns:
-        An RGB image of width `(1 + layers) * W * scale + (2 + layers) * gap` and height
-        `label_height + len(images) * H * scale + (len(images) + 1) * gap`, for images of W x H pixels. Pixels of a
-        dropped patch are `(1 - DROPPED_ALPHA) * pixel + DROPPED_ALPHA * DROPPED_VEIL`; kept ones are unchanged.
+        An RGB image of width `(1 + columns) * W * scale + (2 + columns) * gap` and height
+        `label_height + len(images) * H * scale + (len(images) + 1) * gap`, for images of W x H pixels and `columns`
+        the layers (plus one with `groups`). Pixels of a dropped patch are
+        `(1 - DROPPED_ALPHA) * pixel + DROPPED_ALPHA * DROPPED_VEIL`; kept ones are unchanged.
     """
     if not images:
         raise ValueError("`images` is empty: nothing to render.")
@@ -152,8 +209,14 @@ def render_kept_tokens(
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"`scale` must be a positive integer, got {scale!r}.")
     layers = masks.shape[1]
-    if titles is not None and len(titles) != 1 + layers:
-        raise ValueError(f"`titles` must hold {1 + layers} titles (input + one per layer), got {len(titles)}.")
+    if groups is not None and groups.shape != (len(images), *masks.shape[2:]):
+        raise ValueError(
+            f"`groups` must be [images={len(images)}, {masks.shape[2]}, {masks.shape[3]}], got {groups.shape}."
+        )
+    columns = layers + (groups is not None)
+    if titles is not None and len(titles) != 1 + columns:
+        merged = " and one for the merged groups" if groups is not None else ""
+        raise ValueError(f"`titles` must hold {1 + columns} titles (input + one per layer{merged}), got {len(titles)}.")
     if cell_labels is not None and (
         len(cell_labels) != len(images) or any(len(labels) != layers for labels in cell_labels)
     ):
@@ -163,7 +226,7 @@ def render_kept_tokens(
     canvas = Image.new(
         "RGB",
         (
-            (1 + layers) * cell_width + (2 + layers) * gap,
+            (1 + columns) * cell_width + (2 + columns) * gap,
             label_height + len(images) * cell_height + (len(images) + 1) * gap,
         ),
         (255, 255, 255),
@@ -171,12 +234,13 @@ def render_kept_tokens(
     for row, image in enumerate(images):
         pixels = np.asarray(image.convert("RGB").resize((cell_width, cell_height), Image.Resampling.NEAREST))
         top = label_height + gap + row * (cell_height + gap)
-        for column in range(1 + layers):
-            cell = (
-                pixels
-                if column == 0
-                else _veil(pixels, masks[row, column - 1], patch_height * scale, patch_width * scale)
-            )
+        cells = [pixels]
+        cells += [
+            _veil(pixels, masks[row, layer], patch_height * scale, patch_width * scale) for layer in range(layers)
+        ]
+        if groups is not None:
+            cells.append(_tint_groups(pixels, groups[row], patch_height * scale, patch_width * scale))
+        for column, cell in enumerate(cells):
             canvas.paste(Image.fromarray(cell), (gap + column * (cell_width + gap), top))
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     if titles is not None:
@@ -208,6 +272,25 @@ def _veil(pixels: np.ndarray, mask: np.ndarray, cell_patch_height: int, cell_pat
     return np.rint(veiled).astype(np.uint8)
 
 
+def _tint_groups(pixels: np.ndarray, groups: np.ndarray, cell_patch_height: int, cell_patch_width: int) -> np.ndarray:
+    """Tint each group's patches with its colour, veil dropped ones, outline the edges between groups; pixels beyond
+    the patch grid stay as they are."""
+    grid = groups.repeat(cell_patch_height, axis=0).repeat(cell_patch_width, axis=1)
+    height, width = grid.shape
+    cell = pixels[:height, :width].astype(np.float32)
+    colors = group_colors(int(groups.max()) + 1 if groups.size else 0).astype(np.float32)
+    merged, dropped = grid >= 0, grid < 0
+    cell[merged] = (1 - GROUP_ALPHA) * cell[merged] + GROUP_ALPHA * colors[grid[merged]]
+    cell[dropped] = (1 - DROPPED_ALPHA) * cell[dropped] + DROPPED_ALPHA * np.asarray(DROPPED_VEIL, np.float32)
+    edge = np.zeros(grid.shape, dtype=bool)
+    edge[:, 1:] |= grid[:, 1:] != grid[:, :-1]  # the first pixel of a patch whose left neighbour is another group
+    edge[1:, :] |= grid[1:, :] != grid[:-1, :]
+    cell[edge] = GROUP_OUTLINE
+    tinted = pixels.copy()
+    tinted[:height, :width] = np.rint(cell).astype(np.uint8)
+    return tinted
+
+
 def add_kept_tokens_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `kept-tokens`; value ranges are checked while parsing, so bad input fails before any work."""
     add_checkpoint_and_data_arguments(parser)
@@ -218,12 +301,18 @@ def add_kept_tokens_arguments(parser: argparse.ArgumentParser) -> None:
         type=keep_rate("--token-keep-mass"),
         help="adaptive selector: override the checkpoint's token_keep_mass, in (0, 1]",
     )
+    parser.add_argument(
+        "--token-merge-r",
+        type=bounded_int("--token-merge-r", 0, 1024),
+        help="token merging: override the checkpoint's token_merge_r with this r in every layer (0: off)",
+    )
     parser.add_argument("--scale", type=bounded_int("--scale", 1, 32), default=4, help="pixel upscaling of each cell")
     parser.add_argument("--output", required=True, help="PNG file to write")
 
 
 def run_kept_tokens(args: argparse.Namespace) -> int:
-    """`hf-trilevel visualize kept-tokens`: the first `--images` images of the split, one column per pruning layer.
+    """`hf-trilevel visualize kept-tokens`: the first `--images` images of the split, one column per pruning layer,
+    and for a merging checkpoint (or `--token-merge-r`) a last column of the patches each final token holds.
 
     Column titles give each layer's kept count (a range when the images' counts differ: the adaptive selector);
     then every cell also carries its image's own count.
@@ -231,8 +320,13 @@ def run_kept_tokens(args: argparse.Namespace) -> int:
     output = png_path(args.output)
     model, processor = load_checkpoint(args.model)
     config = model.config
-    if not config.token_prune_layers:
-        raise CommandError(f"--model {args.model} has no pruning layers (token_prune_layers is []): nothing to show.")
+    merge_r = getattr(args, "token_merge_r", None)
+    merges = config.merges_tokens() if merge_r is None else merge_r > 0
+    if not config.token_prune_layers and not merges:
+        raise CommandError(
+            f"--model {args.model} has no pruning layers (token_prune_layers is []) and merges no tokens: nothing to "
+            "show."
+        )
     mass = getattr(args, "token_keep_mass", None)
     if mass is not None and getattr(config, "token_selector", "class_attention") != "adaptive":
         raise CommandError(
@@ -246,32 +340,64 @@ def run_kept_tokens(args: argparse.Namespace) -> int:
     try:
         if mass is not None:
             config.token_keep_mass = mass  # read once per forward, like the keep rates
-        with torch.inference_mode(), model.keep_rates(token_keep_rate=args.token_keep_rate):
-            kept = model(pixel_values=pixel_values, output_kept_token_indices=True).kept_token_indices
+        with torch.inference_mode(), _rates(model, args.token_keep_rate, merge_r, args.model):
+            outputs = model(pixel_values=pixel_values, output_kept_token_indices=True, output_token_sources=merges)
     finally:
         if mass is not None:
             config.token_keep_mass = saved_mass
-    masks, counts = kept_patch_masks(kept, grid), kept_patch_counts(kept)
+    kept = outputs.kept_token_indices
+    if kept:
+        masks, counts = kept_patch_masks(kept, grid), kept_patch_counts(kept)
+    else:  # no pruning layers: the merged groups alone
+        masks, counts = np.zeros((len(images), 0, *grid), dtype=bool), np.zeros((len(images), 0), dtype=np.int64)
     titles = layer_titles(config.token_prune_layers, counts, grid[0] * grid[1])
+    groups = merged_patch_groups(outputs.token_sources, grid) if merges else None
+    if groups is not None:
+        titles.append(groups_title(groups))
     varies = bool((counts != counts[:1]).any())
     cell_labels = [[str(count) for count in row] for row in counts.tolist()] if varies else None
     shown = [image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC) for image in images]
     grid_image = render_kept_tokens(
-        shown, masks, as_pair(config.patch_size), scale=args.scale, titles=titles, cell_labels=cell_labels
+        shown,
+        masks,
+        as_pair(config.patch_size),
+        scale=args.scale,
+        titles=titles,
+        cell_labels=cell_labels,
+        groups=groups,
     )
     grid_image.save(output)
     print(f"wrote {output}")
     return 0
 
 
+@contextmanager
+def _rates(model, token_keep_rate: float | None, token_merge_r: int | None, source: str) -> Iterator[None]:
+    """`model.keep_rates(...)` for the command's overrides; settings the checkpoint's config refuses (an r too large
+    for its layers at that keep rate, merging with attention sparsity) are a usage error naming the options."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(model.keep_rates(token_keep_rate=token_keep_rate, token_merge_r=token_merge_r))
+        except ValueError as error:
+            given = [f"--token-keep-rate {token_keep_rate}"] if token_keep_rate is not None else []
+            given += [f"--token-merge-r {token_merge_r}"] if token_merge_r is not None else []
+            raise CommandError(f"{' '.join(given)} with --model {source}: {error}") from None
+        yield
+
+
 __all__ = [
     "DROPPED_ALPHA",
     "DROPPED_VEIL",
+    "GROUP_ALPHA",
+    "GROUP_OUTLINE",
     "PADDED_SLOT",
     "add_kept_tokens_arguments",
+    "group_colors",
+    "groups_title",
     "kept_patch_counts",
     "kept_patch_masks",
     "layer_titles",
+    "merged_patch_groups",
     "render_kept_tokens",
     "run_kept_tokens",
 ]
