@@ -130,22 +130,28 @@ def merge_tokens(
         of the token now holding each old token (a merged source maps to its destination's new index).
     """
     batch, tokens, width = hidden_states.shape
-    sizes = token_sizes.to(hidden_states.dtype).unsqueeze(-1)
-    weighted = hidden_states * sizes
-    expand = (batch, source.shape[1], width)
-    summed = weighted.scatter_add(
-        1, destination.unsqueeze(-1).expand(expand), weighted.gather(1, source.unsqueeze(-1).expand(expand))
-    )
-    new_sizes = token_sizes.scatter_add(1, destination, token_sizes.gather(1, source))
-    merged = summed / new_sizes.to(hidden_states.dtype).unsqueeze(-1)
-
+    merged_away = source.shape[1]
     removed = torch.zeros(batch, tokens, dtype=torch.bool, device=hidden_states.device).scatter(1, source, True)
     # Survivors first, each group in ascending order: a stable sort of the removed flags.
     order = torch.sort(removed.to(torch.uint8), dim=1, stable=True).indices
-    sequence_index = order[:, : tokens - source.shape[1]]
-    kept = merged.gather(1, sequence_index.unsqueeze(-1).expand(-1, -1, width))
+    sequence_index = order[:, : tokens - merged_away]
     slot_of = torch.empty_like(order).scatter_(1, order, torch.arange(tokens, device=order.device).expand(batch, -1))
     slot_of = slot_of.scatter(1, source, slot_of.gather(1, destination))
+
+    # Only the r merged rows change: gather the survivors once and add to each destination d, holding s_d patches,
+    # sum_i s_i (x_i - x_d) / S over its sources i, with S = s_d + sum_i s_i. That is x_d moved to the size-weighted
+    # mean (s_d x_d + sum_i s_i x_i) / S, without a pass over every token.
+    new_sizes = token_sizes.scatter_add(1, destination, token_sizes.gather(1, source))
+    expand = (batch, merged_away, width)
+    source_states = hidden_states.gather(1, source.unsqueeze(-1).expand(expand))
+    destination_states = hidden_states.gather(1, destination.unsqueeze(-1).expand(expand))
+    share = (token_sizes.gather(1, source) / new_sizes.gather(1, destination)).to(hidden_states.dtype)
+    kept = hidden_states.gather(1, sequence_index.unsqueeze(-1).expand(-1, -1, width))
+    kept = kept.scatter_add(
+        1,
+        slot_of.gather(1, destination).unsqueeze(-1).expand(expand),
+        share.unsqueeze(-1) * (source_states - destination_states),
+    )
     return kept, new_sizes.gather(1, sequence_index), sequence_index, slot_of
 
 

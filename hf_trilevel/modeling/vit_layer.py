@@ -178,7 +178,8 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
                 )
         merge_r = sparsity.token_merge_r[self.layer_idx] if sparsity.token_merge_r else 0
         if merge_r:
-            metric = query_key[1].detach().mean(dim=1)  # head-averaged keys, [batch, tokens, head_dim]
+            # Head-averaged keys, [batch, tokens, head_dim], reduced over the projection's contiguous head axis.
+            metric = query_key[1].detach().transpose(1, 2).mean(dim=2)
             if sequence_index is not None:
                 metric = gather_tokens(metric, sequence_index)
             hidden_states, patch_positions, token_sizes, token_sources = self.merge(
