@@ -162,6 +162,28 @@ def follow_sources(token_sources: torch.Tensor, slot_of: torch.Tensor) -> torch.
     return torch.where(token_sources >= 0, followed, -1)
 
 
+def follow_kept_tokens(
+    sequence_index: torch.Tensor,
+    old_tokens: int,
+    new_tokens: int,
+    token_sizes: torch.Tensor | None,
+    token_sources: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Carry merged sizes and patch sources through a drop from `old_tokens` to `new_tokens`: keep the survivors'
+    entries (`sequence_index`, `[batch, 1 + kept]`); a fused token (last, when `new_tokens` is one more) holds size 1,
+    and dropped (or fused) patches get source -1."""
+    if token_sizes is not None:
+        token_sizes = token_sizes.gather(1, sequence_index)
+        if new_tokens > sequence_index.shape[1]:  # a fused token at the end: a summary, counted as one token
+            token_sizes = torch.cat([token_sizes, token_sizes.new_ones(len(token_sizes), 1)], dim=1)
+    if token_sources is not None:
+        slot_of = sequence_index.new_full((len(sequence_index), old_tokens), -1)
+        new_slots = torch.arange(sequence_index.shape[1], device=sequence_index.device).expand_as(sequence_index)
+        slot_of = slot_of.scatter(1, sequence_index, new_slots)
+        token_sources = follow_sources(token_sources, slot_of)
+    return token_sizes, token_sources
+
+
 def proportional_attention_mask(token_sizes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`[batch, 1, 1, tokens]` additive mask `log(size)`: each key counts as the patches it holds."""
     return token_sizes.log().to(dtype)[:, None, None, :]
@@ -187,6 +209,7 @@ def check_merge_r(value: object, num_layers: int, field: str = "token_merge_r") 
 __all__ = [
     "LayerTokens",
     "check_merge_r",
+    "follow_kept_tokens",
     "follow_sources",
     "layer_token_counts",
     "match_tokens",

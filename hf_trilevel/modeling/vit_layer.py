@@ -32,7 +32,14 @@ except ImportError as error:
 
 from .configuration_trilevel_vit import SparsitySettings
 from .sparse_attention import key_padding_mask, sparse_attention_mask
-from .token_merging import follow_sources, match_tokens, max_merge, merge_tokens, proportional_attention_mask
+from .token_merging import (
+    follow_kept_tokens,
+    follow_sources,
+    match_tokens,
+    max_merge,
+    merge_tokens,
+    proportional_attention_mask,
+)
 from .token_reduction import (
     class_token_attention,
     dropped_token_weights,
@@ -372,28 +379,6 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         if selection.token_gates is not None:
             kept = gate_kept_patches(kept, selection.token_gates)
         return kept, positions, sequence_index, fused_valid
-
-
-def follow_kept_tokens(
-    sequence_index: torch.Tensor,
-    old_tokens: int,
-    new_tokens: int,
-    token_sizes: torch.Tensor | None,
-    token_sources: torch.Tensor | None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Carry merged sizes and patch sources through a drop from `old_tokens` to `new_tokens`: keep the survivors'
-    entries (`sequence_index`, `[batch, 1 + kept]`); a fused token (last, when `new_tokens` is one more) holds size 1,
-    and dropped (or fused) patches get source -1."""
-    if token_sizes is not None:
-        token_sizes = token_sizes.gather(1, sequence_index)
-        if new_tokens > sequence_index.shape[1]:  # a fused token at the end: a summary, counted as one token
-            token_sizes = torch.cat([token_sizes, token_sizes.new_ones(len(token_sizes), 1)], dim=1)
-    if token_sources is not None:
-        slot_of = sequence_index.new_full((len(sequence_index), old_tokens), -1)
-        new_slots = torch.arange(sequence_index.shape[1], device=sequence_index.device).expand_as(sequence_index)
-        slot_of = slot_of.scatter(1, sequence_index, new_slots)
-        token_sources = follow_sources(token_sources, slot_of)
-    return token_sizes, token_sources
 
 
 def gate_kept_patches(hidden_states: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
