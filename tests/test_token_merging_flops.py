@@ -122,3 +122,21 @@ def test_merged_counts_above_what_entered_less_the_merge_are_refused(counts, mes
         measured_flops(tiny_config(token_merge_r=4), counts)
     assert message in str(error.value)
     assert measured_flops(tiny_config(token_merge_r=4), ([56], [52], [48])).num_images == 1
+
+
+def test_accuracy_and_throughput_measure_merge_counts_in_the_same_rounds_and_report_them():
+    from hf_trilevel.evaluation.accuracy_throughput import measure_accuracy_and_throughput
+
+    model = tiny_model(token_keep_rate=1.0, num_labels=3).eval()
+    pixel_values, labels = images(6), torch.tensor([0, 1, 2, 0, 1, 2])
+    settings = [(1.0, 1.0), (1.0, 1.0, 0), (1.0, 1.0, 2)]
+    plain, unmerged, merged = measure_accuracy_and_throughput(
+        model, pixel_values, labels, settings, batch_size=3, repeats=1, warmup=0
+    )
+    assert "token_merge_r" not in plain and unmerged["token_merge_r"] == 0 and merged["token_merge_r"] == 2
+    assert unmerged["accuracy"] == plain["accuracy"] and unmerged["flops_per_image"] == plain["flops_per_image"]
+    with model.keep_rates(token_merge_r=2):
+        expected_accuracy = (model(pixel_values=pixel_values).logits.argmax(-1) == labels).float().mean().item()
+        assert merged["flops_per_image"] == forward_flops(model.config) < plain["flops_per_image"]
+    assert merged["accuracy"] == pytest.approx(expected_accuracy)
+    assert model.config.token_merge_r == 0  # every setting was undone

@@ -23,7 +23,7 @@ def measure_accuracy_and_throughput(
     model: torch.nn.Module,
     pixel_values: torch.Tensor,
     labels: torch.Tensor,
-    settings: Sequence[tuple[float, float]],
+    settings: Sequence[tuple],
     *,
     batch_size: int = 64,
     repeats: int = 10,
@@ -32,21 +32,24 @@ def measure_accuracy_and_throughput(
     progress: Callable[[int, int], None] | None = None,
     metric=None,
 ) -> list[dict]:
-    """Accuracy, throughput and FLOPs of a TriLevel classifier at each `(token_keep_rate, attention_keep_rate)`.
+    """Accuracy, throughput and FLOPs of a TriLevel classifier at each `(token_keep_rate, attention_keep_rate)`, or
+    `(token_keep_rate, attention_keep_rate, token_merge_r)` (the arguments of `model.keep_rates`).
 
     Args:
         model: a TriLevel classifier (it has `keep_rates(...)`); moved to `device` and put in eval mode.
         pixel_values: `[examples, channels, height, width]` on the CPU, moved a batch at a time; accuracy is over all
             of it, throughput timed on its first `batch_size` examples.
         labels: `[examples]` class indices.
-        settings: the keep-rate pairs to measure, in the order the result lists them.
+        settings: the keep-rate pairs (or triples with the merge count) to measure, in the order the result lists
+            them; every setting is timed in the same interleaved rounds.
         batch_size, repeats, warmup: images per forward, timed rounds and untimed rounds first.
         progress: `(done, total)` after every timing round.
         metric: an `evaluate` module or combination (`hf_trilevel.evaluation.metrics.build_compute_metrics`);
             default: the shipped top-1 / top-5 accuracy.
 
     Returns:
-        One dict per setting: `token_keep_rate`, `attention_keep_rate`, the metric's results (`accuracy`, and
+        One dict per setting: `token_keep_rate`, `attention_keep_rate` (and `token_merge_r` for a triple), the
+        metric's results (`accuracy`, and
         `top5_accuracy` with more than 5 classes, for the default metric), `images_per_second`,
         `median_batch_seconds`, `flops_per_image`, `flops_speedup_limit`.
     """
@@ -55,26 +58,27 @@ def measure_accuracy_and_throughput(
     timed_batch = pixel_values[:batch_size].to(device)
     compute_metrics = build_compute_metrics(metric)
 
-    def forward_at(setting: tuple[float, float], batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), model.keep_rates(token_keep_rate=setting[0], attention_keep_rate=setting[1]):
+    def forward_at(setting: tuple, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), model.keep_rates(*setting):
             return model(pixel_values=batch).logits
 
     runs = {str(index): partial(forward_at, setting, timed_batch) for index, setting in enumerate(settings)}
     seconds = medians(interleaved_times(runs, repeats=repeats, warmup=warmup, device=device, progress=progress))
     points = []
     for index, setting in enumerate(settings):
-        token_keep_rate, attention_keep_rate = setting
+        token_keep_rate, attention_keep_rate, *merge_r = setting
         logits = [
             forward_at(setting, pixel_values[start : start + batch_size].to(device)).float().cpu()
             for start in range(0, len(pixel_values), batch_size)
         ]
         scores = compute_metrics(EvalPrediction(predictions=torch.cat(logits).numpy(), label_ids=np.asarray(labels)))
-        with model.keep_rates(token_keep_rate=token_keep_rate, attention_keep_rate=attention_keep_rate):
+        with model.keep_rates(*setting):
             flops, limit = forward_flops(model.config), flops_speedup_limit(model.config)
         points.append(
             {
                 "token_keep_rate": token_keep_rate,
                 "attention_keep_rate": attention_keep_rate,
+                **({"token_merge_r": merge_r[0]} if merge_r else {}),
                 **scores,
                 "images_per_second": len(timed_batch) / seconds[str(index)],
                 "median_batch_seconds": seconds[str(index)],

@@ -105,8 +105,7 @@ def measure_operating_points(
     / top-5 accuracy), throughput timed on the first `batch_size` examples in interleaved rounds.
 
     A merging model (`token_merge_r`) also runs each point at its merge count (`point_settings`: none at keep rate
-    1.0 of a dense/sparse checkpoint). The generic measurement sets two rates per point, so the points are measured
-    in one group per merge count, each under `model.keep_rates(token_merge_r=...)`, interleaved within the group.
+    1.0 of a dense/sparse checkpoint), all points timed in the same interleaved rounds.
 
     Returns:
         One dict per keep rate, in the given order: `token_keep_rate`, `attention_keep_rate`, the metric's results
@@ -116,20 +115,8 @@ def measure_operating_points(
     settings = [point_settings(model.config, rate, attention_keep_rate) for rate in keep_rates]
     timing = {"batch_size": batch_size, "repeats": repeats, "warmup": warmup, "device": device, "progress": progress}
     if not any(check_merge_r(setting.token_merge_r, model.config.num_hidden_layers) for setting in settings):
-        pairs = [setting[:2] for setting in settings]
-        return measure_accuracy_and_throughput(model, pixel_values, labels, pairs, metric=metric, **timing)
-    points: list[dict] = [{} for _ in settings]
-    groups: dict[str, list[int]] = {}
-    for index, setting in enumerate(settings):
-        groups.setdefault(json.dumps(setting.token_merge_r), []).append(index)
-    for indices in groups.values():
-        merge_r = settings[indices[0]].token_merge_r
-        pairs = [settings[index][:2] for index in indices]
-        with model.keep_rates(token_merge_r=merge_r):
-            measured = measure_accuracy_and_throughput(model, pixel_values, labels, pairs, metric=metric, **timing)
-        for index, point in zip(indices, measured, strict=True):
-            points[index] = {**point, "token_merge_r": merge_r}
-    return points
+        settings = [setting[:2] for setting in settings]  # no merging: the points carry no merge count
+    return measure_accuracy_and_throughput(model, pixel_values, labels, settings, metric=metric, **timing)
 
 
 def write_operating_points(
