@@ -93,11 +93,15 @@ def test_model_keeps_the_patches_the_class_token_attends_to_most():
 
 
 def expected_keep_mask(attention: torch.Tensor, sequence_index: torch.Tensor, rate: float) -> torch.Tensor:
-    """Top patch connections of the given layer's head-averaged attention among the kept tokens, class whole."""
+    """Top patch connections of the given layer's head-averaged attention among the kept tokens, class whole.
+
+    Equal scores (masked pairs all score 0) go to the lowest key index: a stable sort, not top-k's unspecified choice.
+    """
     averaged = attention.mean(1)
     rows = torch.stack([averaged[b][sequence_index[b]][:, sequence_index[b]] for b in range(len(averaged))])
     patches = rows.shape[-1] - 1
-    top = rows[:, :, 1:].topk(num_kept_tokens(patches, rate), dim=-1).indices + 1
+    ranked = rows[:, :, 1:].sort(dim=-1, descending=True, stable=True).indices
+    top = ranked[..., : num_kept_tokens(patches, rate)] + 1
     keep = torch.zeros_like(rows, dtype=torch.bool).scatter_(-1, top, True)
     keep[:, :, 0] = True
     keep[:, 0, :] = True

@@ -438,8 +438,10 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             kwargs.get(name, getattr(self.config, name, False))
             for name in ("output_hidden_states", "output_attentions")
         )
-        # Hooks must see whole-batch layers, and importance is returned over the whole batch.
-        buckets = 1 if captures_layers or output_token_importance or output_token_sources else None
+        # Hooks must see whole-batch layers, and importance is returned over the whole batch. A traced graph
+        # (torch.export, ONNX, torch.compile) cannot split a batch by counts it does not read: one group.
+        whole_batch = captures_layers or output_token_importance or output_token_sources
+        buckets = 1 if whole_batch or torch.compiler.is_compiling() else None
         buckets = sparsity.token_count_buckets if buckets is None else buckets
         # Sources as sequence indices (the class token is 0), followed through every drop and merge.
         token_sources = patch_positions + 1 if output_token_sources else None

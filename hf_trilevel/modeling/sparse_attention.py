@@ -61,21 +61,27 @@ def select_connections(
     Returns:
         `[batch, tokens, tokens]` bool, True where attention is allowed. As in Tri-Level E-ViT, summary columns are
         always kept on top of the patch budget, so an ordinary row keeps `ceil(patches * keep_rate)` patch entries
-        plus the summary entries; summary rows are kept whole.
+        plus the summary entries; summary rows are kept whole. Among equal scores at the budget's edge the lowest
+        key indices are kept, so the mask is the same on every device and in ONNX Runtime.
     """
     num_tokens = connection_scores.shape[-1]
     num_patches = num_tokens - 1 - int(has_trailing_summary_token)
     num_keep = num_kept_tokens(num_patches, keep_rate)
     summary = [0, num_tokens - 1] if has_trailing_summary_token else [0]
-    patch_index = torch.topk(
-        connection_scores[..., 1 : 1 + num_patches], num_keep, dim=-1, sorted=num_valid is not None
-    )
-    patch_index = patch_index.indices
-    if num_valid is not None:  # beyond an image's own budget, point at its first choice again (a repeated True)
-        budget = kept_counts_for_rate(num_valid, keep_rate)
-        beyond = torch.arange(num_keep, device=budget.device) >= budget[:, None, None]
-        patch_index = torch.where(beyond, patch_index[..., :1], patch_index)
-    mask = torch.zeros_like(connection_scores, dtype=torch.bool).scatter_(-1, patch_index + 1, True)
+    patch_scores = connection_scores[..., 1 : 1 + num_patches]
+    ranked = torch.topk(patch_scores, num_keep, dim=-1, sorted=num_valid is not None).values
+    if num_valid is None:
+        budget, threshold = num_keep, ranked.amin(dim=-1, keepdim=True)
+    else:
+        budget = kept_counts_for_rate(num_valid, keep_rate)[:, None, None]
+        threshold = ranked.gather(-1, (budget - 1).expand(*ranked.shape[:-1], 1))
+    # Ties at the threshold go to the lowest key index. Connections masked in the previous interval all score
+    # exactly 0 and often fill a budget together; top-k's own choice among equal scores is unspecified (it differs
+    # between PyTorch devices and ONNX Runtime), this one is not. Without a tie it is top-k's choice.
+    above = patch_scores > threshold
+    tied = patch_scores == threshold
+    keep = above | (tied & (tied.cumsum(dim=-1) <= budget - above.sum(dim=-1, keepdim=True)))
+    mask = torch.nn.functional.pad(keep, (1, num_tokens - 1 - num_patches))
     mask[..., summary] = True
     mask[:, summary, :] = True
     return mask

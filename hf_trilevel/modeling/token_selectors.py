@@ -265,7 +265,9 @@ class AdaptiveSelector(TokenSelector):
     (`"learned"`, trained as in `LearnedSelector`), renormalised over the image's current patches. Counts are
     bounded by `ceil(n * token_keep_rate)` above and `ceil(n * min(token_min_keep_rate, token_keep_rate))` below,
     see `mass_kept_counts`. The batch is padded to its largest count (`pads_tokens`), and the model splits it
-    into groups of similar counts (`token_count_buckets`) so the padding costs little.
+    into groups of similar counts (`token_count_buckets`) so the padding costs little. Both read the counts on the
+    host; a traced graph (`torch.export`, ONNX export, `torch.compile`) cannot, so there the batch is padded to its
+    whole patch axis and never split: the same results, with more padding computed.
     """
 
     pads_tokens = True
@@ -292,14 +294,19 @@ class AdaptiveSelector(TokenSelector):
             counts = mass_kept_counts(
                 importance, num_valid, sparsity.token_keep_mass, keep_rate, sparsity.token_min_keep_rate
             )
-        # One host read decides the path (and the padded width) for the whole batch.
-        counts_host, valid_host = torch.stack([counts, num_valid]).tolist()
-        if counts_host == valid_host:  # every image keeps every patch it has: nothing to drop
-            return scorer_in_graph(self.scorer, hidden_states, patch_positions, self.training)
-        width = max(counts_host)
-        if min(valid_host) == patch_positions.shape[1] and min(counts_host) == width:
-            # No padding in or out (e.g. token_keep_mass=1.0): a rectangular decision, exactly the fixed rate's.
-            counts = width
+        if torch.compiler.is_compiling():
+            # One graph serves every batch (torch.export, ONNX, torch.compile): pad to the whole patch axis instead
+            # of reading the counts; the extra slots are padding, masked like any other, so no image's result changes.
+            width = patch_positions.shape[1]
+        else:
+            # One host read decides the path (and the padded width) for the whole batch.
+            counts_host, valid_host = torch.stack([counts, num_valid]).tolist()
+            if counts_host == valid_host:  # every image keeps every patch it has: nothing to drop
+                return scorer_in_graph(self.scorer, hidden_states, patch_positions, self.training)
+            width = max(counts_host)
+            if min(valid_host) == patch_positions.shape[1] and min(counts_host) == width:
+                # No padding in or out (e.g. token_keep_mass=1.0): a rectangular decision, exactly the fixed rate's.
+                counts = width
         if self.scorer is not None and self.training:
             patch_index, valid_mask, gates = gumbel_top_tokens(
                 log_scores, counts, sparsity.token_selector_temperature, sparsity.token_selector_noise, width

@@ -326,7 +326,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         if sparsity.attention_keep_rate < 1.0:
             if sequence_index is None:  # nothing dropped; an earlier fused token (last) is a summary, not a candidate
                 sequence_index = torch.arange(1 + num_patches, device=hidden_states.device)
-                sequence_index = sequence_index.expand(len(hidden_states), -1)
+                sequence_index = sequence_index.expand(hidden_states.shape[0], -1)
             key_valid = None
             if padded:
                 key_valid = torch.cat([torch.ones_like(patch_positions[:, :1]), patch_positions], dim=1) >= 0
