@@ -1,15 +1,16 @@
 """Dependencies point one way: every import inside hf_trilevel goes down the levels, never up or sideways.
 
     L0 modeling  <-  L1 evaluation, image_data  <-  L2 training  <-  L3 example_pruning | token_training |
-    weight_sparsity  <-  L4 model_card  <-  L5 recipe  <-  L6 cli
+    weight_sparsity  <-  L4 model_card | serving  <-  L5 recipe  <-  L6 cli
 
 A package imports its own modules and the levels below it. evaluation and image_data share L1 but import neither
 each other (nothing needs it: a measurement takes tensors, the data folder makes them), and the three technique
-folders share L3 and never import each other (what they share lives in the training seam). The front door
-(`hf_trilevel/__init__.py`) imports L0-L3 only, so importing the package never pulls in cards, the recipe or the
-tools; importing the front door from inside the package counts as importing L3 and everything it re-exports.
-Imports inside functions count too: a deferred import is still a dependency. What the model's files may import from
-outside the package (torch, transformers, huggingface_hub, the standard library) is tests/test_remote_code.py's.
+folders share L3 and never import each other (what they share lives in the training seam); nor do the tools'
+libraries at L4, cards and serving (ONNX export). The front door (`hf_trilevel/__init__.py`) imports L0-L3 only, so
+importing the package never pulls in cards, serving, the recipe or the tools; importing the front door from inside
+the package counts as importing L3 and everything it re-exports. Imports inside functions count too: a deferred
+import is still a dependency. What the model's files may import from outside the package (torch, transformers,
+huggingface_hub, the standard library) is tests/test_remote_code.py's.
 """
 
 import ast
@@ -32,6 +33,7 @@ LEVELS = {
     "token_training": 3,
     "weight_sparsity": 3,
     "model_card": 4,
+    "serving": 4,
     "recipe": 5,
     "cli": 6,
 }

@@ -1,4 +1,4 @@
-"""hf-trilevel: measure speedups (`bench`), draw what is kept (`visualize`), write cards (`card`), slim (`slim`).
+"""hf-trilevel: measure speedups (`bench`), draw what is kept (`visualize`), write cards (`card`), `slim`, `export`.
 
 Each command lives in its own module, which exposes `add_arguments(parser)` and `run(args) -> int`; this module
 only wires them together and turns bad input into a usage line, a one-line message and exit status 2, never a
@@ -28,6 +28,9 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     },
     "card": ("hf_trilevel.cli.card", "Write the model card (README.md) of a saved TriLevel folder."),
     "slim": ("hf_trilevel.cli.slim", "Remove the pruned heads and MLP neurons of a saved TriLevel folder."),
+    "export": {
+        "onnx": ("hf_trilevel.cli.export", "model.onnx of a saved TriLevel classifier, checked against PyTorch."),
+    },
 }
 
 
