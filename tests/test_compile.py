@@ -94,21 +94,20 @@ def test_keep_rate_compiles_once_per_distinct_rate_when_compiled_static():
         torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=torch._dynamo.exc.Unsupported,
-    reason=(
-        "On the second distinct rate dynamo makes `config.token_keep_rate` a symbolic float (automatic dynamic, "
-        "torch._dynamo.config.specialize_float=False) and `math.isfinite` on it cannot be traced: "
-        "hf_trilevel/modeling/value_checks.py:40 in check_number, reached from SparsitySettings.from_config "
-        "(configuration_trilevel_vit.py:132) at the top of TriLevelViTModel.forward (modeling_trilevel_vit.py:422). "
-        "Without fullgraph it graph-breaks there and recompiles on every switch. Workaround: "
-        "torch.compile(model, dynamic=False)."
-    ),
-)
-def test_keep_rate_compiles_once_per_distinct_rate():
+def test_keep_rate_compiles_at_most_once_per_distinct_rate_with_default_dynamic():
+    """Default `torch.compile` (automatic dynamic): from the second distinct rate dynamo traces the rate as a symbolic
+    float, which the config's rate check must accept (it once called `math.isfinite`, which dynamo cannot trace:
+    a graph break and a recompile at every switch). A graph may then serve several rates; none is compiled twice."""
     runs = compiled_logits_per_setting("token_keep_rate", RATES)
-    assert [graphs for graphs, _, _ in runs] == GRAPHS_PER_RATE
+    graphs = [count for count, _, _ in runs]
+    seen: set[float] = set()
+    for index, (rate, count) in enumerate(zip(RATES, graphs, strict=True)):
+        if rate in seen:
+            assert count == graphs[index - 1], f"rate {rate} was compiled again: {graphs}"
+        seen.add(rate)
+        assert count <= len(seen), graphs
+    for _, compiled, eager in runs:
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)
 
 
 def test_compiled_adaptive_selector_matches_eager_on_batches_with_different_counts():

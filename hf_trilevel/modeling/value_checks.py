@@ -37,7 +37,7 @@ def check_number(
         raise ValueError(
             f"`{name}` must be a number in {allowed}{suffix}, got {value!r} of type {type(value).__name__}."
         )
-    if not math.isfinite(value):
+    if not -math.inf < value < math.inf:  # not `math.isfinite`: a compiled forward passes a symbolic float here
         raise ValueError(f"`{name}` must be a number in {allowed}{suffix}, got {value!r}.")
     above_low = value > low if low_open else value >= low
     below_high = value < high if high_open else value <= high
