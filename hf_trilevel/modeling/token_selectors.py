@@ -291,9 +291,8 @@ class AdaptiveSelector(TokenSelector):
         num_valid = (patch_positions >= 0).sum(dim=1)
         with torch.no_grad():
             importance = log_scores.softmax(dim=-1)
-            counts = mass_kept_counts(
-                importance, num_valid, sparsity.token_keep_mass, keep_rate, sparsity.token_min_keep_rate
-            )
+            mass, floor = sparsity.token_keep_mass, sparsity.token_min_keep_rate
+            counts = mass_kept_counts(importance, num_valid, mass, keep_rate, floor)
         if torch.compiler.is_compiling():
             # One graph serves every batch (torch.export, ONNX, torch.compile): pad to the whole patch axis instead
             # of reading the counts; the extra slots are padding, masked like any other, so no image's result changes.
