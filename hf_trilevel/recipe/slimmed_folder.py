@@ -23,6 +23,7 @@ from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.modeling_trilevel_vit import TriLevelViTForImageClassification, TriLevelViTModel
 from ..token_training.operating_points import OPERATING_POINTS_FILE
 from ..training.trainer import TRAINING_ARGS_JSON
+from ..training.weight_files import read_trilevel_config
 from ..weight_sparsity.slimming import slim, structured_unit_masks
 from .model import check_checkpoint_weights
 
@@ -68,16 +69,7 @@ def _model_class(in_dir: Path) -> type[nn.Module]:
     config_file = in_dir / "config.json"
     if not config_file.is_file():
         raise ValueError(f"IN_DIR must be a saved TriLevel checkpoint folder with a config.json, got {in_dir}.")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as error:
-        raise ValueError(f"IN_DIR {in_dir}: config.json cannot be read as JSON ({error}).") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type != TriLevelViTConfig.model_type:
-        raise ValueError(
-            f"IN_DIR {in_dir} holds a {model_type!r} config, not a TriLevel one ('{TriLevelViTConfig.model_type}'); "
-            "load it with hf_trilevel.TriLevelViTForImageClassification.from_pretrained and save it first."
-        )
+    config = read_trilevel_config(config_file, "IN_DIR", in_dir)
     if "TriLevelViTModel" in (config.get("architectures") or []):
         return TriLevelViTModel
     return TriLevelViTForImageClassification

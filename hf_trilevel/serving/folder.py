@@ -6,15 +6,13 @@ unchanged. Every check of the arguments runs before the model loads, and nothing
 exported graph matched PyTorch. FOLDER is only read.
 """
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.modeling_trilevel_vit import TriLevelViTForImageClassification
-from ..training.weight_files import WeightFileError, folder_weight_shapes
+from ..training.weight_files import WeightFileError, folder_weight_shapes, read_trilevel_config
 from .onnx_export import ExportReport, export_onnx, require_onnx
 
 ONNX_FILE = "model.onnx"
@@ -46,16 +44,7 @@ def check_folder(folder: Path) -> None:
     config_file = folder / CONFIG_FILE
     if not config_file.is_file():
         raise ValueError(f"FOLDER {folder} holds no config.json; it is not a saved model folder.")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as error:
-        raise ValueError(f"FOLDER {folder}: config.json cannot be read as JSON ({error}).") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type != TriLevelViTConfig.model_type:
-        raise ValueError(
-            f"FOLDER {folder} holds a {model_type!r} config, not a TriLevel one ('{TriLevelViTConfig.model_type}'); "
-            "load it with hf_trilevel.TriLevelViTForImageClassification.from_pretrained and save it first."
-        )
+    config = read_trilevel_config(config_file, "FOLDER", folder)
     architectures = config.get("architectures") or []
     if not any("ForImageClassification" in name for name in architectures):
         raise ValueError(

@@ -21,6 +21,8 @@ import math
 import struct
 from pathlib import Path
 
+from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
+
 SAFETENSORS_WEIGHTS = "model.safetensors"  # transformers' SAFE_WEIGHTS_NAME
 SAFETENSORS_INDEX = "model.safetensors.index.json"  # transformers' SAFE_WEIGHTS_INDEX_NAME
 MAX_HEADER_BYTES = 100_000_000  # the `safetensors` reader refuses larger headers
@@ -181,12 +183,30 @@ def folder_weights_problem(folder: str | Path) -> str | None:
     return None
 
 
+def read_trilevel_config(config_file: Path, argument: str, folder: Path) -> dict:
+    """The JSON of a saved folder's `config.json`, refused (`ValueError` naming `argument`, e.g. the command's
+    FOLDER) when it cannot be read or is not a TriLevel config: plain ViT folders must be loaded and saved first."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{argument} {folder}: config.json cannot be read as JSON ({error}).") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != TriLevelViTConfig.model_type:
+        raise ValueError(
+            f"{argument} {folder} holds a {model_type!r} config, not a TriLevel one "
+            f"('{TriLevelViTConfig.model_type}'); load it with "
+            "hf_trilevel.TriLevelViTForImageClassification.from_pretrained and save it first."
+        )
+    return config
+
+
 __all__ = [
     "SAFETENSORS_INDEX",
     "SAFETENSORS_WEIGHTS",
     "WeightFileError",
     "folder_weight_shapes",
     "folder_weights_problem",
+    "read_trilevel_config",
     "safetensors_header",
     "safetensors_problem",
     "safetensors_shapes",
