@@ -68,8 +68,11 @@ def require_onnx() -> None:
 
 
 def settings_text(config) -> str:
-    """The sparsity settings a TriLevel config holds, as `field=value` (`"dense"` when none is active)."""
+    """The sparsity settings a TriLevel config holds, as `field=value` (`"dense"` when none is active, or for a
+    transformers ViT config, which has no sparsity fields)."""
     parts = []
+    if not hasattr(config, "token_selector"):
+        return "dense"
     if config.token_selector == "adaptive":
         parts.append(
             f"token_selector='adaptive' (token_keep_rate={config.token_keep_rate}, "

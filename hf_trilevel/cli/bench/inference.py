@@ -5,6 +5,7 @@
     hf-trilevel bench inference --keep-rates 0.7 0.5 --attention-keep-rates 1 --token-selector class_attention \
         adaptive --match-fixed-rate --model path/to/trained_folder
     hf-trilevel bench inference --preset deit-small --keep-rates 1 --attention-keep-rates 1 --token-merge-r 0 8 13
+    hf-trilevel bench inference --runtime onnxruntime --batch-size 1 --keep-rates 1 0.7 0.5 --attention-keep-rates 1
 
 Both models hold the same weights and see the same batch. Every setting is timed once per round and the rounds are
 interleaved, so drift in machine speed hits all settings alike; medians over rounds are reported. Each row shows the
@@ -24,6 +25,10 @@ whose every layer merges that many patch tokens into their most similar partners
 merged widths and the matching. Merging needs `--attention-keep-rates 1` and a fixed-count selector, and each layer
 must have at least `2 r` patch tokens at the row's keep rate; other combinations are refused before any model is
 built.
+
+Runtimes (`--runtime`): PyTorch itself (eager, or `--compile`), or onnxruntime on the CPU, where every row,
+dense ViT included, is exported to its own ONNX graph, checked against PyTorch's logits, and timed in an onnxruntime
+session (`onnx_runs.py`); ratios are then against the exported dense ViT, and no memory figure is taken.
 
 Physically slimmed shapes (`--head-densities`, `--neuron-densities`): the shape a model trained with structured
 sparsity has after `hf_trilevel.slim`, every layer keeping `max(1, round(density * size))` heads and MLP neurons.
@@ -46,7 +51,7 @@ from ...evaluation.formatting import markdown_table
 from ...evaluation.patches import num_patches
 from .measure import Measurement, TimingPlan, measure_settings, random_batch, timing_plan, weights_note
 from .models import trilevel_config
-from .options import add_shape_arguments, add_target_arguments
+from .options import RunTarget, add_shape_arguments, add_target_arguments
 from .report import check_writable, mib, report_payload, write_report
 from .settings import Setting, add_setting_arguments
 from .slimmed_shapes import add_slimming_arguments
@@ -214,7 +219,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="token_keep_rate of matched adaptive rows (per-image upper bound), in (0, 1]; "
                             "default 1.0")  # fmt: skip
     add_target_arguments(parser, batch_size=32)
+    parser.add_argument("--runtime", choices=["pytorch", "onnxruntime"], default="pytorch",
+                        help="pytorch: the models themselves (eager, or --compile); onnxruntime: each row exported to "
+                             "ONNX (checked against PyTorch) and timed in onnxruntime on the CPU, dense being the "
+                             "exported transformers ViT (needs hf-trilevel[onnx])")  # fmt: skip
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+
+
+def runtime_text(target: RunTarget) -> str:
+    """What runs the rows, for the line above the table: "sdpa", "sdpa, compiled" or "onnxruntime (sdpa export)"."""
+    if target.runtime == "onnxruntime":
+        return f"onnxruntime, {torch.get_num_threads()} threads ({target.attn_implementation} export)"
+    return f"{target.attn_implementation}{', compiled' if target.compile else ''}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -226,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
         f"{shape.name}: {shape.num_hidden_layers} layers, hidden {shape.hidden_size}, "
         f"{num_patches(shape.image_size, shape.patch_size)} patches, pruning at "
         f"{trilevel_config(shape).token_prune_layers}; {target.device.type} {args.dtype}, "
-        f"{target.attn_implementation}{', compiled' if target.compile else ''}, batch {args.batch_size}, "
+        f"{runtime_text(target)}, batch {args.batch_size}, "
         f"median of {args.repeats} interleaved rounds; {weights_note(shape)}"
     )
     print(format_results(results))

@@ -35,6 +35,7 @@ from .models import (
     switch_setting,
     trilevel_config,
 )
+from .onnx_runs import onnx_work_dir, onnxruntime_runs
 from .options import ModelShape, RunTarget, model_shape, run_target
 from .settings import DENSE_NAME, Setting, selector_config, settings
 from .timing import peak_memories, print_progress
@@ -171,6 +172,10 @@ def measure_settings(
             raise ValueError(f"setting {setting.name!r} is a dense/sparse training row: pass `make_setting_call`.")
         prepare[setting.name]()
         runs[setting.name] = make_setting_call(compiled[setting.model_key], models[setting.model_key], setting)
+    work_dir = None
+    if target.runtime == "onnxruntime":  # every row its own exported graph, checked against PyTorch, then timed
+        work_dir = onnx_work_dir()
+        runs = onnxruntime_runs(dense, models, trilevel_settings, prepare, pixel_values, work_dir.name)
     counted = {}
     full_dense_flops = forward_flops(trilevel_config(shape))  # every token kept, dense attention, full widths
     for setting in trilevel_settings:
@@ -185,8 +190,10 @@ def measure_settings(
         counted[setting.name] = (config, dataclasses.replace(flops, dense_flops_per_image=full_dense_flops))
 
     times = interleaved_times(runs, plan.repeats, plan.warmup, target.device, plan.progress, prepare)
-    # The CPU tracker is a dispatch mode, which compiled graphs bypass: no figure rather than a wrong one.
-    memory = peak_memories(runs, target.device, prepare, skip=not plan.measure_memory or target.compiled_on_cpu)
+    # No figure rather than a wrong one where the tracker cannot see the allocations (`RunTarget.tracks_memory`).
+    memory = peak_memories(runs, target.device, prepare, skip=not plan.measure_memory or not target.tracks_memory)
+    if work_dir is not None:
+        work_dir.cleanup()
 
     dense_median = statistics.median(times[DENSE_NAME])
     dense_config = trilevel_config(shape)

@@ -16,6 +16,7 @@ from transformers.utils import is_flash_attn_2_available
 from ...modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ...modeling.value_checks import as_pair, check_int
 from ..errors import CommandError, checked_option
+from .onnx_runs import check_onnxruntime_target
 from .settings import Setting
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -57,11 +58,18 @@ class RunTarget:
     dtype: torch.dtype
     attn_implementation: str
     compile: bool = False
+    runtime: str = "pytorch"  # or "onnxruntime": every row exported and timed in onnxruntime (`onnx_runs.py`)
 
     @property
     def compiled_on_cpu(self) -> bool:
         """Compiled graphs bypass the CPU memory tracker's dispatch mode, so no CPU memory figure is taken then."""
         return self.compile and self.device.type != "cuda"
+
+    @property
+    def tracks_memory(self) -> bool:
+        """Whether one call's peak memory can be measured: not through compiled graphs on the CPU (they bypass the
+        tracker's dispatch mode), nor in onnxruntime (its own allocator)."""
+        return self.runtime == "pytorch" and not self.compiled_on_cpu
 
 
 def add_shape_arguments(parser: argparse.ArgumentParser, default_preset: str = "deit-tiny") -> None:
@@ -193,4 +201,7 @@ def run_target(args: argparse.Namespace, settings: list[Setting]) -> RunTarget:
     checked_option(check_int, "--warmup", args.warmup, low=0)
     if args.compile and args.warmup < 1:
         raise CommandError("--compile needs --warmup >= 1, so compilation is not timed.")
-    return RunTarget(device, DTYPES[args.dtype], args.attn_implementation, args.compile)
+    runtime = getattr(args, "runtime", "pytorch")
+    if runtime == "onnxruntime":
+        check_onnxruntime_target(device, args.dtype, args.compile)
+    return RunTarget(device, DTYPES[args.dtype], args.attn_implementation, args.compile, runtime)
