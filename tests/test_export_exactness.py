@@ -49,6 +49,28 @@ def test_adaptive_counts_differ_between_the_images_used_here():
     assert any(len(set(layer.tolist())) > 1 for layer in counts)
 
 
+def kept_widths(program) -> list[str]:
+    """The data-dependent sizes an exported graph reads at run time (one per `.item()` it keeps)."""
+    return [
+        node.name
+        for node in program.graph.nodes
+        if node.target in (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default)
+    ]
+
+
+def test_exported_adaptive_graph_pads_to_the_batch_largest_count_not_the_patch_axis():
+    # A lone image in the exported graph computes its own count, as in eager, not every patch: one size read per
+    # pruning layer. With attention sparsity (a Python budget per width) the graph pads to the whole axis instead.
+    model = sharpen_attention(tiny_model(**ADAPTIVE))
+    program = torch.export.export(Logits(model), (images(3),), dynamic_shapes=dynamic_batch(), strict=False)
+    assert len(kept_widths(program)) == len(ADAPTIVE["token_prune_layers"])
+    padded = sharpen_attention(tiny_model(**ADAPTIVE, attention_keep_rate=0.5))
+    program = torch.export.export(Logits(padded), (images(3),), dynamic_shapes=dynamic_batch(), strict=False)
+    assert kept_widths(program) == []
+    pixel_values = images(1, seed=7)
+    torch.testing.assert_close(program.module()(pixel_values), eager_logits(padded, pixel_values), rtol=0, atol=1e-5)
+
+
 def test_adaptive_selector_exports_with_a_dynamic_batch():
     model = sharpen_attention(tiny_model(**ADAPTIVE))
     program = torch.export.export(Logits(model), (images(3),), dynamic_shapes=dynamic_batch(), strict=False)

@@ -13,7 +13,8 @@ so a selector registered in the `hf_trilevel` package is not visible there (and 
 padding convention, auxiliary losses) is documented in docs/token_selection.md.
 
 This file is part of the remote-code set copied into every saved checkpoint: it imports only torch, the standard
-library and flat siblings.
+library and flat siblings. It is a little over 400 lines because the registry and the three built-in selectors it
+names are one unit (the registry is filled where the classes are defined); split the selectors out before adding more.
 """
 
 import inspect
@@ -266,8 +267,8 @@ class AdaptiveSelector(TokenSelector):
     bounded by `ceil(n * token_keep_rate)` above and `ceil(n * min(token_min_keep_rate, token_keep_rate))` below,
     see `mass_kept_counts`. The batch is padded to its largest count (`pads_tokens`), and the model splits it
     into groups of similar counts (`token_count_buckets`) so the padding costs little. Both read the counts on the
-    host; a traced graph (`torch.export`, ONNX export, `torch.compile`) cannot, so there the batch is padded to its
-    whole patch axis and never split: the same results, with more padding computed.
+    host. An exported graph (`torch.export`, ONNX) reads the largest count as a data-dependent size and is never
+    split; `torch.compile` pads to the whole patch axis. All give the same results, with more or less padding.
     """
 
     pads_tokens = True
@@ -293,9 +294,13 @@ class AdaptiveSelector(TokenSelector):
             importance = log_scores.softmax(dim=-1)
             mass, floor = sparsity.token_keep_mass, sparsity.token_min_keep_rate
             counts = mass_kept_counts(importance, num_valid, mass, keep_rate, floor)
-        if torch.compiler.is_compiling():
-            # One graph serves every batch (torch.export, ONNX, torch.compile): pad to the whole patch axis instead
-            # of reading the counts; the extra slots are padding, masked like any other, so no image's result changes.
+        if torch.compiler.is_exporting() and sparsity.attention_keep_rate >= 1.0:
+            # torch.export / ONNX: the width is read at run time (a data-dependent size; attention sparsity's budget
+            # needs a Python width, so it pads below), and a lone image computes only its own tokens.
+            width = counts.max().item()
+            torch._check(width >= 1)
+            torch._check(width <= patch_positions.shape[1])
+        elif torch.compiler.is_compiling():  # a host read would break torch.compile's graph: pad to the whole axis
             width = patch_positions.shape[1]
         else:
             # One host read decides the path (and the padded width) for the whole batch.

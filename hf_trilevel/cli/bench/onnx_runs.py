@@ -7,7 +7,10 @@ checkpoint would have. Each export goes through `hf_trilevel.serving.export_onnx
 PyTorch at two batch sizes before it is timed, so a row that times a wrong graph cannot appear.
 
 Sessions run on the CPU provider with onnxruntime's default graph optimisations and as many intra-op threads as
-PyTorch uses (`torch.get_num_threads()`), so the two runtimes' figures are taken on the same cores.
+PyTorch uses (`torch.get_num_threads()`), so the two runtimes' figures are taken on the same cores. Their threads do
+not spin between runs: every row has its own session and the rows are interleaved, so a spinning pool would steal
+the cores from the next row's (measured on 2 cores at batch 1: 24-44 ms per forward instead of 11; a lone session
+loses 3-5% without spinning).
 """
 
 import tempfile
@@ -27,6 +30,9 @@ def onnxruntime_session(path: Path, threads: int):
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
+    # A session's threads spin after each run, waiting for the next; with one session per row, interleaved, the
+    # spinning threads of the row just timed steal the cores from the next (batch 1 on 2 cores: 3x slower).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
