@@ -11,8 +11,8 @@
 # a dense/sparse training step (the operating points' own throughputs are the keep-rate inference rows), and
 # physically slimmed shapes (fewer heads and MLP neurons per layer, as `hf-trilevel slim` leaves them) on PRESET and,
 # without SHAPE, on deit-tiny too; token merging (ToMe, r tokens per layer; MERGE_R: the inference values, the first
-# one also for training); and the data level's time to accuracy on the redundant digits (TTA: its run length and
-# seeds).
+# one also for training); batch-1 latency rows, eager and compiled (issue 26; onnxruntime runs on the CPU only);
+# and the data level's time to accuracy on the redundant digits (TTA: its run length and seeds).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-bfloat16}
@@ -56,6 +56,16 @@ echo "== token merging: r tokens merged per layer, against dense (keep-rate rows
     --token-merge-r 0 "${MERGE_R[@]}" --json "$OUT/merging.json"
 "${BENCH[@]}" train "${SHAPE_ARGS[@]}" "${COMMON[@]}" --keep-rates 1 --attention-keep-rates 1 \
     --token-merge-r 0 "${MERGE_R[0]}" --example-keep-fractions 1 --json "$OUT/merging_train.json"
+echo "== batch 1 (latency): keep rates, fusion, learned and adaptive at fixed-rate's budget, merging; eager and compiled (issue 26)"
+B1=(--device "$DEVICE" --dtype "$DTYPE" --batch-size 1 --repeats "$((REPEATS * 5))" --no-progress)
+"${BENCH[@]}" inference "${SHAPE_ARGS[@]}" "${B1[@]}" --keep-rates 1 0.7 0.5 --attention-keep-rates 1 --fusion both \
+    --json "$OUT/batch1.json"
+"${BENCH[@]}" inference "${SOURCE[@]}" "${B1[@]}" --keep-rates 0.7 --attention-keep-rates 1 \
+    --token-selector class_attention learned adaptive --match-fixed-rate --json "$OUT/batch1_selectors.json"
+"${BENCH[@]}" inference "${SHAPE_ARGS[@]}" "${B1[@]}" --keep-rates 1 --attention-keep-rates 1 \
+    --token-merge-r 0 "${MERGE_R[0]}" --json "$OUT/batch1_merging.json"
+"${BENCH[@]}" inference "${SHAPE_ARGS[@]}" "${B1[@]}" --keep-rates 1 0.7 0.5 --attention-keep-rates 1 --compile \
+    --json "$OUT/batch1_compiled.json"
 echo "== the data level against chance: time to accuracy on the redundant digits, every policy at one budget (issue 14)"
 read -r -a TTA_ARGS <<< "${TTA:---epochs 10 --seeds 0 1 2 3 4}"
 "${BENCH[@]}" train --time-to-accuracy --dataset digits-redundant --device "$DEVICE" --dtype "$DTYPE" --no-progress \
