@@ -11,7 +11,8 @@
 # a dense/sparse training step (the operating points' own throughputs are the keep-rate inference rows), and
 # physically slimmed shapes (fewer heads and MLP neurons per layer, as `hf-trilevel slim` leaves them) on PRESET and,
 # without SHAPE, on deit-tiny too; token merging (ToMe, r tokens per layer; MERGE_R: the inference values, the first
-# one also for training); batch-1 latency rows, eager and compiled (issue 26; onnxruntime runs on the CPU only);
+# one also for training); batch-1 latency rows, eager and compiled (issue 26; onnxruntime runs on the CPU only;
+# slimmed shapes at batch 1 left out to keep the run short);
 # and the data level's time to accuracy on the redundant digits (TTA: its run length and seeds).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}

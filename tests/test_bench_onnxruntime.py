@@ -4,14 +4,15 @@ import json
 import sys
 
 import numpy as np
-import onnxruntime
 import pytest
 import torch
 from torch import nn
 
 from hf_trilevel.cli import build_parser, main
+from hf_trilevel.cli.bench import onnx_runs
 from hf_trilevel.cli.bench.models import build_models_by_selector, switch_setting
-from hf_trilevel.cli.bench.onnx_runs import onnx_work_dir, onnxruntime_runs
+from hf_trilevel.cli.bench.onnx_runs import onnxruntime_runs
+from hf_trilevel.cli.bench.onnx_runs import onnxruntime_session as onnx_runs_session
 from hf_trilevel.cli.bench.options import RunTarget, model_shape
 from hf_trilevel.cli.bench.settings import Setting
 from hf_trilevel.cli.bench.settings import settings as bench_settings
@@ -24,7 +25,22 @@ TINY = ["--image-size", "32", "--patch-size", "4", "--hidden-size", "32", "--num
 QUICK = ["--batch-size", "2", "--repeats", "2", "--warmup", "1", "--no-progress"]
 
 
-def test_every_row_is_timed_in_onnxruntime_against_the_exported_dense_vit(tmp_path, capsys):
+class CountingSession:
+    """An onnxruntime session that counts its runs, so a test can tell onnxruntime was what the clock timed."""
+
+    calls = 0
+
+    def __init__(self, session):
+        self.session = session
+
+    def run(self, *args):
+        CountingSession.calls += 1
+        return self.session.run(*args)
+
+
+def test_every_row_is_timed_in_onnxruntime_against_the_exported_dense_vit(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(onnx_runs, "onnxruntime_session", lambda *a: CountingSession(onnx_runs_session(*a)))
+    CountingSession.calls = 0
     path = tmp_path / "onnxruntime.json"
     arguments = ["bench", "inference", *TINY, *QUICK, "--runtime", "onnxruntime", "--keep-rates", "0.7",
                  "--attention-keep-rates", "1", "--token-merge-r", "0", "4", "--json", str(path)]  # fmt: skip
@@ -41,6 +57,8 @@ def test_every_row_is_timed_in_onnxruntime_against_the_exported_dense_vit(tmp_pa
         assert row["fraction_of_limit"] == pytest.approx(row["speedup"] / row["flops_limit"])
         assert row["peak_memory_bytes"] is None  # onnxruntime's allocator is not tracked: no figure, not a wrong one
     assert results["keep 0.7"]["flops_limit"] > 1.2
+    assert CountingSession.calls == 3 * (1 + 1 + 2)  # each row: its check on the batch, a warm-up and 2 timed rounds
+    assert set(report["environment"]) >= {"onnx", "onnxruntime", "onnxscript"}
     assert results["keep 0.7, merge r=4"]["mean_kept_tokens"] == [38, 23, 13]
 
 
@@ -60,14 +78,10 @@ def test_each_rows_graph_computes_that_rows_logits(tmp_path):
         sharpen_attention(model)  # per-image adaptive counts, so a graph that fixed one image's count would show
     prepare = {row.name: switch_setting(models[row.model_key], row) for row in rows}
     pixel_values = images(3, size=32)
-    work_dir = onnx_work_dir()
-    runs = onnxruntime_runs(dense, models, rows, prepare, pixel_values, work_dir.name)
+    runs = onnxruntime_runs(dense, models, rows, prepare, pixel_values, str(tmp_path))
     assert list(runs) == ["dense ViT (transformers)", *(row.name for row in rows)]
 
-    logits = {}
-    for index, name in enumerate(runs):
-        session = onnxruntime.InferenceSession(f"{work_dir.name}/row{index}/model.onnx")
-        (logits[name],) = session.run(["logits"], {"pixel_values": pixel_values.numpy()})
+    logits = {name: run() for name, run in runs.items()}  # the very calls the clock times
     with torch.no_grad():
         np.testing.assert_allclose(logits["dense ViT (transformers)"], dense(pixel_values).logits, atol=1e-5)
         for row in rows:
@@ -77,7 +91,6 @@ def test_each_rows_graph_computes_that_rows_logits(tmp_path):
     # The rows really are different graphs: each keeps its own count.
     assert np.abs(logits["keep 0.9"] - logits["dense ViT (transformers)"]).max() > 1e-3
     assert np.abs(logits["keep 0.9, adaptive mass 0.5"] - logits["keep 0.9"]).max() > 1e-4
-    work_dir.cleanup()
 
 
 class HostReadModel(nn.Module):
@@ -118,7 +131,8 @@ def test_settings_onnxruntime_cannot_run_are_refused_by_flag(flags, message, cap
 
 def test_missing_onnx_packages_name_the_extra(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` now raises ImportError
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["bench", "inference", *TINY, *QUICK, "--runtime", "onnxruntime"])
+    assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "--runtime onnxruntime" in error and "pip install hf-trilevel[onnx]" in error

@@ -21,7 +21,7 @@ ADAPTIVE = {
 }
 # Rows of the second and third intervals run out of unmasked candidates: their budgets end in ties at 0.
 SPARSE_ATTENTION = {"token_keep_rate": 0.7, "attention_keep_rate": 0.5, "token_prune_layers": [1, 2, 3]}
-BATCH_SIZES = (2, 5)
+BATCH_SIZES = (1, 2, 5)
 
 
 class Logits(nn.Module):
@@ -64,6 +64,9 @@ def test_exported_adaptive_graph_pads_to_the_batch_largest_count_not_the_patch_a
     model = sharpen_attention(tiny_model(**ADAPTIVE))
     program = torch.export.export(Logits(model), (images(3),), dynamic_shapes=dynamic_batch(), strict=False)
     assert len(kept_widths(program)) == len(ADAPTIVE["token_prune_layers"])
+    for batch_size in (1, 4):
+        pixel_values = images(batch_size, seed=10 + batch_size)
+        torch.testing.assert_close(program.module()(pixel_values), eager_logits(model, pixel_values), rtol=0, atol=1e-5)
     padded = sharpen_attention(tiny_model(**ADAPTIVE, attention_keep_rate=0.5))
     program = torch.export.export(Logits(padded), (images(3),), dynamic_shapes=dynamic_batch(), strict=False)
     assert kept_widths(program) == []
@@ -82,8 +85,14 @@ def test_adaptive_selector_exports_with_a_dynamic_batch():
 
 @pytest.mark.parametrize(
     "overrides",
-    [ADAPTIVE, {**ADAPTIVE, "token_fusion": True, "attention_keep_rate": 0.5}, SPARSE_ATTENTION],
-    ids=["adaptive", "adaptive_fusion_attention", "attention_keep_rate_0.5"],
+    [
+        ADAPTIVE,
+        {**ADAPTIVE, "token_fusion": True},
+        {**ADAPTIVE, "token_importance": "learned"},
+        {**ADAPTIVE, "token_fusion": True, "attention_keep_rate": 0.5},
+        SPARSE_ATTENTION,
+    ],
+    ids=["adaptive", "adaptive_fusion", "adaptive_learned", "adaptive_fusion_attention", "attention_keep_rate_0.5"],
 )
 def test_onnxruntime_logits_equal_eager_at_two_batch_sizes(overrides, tmp_path):
     model = sharpen_attention(tiny_model(**overrides))

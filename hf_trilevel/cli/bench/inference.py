@@ -51,6 +51,7 @@ from ...evaluation.formatting import markdown_table
 from ...evaluation.patches import num_patches
 from .measure import Measurement, TimingPlan, measure_settings, random_batch, timing_plan, weights_note
 from .models import trilevel_config
+from .onnx_runs import onnx_versions
 from .options import RunTarget, add_shape_arguments, add_target_arguments
 from .report import check_writable, mib, report_payload, write_report
 from .settings import Setting, add_setting_arguments
@@ -227,7 +228,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def runtime_text(target: RunTarget) -> str:
-    """What runs the rows, for the line above the table: "sdpa", "sdpa, compiled" or "onnxruntime (sdpa export)"."""
+    """What runs the rows, for the line above the table: "sdpa", "sdpa, compiled" or "onnxruntime, 2 threads (sdpa
+    export)"."""
     if target.runtime == "onnxruntime":
         return f"onnxruntime, {torch.get_num_threads()} threads ({target.attn_implementation} export)"
     return f"{target.attn_implementation}{', compiled' if target.compile else ''}"
@@ -248,5 +250,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_results(results))
     if args.json:
         payload = report_payload("inference", args, target.device, shape=asdict(shape))
+        if target.runtime == "onnxruntime":
+            payload["environment"] |= onnx_versions()
         write_report(args.json, payload | {"results": [asdict(r) for r in results]})
     return 0

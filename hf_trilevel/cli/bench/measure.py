@@ -172,10 +172,9 @@ def measure_settings(
             raise ValueError(f"setting {setting.name!r} is a dense/sparse training row: pass `make_setting_call`.")
         prepare[setting.name]()
         runs[setting.name] = make_setting_call(compiled[setting.model_key], models[setting.model_key], setting)
-    work_dir = None
     if target.runtime == "onnxruntime":  # every row its own exported graph, checked against PyTorch, then timed
-        work_dir = onnx_work_dir()
-        runs = onnxruntime_runs(dense, models, trilevel_settings, prepare, pixel_values, work_dir.name)
+        with onnx_work_dir() as work_dir:  # the sessions hold their graphs: the files can go once they are built
+            runs = onnxruntime_runs(dense, models, trilevel_settings, prepare, pixel_values, work_dir)
     counted = {}
     full_dense_flops = forward_flops(trilevel_config(shape))  # every token kept, dense attention, full widths
     for setting in trilevel_settings:
@@ -192,8 +191,6 @@ def measure_settings(
     times = interleaved_times(runs, plan.repeats, plan.warmup, target.device, plan.progress, prepare)
     # No figure rather than a wrong one where the tracker cannot see the allocations (`RunTarget.tracks_memory`).
     memory = peak_memories(runs, target.device, prepare, skip=not plan.measure_memory or not target.tracks_memory)
-    if work_dir is not None:
-        work_dir.cleanup()
 
     dense_median = statistics.median(times[DENSE_NAME])
     dense_config = trilevel_config(shape)

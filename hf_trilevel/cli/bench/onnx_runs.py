@@ -4,7 +4,8 @@ An ONNX graph holds one operating point: the keep counts, the merge count and th
 into it, so each row is exported on its own (its model switched to the row's setting first), and the dense row is
 transformers' `ViTForImageClassification` exported the same way, which is the baseline a user deploying a dense
 checkpoint would have. Each export goes through `hf_trilevel.serving.export_onnx`, which checks the graph against
-PyTorch at two batch sizes before it is timed, so a row that times a wrong graph cannot appear.
+PyTorch at two batch sizes, and each session is checked once more on the benchmark batch itself before it is timed,
+so a row that times a wrong graph cannot appear.
 
 Sessions run on the CPU provider with onnxruntime's default graph optimisations and as many intra-op threads as
 PyTorch uses (`torch.get_num_threads()`), so the two runtimes' figures are taken on the same cores. Their threads do
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ...serving.onnx_export import INPUT_NAME, OUTPUT_NAME, OnnxExportError, export_onnx, require_onnx
+from ...serving.onnx_export import INPUT_NAME, OUTPUT_NAME, TOLERANCE, OnnxExportError, export_onnx, require_onnx
 from ..errors import CommandError
 from .settings import DENSE_NAME, Setting
 
@@ -47,8 +48,9 @@ def onnxruntime_runs(
     """Name -> one timed onnxruntime call of the dense row and of every setting, each on its own exported graph.
 
     `models[setting.model_key]` is the PyTorch model a setting runs on and `prepare[setting.name]` switches it to the
-    setting; the graphs are written under `work_dir`, which must outlive the calls. Raises `CommandError` naming
-    the row when a setting does not export or its graph does not match PyTorch.
+    setting; the graphs are written under `work_dir` (a session holds its graph in memory once built). Each call
+    returns the logits. Raises `CommandError` naming the row when a setting does not export, does not run, or its
+    graph does not match PyTorch on `pixel_values`.
     """
     threads = torch.get_num_threads()
     inputs = {INPUT_NAME: pixel_values.detach().cpu().float().numpy()}
@@ -63,13 +65,34 @@ def onnxruntime_runs(
             export_onnx(model, path)
         except OnnxExportError as error:
             raise CommandError(f"--runtime onnxruntime: row {name!r} does not export: {error}") from None
-        session = onnxruntime_session(path, threads)
+        try:
+            session = onnxruntime_session(path, threads)
+            (logits,) = session.run([OUTPUT_NAME], inputs)
+        except Exception as error:  # onnxruntime raises its own exception types, one per status code
+            raise CommandError(f"--runtime onnxruntime: row {name!r} does not run in onnxruntime: {error}") from None
+        with torch.no_grad():  # the timed batch itself, beside `export_onnx`'s check at batch sizes 2 and 3
+            expected = model(pixel_values=pixel_values).logits.float().cpu().numpy()
+        difference = float(abs(logits - expected).max())
+        if difference > TOLERANCE:
+            raise CommandError(
+                f"--runtime onnxruntime: row {name!r}'s graph differs from PyTorch on the benchmark batch by "
+                f"{difference:.2e} (allowed {TOLERANCE:g})."
+            )
 
-        def run(session=session) -> None:
-            session.run([OUTPUT_NAME], inputs)
+        def run(session=session):
+            return session.run([OUTPUT_NAME], inputs)[0]
 
         runs[name] = run
     return runs
+
+
+def onnx_versions() -> dict[str, str]:
+    """The ONNX packages' versions, for a report's environment (a figure depends on them as on torch's)."""
+    import onnx
+    import onnxruntime
+    import onnxscript
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "onnxscript": onnxscript.__version__}
 
 
 def onnx_work_dir() -> tempfile.TemporaryDirectory:
@@ -91,4 +114,4 @@ def check_onnxruntime_target(device: torch.device, dtype_name: str, compile_: bo
         raise CommandError(f"--runtime onnxruntime: {error}") from None
 
 
-__all__ = ["check_onnxruntime_target", "onnx_work_dir", "onnxruntime_runs", "onnxruntime_session"]
+__all__ = ["check_onnxruntime_target", "onnx_versions", "onnx_work_dir", "onnxruntime_runs", "onnxruntime_session"]

@@ -201,7 +201,7 @@ def run_target(args: argparse.Namespace, settings: list[Setting]) -> RunTarget:
     checked_option(check_int, "--warmup", args.warmup, low=0)
     if args.compile and args.warmup < 1:
         raise CommandError("--compile needs --warmup >= 1, so compilation is not timed.")
-    runtime = getattr(args, "runtime", "pytorch")
+    runtime = getattr(args, "runtime", "pytorch")  # only `bench inference` has --runtime; `bench train` is PyTorch
     if runtime == "onnxruntime":
         check_onnxruntime_target(device, args.dtype, args.compile)
     return RunTarget(device, DTYPES[args.dtype], args.attn_implementation, args.compile, runtime)
