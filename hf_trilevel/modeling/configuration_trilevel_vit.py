@@ -375,6 +375,12 @@ class TriLevelViTConfig(ViTConfig):
         """Whether any layer merges tokens (`token_merge_r` above 0 somewhere)."""
         return any(check_merge_r(self.token_merge_r, self.num_hidden_layers))
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens that are never dropped or merged: ViT's class token. Read by every layer,
+        selector and FLOPs count, so a family with two (DeiT's distillation token) or none (SigLIP) sets its own."""
+        return 1
+
     def layer_num_attention_heads(self, index: int) -> int:
         """Attention heads of layer `index`: the one place every reader (model, FLOPs, cards) takes them from."""
         return self._layer_size("num_attention_heads", index)

@@ -433,7 +433,8 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
         )
         batch_size, num_tokens = hidden_states.shape[:2]
-        patch_positions = torch.arange(num_tokens - 1, device=hidden_states.device).expand(batch_size, -1)
+        prefix = self.config.num_prefix_tokens
+        patch_positions = torch.arange(num_tokens - prefix, device=hidden_states.device).expand(batch_size, -1)
         captures_layers = any(
             kwargs.get(name, getattr(self.config, name, False))
             for name in ("output_hidden_states", "output_attentions")
@@ -444,7 +445,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         buckets = 1 if whole_batch or torch.compiler.is_compiling() else None
         buckets = sparsity.token_count_buckets if buckets is None else buckets
         # Sources as sequence indices (the class token is 0), followed through every drop and merge.
-        token_sources = patch_positions + 1 if output_token_sources else None
+        token_sources = patch_positions + prefix if output_token_sources else None
         encoded = self._encode(0, hidden_states, patch_positions, None, sparsity, buckets, kwargs, token_sources)
 
         sequence_output = self.layernorm(encoded.hidden_states)
@@ -457,7 +458,9 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             auxiliary_loss=encoded.auxiliary_loss,
             token_importance=tuple(encoded.token_importance) if output_token_importance else None,
             token_sources=(
-                torch.where(encoded.token_sources > 0, encoded.token_sources - 1, -1) if output_token_sources else None
+                torch.where(encoded.token_sources >= prefix, encoded.token_sources - prefix, -1)
+                if output_token_sources
+                else None
             ),
         )
 
@@ -513,14 +516,21 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
                     rest = [
                         self._encode(
                             layer.layer_idx + 1,
-                            *trim_group(hidden_states, patch_positions, attention_mask, rows, width),
+                            *trim_group(
+                                hidden_states,
+                                patch_positions,
+                                attention_mask,
+                                rows,
+                                width,
+                                self.config.num_prefix_tokens,
+                            ),
                             sparsity,
                             max(1, buckets // len(groups)),
                             layer_kwargs,
                         )
                         for rows, width in groups
                     ]
-                    merged = merge_groups(rest, [rows for rows, _ in groups])
+                    merged = merge_groups(rest, [rows for rows, _ in groups], self.config.num_prefix_tokens)
                     return EncodedTokens(
                         merged.hidden_states,
                         merged.patch_positions,

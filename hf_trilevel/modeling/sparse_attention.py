@@ -5,8 +5,8 @@ by all heads and reused by the following layers until the next pruning layer. Th
 kernels through the standard `attention_mask` argument of transformers' attention interface, as the additive mask
 both `eager` and `sdpa` take, so `sdpa` keeps running its fused kernel.
 
-Summary tokens (the class token, and the fused token when token fusion is on) keep their whole row and column:
-they are how information flows between the kept tokens.
+Summary tokens (the prefix tokens such as the class token, and the fused token when token fusion is on) keep their
+whole row and column: they are how information flows between the kept tokens.
 
 Per-image token counts pad the patch axis (see token_reduction.py); `key_padding_mask` folds the padding into the
 same additive mask, so padded tokens are never attended to and every kernel that takes a mask still applies.
@@ -46,14 +46,16 @@ def select_connections(
     keep_rate: float,
     has_trailing_summary_token: bool,
     num_valid: torch.Tensor | None = None,
+    num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
     """Boolean mask keeping, in every query row, the top `ceil(patches * keep_rate)` patch connections.
 
     Args:
         connection_scores: `[batch, tokens, tokens]`, query rows by key columns, laid out as
-            `[class, patches..., (fused)]`.
+            `[prefix..., patches..., (fused)]`.
         keep_rate: fraction of each row's patch connections to keep, in (0, 1].
         has_trailing_summary_token: whether the last token is a fused summary token (treated like the class token).
+        num_prefix_tokens: summary tokens leading the sequence (the class token; none without one).
         num_valid: `[batch]` valid patches per image when the patch axis is padded (per-image counts), or None.
             Each image's budget is then `ceil(num_valid * keep_rate)`, what it would get alone, so its result does
             not depend on the other images of the batch.
@@ -65,10 +67,10 @@ def select_connections(
         key indices are kept, so the mask is the same on every device and in ONNX Runtime.
     """
     num_tokens = connection_scores.shape[-1]
-    num_patches = num_tokens - 1 - int(has_trailing_summary_token)
+    num_patches = num_tokens - num_prefix_tokens - int(has_trailing_summary_token)
     num_keep = num_kept_tokens(num_patches, keep_rate)
-    summary = [0, num_tokens - 1] if has_trailing_summary_token else [0]
-    patch_scores = connection_scores[..., 1 : 1 + num_patches]
+    summary = list(range(num_prefix_tokens)) + ([num_tokens - 1] if has_trailing_summary_token else [])
+    patch_scores = connection_scores[..., num_prefix_tokens : num_prefix_tokens + num_patches]
     ranked = torch.topk(patch_scores, num_keep, dim=-1, sorted=num_valid is not None).values
     if num_valid is None:
         budget, threshold = num_keep, ranked.amin(dim=-1, keepdim=True)
@@ -81,9 +83,10 @@ def select_connections(
     above = patch_scores > threshold
     tied = patch_scores == threshold
     keep = above | (tied & (tied.cumsum(dim=-1) <= budget - above.sum(dim=-1, keepdim=True)))
-    mask = torch.nn.functional.pad(keep, (1, num_tokens - 1 - num_patches))
-    mask[..., summary] = True
-    mask[:, summary, :] = True
+    mask = torch.nn.functional.pad(keep, (num_prefix_tokens, num_tokens - num_prefix_tokens - num_patches))
+    if summary:
+        mask[..., summary] = True
+        mask[:, summary, :] = True
     return mask
 
 
@@ -98,6 +101,7 @@ def sparse_attention_mask(
     dtype: torch.dtype,
     key_valid: torch.Tensor | None = None,
     num_heads: int | None = None,
+    num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
     """Additive mask for the layers that follow a pruning layer, `[batch, 1, tokens, tokens]` in `dtype`.
 
@@ -107,7 +111,7 @@ def sparse_attention_mask(
 
     Args:
         query, key: `[batch, heads, tokens, head_dim]` of the pruning layer, before tokens were dropped.
-        sequence_index: `[batch, kept]` positions of the kept class and patch tokens in that layer's sequence.
+        sequence_index: `[batch, kept]` positions of the kept prefix and patch tokens in that layer's sequence.
         previous_mask: the additive mask the pruning layer's attention used, `[batch, 1, tokens, tokens]`, or None.
         has_trailing_summary_token: whether the new sequence ends with a fused token. It has no query or key yet;
             its row and column are always kept.
@@ -118,6 +122,7 @@ def sparse_attention_mask(
         num_heads: the model's head count when this layer has fewer (a slimmed model): each missing head counts in
             the average as the uniform attention a pruned head (zero queries and keys) had, as in
             `token_reduction.class_token_attention`. None: average the heads given.
+        num_prefix_tokens: prefix (summary) tokens leading the sequence, whose rows and columns are kept whole.
     """
     with torch.no_grad():
         rows = gather_tokens(query, sequence_index, token_dim=2)
@@ -138,8 +143,9 @@ def sparse_attention_mask(
             scores = scores.masked_fill(~key_valid[:, None, :], -1.0)
         if has_trailing_summary_token:
             scores = torch.nn.functional.pad(scores, (0, 1, 0, 1))
-        num_valid = None if key_valid is None else key_valid[:, 1:].sum(dim=1)
-        keep = select_connections(scores, keep_rate, has_trailing_summary_token, num_valid).unsqueeze(1)
+        num_valid = None if key_valid is None else key_valid[:, num_prefix_tokens:].sum(dim=1)
+        keep = select_connections(scores, keep_rate, has_trailing_summary_token, num_valid, num_prefix_tokens)
+        keep = keep.unsqueeze(1)
         return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
 
 
@@ -149,21 +155,23 @@ def key_padding_mask(
     mask: torch.Tensor | None,
     dtype: torch.dtype,
     fused_valid: torch.Tensor | None = None,
+    num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
     """`mask` with every padded key (patch position -1) masked out, `[batch, 1, rows, tokens]` in `dtype`.
 
     Args:
         patch_positions: `[batch, patches]` original positions of the patch tokens, -1 at padded slots.
-        num_tokens: length of the sequence (class token, patches, and a trailing fused token if any).
+        num_tokens: length of the sequence (prefix tokens, patches, and a trailing fused token if any).
         mask: an additive mask to extend, `[batch, 1, tokens, tokens]`, or None (then the result is
             `[batch, 1, 1, tokens]`, broadcast over query rows by eager and sdpa alike).
         dtype: the attention's compute dtype.
         fused_valid: `[batch]` bool, False where the trailing fused token is empty (the image dropped nothing), or
             None to leave the fused token's column as `mask` has it.
+        num_prefix_tokens: prefix tokens leading the sequence (never padding).
     """
     batch_size, num_patches = patch_positions.shape
     padded = torch.zeros(batch_size, num_tokens, dtype=torch.bool, device=patch_positions.device)
-    padded[:, 1 : 1 + num_patches] = patch_positions < 0
+    padded[:, num_prefix_tokens : num_prefix_tokens + num_patches] = patch_positions < 0
     if fused_valid is not None:
         padded[:, -1] = ~fused_valid
     if mask is None:

@@ -6,7 +6,7 @@ pruning layer the model sorts the images by count, splits them into a few groups
 group to its own widest image (`trim_group`) and runs the remaining layers per group; `merge_groups` puts the
 results back in the batch's order. Layers treat images independently, so no image's result changes.
 
-Sequence layout (see token_reduction.py): `[class, patches (valid first, padding after), (fused)]`.
+Sequence layout (see token_reduction.py): `[prefix (class), patches (valid first, padding after), (fused)]`.
 
 This file is part of the remote-code set copied into every saved checkpoint: it imports only torch and the standard
 library.
@@ -69,14 +69,15 @@ def trim_group(
     attention_mask: torch.Tensor,
     rows: torch.Tensor,
     width: int,
+    num_prefix_tokens: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The images `rows`, their patch axis cut to `width` slots (their widest count) and the fused token kept.
 
     Valid slots come first in every row, so the cut removes padding only; the additive mask is cut the same way
     (its query rows too, unless it is a `[batch, 1, 1, tokens]` key mask).
     """
-    has_fused_token = hidden_states.shape[1] > 1 + patch_positions.shape[1]
-    token_index = torch.arange(1 + width, device=hidden_states.device)
+    has_fused_token = hidden_states.shape[1] > num_prefix_tokens + patch_positions.shape[1]
+    token_index = torch.arange(num_prefix_tokens + width, device=hidden_states.device)
     if has_fused_token:
         token_index = torch.cat([token_index, token_index.new_tensor([hidden_states.shape[1] - 1])])
     mask = attention_mask[rows][..., token_index]
@@ -85,25 +86,26 @@ def trim_group(
     return hidden_states[rows][:, token_index], patch_positions[rows][:, :width], mask
 
 
-def merge_groups(results: list[EncodedTokens], rows: list[torch.Tensor]) -> EncodedTokens:
+def merge_groups(results: list[EncodedTokens], rows: list[torch.Tensor], num_prefix_tokens: int = 1) -> EncodedTokens:
     """Put per-group results back in batch order, padding patch axes to the widest group.
 
     Padded sequence slots are zeros and padded positions -1; a group without a fused token (all its images kept
-    every patch) gets a zero one when another group has one, so the layout stays `[class, patches, (fused)]`.
+    every patch) gets a zero one when another group has one, so the layout stays `[prefix, patches, (fused)]`.
     Auxiliary losses (batch means) are weighted by each group's share of the images.
     """
     order = torch.cat(rows)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order), device=order.device)
-    has_fused = [result.hidden_states.shape[1] > 1 + result.patch_positions.shape[1] for result in results]
+    prefix = num_prefix_tokens
+    has_fused = [result.hidden_states.shape[1] > prefix + result.patch_positions.shape[1] for result in results]
     width = max(result.patch_positions.shape[1] for result in results)
     sequences = []
     for result, fused in zip(results, has_fused, strict=True):
         states = result.hidden_states
-        patches = states[:, 1 : 1 + result.patch_positions.shape[1]]
-        parts = [states[:, :1], torch.nn.functional.pad(patches, (0, 0, 0, width - patches.shape[1]))]
+        patches = states[:, prefix : prefix + result.patch_positions.shape[1]]
+        parts = [states[:, :prefix], torch.nn.functional.pad(patches, (0, 0, 0, width - patches.shape[1]))]
         if any(has_fused):
-            parts.append(states[:, -1:] if fused else torch.zeros_like(states[:, :1]))
+            parts.append(states[:, -1:] if fused else torch.zeros_like(states[:, -1:]))
         sequences.append(torch.cat(parts, dim=1))
     positions = torch.cat([pad_positions(result.patch_positions, width) for result in results])[inverse]
     indices, counts = [], []

@@ -86,28 +86,31 @@ def merge_problem(counts: Sequence[LayerTokens], merge_r: Sequence[int], field: 
 
 
 @torch.no_grad()
-def match_tokens(metric: torch.Tensor, r: int, num_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+def match_tokens(
+    metric: torch.Tensor, r: int, num_patches: int, num_prefix_tokens: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Bipartite soft matching: which `r` patch tokens merge, and into which.
 
     Args:
-        metric: `[batch, tokens, channels]` per-token features to compare (the head-averaged keys), class token at 0
-            and the `num_patches` patch tokens at `1 .. num_patches`; anything after them (a fused token) is ignored.
+        metric: `[batch, tokens, channels]` per-token features to compare (the head-averaged keys): the prefix
+            tokens (`num_prefix_tokens`, e.g. the class token), then the `num_patches` patch tokens; anything after
+            them (a fused token) is ignored.
         r: tokens to merge away, at most `max_merge(num_patches)`.
 
     Returns:
-        `(source, destination)`, both `[batch, r]` int64 sequence indices: token `source[b, i]` (from set A, odd
-        sequence indices 1, 3, ...) merges into `destination[b, i]` (set B, even indices 2, 4, ...). Ties are broken
-        by position (a stable sort), so an image's result does not depend on the batch it is in. A decision, not
-        differentiable: computed without recording gradients.
+        `(source, destination)`, both `[batch, r]` int64 sequence indices: token `source[b, i]` (from set A, the
+        first, third, ... patch token) merges into `destination[b, i]` (set B, the second, fourth, ...). Ties are
+        broken by position (a stable sort), so an image's result does not depend on the batch it is in. A decision,
+        not differentiable: computed without recording gradients.
     """
-    patches = metric[:, 1 : 1 + num_patches].float()
+    patches = metric[:, num_prefix_tokens : num_prefix_tokens + num_patches].float()
     patches = patches / patches.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     set_a, set_b = patches[:, 0::2], patches[:, 1::2]
     similarity = torch.matmul(set_a, set_b.transpose(-1, -2))
     best, partner = similarity.max(dim=-1)
     chosen = torch.sort(best, dim=-1, descending=True, stable=True).indices[:, :r]
-    source = 1 + 2 * chosen
-    destination = 2 + 2 * partner.gather(1, chosen)
+    source = num_prefix_tokens + 2 * chosen
+    destination = num_prefix_tokens + 1 + 2 * partner.gather(1, chosen)
     return source, destination
 
 

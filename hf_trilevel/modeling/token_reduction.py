@@ -8,10 +8,11 @@ per-image adaptive count) can replace one step without touching the others. A `T
     patch_index = select_top_tokens(patch_scores, num_keep)           # decide
     hidden_states, ... = keep_tokens(hidden_states, patch_positions, patch_index, ...)  # apply
 
-Sequence layout used throughout: position 0 is the class token, then the surviving patch tokens, then (only after a
-fusing pruning layer) one fused token that summarises everything dropped so far. With per-image counts the patch
-axis is padded to the largest count: padded slots come after each image's real patches, carry position -1 in
-`patch_positions`, and are masked as keys by the attention mask (see `sparse_attention.key_padding_mask`).
+Sequence layout used throughout: `num_prefix_tokens` prefix tokens first (ViT's class token: 1; DeiT's class and
+distillation tokens: 2; a model without a class token: 0), never dropped; then the surviving patch tokens; then
+(only after a fusing pruning layer) one fused token that summarises everything dropped so far. With per-image counts
+the patch axis is padded to the largest count: padded slots come after each image's real patches, carry position -1
+in `patch_positions`, and are masked as keys by the attention mask (see `sparse_attention.key_padding_mask`).
 
 This file is part of the remote-code set copied into every saved checkpoint: it imports only torch and the standard
 library.
@@ -46,31 +47,56 @@ def class_token_attention(
     scaling: float,
     attention_mask: torch.Tensor | None = None,
     num_heads: int | None = None,
+    num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
-    """Head-averaged attention probabilities of the class token over every token.
+    """Head-averaged attention probabilities of the prefix (class) tokens over every token.
 
     Args:
-        query, key: `[batch, heads, tokens, head_dim]`, with the class token at position 0.
+        query, key: `[batch, heads, tokens, head_dim]`, with the prefix tokens first.
         attention_mask: the additive mask the layer's attention used (`[batch, 1, tokens or 1, tokens]`), or None.
-            Its class row is all zeros except at padded keys, which therefore score 0.
+            Its prefix rows are all zeros except at padded keys, which therefore score 0.
         num_heads: the model's head count (`config.num_attention_heads`) when this layer has fewer heads (a
             physically slimmed model): each missing head counts as uniform attention over the valid keys, which is
             exactly what a pruned head (zero queries and keys) of the masked model computed, so slimming changes
             no score. None: average the heads given.
+        num_prefix_tokens: how many prefix tokens lead the sequence. Their rows are averaged with the heads (DeiT's
+            class and distillation tokens both feed its prediction). With none (no class token), the row is the mean
+            query's over the keys each query may see: `mean_i(q_i) . k_j = mean_i(q_i . k_j)`, so per head it ranks
+            tokens by the geometric mean of the attention they receive (a row normaliser is the same for every j).
 
     Returns:
         `[batch, tokens]` in float32, each row summing to 1.
 
-    Only the class token's query row is multiplied with the keys (batch x heads x tokens x head_dim work), so this
-    works with fused attention kernels (sdpa, flash) that never materialise the tokens x tokens matrix.
+    Only the prefix query rows (or the one mean row) are multiplied with the keys (batch x heads x rows x head_dim
+    work), so this works with fused attention kernels (sdpa, flash) that never materialise the tokens x tokens matrix.
     """
-    logits = torch.matmul(query[:, :, :1], key.transpose(-1, -2)) * scaling
+    if num_prefix_tokens > 0:
+        rows = query[:, :, :num_prefix_tokens]
+        row_mask = None if attention_mask is None else attention_mask[:, :, :num_prefix_tokens]
+    else:
+        rows, row_mask = mean_query(query, attention_mask)
+    logits = torch.matmul(rows, key.transpose(-1, -2)) * scaling
     missing = 0 if num_heads is None else num_heads - logits.shape[1]
     if missing > 0:
         logits = torch.cat([logits, logits.new_zeros(logits.shape[0], missing, *logits.shape[2:])], dim=1)
-    if attention_mask is not None:
-        logits = logits + attention_mask[:, :, :1]
-    return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1).squeeze(1)
+    if row_mask is not None:
+        logits = logits + row_mask
+    return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=(1, 2))
+
+
+def mean_query(query: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`([batch, heads, 1, head_dim], [batch, 1, 1, tokens] or None)`: the mean query over the real tokens, and the
+    keys every row may see (the mask's column-wise maximum: a key masked for every query is padding).
+
+    Padded tokens (masked as keys in every row) are left out of the mean, so an image's row does not depend on the
+    padding its batch carries.
+    """
+    if attention_mask is None:
+        return query.mean(dim=2, keepdim=True), None
+    row_mask = attention_mask.amax(dim=2, keepdim=True)
+    real = (row_mask > torch.finfo(row_mask.dtype).min / 2).to(query.dtype).transpose(-1, -2)  # [batch, 1, tokens, 1]
+    total = (query * real).sum(dim=2, keepdim=True)
+    return total / real.sum(dim=2, keepdim=True).clamp_min(1), row_mask
 
 
 def select_top_tokens(patch_scores: torch.Tensor, num_keep: int) -> torch.Tensor:
@@ -208,23 +234,28 @@ def gather_tokens(states: torch.Tensor, index: torch.Tensor, token_dim: int = 1)
 
 
 def dropped_token_weights(
-    token_scores: torch.Tensor, patch_index: torch.Tensor, valid_mask: torch.Tensor | None = None
+    token_scores: torch.Tensor,
+    patch_index: torch.Tensor,
+    valid_mask: torch.Tensor | None = None,
+    num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
     """`[batch, patches (+ 1 fused)]`: each token's score if it is dropped (fused), 0 if kept.
 
     Args:
-        token_scores: `[batch, 1 + patches (+ 1 fused)]` non-negative weights, e.g. from `class_token_attention`.
+        token_scores: `[batch, prefix + patches (+ 1 fused)]` non-negative weights, e.g. from `class_token_attention`.
         patch_index: `[batch, kept]` indices of the kept patches.
         valid_mask: `[batch, kept]` False at padded slots (per-image counts), or None when every slot is kept.
+        num_prefix_tokens: prefix tokens leading `token_scores` (never dropped, so never weighted).
 
     A row summing to 0 means the image dropped nothing with any weight (possible only with per-image counts): its
     fused token would be empty, and the layer masks it out.
     """
+    scores = token_scores[:, num_prefix_tokens:]
     if valid_mask is None:
-        return token_scores[:, 1:].scatter(1, patch_index, 0.0)
+        return scores.scatter(1, patch_index, 0.0)
     # Padded slots point at dropped tokens, which must keep their weight.
-    kept = torch.zeros_like(token_scores[:, 1:]).scatter_reduce(1, patch_index, valid_mask.to(token_scores), "amax")
-    return token_scores[:, 1:] * (1 - kept)
+    kept = torch.zeros_like(scores).scatter_reduce(1, patch_index, valid_mask.to(token_scores), "amax")
+    return scores * (1 - kept)
 
 
 def fuse_dropped_tokens(
@@ -232,6 +263,7 @@ def fuse_dropped_tokens(
     token_scores: torch.Tensor,
     patch_index: torch.Tensor,
     valid_mask: torch.Tensor | None = None,
+    num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
     """One token per image: the average of every non-kept token, weighted by its score (class-token attention).
 
@@ -241,22 +273,26 @@ def fuse_dropped_tokens(
     the new one rather than competing with patches for a place.
 
     Args:
-        hidden_states: `[batch, 1 + patches (+ 1 fused), hidden]`.
-        token_scores: `[batch, 1 + patches (+ 1 fused)]` non-negative weights, e.g. from `class_token_attention`.
+        hidden_states: `[batch, prefix + patches (+ 1 fused), hidden]`.
+        token_scores: `[batch, prefix + patches (+ 1 fused)]` non-negative weights, e.g. from `class_token_attention`.
         patch_index: `[batch, kept]` indices of the kept patches.
         valid_mask: `[batch, kept]` False at padded slots (per-image counts), or None when every slot is kept.
+        num_prefix_tokens: prefix tokens leading the sequence (never fused).
 
     Returns:
         `[batch, 1, hidden]`. A previous fused token is folded in with its own attention weight, so a single fused
         token summarises everything dropped at every layer so far.
     """
-    return fuse_weighted_tokens(hidden_states, dropped_token_weights(token_scores, patch_index, valid_mask))
+    weights = dropped_token_weights(token_scores, patch_index, valid_mask, num_prefix_tokens)
+    return fuse_weighted_tokens(hidden_states, weights, num_prefix_tokens)
 
 
-def fuse_weighted_tokens(hidden_states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """`[batch, 1, hidden]`: the mean of `hidden_states[:, 1:]` weighted by `weights` (`dropped_token_weights`)."""
+def fuse_weighted_tokens(
+    hidden_states: torch.Tensor, weights: torch.Tensor, num_prefix_tokens: int = 1
+) -> torch.Tensor:
+    """`[batch, 1, hidden]`: the mean of the tokens after the prefix weighted by `weights` (`dropped_token_weights`)."""
     weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
-    return torch.matmul(weights.to(hidden_states.dtype).unsqueeze(1), hidden_states[:, 1:])
+    return torch.matmul(weights.to(hidden_states.dtype).unsqueeze(1), hidden_states[:, num_prefix_tokens:])
 
 
 def keep_tokens(
@@ -265,23 +301,25 @@ def keep_tokens(
     patch_index: torch.Tensor,
     fused_token: torch.Tensor | None,
     valid_mask: torch.Tensor | None = None,
+    num_prefix_tokens: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Apply a keep decision.
 
     Args:
-        hidden_states: `[batch, 1 + patches (+ 1 fused), hidden]`.
+        hidden_states: `[batch, prefix + patches (+ 1 fused), hidden]`.
         patch_positions: `[batch, patches]` original patch index of each current patch token.
         patch_index: `[batch, kept]` from a selector.
         fused_token: `[batch, 1, hidden]` to append, or None.
         valid_mask: `[batch, kept]` False at padded slots (per-image counts), or None when every slot is kept.
+        num_prefix_tokens: prefix tokens leading the sequence, all kept.
 
     Returns:
-        `(hidden_states, patch_positions, sequence_index)`: the new sequence `[class, kept patches (, fused)]`,
-        the original positions of the kept patches (-1 at padded slots), and `[batch, 1 + kept]` indices of the
-        class token and kept patches in the old sequence (for gathering per-token state such as queries and keys).
+        `(hidden_states, patch_positions, sequence_index)`: the new sequence `[prefix, kept patches (, fused)]`,
+        the original positions of the kept patches (-1 at padded slots), and `[batch, prefix + kept]` indices of the
+        prefix tokens and kept patches in the old sequence (for gathering per-token state such as queries and keys).
     """
-    class_index = torch.zeros_like(patch_index[:, :1])
-    sequence_index = torch.cat([class_index, patch_index + 1], dim=1)
+    prefix_index = torch.arange(num_prefix_tokens, device=patch_index.device).expand(patch_index.shape[0], -1)
+    sequence_index = torch.cat([prefix_index, patch_index + num_prefix_tokens], dim=1)
     kept = gather_tokens(hidden_states, sequence_index)
     if fused_token is not None:
         kept = torch.cat([kept, fused_token], dim=1)

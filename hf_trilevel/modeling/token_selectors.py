@@ -85,6 +85,7 @@ class TokenSelector(nn.Module):
         # The model's head count: a slimmed layer's missing heads count in the head average as the uniform
         # attention they had when masked (`class_token_attention`), so slimming changes no score.
         self.num_heads = config.num_attention_heads
+        self.num_prefix_tokens = getattr(config, "num_prefix_tokens", 1)  # class token(s) leading every sequence
 
     def forward(
         self,
@@ -132,8 +133,10 @@ class TokenSelector(nn.Module):
         `scorer` (a `TokenScorer`) if it has one, as `"learned"` and `"adaptive"` over learned importance rank; a
         selector with other scores overrides this. Called only when the forward records token importance.
         """
-        attention = class_token_attention(query, key, scaling, attention_mask, getattr(self, "num_heads", None))
-        return patch_log_scores(getattr(self, "scorer", None), hidden_states, attention, patch_positions)
+        prefix = getattr(self, "num_prefix_tokens", 1)
+        heads = getattr(self, "num_heads", None)
+        attention = class_token_attention(query, key, scaling, attention_mask, heads, prefix)
+        return patch_log_scores(getattr(self, "scorer", None), hidden_states, attention, patch_positions, prefix)
 
 
 class ClassAttentionSelector(TokenSelector):
@@ -149,9 +152,10 @@ class ClassAttentionSelector(TokenSelector):
         num_keep = num_kept_tokens(num_patches, keep_rate)
         if num_keep >= num_patches:
             return None
-        scores = fusion_scores(query, key, scaling, attention_mask, fusion, self.num_heads)
+        prefix = self.num_prefix_tokens
+        scores = fusion_scores(query, key, scaling, attention_mask, fusion, self.num_heads, prefix)
         with torch.no_grad():
-            patch_index = select_top_tokens(scores[:, 1 : 1 + num_patches], num_keep)
+            patch_index = select_top_tokens(scores[:, prefix : prefix + num_patches], num_keep)
         return TokenSelection(patch_index=patch_index, scores=scores)
 
 
@@ -162,10 +166,11 @@ def fusion_scores(
     attention_mask: torch.Tensor | None,
     fusion: bool,
     num_heads: int | None = None,
+    num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
     """Class-token attention `[batch, tokens]`, with gradients only when fusion weighs the dropped tokens by it."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and fusion):
-        return class_token_attention(query, key, scaling, attention_mask, num_heads)
+        return class_token_attention(query, key, scaling, attention_mask, num_heads, num_prefix_tokens)
 
 
 class ZeroInitLinear(nn.Linear):
@@ -206,17 +211,22 @@ def patch_log_scores(
     hidden_states: torch.Tensor,
     class_attention: torch.Tensor,
     patch_positions: torch.Tensor,
+    num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
     """`[batch, patches]` log importance: log class-token attention, plus the scorer's correction; -inf at padding."""
-    num_patches = patch_positions.shape[1]
-    log_scores = class_attention[:, 1 : 1 + num_patches].clamp_min(torch.finfo(torch.float32).tiny).log()
+    patches = slice(num_prefix_tokens, num_prefix_tokens + patch_positions.shape[1])
+    log_scores = class_attention[:, patches].clamp_min(torch.finfo(torch.float32).tiny).log()
     if scorer is not None:
-        log_scores = log_scores + scorer(hidden_states[:, 1 : 1 + num_patches]).float()
+        log_scores = log_scores + scorer(hidden_states[:, patches]).float()
     return log_scores.masked_fill(patch_positions < 0, float("-inf"))
 
 
 def scorer_in_graph(
-    scorer: TokenScorer | None, hidden_states: torch.Tensor, patch_positions: torch.Tensor, training: bool
+    scorer: TokenScorer | None,
+    hidden_states: torch.Tensor,
+    patch_positions: torch.Tensor,
+    training: bool,
+    num_prefix_tokens: int = 1,
 ) -> TokenSelection | None:
     """Keep every token; in training, add the scorer's output times zero to the loss so its weights get a (zero)
     gradient. Under DDP without `find_unused_parameters` (the Trainer's setting with gradient checkpointing), a
@@ -224,7 +234,7 @@ def scorer_in_graph(
     """
     if scorer is None or not (training and torch.is_grad_enabled()):
         return None
-    output = scorer(hidden_states[:, 1 : 1 + patch_positions.shape[1]])
+    output = scorer(hidden_states[:, num_prefix_tokens : num_prefix_tokens + patch_positions.shape[1]])
     return TokenSelection(patch_index=None, auxiliary_loss=output.sum() * 0.0)
 
 
@@ -247,9 +257,10 @@ class LearnedSelector(TokenSelector):
         num_patches = patch_positions.shape[1]
         num_keep = num_kept_tokens(num_patches, keep_rate)
         if num_keep >= num_patches:
-            return scorer_in_graph(self.scorer, hidden_states, patch_positions, self.training)
-        attention = fusion_scores(query, key, scaling, attention_mask, fusion, self.num_heads)
-        log_scores = patch_log_scores(self.scorer, hidden_states, attention.detach(), patch_positions)
+            return scorer_in_graph(self.scorer, hidden_states, patch_positions, self.training, self.num_prefix_tokens)
+        prefix = self.num_prefix_tokens
+        attention = fusion_scores(query, key, scaling, attention_mask, fusion, self.num_heads, prefix)
+        log_scores = patch_log_scores(self.scorer, hidden_states, attention.detach(), patch_positions, prefix)
         if self.training:
             sparsity = settings["sparsity"]
             patch_index, _, gates = gumbel_top_tokens(
@@ -267,8 +278,8 @@ class AdaptiveSelector(TokenSelector):
     bounded by `ceil(n * token_keep_rate)` above and `ceil(n * min(token_min_keep_rate, token_keep_rate))` below,
     see `mass_kept_counts`. The batch is padded to its largest count (`pads_tokens`), and the model splits it
     into groups of similar counts (`token_count_buckets`) so the padding costs little. Both read the counts on the
-    host. An exported graph (`torch.export`, ONNX) reads the largest count as a data-dependent size and is never
-    split; `torch.compile` pads to the whole patch axis. All give the same results, with more or less padding.
+    host. An exported graph (`torch.export`, ONNX) reads the largest count as a data-dependent size (with attention
+    sparsity: pads to the whole patch axis) and is never split; `torch.compile` pads to the whole patch axis.
     """
 
     pads_tokens = True
@@ -281,13 +292,13 @@ class AdaptiveSelector(TokenSelector):
         self, hidden_states: torch.Tensor, attention: torch.Tensor, patch_positions: torch.Tensor
     ) -> torch.Tensor:
         """`[batch, patches]` log importance (-inf at padding); its softmax is the mass the counts are taken from."""
-        return patch_log_scores(self.scorer, hidden_states, attention, patch_positions)
+        return patch_log_scores(self.scorer, hidden_states, attention, patch_positions, self.num_prefix_tokens)
 
     def forward(
         self, hidden_states, query, key, patch_positions, attention_mask, *, keep_rate, fusion, scaling, **settings
     ):
         sparsity = settings["sparsity"]
-        attention = fusion_scores(query, key, scaling, attention_mask, fusion, self.num_heads)
+        attention = fusion_scores(query, key, scaling, attention_mask, fusion, self.num_heads, self.num_prefix_tokens)
         log_scores = self.patch_log_scores(hidden_states, attention.detach(), patch_positions)
         num_valid = (patch_positions >= 0).sum(dim=1)
         with torch.no_grad():
@@ -306,7 +317,9 @@ class AdaptiveSelector(TokenSelector):
             # One host read decides the path (and the padded width) for the whole batch.
             counts_host, valid_host = torch.stack([counts, num_valid]).tolist()
             if counts_host == valid_host:  # every image keeps every patch it has: nothing to drop
-                return scorer_in_graph(self.scorer, hidden_states, patch_positions, self.training)
+                return scorer_in_graph(
+                    self.scorer, hidden_states, patch_positions, self.training, self.num_prefix_tokens
+                )
             width = max(counts_host)
             if min(valid_host) == patch_positions.shape[1] and min(counts_host) == width:
                 # No padding in or out (e.g. token_keep_mass=1.0): a rectangular decision, exactly the fixed rate's.

@@ -129,6 +129,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         prunes = layer_idx in config.token_prune_layers
         self.token_selector = build_token_selector(config, layer_idx) if prunes else None
         self.is_last_layer = layer_idx == config.num_hidden_layers - 1
+        self.num_prefix_tokens = getattr(config, "num_prefix_tokens", 1)  # never dropped or merged (class token)
         self.selector_takes_settings = prunes and accepts_settings(self.token_selector)
 
     def forward(
@@ -145,7 +146,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         """
         Args:
             hidden_states: `[batch, tokens, hidden]`, class token first (and a fused token last, after fusion).
-            patch_positions: `[batch, patches]` original position of each patch token in `hidden_states[:, 1:]`,
+            patch_positions: `[batch, patches]` original position of each patch token (after the prefix tokens),
                 -1 at padded slots (per-image counts).
             attention_mask: the additive mask built by the last pruning layer (or, with merging, the proportional
                 attention mask of the last merge), or None (dense, no padding).
@@ -230,11 +231,13 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             )
         if token_sizes is None:
             token_sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
-        source, destination = match_tokens(metric, merge_r, num_patches)
+        prefix = self.num_prefix_tokens
+        source, destination = match_tokens(metric, merge_r, num_patches, prefix)
         hidden_states, token_sizes, sequence_index, slot_of = merge_tokens(
             hidden_states, token_sizes, source, destination
         )
-        patch_positions = torch.gather(patch_positions, 1, sequence_index[:, 1 : 1 + num_patches - merge_r] - 1)
+        survivors = sequence_index[:, prefix : prefix + num_patches - merge_r]
+        patch_positions = torch.gather(patch_positions, 1, survivors - prefix)
         if token_sources is not None:
             token_sources = follow_sources(token_sources, slot_of)
         return hidden_states, patch_positions, token_sizes, token_sources
@@ -255,10 +258,9 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             scaling = self.attention.scaling
             found.append(log_importance(hidden_states, query, key, patch_positions, attention_mask, scaling=scaling))
         if self.is_last_layer:
-            attention = class_token_attention(
-                query, key, self.attention.scaling, attention_mask, self.attention.config.num_attention_heads
-            )
-            found.append(patch_log_scores(None, hidden_states, attention, patch_positions))
+            prefix, heads = self.num_prefix_tokens, self.attention.config.num_attention_heads
+            attention = class_token_attention(query, key, self.attention.scaling, attention_mask, heads, prefix)
+            found.append(patch_log_scores(None, hidden_states, attention, patch_positions, prefix))
         return tuple(found)
 
     def reduce(
@@ -273,7 +275,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         """Apply the selector's decision (token level), then mask connections among the survivors (attention level).
 
         Returns `(hidden_states, patch_positions, attention_mask, auxiliary_loss, sequence_index)`; `sequence_index`
-        (`[batch, 1 + kept]`, the survivors' old sequence indices) is None when no token was dropped.
+        (`[batch, prefix + kept]`, the survivors' old sequence indices) is None when no token was dropped.
         """
         if self.token_selector is None:
             raise ValueError(
@@ -318,18 +320,20 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             )
             dropped_index = sequence_index
 
-        has_fused_token = hidden_states.shape[1] > 1 + patch_positions.shape[1]
+        prefix = self.num_prefix_tokens
+        has_fused_token = hidden_states.shape[1] > prefix + patch_positions.shape[1]
         if padded and fused_valid is None and has_fused_token and attention_mask is not None:
             fused_valid = attention_mask[:, 0, 0, -1] == 0  # unchanged sequence: keep the fused token's validity
 
         mask = None
         if sparsity.attention_keep_rate < 1.0:
             if sequence_index is None:  # nothing dropped; an earlier fused token (last) is a summary, not a candidate
-                sequence_index = torch.arange(1 + num_patches, device=hidden_states.device)
+                sequence_index = torch.arange(prefix + num_patches, device=hidden_states.device)
                 sequence_index = sequence_index.expand(hidden_states.shape[0], -1)
             key_valid = None
             if padded:
-                key_valid = torch.cat([torch.ones_like(patch_positions[:, :1]), patch_positions], dim=1) >= 0
+                prefix_positions = patch_positions.new_zeros(patch_positions.shape[0], prefix)
+                key_valid = torch.cat([prefix_positions, patch_positions], dim=1) >= 0
             mask = sparse_attention_mask(
                 query,
                 key,
@@ -341,9 +345,10 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
                 dtype=query.dtype,
                 key_valid=key_valid,
                 num_heads=self.attention.config.num_attention_heads,
+                num_prefix_tokens=prefix,
             )
         if padded:
-            mask = key_padding_mask(patch_positions, hidden_states.shape[1], mask, query.dtype, fused_valid)
+            mask = key_padding_mask(patch_positions, hidden_states.shape[1], mask, query.dtype, fused_valid, prefix)
         return (
             hidden_states,
             patch_positions,
@@ -366,26 +371,28 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
         dropped nothing has an empty fused token, which must be masked like padding.
         """
         fused = fused_valid = None
+        prefix = self.num_prefix_tokens
         if fusion:
             if selection.scores is None:
                 raise ValueError(f"`token_fusion=True` needs scores from the {type(self.token_selector).__name__}.")
-            weights = dropped_token_weights(selection.scores, selection.patch_index, selection.valid_mask)
-            fused = fuse_weighted_tokens(hidden_states, weights)
+            weights = dropped_token_weights(selection.scores, selection.patch_index, selection.valid_mask, prefix)
+            fused = fuse_weighted_tokens(hidden_states, weights, prefix)
             if padded:
                 fused_valid = weights.sum(dim=-1) > 0
         kept, positions, sequence_index = keep_tokens(
-            hidden_states, patch_positions, selection.patch_index, fused, selection.valid_mask
+            hidden_states, patch_positions, selection.patch_index, fused, selection.valid_mask, prefix
         )
         if selection.token_gates is not None:
-            kept = gate_kept_patches(kept, selection.token_gates)
+            kept = gate_kept_patches(kept, selection.token_gates, prefix)
         return kept, positions, sequence_index, fused_valid
 
 
-def gate_kept_patches(hidden_states: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-    """Multiply the kept patch tokens `[:, 1 : 1 + k]` by `[batch, k]` gates; class and fused tokens are left alone."""
-    num_kept = gates.shape[1]
-    patches = hidden_states[:, 1 : 1 + num_kept] * gates.unsqueeze(-1).to(hidden_states.dtype)
-    return torch.cat([hidden_states[:, :1], patches, hidden_states[:, 1 + num_kept :]], dim=1)
+def gate_kept_patches(hidden_states: torch.Tensor, gates: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Multiply the kept patch tokens (after the `num_prefix_tokens` prefix tokens) by `[batch, k]` gates; prefix and
+    fused tokens are left alone."""
+    end = num_prefix_tokens + gates.shape[1]
+    patches = hidden_states[:, num_prefix_tokens:end] * gates.unsqueeze(-1).to(hidden_states.dtype)
+    return torch.cat([hidden_states[:, :num_prefix_tokens], patches, hidden_states[:, end:]], dim=1)
 
 
 __all__ = ["TriLevelViTAttention", "TriLevelViTLayer", "TriLevelViTMLP"]
