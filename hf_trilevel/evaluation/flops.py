@@ -85,10 +85,15 @@ def _selector_scores(config: TriLevelViTConfig, patches: int) -> bool:
 
 def _selector_flops(config: TriLevelViTConfig, tokens: int, patches: int, inner: int) -> int:
     """A selector's scoring work at one pruning layer, per image, when it scores."""
-    flops = 2 * tokens * inner  # class query against every key
+    flops = 2 * max(prefix_tokens(config), 1) * tokens * inner  # each prefix query (or the mean one) against every key
     if config.uses_learned_scores():
         flops += patches * learned_scorer_flops(config)
     return flops
+
+
+def prefix_tokens(config: TriLevelViTConfig) -> int:
+    """Tokens before the patches that every layer keeps (ViT's class token: 1; DeiT's class and distillation: 2)."""
+    return getattr(config, "num_prefix_tokens", 1)
 
 
 def matching_flops(num_patches: int, head_size: int) -> int:
@@ -130,23 +135,23 @@ def layer_costs(config: TriLevelViTConfig, kept_counts: Sequence[int] | None = N
             Default: the schedule the config fixes (for `"adaptive"`, its upper bound).
     """
     hidden, head_size = config.hidden_size, config.hidden_size // config.num_attention_heads
-    merge_r, fused, costs = merge_r_per_layer(config), 0, []
+    merge_r, fused, costs, prefix = merge_r_per_layer(config), 0, [], prefix_tokens(config)
     for layer, patches in enumerate(layer_tokens(config, kept_counts)):
         inner = config.layer_num_attention_heads(layer) * head_size  # width of q, k, v across the heads
-        tokens = 1 + patches.attention + fused
+        tokens = prefix + patches.attention + fused
         flops = 2 * tokens * hidden * inner * 4  # q, k, v and output projections
         flops += 2 * 2 * tokens * tokens * inner  # scores and weighted values, all heads together
         if layer in config.token_prune_layers:
             if _selector_scores(config, patches.attention):
                 flops += _selector_flops(config, tokens, patches.attention, inner)
             if patches.after_drop < patches.attention and config.token_fusion:
-                flops += 2 * (tokens - 1) * hidden  # score-weighted sum of the non-kept tokens
+                flops += 2 * (tokens - prefix) * hidden  # score-weighted sum of the non-kept tokens
                 fused = 1
             if config.attention_keep_rate < 1.0:
-                flops += 2 * (1 + patches.after_drop) * tokens * inner  # kept queries against the layer's keys
+                flops += 2 * (prefix + patches.after_drop) * tokens * inner  # kept queries against the layer's keys
         if merge_r[layer]:
             flops += matching_flops(patches.after_drop, head_size)
-        mlp_tokens = 1 + patches.after_merge + fused
+        mlp_tokens = prefix + patches.after_merge + fused
         flops += 2 * 2 * mlp_tokens * hidden * config.layer_intermediate_size(layer)
         costs.append(LayerCost(tokens, mlp_tokens, flops))
     return costs
@@ -158,13 +163,14 @@ def forward_flops(
     with_classifier: bool = True,
     kept_counts: Sequence[int] | None = None,
 ) -> int:
-    """Total forward FLOPs: patch embedding, every layer, and (optionally) the linear classifier on the class token.
+    """Total forward FLOPs: patch embedding, every layer, and (optionally) the linear classifier heads: one per prefix
+    token (ViT's class token; DeiT's class and distillation heads), one on pooled tokens without a prefix.
 
     Every image is counted at the same `kept_counts` (see `layer_costs`); for per-image counts use `measured_flops`.
     """
     patches, (patch_height, patch_width) = num_patches(config.image_size, config.patch_size), as_pair(config.patch_size)
     embedding = 2 * patches * config.num_channels * patch_height * patch_width * config.hidden_size
-    classifier = 2 * config.hidden_size * config.num_labels if with_classifier else 0
+    classifier = 2 * config.hidden_size * config.num_labels * max(prefix_tokens(config), 1) if with_classifier else 0
     return batch_size * (embedding + sum(cost.flops for cost in layer_costs(config, kept_counts)) + classifier)
 
 

@@ -23,7 +23,7 @@ from transformers import EvalPrediction
 
 from ..evaluation.patches import num_patches
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
-from .flops import flops_speedup_limit, forward_flops, layer_costs
+from .flops import flops_speedup_limit, forward_flops, layer_costs, prefix_tokens
 
 if TYPE_CHECKING:
     from evaluate import CombinedEvaluations, EvaluationModule
@@ -139,7 +139,7 @@ def sparsity_metrics(config: TriLevelViTConfig) -> dict[str, float]:
         "dense_gflops_per_image": sparse_flops * speedup_limit / 1e9,
         "flops_speedup_limit": speedup_limit,
         "token_fraction_kept": sum(cost.mlp_tokens for cost in costs)
-        / (len(costs) * (1 + num_patches(config.image_size, config.patch_size))),
+        / (len(costs) * (prefix_tokens(config) + num_patches(config.image_size, config.patch_size))),
         "token_keep_rate": config.token_keep_rate,
         "attention_keep_rate": config.attention_keep_rate,
     }

@@ -139,6 +139,8 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
     config_class = TriLevelViTConfig
     _no_split_modules = ["ViTEmbeddings", "TriLevelViTLayer"]
     _supports_flex_attn = False
+    # Every Auto class a saved folder resolves (a family's classes name their own files): see `save_pretrained`.
+    _trilevel_auto_map = AUTO_MAP
     _can_record_outputs = {
         "hidden_states": TriLevelViTLayer,
         "attentions": TriLevelViTAttention,
@@ -255,7 +257,7 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
         `FSDPTriLevelViTForImageClassification`, created in torch's own files) is saved as its TriLevel class: the
         folder carries this file and its siblings, not the wrapper's module, and `auto_map` names the TriLevel classes.
         """
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._trilevel_auto_map}
         if not (_is_wrapper_class(type(self)) and self._auto_class is not None):  # remote code, wrapped
             return super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
         # transformers copies the code of `type(self)`'s module (torch's files) and names the wrapper in `auto_map`
@@ -270,8 +272,9 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
 
 
 def _trilevel_class(cls: type) -> type:
-    """The first class of this file in `cls`'s MRO: `cls` itself unless a wrapper or subclass replaced it."""
-    return next(base for base in cls.__mro__ if base.__module__ == __name__)
+    """The first class of a TriLevel modeling file (this one, or a family's `modeling_trilevel_*.py`) in `cls`'s MRO:
+    `cls` itself unless a wrapper or subclass replaced it."""
+    return next(base for base in cls.__mro__ if base.__module__.rpartition(".")[2].startswith("modeling_trilevel_"))
 
 
 def _is_wrapper_class(cls: type) -> bool:
@@ -374,14 +377,21 @@ def check_pixel_values(pixel_values: torch.Tensor | None, config: TriLevelViTCon
 
 
 class TriLevelViTModel(TriLevelViTPreTrainedModel):
-    """The TriLevel ViT encoder: `ViTModel` with token and attention sparsity at `config.token_prune_layers`."""
+    """The TriLevel ViT encoder: `ViTModel` with token and attention sparsity at `config.token_prune_layers`.
+
+    A family whose encoder differs from ViT's only in its embeddings and pooler (DeiT: a distillation token after the
+    class token, `config.num_prefix_tokens = 2`) sets `embeddings_class` and `pooler_class`.
+    """
+
+    embeddings_class: type[nn.Module] = ViTEmbeddings
+    pooler_class: type[nn.Module] = ViTPooler
 
     def __init__(self, config: TriLevelViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
         super().__init__(config)
-        self.embeddings = ViTEmbeddings(config, use_mask_token=use_mask_token)
+        self.embeddings = self.embeddings_class(config, use_mask_token=use_mask_token)
         self.layers = nn.ModuleList([TriLevelViTLayer(config, index) for index in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.pooler = ViTPooler(config) if add_pooling_layer else None
+        self.pooler = self.pooler_class(config) if add_pooling_layer else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:

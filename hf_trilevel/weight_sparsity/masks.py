@@ -23,9 +23,11 @@ from torch import nn
 
 from ..modeling.value_checks import check_fraction
 
-#: Module names (relative to the model) whose weight is masked: the patch projection, q/k/v/o, fc1, fc2, classifier.
+#: Module names (relative to the model) whose weight is masked: the patch projection, q/k/v/o, fc1, fc2, the
+#: classifier (DeiT's two heads: `cls_classifier`, `distillation_classifier`).
 MASKED_MODULE = re.compile(
-    r"(^|\.)patch_embeddings\.projection$|(^|\.)attention\.[qkvo]_proj$|(^|\.)mlp\.fc[12]$|^classifier$"
+    r"(^|\.)patch_embeddings\.projection$|(^|\.)attention\.[qkvo]_proj$|(^|\.)mlp\.fc[12]$"
+    r"|^(cls_|distillation_)?classifier$"
 )
 PATTERNS = ("unstructured", "2:4")
 GROUP = 4  # 2:4: two of every four consecutive inputs

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..modeling.configuration_trilevel_vit import PER_LAYER_FIELDS
-from ..modeling.modeling_trilevel_vit import TriLevelViTForImageClassification, TriLevelViTModel
+from ..modeling.modeling_trilevel_vit import TriLevelViTModel
 
 # A share of exactly-zero layer weights above this, with no whole unit zero, reads as unstructured sparsity.
 UNSTRUCTURED_ZERO_SHARE = 0.01
@@ -83,10 +83,10 @@ def slim(model: nn.Module) -> nn.Module:
 
 
 def _encoder(model: nn.Module) -> TriLevelViTModel:
-    if isinstance(model, TriLevelViTForImageClassification):
-        return model.vit
-    if isinstance(model, TriLevelViTModel):
-        return model
+    """The TriLevel encoder of a head model (`model.vit`, DeiT's `model.deit`) or the encoder itself."""
+    encoder = getattr(model, "base_model", None)
+    if isinstance(encoder, TriLevelViTModel):
+        return encoder
     raise ValueError(
         f"`model` must be a TriLevelViTForImageClassification or TriLevelViTModel, got {type(model).__name__}; "
         "load a saved folder with `hf_trilevel.TriLevelViTForImageClassification.from_pretrained(folder)`."
@@ -194,7 +194,7 @@ def _device(model: nn.Module) -> torch.device:
 
 def _build_like(model: nn.Module, config) -> nn.Module:
     """A fresh model of `model`'s class and options (pooler, mask token) for `config`."""
-    if isinstance(model, TriLevelViTForImageClassification):
+    if not isinstance(model, TriLevelViTModel):  # a head model: its own encoder is built without a pooler
         return type(model)(config)
     return type(model)(
         config, add_pooling_layer=model.pooler is not None, use_mask_token=model.embeddings.mask_token is not None

@@ -62,7 +62,7 @@ class UnitLayer:
 
 def unit_layers(model: nn.Module) -> list[UnitLayer]:
     """The layers of a TriLevel model (`...ForImageClassification` or the base model), as `UnitLayer`s."""
-    base = getattr(model, "vit", model)
+    base = getattr(model, "base_model", model)  # the encoder under a head (`vit`, DeiT's `deit`), or the model
     layers = getattr(base, "layers", None)
     config = getattr(model, "config", None)
     if layers is None or config is None:
