@@ -5,7 +5,8 @@ The front door holds the model classes, the trainer, the training techniques (on
 (`hf_trilevel.evaluation.flops`, `hf_trilevel.example_pruning.ForgettingPolicy`, ...). README draws the tree.
 
 Importing the package registers the TriLevel classes with transformers' Auto classes, so `AutoConfig`,
-`AutoModel` and `AutoModelForImageClassification` resolve `model_type="trilevel_vit"` without remote code.
+`AutoModel` and `AutoModelForImageClassification` resolve `model_type="trilevel_vit"` (and `"trilevel_deit"`, DeiT
+with its distillation token) without remote code.
 Saved checkpoints also carry the code itself (`hf_trilevel.modeling`) and load anywhere with
 `trust_remote_code=True`.
 """
@@ -17,6 +18,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .example_pruning import ExamplePruning, PruningPolicy
 from .modeling import (
+    TriLevelDeiTConfig,
+    TriLevelDeiTForImageClassificationWithTeacher,
+    TriLevelDeiTForImageClassificationWithTeacherOutput,
+    TriLevelDeiTModel,
+    TriLevelDeiTPreTrainedModel,
     TriLevelViTConfig,
     TriLevelViTForImageClassification,
     TriLevelViTImageClassifierOutput,
@@ -32,6 +38,11 @@ from .weight_sparsity import WeightSparsity, slim
 AutoConfig.register(TriLevelViTConfig.model_type, TriLevelViTConfig, exist_ok=True)
 AutoModel.register(TriLevelViTConfig, TriLevelViTModel, exist_ok=True)
 AutoModelForImageClassification.register(TriLevelViTConfig, TriLevelViTForImageClassification, exist_ok=True)
+AutoConfig.register(TriLevelDeiTConfig.model_type, TriLevelDeiTConfig, exist_ok=True)
+AutoModel.register(TriLevelDeiTConfig, TriLevelDeiTModel, exist_ok=True)
+AutoModelForImageClassification.register(
+    TriLevelDeiTConfig, TriLevelDeiTForImageClassificationWithTeacher, exist_ok=True
+)
 
 __version__ = "0.1.0"
 
@@ -81,6 +92,11 @@ __all__ = [
     "TokenSelector",
     "TrainingBatch",
     "TrainingTechnique",
+    "TriLevelDeiTConfig",
+    "TriLevelDeiTForImageClassificationWithTeacher",
+    "TriLevelDeiTForImageClassificationWithTeacherOutput",
+    "TriLevelDeiTModel",
+    "TriLevelDeiTPreTrainedModel",
     "TriLevelTrainer",
     "TriLevelViTConfig",
     "TriLevelViTForImageClassification",

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 import hf_trilevel.modeling
-from hf_trilevel.modeling import REMOTE_CODE_FILES
+from hf_trilevel import TriLevelDeiTConfig, TriLevelDeiTForImageClassificationWithTeacher
+from hf_trilevel.modeling import FAMILY_CODE_FILES, REMOTE_CODE_FILES
 
-from .helpers import tiny_model
+from .helpers import TINY_SHAPE, tiny_model
 
 MODELING = Path(hf_trilevel.modeling.__file__).parent
-SIBLINGS = frozenset(Path(name).stem for name in REMOTE_CODE_FILES)
+ALL_CODE_FILES = (*REMOTE_CODE_FILES, *(name for files in FAMILY_CODE_FILES.values() for name in files))
+SIBLINGS = frozenset(Path(name).stem for name in ALL_CODE_FILES)
 # huggingface_hub is a hard dependency of transformers (its configs import `strict` from it).
 ALLOWED_PACKAGES = frozenset({"torch", "transformers", "huggingface_hub"}) | frozenset(sys.stdlib_module_names)
 ALLOWED = "the set, torch, transformers, huggingface_hub and the standard library"
@@ -55,8 +57,8 @@ def _called_name(function: ast.expr) -> str | None:
 
 def test_the_modeling_folder_holds_the_set_its_init_and_nothing_else():
     on_disk = {path.name for path in MODELING.iterdir()} - {"__pycache__"}
-    assert on_disk == {*REMOTE_CODE_FILES, "__init__.py"}
-    assert len(REMOTE_CODE_FILES) == len(set(REMOTE_CODE_FILES))
+    assert on_disk == {*ALL_CODE_FILES, "__init__.py"}
+    assert len(ALL_CODE_FILES) == len(set(ALL_CODE_FILES))
 
 
 def test_save_pretrained_copies_exactly_the_set_unchanged(tmp_path):
@@ -67,7 +69,14 @@ def test_save_pretrained_copies_exactly_the_set_unchanged(tmp_path):
         assert (tmp_path / name).read_bytes() == (MODELING / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("name", REMOTE_CODE_FILES)
+def test_a_family_checkpoint_copies_the_set_and_its_own_files(tmp_path):
+    config = TriLevelDeiTConfig(**TINY_SHAPE, token_keep_rate=0.5)
+    TriLevelDeiTForImageClassificationWithTeacher(config).save_pretrained(tmp_path)
+    copied = {path.name for path in tmp_path.iterdir() if path.suffix == ".py"}
+    assert copied == {*REMOTE_CODE_FILES, *FAMILY_CODE_FILES["deit"]}
+
+
+@pytest.mark.parametrize("name", ALL_CODE_FILES)
 def test_each_file_of_the_set_imports_only_siblings_torch_transformers_hub_and_stdlib(name):
     assert import_errors((MODELING / name).read_text(), name) == []
 

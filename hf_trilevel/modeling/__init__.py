@@ -6,7 +6,14 @@ huggingface_hub and the standard library (tests/test_remote_code.py enforces it)
 This `__init__.py` is not part of the set: checkpoints never carry it.
 """
 
+from .configuration_trilevel_deit import TriLevelDeiTConfig
 from .configuration_trilevel_vit import TriLevelViTConfig
+from .modeling_trilevel_deit import (
+    TriLevelDeiTForImageClassificationWithTeacher,
+    TriLevelDeiTForImageClassificationWithTeacherOutput,
+    TriLevelDeiTModel,
+    TriLevelDeiTPreTrainedModel,
+)
 from .modeling_trilevel_vit import (
     TriLevelViTForImageClassification,
     TriLevelViTImageClassifierOutput,
@@ -28,8 +35,19 @@ REMOTE_CODE_FILES = (
     "vit_layer.py",
 )
 
+#: A family's own files, which its checkpoints carry on top of `REMOTE_CODE_FILES` (they build on the ViT files).
+FAMILY_CODE_FILES = {
+    "deit": ("configuration_trilevel_deit.py", "modeling_trilevel_deit.py"),
+}
+
 __all__ = [
+    "FAMILY_CODE_FILES",
     "REMOTE_CODE_FILES",
+    "TriLevelDeiTConfig",
+    "TriLevelDeiTForImageClassificationWithTeacher",
+    "TriLevelDeiTForImageClassificationWithTeacherOutput",
+    "TriLevelDeiTModel",
+    "TriLevelDeiTPreTrainedModel",
     "TriLevelViTConfig",
     "TriLevelViTForImageClassification",
     "TriLevelViTImageClassifierOutput",
