@@ -23,7 +23,8 @@ from hf_trilevel import (
     TriLevelDeiTModel,
     TriLevelTrainer,
 )
-from hf_trilevel.evaluation.flops import forward_flops
+from hf_trilevel.cli import main
+from hf_trilevel.evaluation.flops import flops_speedup_limit, forward_flops
 from hf_trilevel.image_data import load_digits_dataset
 from hf_trilevel.serving import export_onnx
 
@@ -275,3 +276,33 @@ def test_image_classification_pipeline_runs_a_saved_deit_folder(deit_folder, tmp
         model.config.id2label[int(i)] for i in expected.argsort(descending=True)
     ]
     assert predictions[0]["score"] == pytest.approx(expected.max().item(), abs=1e-5)
+
+
+BENCH_TINY = ["--image-size", "32", "--patch-size", "4", "--hidden-size", "32", "--num-hidden-layers", "4",
+              "--num-attention-heads", "2", "--intermediate-size", "64", "--num-labels", "5", "--batch-size", "2",
+              "--repeats", "2", "--warmup", "1", "--no-progress", "--attention-keep-rates", "1"]  # fmt: skip
+
+
+def test_bench_times_the_deit_family_against_transformers_deit(tmp_path, capsys):
+    path = tmp_path / "deit.json"
+    arguments = ["bench", "inference", "--family", "deit-distilled", *BENCH_TINY, "--keep-rates", "1", "0.5",
+                 "--fusion", "on", "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+    assert "DeiTForImageClassificationWithTeacher against TriLevel" in capsys.readouterr().out
+    results = {row["setting"]: row for row in json.loads(path.read_text())["results"]}
+    assert list(results) == ["dense DeiT distilled (transformers)", "keep 1, fusion", "keep 0.5, fusion"]
+    config = TriLevelDeiTConfig(**SHAPE, token_keep_rate=0.5, token_fusion=True)
+    assert results["dense DeiT distilled (transformers)"]["flops_limit"] == 1.0
+    assert results["keep 1, fusion"]["flops_limit"] == 1.0
+    assert results["keep 0.5, fusion"]["flops_limit"] == pytest.approx(flops_speedup_limit(config))
+    assert results["keep 0.5, fusion"]["mean_kept_tokens"] == [32, 16, 8]
+
+
+def test_bench_refuses_families_to_come_and_a_folder_of_another_family(deit_folder, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "inference", "--family", "dinov2", *BENCH_TINY])
+    assert exit_info.value.code == 2
+    assert "--family dinov2: no TriLevel classes for this family yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "inference", "--model", str(deit_folder), "--batch-size", "2", "--no-progress"])
+    assert "holds a 'deit' model, not one of --family vit" in capsys.readouterr().err

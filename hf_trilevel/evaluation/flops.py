@@ -180,7 +180,7 @@ def dense_config(config: TriLevelViTConfig) -> TriLevelViTConfig:
     dense = config.to_dict()
     dense.update(token_keep_rate=1.0, attention_keep_rate=1.0, token_selector="class_attention", token_merge_r=0)
     dense.update(token_importance="class_attention", token_keep_mass=1.0)
-    return TriLevelViTConfig(**dense)
+    return type(config)(**dense)  # the config's own class: a family's prefix tokens and heads count alike
 
 
 def full_width_config(config: TriLevelViTConfig) -> TriLevelViTConfig:
@@ -189,7 +189,7 @@ def full_width_config(config: TriLevelViTConfig) -> TriLevelViTConfig:
     against this dense ViT, so its FLOPs limit must count the removed heads and neurons as saved work too."""
     full = config.to_dict()
     full.update(num_attention_heads_per_layer=None, intermediate_size_per_layer=None)
-    return TriLevelViTConfig(**full)
+    return type(config)(**full)
 
 
 def flops_speedup_limit(config: TriLevelViTConfig, kept_counts: Sequence[int] | None = None) -> float:

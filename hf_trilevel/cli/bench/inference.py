@@ -49,6 +49,7 @@ import torch
 
 from ...evaluation.formatting import markdown_table
 from ...evaluation.patches import num_patches
+from .families import FAMILIES, PLANNED_FAMILIES
 from .measure import Measurement, TimingPlan, measure_settings, random_batch, timing_plan, weights_note
 from .models import trilevel_config
 from .onnx_runs import onnx_versions
@@ -209,6 +210,10 @@ def format_results(results: list[InferenceResult]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_shape_arguments(parser)
+    parser.add_argument("--family", default="vit", metavar="FAMILY",
+                        help=f"model family: {', '.join(FAMILIES)} (dense: transformers' "
+                             f"{', '.join(f.dense_name for f in FAMILIES.values())}); "
+                             f"{', '.join(PLANNED_FAMILIES)} are to come")  # fmt: skip
     add_setting_arguments(parser, keep_rates=[1.0, 0.7, 0.5], attention=[1.0, 0.3])
     add_slimming_arguments(parser)
     group = parser.add_argument_group("equal token budget (adaptive against fixed rate)")
@@ -241,7 +246,8 @@ def run(args: argparse.Namespace) -> int:
     results = benchmark_inference(plan)
     shape, target = plan.shape, plan.target
     print(
-        f"{shape.name}: {shape.num_hidden_layers} layers, hidden {shape.hidden_size}, "
+        f"{shape.name}, {FAMILIES[shape.family].dense_name} against TriLevel: {shape.num_hidden_layers} layers, "
+        f"hidden {shape.hidden_size}, "
         f"{num_patches(shape.image_size, shape.patch_size)} patches, pruning at "
         f"{trilevel_config(shape).token_prune_layers}; {target.device.type} {args.dtype}, "
         f"{runtime_text(target)}, batch {args.batch_size}, "

@@ -27,6 +27,7 @@ from ...evaluation.timing import interleaved_times
 from ...modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ...modeling.token_reduction import token_schedule
 from ...token_training.dense_sparse import operating_point
+from .families import FAMILIES
 from .models import (
     build_models_by_selector,
     check_setting_configs,
@@ -196,7 +197,7 @@ def measure_settings(
     dense_config = trilevel_config(shape)
     measurements = [
         Measurement(
-            DENSE_NAME, Setting(), dense_config, times[DENSE_NAME], dense_median, 1.0,
+            FAMILIES[shape.family].dense_row, Setting(), dense_config, times[DENSE_NAME], dense_median, 1.0,
             flops_speedup_limit(dense_config), memory[DENSE_NAME],
         )
     ]  # fmt: skip

@@ -13,13 +13,14 @@ import copy
 from collections.abc import Callable
 
 import torch
-from transformers import ViTConfig, ViTForImageClassification
+from transformers import ViTForImageClassification
 
 from ...modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ...modeling.modeling_trilevel_vit import TriLevelViTForImageClassification
 from ...weight_sparsity.slimming import slim
 from ...weight_sparsity.structured_units import apply_unit_masks, unit_layers, zero_output_sides
 from ..errors import CommandError
+from .families import FAMILIES
 from .options import ModelShape, RunTarget
 from .settings import Setting
 from .slimmed_shapes import slimmed_size
@@ -61,7 +62,8 @@ def trilevel_config(shape: ModelShape, setting: Setting | None = None, **extra) 
     """The TriLevel config of `shape` at `setting` (default: everything off, class attention)."""
     setting = setting or Setting()
     layers = list(shape.token_prune_layers) if shape.token_prune_layers else None
-    return TriLevelViTConfig(**shape.vit_kwargs(), token_prune_layers=layers, **setting.config_kwargs(), **extra)
+    config_class = FAMILIES[shape.family].trilevel_config
+    return config_class(**shape.vit_kwargs(), token_prune_layers=layers, **setting.config_kwargs(), **extra)
 
 
 def check_setting_configs(shape: ModelShape, chosen: list[Setting]) -> None:
@@ -101,21 +103,22 @@ def build_models_by_selector(
     """
     torch.manual_seed(0)
     backend = {"attn_implementation": target.attn_implementation}
+    chosen = FAMILIES[shape.family]
     if shape.checkpoint is None:
-        dense = ViTForImageClassification(ViTConfig(**shape.vit_kwargs(), **backend))
+        dense = chosen.dense_model(chosen.dense_config(**shape.vit_kwargs(), **backend))
         source, base = dense.state_dict(), {}
     else:
-        saved = TriLevelViTForImageClassification.from_pretrained(shape.checkpoint)
+        saved = chosen.trilevel_model.from_pretrained(shape.checkpoint)
         source = saved.state_dict()
         # The folder's activation, norms and selector details carry over; sparsity is set per row.
         shared = {name: getattr(saved.config, name) for name in CHECKPOINT_VIT_FIELDS}
-        dense = ViTForImageClassification(ViTConfig(**shape.vit_kwargs(), **shared, **backend))
+        dense = chosen.dense_model(chosen.dense_config(**shape.vit_kwargs(), **shared, **backend))
         load_shared_weights(dense, source)
         base = shared | {name: getattr(saved.config, name) for name in CHECKPOINT_TRILEVEL_FIELDS}
     trilevel = {}
     for selector in selectors:
         config = trilevel_config(shape, Setting(token_selector=selector), **backend, **{**base, **config_extra})
-        trilevel[selector] = TriLevelViTForImageClassification(config)
+        trilevel[selector] = chosen.trilevel_model(config)
         load_shared_weights(trilevel[selector], source)
     dtype = target.dtype if cast_weights else torch.float32
     return dense.to(target.device, dtype), {name: model.to(target.device, dtype) for name, model in trilevel.items()}

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import PretrainedConfig
 from transformers.utils import is_flash_attn_2_available
 
-from ...modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ...modeling.value_checks import as_pair, check_int
 from ..errors import CommandError, checked_option
+from .families import FAMILIES, Family, family
 from .onnx_runs import check_onnxruntime_target
 from .settings import Setting
 
@@ -45,6 +46,7 @@ class ModelShape:
     num_labels: int
     token_prune_layers: tuple[int, ...] | None = None
     checkpoint: str | None = None  # a saved TriLevel or ViT folder whose weights every model starts from (`--model`)
+    family: str = "vit"  # `families.FAMILIES` key: which dense and TriLevel classes the rows run (`--family`)
 
     def vit_kwargs(self) -> dict:
         return {name: getattr(self, name) for name in SHAPE_FIELDS}
@@ -99,8 +101,9 @@ def add_target_arguments(parser: argparse.ArgumentParser, batch_size: int) -> No
 
 
 def model_shape(args: argparse.Namespace) -> ModelShape:
+    chosen = family(getattr(args, "family", "vit"))  # only `bench inference` has --family
     if getattr(args, "model", None) is not None:
-        return checkpoint_shape(args)
+        return checkpoint_shape(args, chosen)
     if args.preset not in PRESETS:
         raise CommandError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}.")
     values = {**PRESETS[args.preset], **PRESET_IMAGE}
@@ -110,17 +113,18 @@ def model_shape(args: argparse.Namespace) -> ModelShape:
     values.update(overridden)
     name = args.preset if not overridden else "custom (" + ", ".join(f"{k}={v}" for k, v in overridden.items()) + ")"
     layers = tuple(args.token_prune_layers) if args.token_prune_layers is not None else None
-    shape = ModelShape(name=name, token_prune_layers=layers, **values)
+    shape = ModelShape(name=name, token_prune_layers=layers, family=chosen.name, **values)
     check_divides(shape.vit_kwargs())
     try:  # the config's own checks name the field and its range (prune layers ...)
-        TriLevelViTConfig(**shape.vit_kwargs(), token_prune_layers=list(layers) if layers else None)
+        chosen.trilevel_config(**shape.vit_kwargs(), token_prune_layers=list(layers) if layers else None)
     except ValueError as error:
         raise CommandError(str(error)) from None
     return shape
 
 
-def checkpoint_shape(args: argparse.Namespace) -> ModelShape:
-    """The shape of the saved folder `--model` names; shape flags are refused, the pruning layers may be replaced."""
+def checkpoint_shape(args: argparse.Namespace, chosen: Family = FAMILIES["vit"]) -> ModelShape:
+    """The shape of the saved folder `--model` names; shape flags are refused, the pruning layers may be replaced.
+    The folder must hold a model of the `--family` (its TriLevel or its plain transformers type)."""
     given = [f"--{name.replace('_', '-')}" for name in SHAPE_FIELDS if getattr(args, name) is not None]
     if given:
         raise CommandError(f"{', '.join(given)} do not apply with --model (the saved folder fixes the shape).")
@@ -128,7 +132,16 @@ def checkpoint_shape(args: argparse.Namespace) -> ModelShape:
     if not (folder / "config.json").is_file():
         raise CommandError(f"--model {args.model}: no config.json there; give a folder written by save_pretrained.")
     try:
-        config = TriLevelViTConfig.from_pretrained(str(folder))
+        model_type = PretrainedConfig.get_config_dict(str(folder))[0].get("model_type")
+    except (OSError, ValueError) as error:
+        raise CommandError(f"--model {args.model}: cannot read its config ({error}).") from None
+    if model_type not in chosen.saved_model_types:
+        raise CommandError(
+            f"--model {args.model} holds a {model_type!r} model, not one of --family {chosen.name} "
+            f"({' or '.join(map(repr, chosen.saved_model_types))}); pass the --family it belongs to."
+        )
+    try:
+        config = chosen.trilevel_config.from_pretrained(str(folder))
     except (OSError, ValueError) as error:
         raise CommandError(f"--model {args.model}: cannot read its config ({error}).") from None
     if any(
@@ -145,10 +158,11 @@ def checkpoint_shape(args: argparse.Namespace) -> ModelShape:
     layers = args.token_prune_layers if args.token_prune_layers is not None else config.token_prune_layers
     values = {name: getattr(config, name) for name in SHAPE_FIELDS}
     shape = ModelShape(
-        name=f"{folder.name} (--model)", token_prune_layers=tuple(layers), checkpoint=str(folder), **values
-    )
+        name=f"{folder.name} (--model)", token_prune_layers=tuple(layers), checkpoint=str(folder),
+        family=chosen.name, **values,
+    )  # fmt: skip
     try:
-        TriLevelViTConfig(**shape.vit_kwargs(), token_prune_layers=list(layers))
+        chosen.trilevel_config(**shape.vit_kwargs(), token_prune_layers=list(layers))
     except ValueError as error:
         raise CommandError(str(error)) from None
     return shape
