@@ -5,8 +5,8 @@ The front door holds the model classes, the trainer, the training techniques (on
 (`hf_trilevel.evaluation.flops`, `hf_trilevel.example_pruning.ForgettingPolicy`, ...). README draws the tree.
 
 Importing the package registers the TriLevel classes with transformers' Auto classes, so `AutoConfig`,
-`AutoModel` and `AutoModelForImageClassification` resolve `model_type="trilevel_vit"` (and `"trilevel_deit"`, DeiT
-with its distillation token) without remote code.
+`AutoModel` and `AutoModelForImageClassification` resolve `model_type="trilevel_vit"` (and the families'
+`"trilevel_deit"`, `"trilevel_dinov2"`) without remote code.
 Saved checkpoints also carry the code itself (`hf_trilevel.modeling`) and load anywhere with
 `trust_remote_code=True`.
 """
@@ -23,6 +23,10 @@ from .modeling import (
     TriLevelDeiTForImageClassificationWithTeacherOutput,
     TriLevelDeiTModel,
     TriLevelDeiTPreTrainedModel,
+    TriLevelDinov2Config,
+    TriLevelDinov2ForImageClassification,
+    TriLevelDinov2Model,
+    TriLevelDinov2PreTrainedModel,
     TriLevelViTConfig,
     TriLevelViTForImageClassification,
     TriLevelViTImageClassifierOutput,
@@ -43,6 +47,9 @@ AutoModel.register(TriLevelDeiTConfig, TriLevelDeiTModel, exist_ok=True)
 AutoModelForImageClassification.register(
     TriLevelDeiTConfig, TriLevelDeiTForImageClassificationWithTeacher, exist_ok=True
 )
+AutoConfig.register(TriLevelDinov2Config.model_type, TriLevelDinov2Config, exist_ok=True)
+AutoModel.register(TriLevelDinov2Config, TriLevelDinov2Model, exist_ok=True)
+AutoModelForImageClassification.register(TriLevelDinov2Config, TriLevelDinov2ForImageClassification, exist_ok=True)
 
 __version__ = "0.1.0"
 
@@ -97,6 +104,10 @@ __all__ = [
     "TriLevelDeiTForImageClassificationWithTeacherOutput",
     "TriLevelDeiTModel",
     "TriLevelDeiTPreTrainedModel",
+    "TriLevelDinov2Config",
+    "TriLevelDinov2ForImageClassification",
+    "TriLevelDinov2Model",
+    "TriLevelDinov2PreTrainedModel",
     "TriLevelTrainer",
     "TriLevelViTConfig",
     "TriLevelViTForImageClassification",

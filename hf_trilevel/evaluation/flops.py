@@ -96,6 +96,13 @@ def prefix_tokens(config: TriLevelViTConfig) -> int:
     return getattr(config, "num_prefix_tokens", 1)
 
 
+def classifier_flops(config: TriLevelViTConfig) -> int:
+    """The linear heads, per image: one per prefix token (ViT's class token; DeiT's class and distillation heads), or
+    one on pooled tokens without a prefix; DINOv2's head reads the class token and the patch mean, twice as wide."""
+    width = config.hidden_size * (2 if config.model_type == "trilevel_dinov2" else 1)
+    return 2 * width * config.num_labels * max(prefix_tokens(config), 1)
+
+
 def matching_flops(num_patches: int, head_size: int) -> int:
     """Bipartite matching of one merging layer, per image: `[set A, head_size] @ [head_size, set B]` cosine
     similarities of the head-averaged keys, set A holding `ceil(n / 2)` of the `n` current patch tokens and set B
@@ -163,14 +170,14 @@ def forward_flops(
     with_classifier: bool = True,
     kept_counts: Sequence[int] | None = None,
 ) -> int:
-    """Total forward FLOPs: patch embedding, every layer, and (optionally) the linear classifier heads: one per prefix
-    token (ViT's class token; DeiT's class and distillation heads), one on pooled tokens without a prefix.
+    """Total forward FLOPs: patch embedding, every layer, and (optionally) the linear classifier heads
+    (`classifier_flops`).
 
     Every image is counted at the same `kept_counts` (see `layer_costs`); for per-image counts use `measured_flops`.
     """
     patches, (patch_height, patch_width) = num_patches(config.image_size, config.patch_size), as_pair(config.patch_size)
     embedding = 2 * patches * config.num_channels * patch_height * patch_width * config.hidden_size
-    classifier = 2 * config.hidden_size * config.num_labels * max(prefix_tokens(config), 1) if with_classifier else 0
+    classifier = classifier_flops(config) if with_classifier else 0
     return batch_size * (embedding + sum(cost.flops for cost in layer_costs(config, kept_counts)) + classifier)
 
 

@@ -7,12 +7,18 @@ This `__init__.py` is not part of the set: checkpoints never carry it.
 """
 
 from .configuration_trilevel_deit import TriLevelDeiTConfig
+from .configuration_trilevel_dinov2 import TriLevelDinov2Config
 from .configuration_trilevel_vit import TriLevelViTConfig
 from .modeling_trilevel_deit import (
     TriLevelDeiTForImageClassificationWithTeacher,
     TriLevelDeiTForImageClassificationWithTeacherOutput,
     TriLevelDeiTModel,
     TriLevelDeiTPreTrainedModel,
+)
+from .modeling_trilevel_dinov2 import (
+    TriLevelDinov2ForImageClassification,
+    TriLevelDinov2Model,
+    TriLevelDinov2PreTrainedModel,
 )
 from .modeling_trilevel_vit import (
     TriLevelViTForImageClassification,
@@ -38,6 +44,7 @@ REMOTE_CODE_FILES = (
 #: A family's own files, which its checkpoints carry on top of `REMOTE_CODE_FILES` (they build on the ViT files).
 FAMILY_CODE_FILES = {
     "deit": ("configuration_trilevel_deit.py", "modeling_trilevel_deit.py"),
+    "dinov2": ("configuration_trilevel_dinov2.py", "modeling_trilevel_dinov2.py"),
 }
 
 __all__ = [
@@ -48,6 +55,10 @@ __all__ = [
     "TriLevelDeiTForImageClassificationWithTeacherOutput",
     "TriLevelDeiTModel",
     "TriLevelDeiTPreTrainedModel",
+    "TriLevelDinov2Config",
+    "TriLevelDinov2ForImageClassification",
+    "TriLevelDinov2Model",
+    "TriLevelDinov2PreTrainedModel",
     "TriLevelViTConfig",
     "TriLevelViTForImageClassification",
     "TriLevelViTImageClassifierOutput",

@@ -97,6 +97,10 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
         the token that holds it, or -1 if it was dropped (or fused). Without merging each kept patch has its own
         token; with token merging (`token_merge_r`) several patches share one (ToMe's source map), and
         `kept_token_indices` reports a merged token by the position of the patch it was merged into.
+    patch_token_mean (`torch.FloatTensor` of shape `[batch, hidden]`, *optional*, from families whose head pools the
+        patch tokens, e.g. DINOv2): the mean of the final patch tokens over the original patches: a merged token
+        counts as the patches it holds, a fused token as every patch dropped, padded slots not at all. With nothing
+        dropped or merged, exactly `last_hidden_state[:, prefix:].mean(1)`.
 
     With per-image counts, `last_hidden_state` is `[class, patches padded to the batch's widest image, (fused)]`;
     padded slots hold no token (zeros where the batch was split into groups by count), so pool patch tokens with
@@ -108,6 +112,7 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
     kept_token_counts: tuple[torch.LongTensor, ...] | None = None  # after the older fields, so their positions stay
     token_importance: tuple[torch.FloatTensor, ...] | None = None
     token_sources: torch.LongTensor | None = None
+    patch_token_mean: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -141,6 +146,9 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
     _supports_flex_attn = False
     # Every Auto class a saved folder resolves (a family's classes name their own files): see `save_pretrained`.
     _trilevel_auto_map = AUTO_MAP
+    # The renamings from a saved file's key names to the in-memory ones, for a plain `load_state_dict`
+    # (`_rename_v4_keys`); `from_pretrained` applies the same ones through the conversion mapping of the model type.
+    _checkpoint_key_renames = _V4_KEY_RENAMES
     _can_record_outputs = {
         "hidden_states": TriLevelViTLayer,
         "attentions": TriLevelViTAttention,
@@ -316,6 +324,33 @@ def _add_losses(first: torch.Tensor | None, second: torch.Tensor | None) -> torc
     return second if first is None else first if second is None else first + second
 
 
+def patch_token_mean(
+    sequence_output: torch.Tensor,
+    patch_positions: torch.Tensor,
+    token_sizes: torch.Tensor | None,
+    num_prefix_tokens: int,
+    num_patches: int,
+) -> torch.Tensor:
+    """`[batch, hidden]`: the final patch tokens' mean over the `num_patches` original patches (see
+    `TriLevelViTModelOutput.patch_token_mean`): each real patch token weighs the patches it holds, a trailing fused
+    token the patches no real token holds."""
+    kept = patch_positions.shape[1]
+    patches = sequence_output[:, num_prefix_tokens : num_prefix_tokens + kept]
+    has_fused_token = sequence_output.shape[1] > num_prefix_tokens + kept
+    if token_sizes is None and kept == num_patches and not has_fused_token:
+        return patches.mean(dim=1)  # nothing dropped or merged: the dense model's mean, bit for bit
+    if token_sizes is None:
+        sizes = patches.new_ones(patches.shape[:2])
+    else:
+        sizes = token_sizes[:, num_prefix_tokens : num_prefix_tokens + kept].to(patches.dtype)
+    sizes = sizes * (patch_positions >= 0).to(patches.dtype)
+    total = (sizes.unsqueeze(-1) * patches).sum(dim=1)
+    if has_fused_token:
+        total = total + (num_patches - sizes.sum(dim=1, keepdim=True)).clamp_min(0) * sequence_output[:, -1]
+        return total / num_patches
+    return total / sizes.sum(dim=1, keepdim=True)
+
+
 def scatter_importance(importance: torch.Tensor, positions: torch.Tensor, num_patches: int) -> torch.Tensor:
     """`[batch, patches]` importance of the current tokens placed at their original positions; -inf elsewhere.
 
@@ -345,7 +380,7 @@ def _rename_v4_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> 
     """
     for old_key in [key for key in state_dict if key.startswith(prefix)]:
         new_key = old_key
-        for renaming in _V4_KEY_RENAMES:
+        for renaming in module._checkpoint_key_renames:
             new_key, _ = renaming.rename_source_key(new_key)
         if new_key != old_key:
             state_dict[new_key] = state_dict.pop(old_key)
@@ -385,17 +420,39 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
 
     embeddings_class: type[nn.Module] = ViTEmbeddings
     pooler_class: type[nn.Module] = ViTPooler
+    layer_class: type[TriLevelViTLayer] = TriLevelViTLayer
+    # Whether the head pools the patch tokens too (DINOv2's classifier reads the class token and the patch mean):
+    # then the output carries `patch_token_mean`, the mean over the original patches whatever was dropped or merged.
+    returns_patch_token_mean: bool = False
+    # Whether the embeddings always interpolate their position embeddings (DINOv2's), so any image size is accepted.
+    interpolates_always: bool = False
 
     def __init__(self, config: TriLevelViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
         super().__init__(config)
-        self.embeddings = self.embeddings_class(config, use_mask_token=use_mask_token)
-        self.layers = nn.ModuleList([TriLevelViTLayer(config, index) for index in range(config.num_hidden_layers)])
+        self.embeddings = self.build_embeddings(config, use_mask_token)
+        self.set_layers(nn.ModuleList([self.layer_class(config, index) for index in range(config.num_hidden_layers)]))
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = self.pooler_class(config) if add_pooling_layer else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
+
+    def set_layers(self, layers: nn.ModuleList) -> None:
+        """Hold the layers where the family's checkpoints put them (ViT: `layers`); `self.layers` must return them."""
+        self.layers = layers
+
+    def build_embeddings(self, config: TriLevelViTConfig, use_mask_token: bool) -> nn.Module:
+        """The family's embeddings module (ViT's takes `use_mask_token`)."""
+        return self.embeddings_class(config, use_mask_token=use_mask_token)
+
+    def embed(
+        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate_pos_encoding: bool | None
+    ) -> torch.Tensor:
+        """`[batch, prefix + patches, hidden]` embeddings: the family's embeddings module, called as it takes them."""
+        return self.embeddings(
+            pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
+        )
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -428,7 +485,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
                 "it keeps. Drop the argument (images have no padding tokens to mask)."
             )
         kwargs.pop("attention_mask", None)
-        check_pixel_values(pixel_values, self.config, bool(interpolate_pos_encoding))
+        check_pixel_values(pixel_values, self.config, bool(interpolate_pos_encoding) or self.interpolates_always)
         sparsity = SparsitySettings.from_config(self.config)
         if output_token_importance:
             sparsity = replace(sparsity, record_token_importance=True)
@@ -439,9 +496,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         check_padding_attention_implementation(self.config)
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
 
-        hidden_states = self.embeddings(
-            pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
-        )
+        hidden_states = self.embed(pixel_values, bool_masked_pos, interpolate_pos_encoding)
         batch_size, num_tokens = hidden_states.shape[:2]
         prefix = self.config.num_prefix_tokens
         patch_positions = torch.arange(num_tokens - prefix, device=hidden_states.device).expand(batch_size, -1)
@@ -460,6 +515,11 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
 
         sequence_output = self.layernorm(encoded.hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        patch_mean = None
+        if self.returns_patch_token_mean:
+            patch_mean = patch_token_mean(
+                sequence_output, encoded.patch_positions, encoded.token_sizes, prefix, num_tokens - prefix
+            )
         return TriLevelViTModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=pooled_output,
@@ -472,6 +532,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
                 if output_token_sources
                 else None
             ),
+            patch_token_mean=patch_mean,
         )
 
     def _encode(
@@ -556,6 +617,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
             auxiliary_loss,
             token_importance,
             token_sources,
+            token_sizes,
         )
 
 

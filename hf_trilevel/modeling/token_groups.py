@@ -32,6 +32,7 @@ class EncodedTokens:
     auxiliary_loss: torch.Tensor | None
     token_importance: list[torch.Tensor] = field(default_factory=list)  # recorded only for unsplit batches
     token_sources: torch.Tensor | None = None  # recorded only for unsplit batches
+    token_sizes: torch.Tensor | None = None  # `[batch, tokens]` patches each final token holds, once a layer merged
 
 
 def count_groups(counts: torch.Tensor, max_groups: int) -> list[tuple[torch.Tensor, int]]:

@@ -115,16 +115,27 @@ class TriLevelViTMLP(nn.Module):
 
 
 class TriLevelViTLayer(GradientCheckpointingLayer):
-    """A ViT layer; at a pruning layer, tokens and attention connections are reduced between attention and MLP."""
+    """A ViT layer; at a pruning layer, tokens and attention connections are reduced between attention and MLP.
+
+    The reduction (`forward`'s middle, `reduce`, `merge`) is the same for every family; what runs before and after it
+    is the family's: `attention_block` (norm, attention, residual) and `mlp_block` (norm, MLP, residual). A family
+    whose layer differs from ViT's (DINOv2's layer scale) subclasses this, builds its own modules, calls
+    `init_token_reduction` and overrides the two blocks.
+    """
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
-        self.layer_idx = layer_idx
         self.attention = TriLevelViTAttention(config, layer_idx)
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = TriLevelViTMLP(config, layer_idx)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.init_token_reduction(config, layer_idx)
+
+    def init_token_reduction(self, config, layer_idx: int) -> None:
+        """The reduction's state: this layer's token selector (where the config prunes) and the config facts it reads.
+        `self.attention` must exist: its `scaling` scores the tokens."""
+        self.layer_idx = layer_idx
         # Built where the config prunes; a selector is a module so that a learned one's weights are checkpointed.
         prunes = layer_idx in config.token_prune_layers
         self.token_selector = build_token_selector(config, layer_idx) if prunes else None
@@ -166,10 +177,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             selector ranks the incoming patch tokens by, and the last layer its log class-token attention (-inf at
             padding, with gradients); see `TriLevelViTModelOutput.token_importance`.
         """
-        residual = hidden_states
-        hidden_states = self.layernorm_before(hidden_states)
-        hidden_states, _, query_key = self.attention(hidden_states, attention_mask, **kwargs)
-        hidden_states = self.dropout(hidden_states) + residual
+        hidden_states, query_key = self.attention_block(hidden_states, attention_mask, **kwargs)
 
         token_importance = ()
         if sparsity.record_token_importance:
@@ -197,10 +205,7 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             attention_mask = proportional_attention_mask(token_sizes, query_key[0].dtype)
         del query_key  # as large as the hidden states twice over: free them before the MLP's wide activations
 
-        residual = hidden_states
-        hidden_states = self.layernorm_after(hidden_states)
-        hidden_states = self.mlp(hidden_states)
-        hidden_states = self.dropout(hidden_states) + residual
+        hidden_states = self.mlp_block(hidden_states)
         return (
             hidden_states,
             patch_positions,
@@ -210,6 +215,23 @@ class TriLevelViTLayer(GradientCheckpointingLayer):
             auxiliary_loss,
             *token_importance,
         )
+
+    def attention_block(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Norm, attention, residual (ViT's); returns the new hidden states and the attention's query and key states,
+        which the reduction scores tokens and connections by."""
+        residual = hidden_states
+        hidden_states = self.layernorm_before(hidden_states)
+        hidden_states, _, query_key = self.attention(hidden_states, attention_mask, **kwargs)
+        return self.dropout(hidden_states) + residual, query_key
+
+    def mlp_block(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Norm, MLP, residual (ViT's), on the tokens the reduction left."""
+        residual = hidden_states
+        hidden_states = self.layernorm_after(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        return self.dropout(hidden_states) + residual
 
     def merge(
         self,

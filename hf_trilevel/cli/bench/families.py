@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from transformers import (
     DeiTConfig,
     DeiTForImageClassificationWithTeacher,
+    Dinov2Config,
+    Dinov2ForImageClassification,
     PretrainedConfig,
     PreTrainedModel,
     ViTConfig,
@@ -20,8 +22,10 @@ from transformers import (
 )
 
 from ...modeling.configuration_trilevel_deit import TriLevelDeiTConfig
+from ...modeling.configuration_trilevel_dinov2 import TriLevelDinov2Config
 from ...modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ...modeling.modeling_trilevel_deit import TriLevelDeiTForImageClassificationWithTeacher
+from ...modeling.modeling_trilevel_dinov2 import TriLevelDinov2ForImageClassification
 from ...modeling.modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..errors import CommandError
 
@@ -37,6 +41,22 @@ class Family:
     trilevel_model: type[PreTrainedModel]
     dense_name: str  # the dense class, for the table's header line
     dense_row: str = "dense ViT (transformers)"  # the dense row's label
+    default_preset: str = "deit-tiny"
+    mlp_ratio: bool = False  # the config takes `mlp_ratio` (hidden_size multiples) instead of `intermediate_size`
+
+    def config_kwargs(self, shape) -> dict:
+        """The shape as this family's config fields (`options.ModelShape.vit_kwargs` for ViT and DeiT; DINOv2 states
+        its MLP as `mlp_ratio`, which must then be a whole number)."""
+        kwargs = shape.vit_kwargs()
+        if self.mlp_ratio:
+            intermediate = kwargs.pop("intermediate_size")
+            if intermediate % kwargs["hidden_size"]:
+                raise CommandError(
+                    f"--family {self.name} sizes its MLP as a whole multiple of the hidden size (`mlp_ratio`): "
+                    f"--intermediate-size {intermediate} is not a multiple of --hidden-size {kwargs['hidden_size']}."
+                )
+            kwargs["mlp_ratio"] = intermediate // kwargs["hidden_size"]
+        return kwargs
 
     @property
     def saved_model_types(self) -> tuple[str, ...]:
@@ -54,8 +74,13 @@ FAMILIES = {
         TriLevelDeiTForImageClassificationWithTeacher, "DeiTForImageClassificationWithTeacher",
         "dense DeiT distilled (transformers)",
     ),
+    "dinov2": Family(
+        "dinov2", Dinov2Config, Dinov2ForImageClassification, TriLevelDinov2Config,
+        TriLevelDinov2ForImageClassification, "Dinov2ForImageClassification", "dense DINOv2 (transformers)",
+        default_preset="dinov2-small", mlp_ratio=True,
+    ),
 }  # fmt: skip
-PLANNED_FAMILIES = ("dinov2", "clip", "siglip")
+PLANNED_FAMILIES = ("clip", "siglip")
 
 
 def family(name: str) -> Family:

@@ -62,8 +62,10 @@ def trilevel_config(shape: ModelShape, setting: Setting | None = None, **extra) 
     """The TriLevel config of `shape` at `setting` (default: everything off, class attention)."""
     setting = setting or Setting()
     layers = list(shape.token_prune_layers) if shape.token_prune_layers else None
-    config_class = FAMILIES[shape.family].trilevel_config
-    return config_class(**shape.vit_kwargs(), token_prune_layers=layers, **setting.config_kwargs(), **extra)
+    chosen = FAMILIES[shape.family]
+    return chosen.trilevel_config(
+        **chosen.config_kwargs(shape), token_prune_layers=layers, **setting.config_kwargs(), **extra
+    )
 
 
 def check_setting_configs(shape: ModelShape, chosen: list[Setting]) -> None:
@@ -105,14 +107,14 @@ def build_models_by_selector(
     backend = {"attn_implementation": target.attn_implementation}
     chosen = FAMILIES[shape.family]
     if shape.checkpoint is None:
-        dense = chosen.dense_model(chosen.dense_config(**shape.vit_kwargs(), **backend))
+        dense = chosen.dense_model(chosen.dense_config(**chosen.config_kwargs(shape), **backend))
         source, base = dense.state_dict(), {}
     else:
         saved = chosen.trilevel_model.from_pretrained(shape.checkpoint)
         source = saved.state_dict()
         # The folder's activation, norms and selector details carry over; sparsity is set per row.
         shared = {name: getattr(saved.config, name) for name in CHECKPOINT_VIT_FIELDS}
-        dense = chosen.dense_model(chosen.dense_config(**shape.vit_kwargs(), **shared, **backend))
+        dense = chosen.dense_model(chosen.dense_config(**chosen.config_kwargs(shape), **shared, **backend))
         load_shared_weights(dense, source)
         base = shared | {name: getattr(saved.config, name) for name in CHECKPOINT_TRILEVEL_FIELDS}
     trilevel = {}

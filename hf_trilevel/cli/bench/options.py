@@ -24,6 +24,21 @@ PRESETS: dict[str, dict[str, int]] = {
     "deit-tiny": {"hidden_size": 192, "num_hidden_layers": 12, "num_attention_heads": 3, "intermediate_size": 768},
     "deit-small": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "intermediate_size": 1536},
     "deit-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    # DINOv2's released shapes at the 224 px crops they are run at (patch 14: 256 patches).
+    "dinov2-small": {
+        "hidden_size": 384,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 6,
+        "intermediate_size": 1536,
+        "patch_size": 14,
+    },
+    "dinov2-base": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "patch_size": 14,
+    },
 }
 PRESET_IMAGE = {"image_size": 224, "patch_size": 16, "num_labels": 1000}
 SHAPE_FIELDS = ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -74,9 +89,11 @@ class RunTarget:
         return self.runtime == "pytorch" and not self.compiled_on_cpu
 
 
-def add_shape_arguments(parser: argparse.ArgumentParser, default_preset: str = "deit-tiny") -> None:
+def add_shape_arguments(parser: argparse.ArgumentParser, default_preset: str | None = None) -> None:
     group = parser.add_argument_group("model shape (a preset; any field given below replaces the preset's)")
-    group.add_argument("--preset", default=default_preset, help=f"one of {', '.join(PRESETS)}")
+    group.add_argument("--preset", default=default_preset,
+                       help=f"one of {', '.join(PRESETS)} (default: the family's, deit-tiny for ViT and DeiT, "
+                            "dinov2-small for DINOv2)")  # fmt: skip
     for name in SHAPE_FIELDS:
         group.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, metavar="N")
     group.add_argument("--token-prune-layers", type=int, nargs="+", default=None, metavar="LAYER",
@@ -104,19 +121,20 @@ def model_shape(args: argparse.Namespace) -> ModelShape:
     chosen = family(getattr(args, "family", "vit"))  # only `bench inference` has --family
     if getattr(args, "model", None) is not None:
         return checkpoint_shape(args, chosen)
-    if args.preset not in PRESETS:
-        raise CommandError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}.")
-    values = {**PRESETS[args.preset], **PRESET_IMAGE}
+    preset = args.preset or chosen.default_preset
+    if preset not in PRESETS:
+        raise CommandError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
+    values = {**PRESET_IMAGE, **PRESETS[preset]}
     overridden = {name: getattr(args, name) for name in SHAPE_FIELDS if getattr(args, name) is not None}
     for name, value in overridden.items():
         checked_option(check_int, f"--{name.replace('_', '-')}", value)
     values.update(overridden)
-    name = args.preset if not overridden else "custom (" + ", ".join(f"{k}={v}" for k, v in overridden.items()) + ")"
+    name = preset if not overridden else "custom (" + ", ".join(f"{k}={v}" for k, v in overridden.items()) + ")"
     layers = tuple(args.token_prune_layers) if args.token_prune_layers is not None else None
     shape = ModelShape(name=name, token_prune_layers=layers, family=chosen.name, **values)
     check_divides(shape.vit_kwargs())
     try:  # the config's own checks name the field and its range (prune layers ...)
-        chosen.trilevel_config(**shape.vit_kwargs(), token_prune_layers=list(layers) if layers else None)
+        chosen.trilevel_config(**chosen.config_kwargs(shape), token_prune_layers=list(layers) if layers else None)
     except ValueError as error:
         raise CommandError(str(error)) from None
     return shape
@@ -162,7 +180,7 @@ def checkpoint_shape(args: argparse.Namespace, chosen: Family = FAMILIES["vit"])
         family=chosen.name, **values,
     )  # fmt: skip
     try:
-        chosen.trilevel_config(**shape.vit_kwargs(), token_prune_layers=list(layers))
+        chosen.trilevel_config(**chosen.config_kwargs(shape), token_prune_layers=list(layers))
     except ValueError as error:
         raise CommandError(str(error)) from None
     return shape
