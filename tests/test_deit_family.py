@@ -306,3 +306,22 @@ def test_bench_refuses_families_to_come_and_a_folder_of_another_family(deit_fold
     with pytest.raises(SystemExit):
         main(["bench", "inference", "--model", str(deit_folder), "--batch-size", "2", "--no-progress"])
     assert "holds a 'deit' model, not one of --family vit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["export", "onnx"], "holds a 'trilevel_deit' model: this command handles TriLevel ViT folders"),
+        (["slim"], "holds a 'trilevel_deit' model: this command handles TriLevel ViT folders"),
+        (["card"], "holds a 'trilevel_deit' model: model cards are written for TriLevel ViT folders only so far"),
+    ],
+)
+def test_commands_that_handle_vit_folders_only_refuse_a_family_folder_by_name(deit_folder, tmp_path, capsys, command,
+                                                                              message):  # fmt: skip
+    folder = tmp_path / "model"
+    trilevel(deit_folder).save_pretrained(folder)
+    arguments = [*command, str(folder)] + ([] if command == ["card"] else [str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -223,3 +223,18 @@ def test_bench_times_dinov2_against_transformers_dinov2_with_its_own_shapes(tmp_
     assert results["keep 0.5"]["mean_kept_tokens"] == [25, 13, 7]
     report = json.loads(path.read_text())
     assert report["shape"]["patch_size"] == 4 and report["shape"]["family"] == "dinov2"
+
+
+def test_bench_refuses_a_dinov2_preset_without_its_family(capsys):
+    from hf_trilevel.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "inference", "--preset", "dinov2-small", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "--preset dinov2-small is a dinov2 shape: add --family dinov2" in capsys.readouterr().err
+
+
+def test_an_intermediate_size_other_than_the_mlp_ratio_gives_is_refused():
+    with pytest.raises(ValueError, match=r"`intermediate_size` is derived for DINOv2 .* = 64, got 100"):
+        TriLevelDinov2Config(**SHAPE, intermediate_size=100)
+    assert TriLevelDinov2Config(**SHAPE, intermediate_size=64).intermediate_size == 64

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..token_training.operating_points import read_operating_points_report
 from ..training.trainer import TRAINING_ARGS_JSON
+from ..training.weight_files import FAMILY_MODEL_TYPES
 from ..weight_sparsity.card import saved_nonzero_weights
 from .builder import build_model_card
 from .sources import read_result_files, training_from_arguments
@@ -33,6 +34,11 @@ def write_model_card(
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ValueError(f"`folder` must be a saved TriLevel checkpoint folder with a config.json, got {folder}.")
+    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type in FAMILY_MODEL_TYPES:
+        raise ValueError(
+            f"{folder} holds a {model_type!r} model: model cards are written for TriLevel ViT folders only so far."
+        )
     config = TriLevelViTConfig.from_pretrained(folder)
     arguments_file = folder / TRAINING_ARGS_JSON
     if arguments_file.is_file():

@@ -38,6 +38,7 @@ REMOTE_CODE_FILES = (
     "token_reduction.py",
     "token_selectors.py",
     "value_checks.py",
+    "vit_blocks.py",
     "vit_layer.py",
 )
 

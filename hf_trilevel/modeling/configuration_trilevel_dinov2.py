@@ -46,7 +46,13 @@ class TriLevelDinov2Config(TriLevelViTConfig, Dinov2Config):
     intermediate_size: Any = None
 
     def __post_init__(self, **kwargs):
-        self.intermediate_size = int(self.hidden_size * self.mlp_ratio)
+        derived = int(self.hidden_size * self.mlp_ratio)
+        if self.intermediate_size is not None and self.intermediate_size != derived:
+            raise ValueError(
+                f"`intermediate_size` is derived for DINOv2 as int(hidden_size * mlp_ratio) = {derived}, got "
+                f"{self.intermediate_size}; set `mlp_ratio` instead (or leave `intermediate_size` out)."
+            )
+        self.intermediate_size = derived
         super().__post_init__(**kwargs)
 
     def validate_architecture(self) -> None:

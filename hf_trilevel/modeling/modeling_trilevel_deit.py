@@ -151,13 +151,8 @@ class TriLevelDeiTForImageClassificationWithTeacher(TriLevelDeiTPreTrainedModel)
         cls_logits = self.cls_classifier(sequence_output[:, 0, :])
         distillation_logits = self.distillation_classifier(sequence_output[:, 1, :])
         logits = (cls_logits + distillation_logits) / 2
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
-            if outputs.auxiliary_loss is not None:
-                loss = loss + outputs.auxiliary_loss
         return TriLevelDeiTForImageClassificationWithTeacherOutput(
-            loss=loss,
+            loss=self.task_loss(labels, logits, outputs.auxiliary_loss, **kwargs),
             logits=logits,
             cls_logits=cls_logits,
             distillation_logits=distillation_logits,

@@ -43,7 +43,8 @@ from .modeling_trilevel_vit import (
     TriLevelViTModelOutput,
     TriLevelViTPreTrainedModel,
 )
-from .vit_layer import TriLevelViTAttention, TriLevelViTLayer, TriLevelViTMLP
+from .vit_blocks import TriLevelViTAttention, TriLevelViTMLP
+from .vit_layer import TriLevelViTLayer
 
 # DINOv2's own renamings (v4 attention names on disk, `q_proj`... in memory, layers under `encoder.layer` in both).
 # Renamings only: they reverse on save, so saved folders keep DINOv2's names and load into transformers' DINOv2
@@ -193,13 +194,8 @@ class TriLevelDinov2ForImageClassification(TriLevelDinov2PreTrainedModel):
         )
         class_token = outputs.last_hidden_state[:, 0]
         logits = self.classifier(torch.cat([class_token, outputs.patch_token_mean], dim=1))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
-            if outputs.auxiliary_loss is not None:
-                loss = loss + outputs.auxiliary_loss
         return TriLevelViTImageClassifierOutput(
-            loss=loss,
+            loss=self.task_loss(labels, logits, outputs.auxiliary_loss, **kwargs),
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

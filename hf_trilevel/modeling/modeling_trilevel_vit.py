@@ -43,7 +43,7 @@ try:  # transformers 5 internals this file builds on; they move between major ve
     from transformers.utils.output_capturing import capture_outputs
 except ImportError as error:
     raise ImportError(
-        f"The TriLevel ViT code needs transformers 5 (tested with 5.24); this environment has "
+        f"The TriLevel ViT code needs transformers 5 (tested with 5.25); this environment has "
         f"{transformers.__version__}. Install `transformers>=5,<6` to load this checkpoint. ({error})"
     ) from error
 
@@ -53,7 +53,8 @@ from .token_groups import EncodedTokens, count_groups, merge_groups, trim_group
 from .token_merging import check_merge_r
 from .token_selectors import ZeroInitLinear, selector_pads_tokens
 from .value_checks import as_pair
-from .vit_layer import TriLevelViTAttention, TriLevelViTLayer
+from .vit_blocks import TriLevelViTAttention
+from .vit_layer import TriLevelViTLayer
 
 # transformers writes ViT checkpoints with their v4 key names and renames them on load only for its own classes;
 # registering the ViT renames under our model type makes plain ViT/DeiT folders (and our own saves) load.
@@ -71,9 +72,10 @@ AUTO_MAP = {
 @dataclass
 class TriLevelViTModelOutput(BaseModelOutputWithPooling):
     r"""
-    Sequences shrink at each pruning layer: `last_hidden_state` and `hidden_states` hold the class token, the surviving
-    patch tokens and, with `token_fusion=True`, one fused token last. `hidden_states[i][:, 1:]` is therefore one longer
-    than `kept_token_indices` after fusion; pool over `[:, 1 : 1 + kept]` to average patch tokens only.
+    Sequences shrink at each pruning layer: `last_hidden_state` and `hidden_states` hold the prefix tokens (ViT's class
+    token; `P = config.num_prefix_tokens`, 2 for DeiT's class and distillation tokens), the surviving patch tokens and,
+    with `token_fusion=True`, one fused token last. `hidden_states[i][:, P:]` is therefore one longer than
+    `kept_token_indices` after fusion; pool over `[:, P : P + kept]` to average patch tokens only.
 
     kept_token_indices (`tuple[torch.LongTensor]`, *optional*, returned with `output_kept_token_indices=True`):
         One `[batch, kept]` tensor per pruning layer (in `config.token_prune_layers` order): the original patch
@@ -93,7 +95,7 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
         importance distillation (`hf_trilevel.DenseSparseTraining`) aligns the first with the dense pass's last.
     token_sources (`torch.LongTensor` of shape `[batch, patches]`, *optional*, returned with
         `output_token_sources=True`):
-        For every original patch position, the index (into the final patch tokens, `last_hidden_state[:, 1 + j]`) of
+        For every original patch position, the index (into the final patch tokens, `last_hidden_state[:, P + j]`) of
         the token that holds it, or -1 if it was dropped (or fused). Without merging each kept patch has its own
         token; with token merging (`token_merge_r`) several patches share one (ToMe's source map), and
         `kept_token_indices` reports a merged token by the position of the patch it was merged into.
@@ -102,7 +104,7 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
         counts as the patches it holds, a fused token as every patch dropped, padded slots not at all. With nothing
         dropped or merged, exactly `last_hidden_state[:, prefix:].mean(1)`.
 
-    With per-image counts, `last_hidden_state` is `[class, patches padded to the batch's widest image, (fused)]`;
+    With per-image counts, `last_hidden_state` is `[prefix, patches padded to the batch's widest image, (fused)]`;
     padded slots hold no token (zeros where the batch was split into groups by count), so pool patch tokens with
     `kept_token_indices[-1] >= 0`.
     """
@@ -191,6 +193,16 @@ class TriLevelViTPreTrainedModel(ViTPreTrainedModel):
                 "it as saved and save a copy without the `token_selector.` weights."
             )
         return (model, info) if return_info else model
+
+    def task_loss(
+        self, labels: torch.Tensor | None, logits: torch.Tensor, auxiliary_loss: torch.Tensor | None, **kwargs
+    ) -> torch.Tensor | None:
+        """The head's loss on `logits` (transformers' `loss_function` for the config's problem type) plus the
+        selectors' `auxiliary_loss`, so a stock `Trainer` trains a learned selector too; None without `labels`."""
+        if labels is None:
+            return None
+        loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return loss if auxiliary_loss is None else loss + auxiliary_loss
 
     def set_keep_rates(
         self,
@@ -658,13 +670,8 @@ class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
             **kwargs,
         )
         logits = self.classifier(outputs.last_hidden_state[:, 0, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
-            if outputs.auxiliary_loss is not None:
-                loss = loss + outputs.auxiliary_loss
         return TriLevelViTImageClassifierOutput(
-            loss=loss,
+            loss=self.task_loss(labels, logits, outputs.auxiliary_loss, **kwargs),
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

@@ -183,6 +183,10 @@ def folder_weights_problem(folder: str | Path) -> str | None:
     return None
 
 
+# The TriLevel families other than ViT (`hf_trilevel.modeling.FAMILY_CODE_FILES`), by model type.
+FAMILY_MODEL_TYPES = ("trilevel_deit", "trilevel_dinov2")
+
+
 def read_trilevel_config(config_file: Path, argument: str, folder: Path) -> dict:
     """The JSON of a saved folder's `config.json`, refused (`ValueError` naming `argument`, e.g. the command's
     FOLDER) when it cannot be read or is not a TriLevel config: plain ViT folders must be loaded and saved first."""
@@ -191,6 +195,12 @@ def read_trilevel_config(config_file: Path, argument: str, folder: Path) -> dict
     except (ValueError, OSError) as error:
         raise ValueError(f"{argument} {folder}: config.json cannot be read as JSON ({error}).") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type in FAMILY_MODEL_TYPES:
+        raise ValueError(
+            f"{argument} {folder} holds a {model_type!r} model: this command handles TriLevel ViT folders "
+            f"('{TriLevelViTConfig.model_type}') only so far. From Python, `hf_trilevel.serving.export_onnx(model, "
+            "path)` and `hf_trilevel.slim(model)` take a loaded model of any TriLevel family."
+        )
     if model_type != TriLevelViTConfig.model_type:
         raise ValueError(
             f"{argument} {folder} holds a {model_type!r} config, not a TriLevel one "

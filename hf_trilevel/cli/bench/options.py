@@ -124,6 +124,9 @@ def model_shape(args: argparse.Namespace) -> ModelShape:
     preset = args.preset or chosen.default_preset
     if preset not in PRESETS:
         raise CommandError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
+    preset_family = preset.partition("-")[0]
+    if preset_family in FAMILIES and preset_family != chosen.name:  # a DINOv2 shape timed with ViT's classes
+        raise CommandError(f"--preset {preset} is a {preset_family} shape: add --family {preset_family}.")
     values = {**PRESET_IMAGE, **PRESETS[preset]}
     overridden = {name: getattr(args, name) for name in SHAPE_FIELDS if getattr(args, name) is not None}
     for name, value in overridden.items():
