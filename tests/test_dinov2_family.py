@@ -238,3 +238,20 @@ def test_an_intermediate_size_other_than_the_mlp_ratio_gives_is_refused():
     with pytest.raises(ValueError, match=r"`intermediate_size` is derived for DINOv2 .* = 64, got 100"):
         TriLevelDinov2Config(**SHAPE, intermediate_size=100)
     assert TriLevelDinov2Config(**SHAPE, intermediate_size=64).intermediate_size == 64
+
+
+def test_adaptive_counts_split_into_groups_give_each_image_its_own_result(dinov2_folder):
+    # Per-image counts, the batch split into count groups (padding and a zero fused token where a group has none):
+    # every image's logits and patch mean equal those of the image alone.
+    model = trilevel(dinov2_folder, token_selector="adaptive", token_keep_rate=0.9, token_keep_mass=0.7,
+                     token_min_keep_rate=0.1, token_fusion=True, token_count_buckets=4)  # fmt: skip
+    with torch.no_grad():
+        for layer in model.dinov2.layers:  # peaked class attention: counts differ between images
+            layer.attention.q_proj.weight.mul_(4.0)
+            layer.attention.k_proj.weight.mul_(4.0)
+        pixel_values = images(6, seed=9, size=28)
+        counts = model(pixel_values, output_kept_token_indices=True).kept_token_counts
+        assert len(set(counts[0].tolist())) > 1
+        together = model(pixel_values).logits
+        alone = torch.cat([model(pixel_values[i : i + 1]).logits for i in range(6)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
