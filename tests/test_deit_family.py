@@ -325,3 +325,15 @@ def test_commands_that_handle_vit_folders_only_refuse_a_family_folder_by_name(de
         main(arguments)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_folder_of_another_family_is_refused_not_loaded_with_random_weights(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_trilevel import TriLevelDinov2ForImageClassification
+
+    ViTForImageClassification(ViTConfig(**SHAPE)).save_pretrained(tmp_path)
+    for family_class, own in ((TriLevelDeiTForImageClassificationWithTeacher, "'deit' and 'trilevel_deit'"),
+                              (TriLevelDinov2ForImageClassification, "'dinov2' and 'trilevel_dinov2'")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"holds a 'vit' model; .* loads {own} folders only"):
+            family_class.from_pretrained(tmp_path)

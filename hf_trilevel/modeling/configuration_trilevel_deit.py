@@ -31,6 +31,8 @@ class TriLevelDeiTConfig(TriLevelViTConfig, DeiTConfig):
     """
 
     model_type = "trilevel_deit"
+    plain_model_type = "deit"
+    only_own_model_types = True
     # What `Trainer.evaluate` leaves out of `predictions` (only `logits` are the prediction).
     keys_to_ignore_at_inference = ["cls_logits", "distillation_logits"]
 
@@ -38,14 +40,6 @@ class TriLevelDeiTConfig(TriLevelViTConfig, DeiTConfig):
     def num_prefix_tokens(self) -> int:
         """The class and the distillation token."""
         return 2
-
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        # A plain DeiT folder loads into the TriLevel classes as a supported conversion (no model-type warning).
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if config_dict.get("model_type") == "deit":
-            config_dict = {**config_dict, "model_type": cls.model_type}
-        return config_dict, kwargs
 
 
 __all__ = ["TriLevelDeiTConfig"]

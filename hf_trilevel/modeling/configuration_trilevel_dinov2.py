@@ -39,6 +39,8 @@ class TriLevelDinov2Config(TriLevelViTConfig, Dinov2Config):
     """
 
     model_type = "trilevel_dinov2"
+    plain_model_type = "dinov2"
+    only_own_model_types = True
 
     # DINOv2's defaults where ViT's differ (the ViT base class would otherwise supply its own).
     patch_size: int | list[int] | tuple[int, int] = 14
@@ -63,14 +65,6 @@ class TriLevelDinov2Config(TriLevelViTConfig, Dinov2Config):
                 "`use_swiglu_ffn=True` (DINOv2 giant's SwiGLU MLP) is not supported by the TriLevel DINOv2 classes "
                 "yet; use a checkpoint with `use_swiglu_ffn=False` (DINOv2 small, base, large)."
             )
-
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        # A plain DINOv2 folder loads into the TriLevel classes as a supported conversion (no model-type warning).
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if config_dict.get("model_type") == "dinov2":
-            config_dict = {**config_dict, "model_type": cls.model_type}
-        return config_dict, kwargs
 
 
 __all__ = ["TriLevelDinov2Config"]

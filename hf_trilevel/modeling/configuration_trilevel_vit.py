@@ -270,6 +270,8 @@ class TriLevelViTConfig(ViTConfig):
     """
 
     model_type = "trilevel_vit"
+    plain_model_type = "vit"  # transformers' own type of this family, whose folders load as a conversion
+    only_own_model_types = False  # ViT classes also take DeiT checkpoints without a distillation token ("deit")
 
     token_keep_rate: Any = 1.0
     token_prune_layers: Any = None
@@ -299,11 +301,19 @@ class TriLevelViTConfig(ViTConfig):
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        # Loading a plain ViT/DeiT checkpoint into TriLevel classes is a supported conversion, not a mismatch:
-        # present its config as ours so transformers does not warn that the model types differ.
+        # Loading a plain checkpoint of the family (`plain_model_type`) into TriLevel classes is a supported
+        # conversion, not a mismatch: present its config as ours so transformers does not warn that the types differ.
+        # A family (`only_own_model_types`) refuses other types: their weights would not fit (a ViT folder has no
+        # distillation token), and transformers would only warn while initialising what is missing at random.
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if config_dict.get("model_type") == "vit":
+        model_type = config_dict.get("model_type")
+        if model_type == cls.plain_model_type:
             config_dict = {**config_dict, "model_type": cls.model_type}
+        elif cls.only_own_model_types and model_type not in (None, cls.model_type):
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a {model_type!r} model; {cls.__name__} loads "
+                f"{cls.plain_model_type!r} and {cls.model_type!r} folders only (use the TriLevel class of that family)."
+            )
         return config_dict, kwargs
 
     def validate_architecture(self) -> None:

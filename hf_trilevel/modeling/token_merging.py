@@ -178,9 +178,9 @@ def follow_kept_tokens(
     if token_sizes is not None:
         token_sizes = token_sizes.gather(1, sequence_index)
         if new_tokens > sequence_index.shape[1]:  # a fused token at the end: a summary, counted as one token
-            token_sizes = torch.cat([token_sizes, token_sizes.new_ones(len(token_sizes), 1)], dim=1)
+            token_sizes = torch.cat([token_sizes, token_sizes.new_ones(token_sizes.shape[0], 1)], dim=1)
     if token_sources is not None:
-        slot_of = sequence_index.new_full((len(sequence_index), old_tokens), -1)
+        slot_of = sequence_index.new_full((sequence_index.shape[0], old_tokens), -1)
         new_slots = torch.arange(sequence_index.shape[1], device=sequence_index.device).expand_as(sequence_index)
         slot_of = slot_of.scatter(1, sequence_index, new_slots)
         token_sources = follow_sources(token_sources, slot_of)
