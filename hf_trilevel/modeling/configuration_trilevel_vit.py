@@ -12,7 +12,9 @@ refuse, say, `token_keep_rate="0.5"` with a `TypeError` that names no allowed ra
 values together; the documented types are in the class docstring.
 
 This file is part of the remote-code set copied into every saved checkpoint, so it imports only `transformers`
-(with its own dependency `huggingface_hub`), the standard library and flat siblings.
+(with its own dependency `huggingface_hub`), the standard library and flat siblings. It is a little over 400 lines
+because the config, its validators and `SparsitySettings` (the validated per-forward copy) change together; the
+family configs build on it rather than repeat it.
 """
 
 import math
@@ -301,10 +303,8 @@ class TriLevelViTConfig(ViTConfig):
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        # Loading a plain checkpoint of the family (`plain_model_type`) into TriLevel classes is a supported
-        # conversion, not a mismatch: present its config as ours so transformers does not warn that the types differ.
-        # A family (`only_own_model_types`) refuses other types: their weights would not fit (a ViT folder has no
-        # distillation token), and transformers would only warn while initialising what is missing at random.
+        # A plain folder of the family is a supported conversion (shown as ours, so transformers does not warn); a
+        # family refuses other types, whose missing weights transformers would initialise at random with a warning.
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         model_type = config_dict.get("model_type")
         if model_type == cls.plain_model_type:
@@ -387,8 +387,7 @@ class TriLevelViTConfig(ViTConfig):
 
     @property
     def num_prefix_tokens(self) -> int:
-        """Tokens before the patch tokens that are never dropped or merged: ViT's class token. Read by every layer,
-        selector and FLOPs count, so a family with two (DeiT's distillation token) or none (SigLIP) sets its own."""
+        """Tokens before the patches, never dropped or merged: ViT's class token (DeiT: 2; a family without: 0)."""
         return 1
 
     def layer_num_attention_heads(self, index: int) -> int:

@@ -156,13 +156,7 @@ class TriLevelDeiTForImageClassificationWithTeacher(TriLevelDeiTPreTrainedModel)
             logits=logits,
             cls_logits=cls_logits,
             distillation_logits=distillation_logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            kept_token_indices=outputs.kept_token_indices,
-            kept_token_counts=outputs.kept_token_counts,
-            auxiliary_loss=outputs.auxiliary_loss,
-            token_importance=outputs.token_importance,
-            token_sources=outputs.token_sources,
+            **outputs.head_fields(),
         )
 
 

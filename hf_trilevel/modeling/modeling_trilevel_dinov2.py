@@ -133,7 +133,6 @@ class TriLevelDinov2Model(TriLevelDinov2PreTrainedModel, TriLevelViTModel):
     the original patches (what `TriLevelDinov2ForImageClassification` reads).
     """
 
-    embeddings_class = Dinov2Embeddings
     pooler_class = ClassTokenPooler
     layer_class = TriLevelDinov2Layer
     returns_patch_token_mean = True
@@ -197,13 +196,7 @@ class TriLevelDinov2ForImageClassification(TriLevelDinov2PreTrainedModel):
         return TriLevelViTImageClassifierOutput(
             loss=self.task_loss(labels, logits, outputs.auxiliary_loss, **kwargs),
             logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            kept_token_indices=outputs.kept_token_indices,
-            kept_token_counts=outputs.kept_token_counts,
-            auxiliary_loss=outputs.auxiliary_loss,
-            token_importance=outputs.token_importance,
-            token_sources=outputs.token_sources,
+            **outputs.head_fields(),
         )
 
 

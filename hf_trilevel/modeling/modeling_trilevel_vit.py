@@ -116,6 +116,12 @@ class TriLevelViTModelOutput(BaseModelOutputWithPooling):
     token_sources: torch.LongTensor | None = None
     patch_token_mean: torch.FloatTensor | None = None
 
+    def head_fields(self) -> dict:
+        """What every classification head passes on from the encoder's output, by name."""
+        names = ("hidden_states", "attentions", "kept_token_indices", "kept_token_counts", "auxiliary_loss",
+                 "token_importance", "token_sources")  # fmt: skip
+        return {name: getattr(self, name) for name in names}
+
 
 @dataclass
 class TriLevelViTImageClassifierOutput(ImageClassifierOutput):
@@ -426,8 +432,9 @@ def check_pixel_values(pixel_values: torch.Tensor | None, config: TriLevelViTCon
 class TriLevelViTModel(TriLevelViTPreTrainedModel):
     """The TriLevel ViT encoder: `ViTModel` with token and attention sparsity at `config.token_prune_layers`.
 
-    A family whose encoder differs from ViT's only in its embeddings and pooler (DeiT: a distillation token after the
-    class token, `config.num_prefix_tokens = 2`) sets `embeddings_class` and `pooler_class`.
+    Another family sets what differs: `embeddings_class` and `pooler_class` (DeiT: a distillation token after the
+    class token, `config.num_prefix_tokens = 2`), or overrides `build_embeddings`, `embed`, `set_layers` and
+    `layer_class` (DINOv2: its own embeddings call, layers at `encoder.layer`, LayerScale layers).
     """
 
     embeddings_class: type[nn.Module] = ViTEmbeddings
@@ -673,13 +680,7 @@ class TriLevelViTForImageClassification(TriLevelViTPreTrainedModel):
         return TriLevelViTImageClassifierOutput(
             loss=self.task_loss(labels, logits, outputs.auxiliary_loss, **kwargs),
             logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            kept_token_indices=outputs.kept_token_indices,
-            kept_token_counts=outputs.kept_token_counts,
-            auxiliary_loss=outputs.auxiliary_loss,
-            token_importance=outputs.token_importance,
-            token_sources=outputs.token_sources,
+            **outputs.head_fields(),
         )
 
 
