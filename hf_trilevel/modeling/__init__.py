@@ -3,8 +3,11 @@
 transformers copies the file that defines a saved class and, recursively, every `from .x import y` sibling it
 imports, and `auto_map` names only file stems; so these files import nothing but each other, torch, transformers,
 huggingface_hub and the standard library (tests/test_remote_code.py enforces it), and nothing else lives here.
-This `__init__.py` is not part of the set: checkpoints never carry it.
+This `__init__.py` is not part of the set: checkpoints never carry it; it also holds `FAMILY_CLASSES`, what tools
+that start from any saved folder (the example, cards, commands) look a family up in.
 """
+
+from dataclasses import dataclass
 
 from .configuration_trilevel_deit import TriLevelDeiTConfig
 from .configuration_trilevel_dinov2 import TriLevelDinov2Config
@@ -48,9 +51,44 @@ FAMILY_CODE_FILES = {
     "dinov2": ("configuration_trilevel_dinov2.py", "modeling_trilevel_dinov2.py"),
 }
 
+
+@dataclass(frozen=True)
+class FamilyClasses:
+    """A TriLevel family as a tool that starts from a saved folder needs it: its config class, the image-classification
+    class the example trains, and the `model_type`s of the folders it loads (its own and transformers' plain ones)."""
+
+    name: str
+    config_class: type
+    classifier_class: type
+    plain_model_types: tuple[str, ...]
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        """Every `model_type` a folder of this family may carry: the TriLevel one first."""
+        return (self.config_class.model_type, *self.plain_model_types)
+
+
+#: Every family by its TriLevel `model_type`, ViT first.
+FAMILY_CLASSES = {
+    family.config_class.model_type: family
+    for family in (
+        FamilyClasses("vit", TriLevelViTConfig, TriLevelViTForImageClassification, ("vit",)),
+        FamilyClasses("deit-distilled", TriLevelDeiTConfig, TriLevelDeiTForImageClassificationWithTeacher, ("deit",)),
+        FamilyClasses("dinov2", TriLevelDinov2Config, TriLevelDinov2ForImageClassification, ("dinov2",)),
+    )
+}
+
+
+def family_of_model_type(model_type: str | None) -> FamilyClasses | None:
+    """The family whose folders carry `model_type` (a TriLevel or a plain transformers type), or None."""
+    return next((family for family in FAMILY_CLASSES.values() if model_type in family.model_types), None)
+
+
 __all__ = [
+    "FAMILY_CLASSES",
     "FAMILY_CODE_FILES",
     "REMOTE_CODE_FILES",
+    "FamilyClasses",
     "TriLevelDeiTConfig",
     "TriLevelDeiTForImageClassificationWithTeacher",
     "TriLevelDeiTForImageClassificationWithTeacherOutput",
@@ -66,4 +104,5 @@ __all__ = [
     "TriLevelViTModel",
     "TriLevelViTModelOutput",
     "TriLevelViTPreTrainedModel",
+    "family_of_model_type",
 ]
