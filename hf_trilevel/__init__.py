@@ -5,8 +5,10 @@ The front door holds the model classes, the trainer, the training techniques (on
 (`hf_trilevel.evaluation.flops`, `hf_trilevel.example_pruning.ForgettingPolicy`, ...). README draws the tree.
 
 Importing the package registers the TriLevel classes with transformers' Auto classes, so `AutoConfig`,
-`AutoModel` and `AutoModelForImageClassification` resolve `model_type="trilevel_vit"` (and the families'
-`"trilevel_deit"`, `"trilevel_dinov2"`) without remote code.
+`AutoModel`, `AutoModelForImageClassification` (and, for CLIP and SigLIP, `AutoModelForZeroShotImageClassification`)
+resolve `model_type="trilevel_vit"` and the families' types (`"trilevel_deit"`, `"trilevel_dinov2"`,
+`"trilevel_clip_vision_model"`, `"trilevel_clip"`, `"trilevel_siglip_vision_model"`, `"trilevel_siglip"`) without
+remote code.
 Saved checkpoints also carry the code itself (`hf_trilevel.modeling`) and load anywhere with
 `trust_remote_code=True`.
 """
@@ -14,10 +16,21 @@ Saved checkpoints also carry the code itself (`hf_trilevel.modeling`) and load a
 import warnings
 from importlib import import_module
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+)
 
 from .example_pruning import ExamplePruning, PruningPolicy
 from .modeling import (
+    TriLevelCLIPConfig,
+    TriLevelCLIPForImageClassification,
+    TriLevelCLIPModel,
+    TriLevelCLIPPreTrainedModel,
+    TriLevelCLIPVisionConfig,
+    TriLevelCLIPVisionModel,
     TriLevelDeiTConfig,
     TriLevelDeiTForImageClassificationWithTeacher,
     TriLevelDeiTForImageClassificationWithTeacherOutput,
@@ -27,6 +40,12 @@ from .modeling import (
     TriLevelDinov2ForImageClassification,
     TriLevelDinov2Model,
     TriLevelDinov2PreTrainedModel,
+    TriLevelSiglipConfig,
+    TriLevelSiglipForImageClassification,
+    TriLevelSiglipModel,
+    TriLevelSiglipPreTrainedModel,
+    TriLevelSiglipVisionConfig,
+    TriLevelSiglipVisionModel,
     TriLevelViTConfig,
     TriLevelViTForImageClassification,
     TriLevelViTImageClassifierOutput,
@@ -50,6 +69,18 @@ AutoModelForImageClassification.register(
 AutoConfig.register(TriLevelDinov2Config.model_type, TriLevelDinov2Config, exist_ok=True)
 AutoModel.register(TriLevelDinov2Config, TriLevelDinov2Model, exist_ok=True)
 AutoModelForImageClassification.register(TriLevelDinov2Config, TriLevelDinov2ForImageClassification, exist_ok=True)
+for vision_config, vision_model, classifier, image_text_config, image_text_model in (
+    (TriLevelCLIPVisionConfig, TriLevelCLIPVisionModel, TriLevelCLIPForImageClassification, TriLevelCLIPConfig,
+     TriLevelCLIPModel),
+    (TriLevelSiglipVisionConfig, TriLevelSiglipVisionModel, TriLevelSiglipForImageClassification, TriLevelSiglipConfig,
+     TriLevelSiglipModel),
+):  # fmt: skip
+    AutoConfig.register(vision_config.model_type, vision_config, exist_ok=True)
+    AutoModel.register(vision_config, vision_model, exist_ok=True)
+    AutoModelForImageClassification.register(vision_config, classifier, exist_ok=True)
+    AutoConfig.register(image_text_config.model_type, image_text_config, exist_ok=True)
+    AutoModel.register(image_text_config, image_text_model, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(image_text_config, image_text_model, exist_ok=True)
 
 __version__ = "0.1.0"
 
@@ -99,6 +130,12 @@ __all__ = [
     "TokenSelector",
     "TrainingBatch",
     "TrainingTechnique",
+    "TriLevelCLIPConfig",
+    "TriLevelCLIPForImageClassification",
+    "TriLevelCLIPModel",
+    "TriLevelCLIPPreTrainedModel",
+    "TriLevelCLIPVisionConfig",
+    "TriLevelCLIPVisionModel",
     "TriLevelDeiTConfig",
     "TriLevelDeiTForImageClassificationWithTeacher",
     "TriLevelDeiTForImageClassificationWithTeacherOutput",
@@ -108,6 +145,12 @@ __all__ = [
     "TriLevelDinov2ForImageClassification",
     "TriLevelDinov2Model",
     "TriLevelDinov2PreTrainedModel",
+    "TriLevelSiglipConfig",
+    "TriLevelSiglipForImageClassification",
+    "TriLevelSiglipModel",
+    "TriLevelSiglipPreTrainedModel",
+    "TriLevelSiglipVisionConfig",
+    "TriLevelSiglipVisionModel",
     "TriLevelTrainer",
     "TriLevelViTConfig",
     "TriLevelViTForImageClassification",

@@ -13,13 +13,23 @@ from pathlib import Path
 import pytest
 
 import hf_trilevel.modeling
-from hf_trilevel import TriLevelDeiTConfig, TriLevelDeiTForImageClassificationWithTeacher
+from hf_trilevel import (
+    TriLevelCLIPForImageClassification,
+    TriLevelCLIPVisionConfig,
+    TriLevelDeiTConfig,
+    TriLevelDeiTForImageClassificationWithTeacher,
+    TriLevelSiglipForImageClassification,
+    TriLevelSiglipVisionConfig,
+)
 from hf_trilevel.modeling import FAMILY_CODE_FILES, REMOTE_CODE_FILES
 
 from .helpers import TINY_SHAPE, tiny_model
 
 MODELING = Path(hf_trilevel.modeling.__file__).parent
-ALL_CODE_FILES = (*REMOTE_CODE_FILES, *(name for files in FAMILY_CODE_FILES.values() for name in files))
+# Families may share files (CLIP's and SigLIP's layer), so each file once.
+ALL_CODE_FILES = tuple(
+    dict.fromkeys([*REMOTE_CODE_FILES, *(name for files in FAMILY_CODE_FILES.values() for name in files)])
+)
 SIBLINGS = frozenset(Path(name).stem for name in ALL_CODE_FILES)
 # huggingface_hub is a hard dependency of transformers (its configs import `strict` from it).
 ALLOWED_PACKAGES = frozenset({"torch", "transformers", "huggingface_hub"}) | frozenset(sys.stdlib_module_names)
@@ -58,7 +68,9 @@ def _called_name(function: ast.expr) -> str | None:
 def test_the_modeling_folder_holds_the_set_its_init_and_nothing_else():
     on_disk = {path.name for path in MODELING.iterdir()} - {"__pycache__"}
     assert on_disk == {*ALL_CODE_FILES, "__init__.py"}
-    assert len(ALL_CODE_FILES) == len(set(ALL_CODE_FILES))
+    assert len(REMOTE_CODE_FILES) == len(set(REMOTE_CODE_FILES))
+    for files in FAMILY_CODE_FILES.values():  # a family lists its own files, each once, none of the shared set
+        assert len(files) == len(set(files)) and not set(files) & set(REMOTE_CODE_FILES)
 
 
 def test_save_pretrained_copies_exactly_the_set_unchanged(tmp_path):
@@ -74,6 +86,19 @@ def test_a_family_checkpoint_copies_the_set_and_its_own_files(tmp_path):
     TriLevelDeiTForImageClassificationWithTeacher(config).save_pretrained(tmp_path)
     copied = {path.name for path in tmp_path.iterdir() if path.suffix == ".py"}
     assert copied == {*REMOTE_CODE_FILES, *FAMILY_CODE_FILES["deit"]}
+
+
+@pytest.mark.parametrize(
+    ("family", "model"),
+    [
+        ("clip", lambda: TriLevelCLIPForImageClassification(TriLevelCLIPVisionConfig(**TINY_SHAPE))),
+        ("siglip", lambda: TriLevelSiglipForImageClassification(TriLevelSiglipVisionConfig(**TINY_SHAPE))),
+    ],
+)
+def test_clip_and_siglip_checkpoints_copy_the_set_and_their_family_files(tmp_path, family, model):
+    model().save_pretrained(tmp_path)
+    copied = {path.name for path in tmp_path.iterdir() if path.suffix == ".py"}
+    assert copied == {*REMOTE_CODE_FILES, *FAMILY_CODE_FILES[family]}
 
 
 @pytest.mark.parametrize("name", ALL_CODE_FILES)

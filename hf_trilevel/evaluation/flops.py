@@ -98,9 +98,21 @@ def prefix_tokens(config: TriLevelViTConfig) -> int:
 
 def classifier_flops(config: TriLevelViTConfig) -> int:
     """The linear heads, per image: one per prefix token (ViT's class token; DeiT's class and distillation heads), or
-    one on pooled tokens without a prefix; DINOv2's head reads the class token and the patch mean, twice as wide."""
+    one on pooled tokens without a prefix (SigLIP; CLIP's head reads the patch mean, also one); DINOv2's head reads the
+    class token and the patch mean, twice as wide."""
     width = config.hidden_size * (2 if config.model_type == "trilevel_dinov2" else 1)
     return 2 * width * config.num_labels * max(prefix_tokens(config), 1)
+
+
+def pooling_head_flops(config: TriLevelViTConfig, tokens: int) -> int:
+    """SigLIP's attention-pooling head (`vision_use_head`), per image, over the `tokens` the last layer returns: the
+    probe's query and output projections, key and value projections of every token, the probe's scores and weighted
+    values, and the MLP on the one pooled token. 0 for a family without one (CLIP's pooler is a norm)."""
+    if not getattr(config, "vision_use_head", False):
+        return 0
+    hidden = config.hidden_size
+    projections = 2 * hidden * hidden * 2 + 2 * tokens * hidden * 2 * hidden  # q and out (one token); k and v
+    return projections + 2 * 2 * tokens * hidden + 2 * 2 * hidden * config.intermediate_size
 
 
 def matching_flops(num_patches: int, head_size: int) -> int:
@@ -170,15 +182,17 @@ def forward_flops(
     with_classifier: bool = True,
     kept_counts: Sequence[int] | None = None,
 ) -> int:
-    """Total forward FLOPs: patch embedding, every layer, and (optionally) the linear classifier heads
-    (`classifier_flops`).
+    """Total forward FLOPs: patch embedding, every layer, a pooling head (`pooling_head_flops`) and (optionally) the
+    linear classifier heads (`classifier_flops`).
 
     Every image is counted at the same `kept_counts` (see `layer_costs`); for per-image counts use `measured_flops`.
     """
     patches, (patch_height, patch_width) = num_patches(config.image_size, config.patch_size), as_pair(config.patch_size)
     embedding = 2 * patches * config.num_channels * patch_height * patch_width * config.hidden_size
     classifier = classifier_flops(config) if with_classifier else 0
-    return batch_size * (embedding + sum(cost.flops for cost in layer_costs(config, kept_counts)) + classifier)
+    costs = layer_costs(config, kept_counts)
+    head = pooling_head_flops(config, costs[-1].mlp_tokens)
+    return batch_size * (embedding + sum(cost.flops for cost in costs) + head + classifier)
 
 
 def dense_config(config: TriLevelViTConfig) -> TriLevelViTConfig:

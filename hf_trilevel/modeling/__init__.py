@@ -9,9 +9,17 @@ that start from any saved folder (the example, cards, commands) look a family up
 
 from dataclasses import dataclass
 
+from .configuration_trilevel_clip import TriLevelCLIPConfig, TriLevelCLIPVisionConfig
 from .configuration_trilevel_deit import TriLevelDeiTConfig
 from .configuration_trilevel_dinov2 import TriLevelDinov2Config
+from .configuration_trilevel_siglip import TriLevelSiglipConfig, TriLevelSiglipVisionConfig
 from .configuration_trilevel_vit import TriLevelViTConfig
+from .modeling_trilevel_clip import (
+    TriLevelCLIPForImageClassification,
+    TriLevelCLIPModel,
+    TriLevelCLIPPreTrainedModel,
+    TriLevelCLIPVisionModel,
+)
 from .modeling_trilevel_deit import (
     TriLevelDeiTForImageClassificationWithTeacher,
     TriLevelDeiTForImageClassificationWithTeacherOutput,
@@ -22,6 +30,12 @@ from .modeling_trilevel_dinov2 import (
     TriLevelDinov2ForImageClassification,
     TriLevelDinov2Model,
     TriLevelDinov2PreTrainedModel,
+)
+from .modeling_trilevel_siglip import (
+    TriLevelSiglipForImageClassification,
+    TriLevelSiglipModel,
+    TriLevelSiglipPreTrainedModel,
+    TriLevelSiglipVisionModel,
 )
 from .modeling_trilevel_vit import (
     TriLevelViTForImageClassification,
@@ -49,6 +63,13 @@ REMOTE_CODE_FILES = (
 FAMILY_CODE_FILES = {
     "deit": ("configuration_trilevel_deit.py", "modeling_trilevel_deit.py"),
     "dinov2": ("configuration_trilevel_dinov2.py", "modeling_trilevel_dinov2.py"),
+    "clip": ("clip_layer.py", "configuration_trilevel_clip.py", "image_text_config.py", "modeling_trilevel_clip.py"),
+    "siglip": (
+        "clip_layer.py",
+        "configuration_trilevel_siglip.py",
+        "image_text_config.py",
+        "modeling_trilevel_siglip.py",
+    ),
 }
 
 
@@ -75,6 +96,18 @@ FAMILY_CLASSES = {
         FamilyClasses("vit", TriLevelViTConfig, TriLevelViTForImageClassification, ("vit",)),
         FamilyClasses("deit-distilled", TriLevelDeiTConfig, TriLevelDeiTForImageClassificationWithTeacher, ("deit",)),
         FamilyClasses("dinov2", TriLevelDinov2Config, TriLevelDinov2ForImageClassification, ("dinov2",)),
+        FamilyClasses(
+            "clip",
+            TriLevelCLIPVisionConfig,
+            TriLevelCLIPForImageClassification,
+            ("clip_vision_model", "clip", "trilevel_clip"),
+        ),
+        FamilyClasses(
+            "siglip",
+            TriLevelSiglipVisionConfig,
+            TriLevelSiglipForImageClassification,
+            ("siglip_vision_model", "siglip", "trilevel_siglip"),
+        ),
     )
 }
 
@@ -89,6 +122,12 @@ __all__ = [
     "FAMILY_CODE_FILES",
     "REMOTE_CODE_FILES",
     "FamilyClasses",
+    "TriLevelCLIPConfig",
+    "TriLevelCLIPForImageClassification",
+    "TriLevelCLIPModel",
+    "TriLevelCLIPPreTrainedModel",
+    "TriLevelCLIPVisionConfig",
+    "TriLevelCLIPVisionModel",
     "TriLevelDeiTConfig",
     "TriLevelDeiTForImageClassificationWithTeacher",
     "TriLevelDeiTForImageClassificationWithTeacherOutput",
@@ -98,6 +137,12 @@ __all__ = [
     "TriLevelDinov2ForImageClassification",
     "TriLevelDinov2Model",
     "TriLevelDinov2PreTrainedModel",
+    "TriLevelSiglipConfig",
+    "TriLevelSiglipForImageClassification",
+    "TriLevelSiglipModel",
+    "TriLevelSiglipPreTrainedModel",
+    "TriLevelSiglipVisionConfig",
+    "TriLevelSiglipVisionModel",
     "TriLevelViTConfig",
     "TriLevelViTForImageClassification",
     "TriLevelViTImageClassifierOutput",

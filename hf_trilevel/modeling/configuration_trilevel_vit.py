@@ -31,6 +31,9 @@ from .value_checks import as_pair, check_fraction, check_int, check_keep_rate, c
 
 PER_LAYER_FIELDS = ("num_attention_heads_per_layer", "intermediate_size_per_layer")
 DENSE_SPARSE_FIELD = "dense_sparse_keep_rates"
+# What a composite (image-text) config holds at the top level that a vision config read from it keeps: the labels of
+# transformers' `CLIPForImageClassification` / `SiglipForImageClassification` folders.
+COMPOSITE_LABEL_FIELDS = ("id2label", "label2id", "problem_type")
 
 
 def default_token_prune_layers(num_hidden_layers: int) -> list[int]:
@@ -274,6 +277,8 @@ class TriLevelViTConfig(ViTConfig):
     model_type = "trilevel_vit"
     plain_model_type = "vit"  # transformers' own type of this family, whose folders load as a conversion
     only_own_model_types = False  # ViT classes also take DeiT checkpoints without a distillation token ("deit")
+    # Types of composite folders (CLIP's image-text model) whose `base_config_key` sub-config is this family's.
+    composite_model_types = ()
 
     token_keep_rate: Any = 1.0
     token_prune_layers: Any = None
@@ -307,6 +312,11 @@ class TriLevelViTConfig(ViTConfig):
         # family refuses other types, whose missing weights transformers would initialise at random with a warning.
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         model_type = config_dict.get("model_type")
+        if model_type in cls.composite_model_types and isinstance(config_dict.get(cls.base_config_key), dict):
+            # The vision tower's config of an image-text folder; an image classifier's labels live at the top.
+            labels = {name: config_dict[name] for name in COMPOSITE_LABEL_FIELDS if name in config_dict}
+            config_dict = {**config_dict[cls.base_config_key], **labels}
+            model_type = config_dict.get("model_type")
         if model_type == cls.plain_model_type:
             config_dict = {**config_dict, "model_type": cls.model_type}
         elif cls.only_own_model_types and model_type not in (None, cls.model_type):

@@ -342,31 +342,43 @@ def _add_losses(first: torch.Tensor | None, second: torch.Tensor | None) -> torc
     return second if first is None else first if second is None else first + second
 
 
-def patch_token_mean(
-    sequence_output: torch.Tensor,
+def patch_token_weights(
+    hidden_states: torch.Tensor,
     patch_positions: torch.Tensor,
     token_sizes: torch.Tensor | None,
     num_prefix_tokens: int,
     num_patches: int,
-) -> torch.Tensor:
-    """`[batch, hidden]`: the final patch tokens' mean over the `num_patches` original patches (see
-    `TriLevelViTModelOutput.patch_token_mean`): each real patch token weighs the patches it holds, a trailing fused
-    token the patches no real token holds."""
+) -> torch.Tensor | None:
+    """`[batch, tokens - prefix]`: how many of the `num_patches` original patches each token after the prefix stands
+    for (a merged token its size, a trailing fused token every patch no real token holds, a padded slot 0), in the
+    hidden states' dtype; None when nothing was dropped or merged (each token is one patch)."""
     kept = patch_positions.shape[1]
-    patches = sequence_output[:, num_prefix_tokens : num_prefix_tokens + kept]
-    has_fused_token = sequence_output.shape[1] > num_prefix_tokens + kept
-    if token_sizes is None and kept == num_patches and not has_fused_token:
-        return patches.mean(dim=1)  # nothing dropped or merged: the dense model's mean, bit for bit
+    has_fused_token = hidden_states.shape[1] > num_prefix_tokens + kept
+    # An exported graph's kept width may be data-dependent (per-image counts), so it is not compared there: weights
+    # of ones give the same mean.
+    if token_sizes is None and not has_fused_token and not torch.compiler.is_exporting() and kept == num_patches:
+        return None
     if token_sizes is None:
-        sizes = patches.new_ones(patches.shape[:2])
+        sizes = hidden_states.new_ones(patch_positions.shape)
     else:
-        sizes = token_sizes[:, num_prefix_tokens : num_prefix_tokens + kept].to(patches.dtype)
-    sizes = sizes * (patch_positions >= 0).to(patches.dtype)
-    total = (sizes.unsqueeze(-1) * patches).sum(dim=1)
+        sizes = token_sizes[:, num_prefix_tokens : num_prefix_tokens + kept].to(hidden_states.dtype)
+    sizes = sizes * (patch_positions >= 0).to(hidden_states.dtype)
     if has_fused_token:
-        total = total + (num_patches - sizes.sum(dim=1, keepdim=True)).clamp_min(0) * sequence_output[:, -1]
-        return total / num_patches
-    return total / sizes.sum(dim=1, keepdim=True)
+        fused = (num_patches - sizes.sum(dim=1, keepdim=True)).clamp_min(0)
+        sizes = torch.cat([sizes, fused], dim=1)
+    return sizes
+
+
+def patch_token_mean(
+    sequence_output: torch.Tensor, token_weights: torch.Tensor | None, num_prefix_tokens: int
+) -> torch.Tensor:
+    """`[batch, hidden]`: the final patch tokens' mean over the original patches (see
+    `TriLevelViTModelOutput.patch_token_mean`), each token weighed by `token_weights` (`patch_token_weights`)."""
+    patches = sequence_output[:, num_prefix_tokens:]
+    if token_weights is None:
+        return patches.mean(dim=1)  # nothing dropped or merged: the dense model's mean, bit for bit
+    weights = token_weights.to(patches.dtype)
+    return (weights.unsqueeze(-1) * patches).sum(dim=1) / weights.sum(dim=1, keepdim=True)
 
 
 def scatter_importance(importance: torch.Tensor, positions: torch.Tensor, num_patches: int) -> torch.Tensor:
@@ -397,9 +409,10 @@ def _rename_v4_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> 
     renames are transformers' own for `ViTModel`; in-memory names match none of them, so the hook is idempotent.
     """
     for old_key in [key for key in state_dict if key.startswith(prefix)]:
-        new_key = old_key
+        new_key = old_key[len(prefix) :]  # renamings are written for the module's own keys (some are anchored)
         for renaming in module._checkpoint_key_renames:
             new_key, _ = renaming.rename_source_key(new_key)
+        new_key = prefix + new_key
         if new_key != old_key:
             state_dict[new_key] = state_dict.pop(old_key)
 
@@ -434,7 +447,9 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
 
     Another family sets what differs: `embeddings_class` and `pooler_class` (DeiT: a distillation token after the
     class token, `config.num_prefix_tokens = 2`), or overrides `build_embeddings`, `embed`, `set_layers` and
-    `layer_class` (DINOv2: its own embeddings call, layers at `encoder.layer`, LayerScale layers).
+    `layer_class` (DINOv2: its own embeddings call, layers at `encoder.layer`, LayerScale layers), and
+    `build_output_modules` / `output_tokens` / `patch_projection` (CLIP: a norm before the layers, un-normed tokens
+    out, the pooled class token normed).
     """
 
     embeddings_class: type[nn.Module] = ViTEmbeddings
@@ -443,6 +458,9 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
     # Whether the head pools the patch tokens too (DINOv2's classifier reads the class token and the patch mean):
     # then the output carries `patch_token_mean`, the mean over the original patches whatever was dropped or merged.
     returns_patch_token_mean: bool = False
+    # Whether the pooler weighs tokens by the patches they stand for (SigLIP's attention-pooling head): then
+    # `output_tokens` gets `patch_token_weights`.
+    pools_weighted_tokens: bool = False
     # Whether the embeddings always interpolate their position embeddings (DINOv2's), so any image size is accepted.
     interpolates_always: bool = False
 
@@ -450,12 +468,30 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         super().__init__(config)
         self.embeddings = self.build_embeddings(config, use_mask_token)
         self.set_layers(nn.ModuleList([self.layer_class(config, index) for index in range(config.num_hidden_layers)]))
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.pooler = self.pooler_class(config) if add_pooling_layer else None
+        self.build_output_modules(config, add_pooling_layer)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
+
+    def patch_projection(self) -> nn.Module:
+        """The convolution that embeds the patches: its weight's dtype is the dtype the images are cast to."""
+        return self.embeddings.patch_embeddings.projection
+
+    def build_output_modules(self, config: TriLevelViTConfig, add_pooling_layer: bool) -> None:
+        """The modules after the layers (ViT: the final norm and, if asked for, the pooler); see `output_tokens`."""
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = self.pooler_class(config) if add_pooling_layer else None
+
+    def output_tokens(
+        self, hidden_states: torch.Tensor, token_weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(last_hidden_state, pooler_output)` from the last layer's tokens (ViT: normed tokens, pooled class token).
+
+        `token_weights` (`patch_token_weights`: the original patches each token after the prefix stands for, or None
+        when each is one patch) is for a pooler that weighs tokens, such as SigLIP's attention-pooling head."""
+        sequence_output = self.layernorm(hidden_states)
+        return sequence_output, self.pooler(sequence_output) if self.pooler is not None else None
 
     def set_layers(self, layers: nn.ModuleList) -> None:
         """Hold the layers where the family's checkpoints put them (ViT: `layers`); `self.layers` must return them."""
@@ -513,7 +549,7 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         if sparsity.attention_keep_rate < 1.0:
             check_masked_attention_implementation(self.config._attn_implementation)
         check_padding_attention_implementation(self.config)
-        pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
+        pixel_values = pixel_values.to(self.patch_projection().weight.dtype)
 
         hidden_states = self.embed(pixel_values, bool_masked_pos, interpolate_pos_encoding)
         batch_size, num_tokens = hidden_states.shape[:2]
@@ -532,13 +568,13 @@ class TriLevelViTModel(TriLevelViTPreTrainedModel):
         token_sources = patch_positions + prefix if output_token_sources else None
         encoded = self._encode(0, hidden_states, patch_positions, None, sparsity, buckets, kwargs, token_sources)
 
-        sequence_output = self.layernorm(encoded.hidden_states)
-        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
-        patch_mean = None
-        if self.returns_patch_token_mean:
-            patch_mean = patch_token_mean(
-                sequence_output, encoded.patch_positions, encoded.token_sizes, prefix, num_tokens - prefix
+        token_weights = None
+        if self.returns_patch_token_mean or self.pools_weighted_tokens:
+            token_weights = patch_token_weights(
+                encoded.hidden_states, encoded.patch_positions, encoded.token_sizes, prefix, num_tokens - prefix
             )
+        sequence_output, pooled_output = self.output_tokens(encoded.hidden_states, token_weights)
+        patch_mean = patch_token_mean(sequence_output, token_weights, prefix) if self.returns_patch_token_mean else None
         return TriLevelViTModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=pooled_output,

@@ -305,11 +305,13 @@ class AdaptiveSelector(TokenSelector):
             importance = log_scores.softmax(dim=-1)
             mass, floor = sparsity.token_keep_mass, sparsity.token_min_keep_rate
             counts = mass_kept_counts(importance, num_valid, mass, keep_rate, floor)
+            if self.num_prefix_tokens == 0:  # no class token: keep two tokens at least, so attention stays attention
+                counts = torch.minimum(counts.clamp_min(2), num_valid)
         if torch.compiler.is_exporting() and sparsity.attention_keep_rate >= 1.0:
             # torch.export / ONNX: the width is read at run time (a data-dependent size; attention sparsity's budget
             # needs a Python width, so it pads below), and a lone image computes only its own tokens.
             width = counts.max().item()
-            torch._check(width >= 1)
+            torch._check(width >= (1 if self.num_prefix_tokens else 2))  # sdpa asks whether there is one query
             torch._check(width <= patch_positions.shape[1])
         elif torch.compiler.is_compiling():  # a host read would break torch.compile's graph: pad to the whole axis
             width = patch_positions.shape[1]

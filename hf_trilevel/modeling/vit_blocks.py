@@ -35,6 +35,9 @@ class TriLevelViTAttention(nn.Module):
     projection nor the attention matrix, which fused kernels (sdpa, flash) never materialise.
     """
 
+    # The output projection's name: ViT's `o_proj`; CLIP and SigLIP checkpoints call it `out_proj`.
+    output_projection_name = "o_proj"
+
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.config = config
@@ -48,7 +51,12 @@ class TriLevelViTAttention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, inner_size, bias=config.qkv_bias)
         self.k_proj = nn.Linear(config.hidden_size, inner_size, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, inner_size, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(inner_size, config.hidden_size, bias=True)
+        self.add_module(self.output_projection_name, nn.Linear(inner_size, config.hidden_size, bias=True))
+
+    @property
+    def output_projection(self) -> nn.Linear:
+        """The output projection (`o_proj`, or the family's name for it), for code that reads heads' columns."""
+        return getattr(self, self.output_projection_name)
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
@@ -73,7 +81,7 @@ class TriLevelViTAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+        attn_output = self.output_projection(attn_output.reshape(*input_shape, -1).contiguous())
         return attn_output, attn_weights, (query_states, key_states)
 
 

@@ -284,7 +284,7 @@ class StructuredMasks:
         for param in layer.neuron_input_params():
             reset_moments(optimizer, param, kept_neurons)
         # the output sides of regrown units start afresh too (pruned ones keep theirs: they stop mattering)
-        reset_moments(optimizer, layer.attention.o_proj.weight, ~rows_of(grown_heads, layer.head_dim), dim=1)
+        reset_moments(optimizer, layer.attention.output_projection.weight, ~rows_of(grown_heads, layer.head_dim), dim=1)
         reset_moments(optimizer, layer.mlp.fc2.weight, ~grown_neurons, dim=1)
 
     def finish(self) -> None:

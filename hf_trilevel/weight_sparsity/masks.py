@@ -24,9 +24,11 @@ from torch import nn
 from ..modeling.value_checks import check_fraction
 
 #: Module names (relative to the model) whose weight is masked: the patch projection, q/k/v/o, fc1, fc2, the
-#: classifier (DeiT's two heads: `cls_classifier`, `distillation_classifier`).
+#: classifier (DeiT's two heads: `cls_classifier`, `distillation_classifier`); CLIP's and SigLIP's names for the
+#: same (`embeddings.patch_embedding`, `self_attn.q_proj` ... `self_attn.out_proj`).
 MASKED_MODULE = re.compile(
     r"(^|\.)patch_embeddings\.projection$|(^|\.)attention\.[qkvo]_proj$|(^|\.)mlp\.fc[12]$"
+    r"|(^|\.)embeddings\.patch_embedding$|(^|\.)self_attn\.(q|k|v|out)_proj$"
     r"|^(cls_|distillation_)?classifier$"
 )
 PATTERNS = ("unstructured", "2:4")

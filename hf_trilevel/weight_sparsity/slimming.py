@@ -149,7 +149,14 @@ def _zeros_note(encoder: TriLevelViTModel) -> str:
     zeros = total = 0
     for layer in encoder.layers:
         attention, mlp = layer.attention, layer.mlp
-        for linear in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.fc1, mlp.fc2):
+        for linear in (
+            attention.q_proj,
+            attention.k_proj,
+            attention.v_proj,
+            attention.output_projection,
+            mlp.fc1,
+            mlp.fc2,
+        ):
             zeros += int((linear.weight == 0).sum())
             total += linear.weight.numel()
     share = zeros / total
@@ -174,7 +181,7 @@ def _slimmed_state(
             channels = heads.repeat_interleave(attention.head_dim).nonzero().squeeze(1)  # head_dim block per head
             for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
                 _select(state, names[projection], projection, channels, dim=0)
-            _select(state, names[attention.o_proj], attention.o_proj, channels, dim=1)
+            _select(state, names[attention.output_projection], attention.output_projection, channels, dim=1)
             kept = neurons.nonzero().squeeze(1)
             _select(state, names[mlp.fc1], mlp.fc1, kept, dim=0)
             _select(state, names[mlp.fc2], mlp.fc2, kept, dim=1)

@@ -115,7 +115,7 @@ def mask_unit_gradients(layer: UnitLayer, head_mask: torch.Tensor, neuron_mask: 
 @torch.no_grad()
 def zero_output_sides(layer: UnitLayer, head_mask: torch.Tensor, neuron_mask: torch.Tensor) -> None:
     """Zero the o_proj columns of inactive heads and the fc2 columns of inactive neurons (at the end of training)."""
-    o_weight, fc2_weight = layer.attention.o_proj.weight, layer.mlp.fc2.weight
+    o_weight, fc2_weight = layer.attention.output_projection.weight, layer.mlp.fc2.weight
     o_weight.mul_(rows_of(head_mask, layer.head_dim).to(o_weight.device, o_weight.dtype))
     fc2_weight.mul_(neuron_mask.to(fc2_weight.device, fc2_weight.dtype))
 
@@ -127,7 +127,7 @@ def _per_unit(values: torch.Tensor, units: int) -> torch.Tensor:
 @torch.no_grad()
 def head_taylor_scores(layer: UnitLayer) -> torch.Tensor:
     """`[heads]` |sum(dL/dA_h * A_h)| of this step, from o_proj's weight and gradient (zeros without a gradient)."""
-    weight = layer.attention.o_proj.weight
+    weight = layer.attention.output_projection.weight
     if weight.grad is None:
         return torch.zeros(layer.num_heads, device=weight.device)
     product = (weight * weight.grad).float().sum(0)  # [inner]: one entry per input column of o_proj
@@ -207,7 +207,7 @@ def reinitialise_grown_heads(layer: UnitLayer, grown: torch.Tensor, std: float, 
         weight = getattr(layer.attention, name).weight
         fresh = torch.randn(int(rows.sum()), weight.shape[1], generator=generator) * std
         weight[rows.to(weight.device)] = fresh.to(weight.device, weight.dtype)
-    o_weight = layer.attention.o_proj.weight
+    o_weight = layer.attention.output_projection.weight
     for head in grown.nonzero().flatten().tolist():
         columns = slice(head * layer.head_dim, (head + 1) * layer.head_dim)
         if not o_weight[:, columns].any():

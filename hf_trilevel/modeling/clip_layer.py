@@ -1,0 +1,110 @@
+"""The layer of CLIP's and SigLIP's vision towers with the TriLevel reduction between its two blocks.
+
+Both towers use the same pre-norm layer as ViT (norm, attention, residual; norm, MLP, residual) under other names:
+`layer_norm1`, `self_attn` (whose output projection is `out_proj`), `layer_norm2`, `mlp`, held at
+`encoder.layers.N`. Keeping their names in memory makes the TriLevel state dict the transformers one, key for key,
+so their checkpoints need no renaming beyond transformers' own. The reduction is `TriLevelViTLayer`'s, unchanged.
+
+This file is part of the remote-code set copied into CLIP and SigLIP checkpoints: it imports only torch,
+transformers, the standard library and its flat siblings.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import transformers
+from torch import nn
+
+try:  # transformers 5 internals this file builds on; they move between major versions
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError as error:
+    raise ImportError(
+        f"The TriLevel CLIP/SigLIP code needs transformers 5 (tested with 5.25); this environment has "
+        f"{transformers.__version__}. Install `transformers>=5,<6` to load this checkpoint. ({error})"
+    ) from error
+
+from .vit_blocks import TriLevelViTAttention, TriLevelViTMLP
+from .vit_layer import TriLevelViTLayer
+
+
+class TriLevelCLIPAttention(TriLevelViTAttention):
+    """`TriLevelViTAttention` under CLIP's names (`out_proj`) and with CLIP's `attention_dropout`."""
+
+    output_projection_name = "out_proj"
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.attention_dropout = config.attention_dropout
+
+
+class TriLevelCLIPLayer(TriLevelViTLayer):
+    """A CLIP / SigLIP encoder layer (`layer_norm1`, `self_attn`, `layer_norm2`, `mlp`) with the TriLevel reduction
+    between attention and MLP. These towers have no dropout after attention or MLP."""
+
+    def __init__(self, config, layer_idx: int):
+        GradientCheckpointingLayer.__init__(self)  # the family's modules, not ViT's
+        self.self_attn = TriLevelCLIPAttention(config, layer_idx)
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = TriLevelViTMLP(config, layer_idx)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.init_token_reduction(config, layer_idx)
+
+    @property
+    def attention(self) -> TriLevelCLIPAttention:
+        """The reduction reads the attention's scaling and config as `self.attention` (ViT's name)."""
+        return self.self_attn
+
+    def attention_block(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        residual = hidden_states
+        hidden_states, _, query_key = self.self_attn(self.layer_norm1(hidden_states), attention_mask, **kwargs)
+        return residual + hidden_states, query_key
+
+    def mlp_block(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states + self.mlp(self.layer_norm2(hidden_states))
+
+
+class EncoderLayers(nn.Module):
+    """Holds the layers at `encoder.layers`, where CLIP's and SigLIP's encoders hold them."""
+
+    def __init__(self, layers: nn.ModuleList):
+        super().__init__()
+        self.layers = layers
+
+
+class ImageTextKeepRates:
+    """What an image-text model (CLIP's, SigLIP's) with a TriLevel vision tower adds to transformers' class: keep-rate
+    control, which is the vision tower's, and every Auto class of the checkpoint in `auto_map` (`_trilevel_auto_map`;
+    transformers writes only the saved class's)."""
+
+    _trilevel_auto_map: dict[str, str] = {}
+
+    def set_keep_rates(
+        self,
+        token_keep_rate: float | None = None,
+        attention_keep_rate: float | None = None,
+        token_merge_r: int | list[int] | None = None,
+    ) -> None:
+        """The vision tower's `set_keep_rates` (see `TriLevelViTPreTrainedModel.set_keep_rates`)."""
+        self.vision_model.set_keep_rates(token_keep_rate, attention_keep_rate, token_merge_r)
+
+    @contextmanager
+    def keep_rates(
+        self,
+        token_keep_rate: float | None = None,
+        attention_keep_rate: float | None = None,
+        token_merge_r: int | list[int] | None = None,
+    ) -> Iterator[None]:
+        """The vision tower's `keep_rates` (temporarily other rates; see `TriLevelViTPreTrainedModel.keep_rates`)."""
+        with self.vision_model.keep_rates(token_keep_rate, attention_keep_rate, token_merge_r):
+            yield
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as transformers' class does, with every Auto class of this checkpoint in `auto_map`."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._trilevel_auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+__all__ = ["EncoderLayers", "ImageTextKeepRates", "TriLevelCLIPAttention", "TriLevelCLIPLayer"]
