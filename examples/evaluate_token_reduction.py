@@ -26,9 +26,11 @@ from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoImageProcessor
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,  # hf_trilevel registers every family
+)
 
-from hf_trilevel import TriLevelViTForImageClassification
 from hf_trilevel.cli.visualize.inputs import preprocess
 from hf_trilevel.image_data import load_digits_dataset
 from hf_trilevel.modeling.value_checks import as_pair, check_keep_rate
@@ -90,7 +92,7 @@ class Switch:
 
 def load(folder: str):
     """The model (eval mode), the validation pixel values and labels, preprocessed by the folder's own processor."""
-    model = TriLevelViTForImageClassification.from_pretrained(folder).eval()
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
     validation = load_digits_dataset(max(as_pair(model.config.image_size)))["validation"]
     pixel_values = preprocess(AutoImageProcessor.from_pretrained(folder), list(validation["image"]), model.config)
     return model, pixel_values, torch.tensor(list(validation["label"]))
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     for index, folder in enumerate(args.folders):
         model, pixel_values, labels = load(folder)
         if index == 0:  # same weights, attention as explicit matmuls that FlopCounterMode counts
-            eager = TriLevelViTForImageClassification.from_pretrained(folder, attn_implementation="eager").eval()
+            eager = AutoModelForImageClassification.from_pretrained(folder, attn_implementation="eager").eval()
         batch = pixel_values[: args.batch_size]
         for point in points:
             try:

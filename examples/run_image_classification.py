@@ -3,7 +3,9 @@
 The arguments are those of transformers' `examples/pytorch/image-classification/run_image_classification.py` plus
 the Tri-Level ones (token and attention sparsity, token merging, example pruning, dense/sparse training, weight
 sparsity), as flags or one JSON file of them; docs/flags.md lists every flag with its default and range, and examples
-of use.
+of use. Every family in `hf_trilevel.modeling.FAMILY_CLASSES` trains (ViT, DeiT, DINOv2, ...): a checkpoint's or
+config's family comes from its `config.json` (TriLevel or plain transformers type); a model trained from scratch is a
+ViT unless `--model_family` names another.
 
 With no arguments (about 2 minutes on 2 CPU cores) it trains a small TriLevel ViT from scratch on the digits bundled
 with scikit-learn, prints the validation accuracy and saves a self-contained folder (weights, config, the model's
@@ -34,7 +36,13 @@ from hf_trilevel.modeling.value_checks import as_pair
 from hf_trilevel.recipe.arguments import DataArguments, ModelArguments
 from hf_trilevel.recipe.checks import check_arguments, slim_output_dir
 from hf_trilevel.recipe.data import label_names, limit_splits, load_digits, load_user_dataset
-from hf_trilevel.recipe.model import build_image_processor, load_trilevel_model, merge_text, selector_text
+from hf_trilevel.recipe.model import (
+    build_image_processor,
+    config_family,
+    load_trilevel_model,
+    merge_text,
+    selector_text,
+)
 from hf_trilevel.recipe.outputs import remove_earlier_results, save_slimmed_model, write_operating_point_table
 from hf_trilevel.recipe.parsing import build_parser, parse_flags_or_json, resolve_defaults
 from hf_trilevel.recipe.processes import end_distributed
@@ -174,7 +182,8 @@ def describe(model: PreTrainedModel, dataset: dict, augmentation: str, training_
     config = model.config
     sizes = " / ".join(f"{len(data)} {split}" for split, data in dataset.items())
     text = (
-        f"TriLevel ViT: {model.num_parameters():,} parameters, {config.num_hidden_layers} layers, "
+        f"TriLevel {config_family(config).name}: {model.num_parameters():,} parameters, "
+        f"{config.num_hidden_layers} layers, "
         f"hidden {config.hidden_size}, {num_patches(config.image_size, config.patch_size)} patches; "
         f"token_keep_rate={config.token_keep_rate} at layers {config.token_prune_layers} "
         f"(fusion {'on' if config.token_fusion else 'off'}, {selector_text(config)}), "

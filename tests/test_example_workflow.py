@@ -249,7 +249,7 @@ BAD_INPUT = {
     ),
     "bert checkpoint": (
         ["--model_name_or_path", "{bert}"],
-        "is a 'bert' model; TriLevel ViTs start from a TriLevel or a plain ViT/DeiT",
+        "is a 'bert' model; TriLevel ViTs start from a TriLevel or a plain checkpoint of a registered family",
     ),
     "resnet config": (["--config_name", "{resnet}"], "`config_name` '{resnet}' is a 'resnet' model"),
     "folder without a config": (["--model_name_or_path", "{empty}"], "has no config.json"),

@@ -13,7 +13,7 @@ from ..image_data import REDUNDANT_DIGITS, TRAIN_AUGMENTATIONS
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.token_selectors import TOKEN_IMPORTANCES, registered_token_selectors
 from ..modeling.value_checks import check_fraction, check_int
-from .model import build_trilevel_config
+from .model import DEFAULT_MODEL_FAMILY, build_trilevel_config, family_named, family_names, scratch_fields
 
 # The digits model, used when training from scratch without --config_name.
 SCRATCH_SHAPE = {
@@ -63,12 +63,23 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A TriLevel checkpoint, or a plain ViT/DeiT checkpoint (converted on load), as a folder or a Hub "
-            "id. Omit it to train from scratch (from --config_name, or the shape below)."
+            "help": "A TriLevel checkpoint, or a plain one of a TriLevel family (ViT, DeiT, DINOv2, ...; converted on "
+            "load), as a folder or a Hub id. Omit it to train from scratch (from --config_name, or the shape below)."
         },
     )
     config_name: str | None = field(
-        default=None, metadata={"help": "A ViT or TriLevel config (folder, config.json or Hub id) to use instead."}
+        default=None,
+        metadata={"help": "A config of a TriLevel family, TriLevel or plain (folder, config.json or Hub id), instead."},
+    )
+    # Not argparse `choices`: a JSON file is not checked against them, so `__post_init__` checks both forms. Default
+    # None, read as vit, so that a family given with a folder of another family can be told apart and refused.
+    model_family: str | None = field(
+        default=None,
+        metadata={
+            "help": "From scratch: the TriLevel family to build (default: vit). A checkpoint's or --config_name's "
+            "family comes from its config.json.",
+            "metavar": choices(family_names()),
+        },
     )
     image_processor_name: str | None = field(
         default=None,
@@ -174,6 +185,10 @@ class ModelArguments:
             )
         for name in shape_given:
             check_int(name, getattr(self, name), low=1)
+        if self.model_family is not None:
+            family_named(self.model_family)  # a name not registered
+        if not (self.model_name_or_path or self.config_name):  # a shape the family's config cannot take
+            scratch_fields(family_named(self.model_family or DEFAULT_MODEL_FAMILY), self.scratch_config())
         if isinstance(self.token_merge_r, int) and not isinstance(self.token_merge_r, bool):
             self.token_merge_r = [self.token_merge_r]  # a JSON file's `"token_merge_r": 8`, as the flag's `8`
 
@@ -211,6 +226,7 @@ class ModelArguments:
             scratch=self.scratch_config(),
             overrides=self.config_overrides(),
             ignore_mismatched_sizes=self.ignore_mismatched_sizes,
+            model_family=self.model_family,
             **self.hub_kwargs(),
         )
 

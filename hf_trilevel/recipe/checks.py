@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from transformers import TrainingArguments
+from transformers import PretrainedConfig, TrainingArguments
 
 from ..modeling.token_selectors import BUILT_IN_TOKEN_SELECTORS
 from ..training.checkpoints import (
@@ -22,8 +22,9 @@ from ..training.checkpoints import (
 from ..training.trainer import check_hub_strategy
 from ..weight_sparsity.arguments import WeightSparsityArguments
 from .arguments import SELECTOR_SETTINGS, ModelArguments, RunArguments
-from .model import check_checkpoint_weights, check_config_overrides
+from .model import check_checkpoint_weights, check_config_overrides, config_family
 from .processes import launched_on_several_processes
+from .slimmed_folder import SLIMMED_MODEL_TYPES
 
 # Files that mark a folder as holding the results of an earlier run.
 SAVED_RUN_FILES = (
@@ -70,8 +71,10 @@ def check_arguments(
         model_name_or_path=model_args.model_name_or_path,
         config_name=model_args.config_name,
         scratch=model_args.scratch_config(),
+        model_family=model_args.model_family,
         **model_args.hub_kwargs(),
     )
+    check_slim_family(slim_output_dir(technique_args), config)
     # The checkpoint folder's weights (headers only) against that config: a cut-short file, or shapes other than the
     # model's. The classifier is compared once the data's labels are known (`load_trilevel_model`).
     check_checkpoint_weights(
@@ -127,6 +130,19 @@ def check_slim_output_dir(slim_dir: str | None, *, overwrite_output_dir: bool) -
     if path.is_dir() and any(path.iterdir()):
         raise ValueError(
             f"`slim_output_dir` {slim_dir!r} already holds files; pass `overwrite_output_dir` to write into it."
+        )
+
+
+def check_slim_family(slim_dir: str | None, config: PretrainedConfig) -> None:
+    """`slim_output_dir` saves the slimmed copy through `hf_trilevel.recipe.slimmed_folder`, which (like
+    `hf-trilevel slim` and the card of a saved folder) handles TriLevel ViT folders only so far; another family's run
+    is refused before it trains rather than after, when the copy could not be written."""
+    if slim_dir is not None and config.model_type not in SLIMMED_MODEL_TYPES:
+        family = config_family(config).name
+        raise ValueError(
+            f"`slim_output_dir` saves slimmed copies of {', '.join(map(repr, SLIMMED_MODEL_TYPES))} models only so "
+            f"far; this run's model is a {config.model_type!r} ({family}) one. Drop `slim_output_dir` (the structured "
+            "run's masked model is still saved) and slim it from Python with `hf_trilevel.slim(model)`."
         )
 
 
@@ -248,6 +264,7 @@ __all__ = [
     "check_output_dir",
     "check_output_dir_is_a_folder",
     "check_selector_settings",
+    "check_slim_family",
     "check_slim_output_dir",
     "check_training_arguments",
     "resolve_resume_checkpoint",

@@ -1,32 +1,71 @@
 """What a training script builds before `Trainer.train()`: the TriLevel config, model and image processor.
 
-From a TriLevel or plain ViT/DeiT checkpoint (folder, file or Hub id), a `--config_name`, or a shape for training
-from scratch, with the data's label names; the flags' sparsity and selector fields are checked against the config
-they change before any data loads (`check_config_overrides`). Errors are `ValueError`s naming the arguments in
-backticks.
+From a checkpoint (folder, file or Hub id) or a `--config_name` of any family in `hf_trilevel.modeling.FAMILY_CLASSES`,
+TriLevel or plain transformers (ViT, DeiT, DINOv2, ...), or from a shape for training from scratch in the family
+`--model_family` names, with the data's label names. Everything family-specific is read from the registry entry (its
+config class, its classifier class and that class's weight names), so a new entry needs nothing here. The flags'
+sparsity and selector fields are checked against the config they change before any data loads
+(`check_config_overrides`). Errors are `ValueError`s naming the arguments in backticks.
 """
 
 import copy
+import dataclasses
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoImageProcessor, PretrainedConfig, ViTImageProcessorPil
+from torch import nn
+from transformers import AutoImageProcessor, PretrainedConfig, PreTrainedModel, ViTImageProcessorPil
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
 from ..image_data.loading import is_missing_local_path
+from ..modeling import FAMILY_CLASSES, FamilyClasses, family_of_model_type
 from ..modeling.configuration_trilevel_vit import PER_LAYER_FIELDS, TriLevelViTConfig
-from ..modeling.modeling_trilevel_vit import TriLevelViTForImageClassification
 from ..modeling.value_checks import as_pair
 from ..training.weight_files import WeightFileError, folder_weight_shapes
 
-CHECKPOINT_MODEL_TYPES = (TriLevelViTConfig.model_type, "vit")  # what a TriLevel model can start from
+# The ViT family's types: what tools that load ViT classes only accept (`hf-trilevel visualize`). The example takes
+# any family's (`accepted_model_types`).
+CHECKPOINT_MODEL_TYPES = FAMILY_CLASSES[TriLevelViTConfig.model_type].model_types
+DEFAULT_MODEL_FAMILY = "vit"  # trained from scratch when neither `model_family` nor a checkpoint or config names one
+# A config field from which a family derives its MLP width (DINOv2: `intermediate_size = hidden_size * mlp_ratio`).
+MLP_RATIO_FIELD = "mlp_ratio"
+
+
+def family_names() -> tuple[str, ...]:
+    """The registered families' names (`--model_family`'s choices), ViT first."""
+    return tuple(family.name for family in FAMILY_CLASSES.values())
+
+
+def accepted_model_types() -> tuple[str, ...]:
+    """Every `model_type` a checkpoint or config may carry: each registered family's TriLevel and plain ones."""
+    return tuple(model_type for family in FAMILY_CLASSES.values() for model_type in family.model_types)
+
+
+def family_named(name: str, argument: str = "model_family") -> FamilyClasses:
+    """The registered family called `name`; `argument` names the flag in the error."""
+    found = next((family for family in FAMILY_CLASSES.values() if family.name == name), None)
+    if found is None:
+        raise ValueError(f"`{argument}` must be one of {', '.join(family_names())}; got {name!r}.")
+    return found
+
+
+def config_family(config: PretrainedConfig) -> FamilyClasses:
+    """The family of a TriLevel config (any registered family's config class)."""
+    family = family_of_model_type(config.model_type)
+    if family is None:
+        raise ValueError(
+            f"a {type(config).__name__} ({config.model_type!r}) is no TriLevel family's config; the families' model "
+            f"types are {', '.join(map(repr, accepted_model_types()))}."
+        )
+    return family
 
 
 def read_vit_config(source: str, argument: str = "model_name_or_path", **hub_kwargs) -> dict:
-    """The raw `config.json` of `source` (folder, file or Hub id), which must describe a ViT or TriLevel ViT.
+    """The raw `config.json` of `source` (folder, file or Hub id), which must describe a model of a registered family
+    (`hf_trilevel.modeling.FAMILY_CLASSES`: TriLevel ViT, DeiT, DINOv2 ..., or their plain transformers types).
 
     `argument` names `source` in error messages; `hub_kwargs` (`cache_dir`, `revision`, `token`) go to transformers.
     """
@@ -39,12 +78,66 @@ def read_vit_config(source: str, argument: str = "model_name_or_path", **hub_kwa
     model_type = config_dict.get("model_type")
     if model_type is None:
         raise ValueError(f"`{argument}` {source!r} has no config.json with a `model_type`; is it a model folder?")
-    if model_type not in CHECKPOINT_MODEL_TYPES:
+    if family_of_model_type(model_type) is None:
         raise ValueError(
             f"`{argument}` {source!r} is a {model_type!r} model; TriLevel ViTs start from a TriLevel or a plain "
-            "ViT/DeiT checkpoint (model_type 'trilevel_vit' or 'vit')."
+            f"checkpoint of a registered family ({', '.join(family_names())}): model_type one of "
+            f"{', '.join(map(repr, accepted_model_types()))}."
         )
     return config_dict
+
+
+def model_family_of(
+    model_name_or_path: str | None = None,
+    config_name: str | None = None,
+    model_family: str | None = None,
+    **hub_kwargs,
+) -> FamilyClasses:
+    """The family of the run's model: that of `config_name`'s and `model_name_or_path`'s `config.json` (TriLevel or
+    plain type), else `model_family`'s, else ViT's.
+
+    A folder's family comes from its config, so `model_family` only chooses the family of a model trained from
+    scratch; given with a folder of another family, or a config of another family than the checkpoint's, the run is
+    refused naming both arguments instead of loading one family's weights into another's classes.
+    """
+    families = {}
+    for argument, source in (("config_name", config_name), ("model_name_or_path", model_name_or_path)):
+        if source is not None:
+            model_type = read_vit_config(source, argument, **hub_kwargs)["model_type"]
+            families[argument] = (f"`{argument}` {source!r} ({model_type!r})", family_of_model_type(model_type))
+    if model_family is not None:
+        families["model_family"] = (f"`model_family` {model_family!r}", family_named(model_family))
+    (first, family), *others = families.values() or [("", family_named(DEFAULT_MODEL_FAMILY))]
+    for other, other_family in others:
+        if other_family is not family:
+            raise ValueError(
+                f"{first} is a {family.name} model but {other} a {other_family.name} one; give arguments of one "
+                "family (a folder's family comes from its config.json, `model_family` only shapes a model trained "
+                "from scratch)."
+            )
+    return family
+
+
+def scratch_fields(family: FamilyClasses, scratch: Mapping[str, object]) -> dict:
+    """`scratch` (shape flags such as `hidden_size`, `intermediate_size`) as `family`'s config class takes them.
+
+    A family whose config derives the MLP width from a ratio (`MLP_RATIO_FIELD`, DINOv2's `mlp_ratio`) gets that
+    ratio instead of `intermediate_size`, which must then be a whole multiple of `hidden_size` (`ValueError` naming
+    both flags and `model_family`).
+    """
+    fields = dict(scratch)
+    ratio_field = any(field.name == MLP_RATIO_FIELD for field in dataclasses.fields(family.config_class))
+    if not ratio_field or fields.get("intermediate_size") is None:
+        return fields
+    intermediate_size = fields.pop("intermediate_size")
+    hidden_size = fields.get("hidden_size") or family.config_class().hidden_size
+    if intermediate_size % hidden_size:
+        raise ValueError(
+            f"`model_family` {family.name} derives the MLP width as `hidden_size` * {MLP_RATIO_FIELD}, so "
+            f"`intermediate_size` ({intermediate_size}) must be a whole multiple of `hidden_size` ({hidden_size}); "
+            f"give e.g. `intermediate_size` {max(1, round(intermediate_size / hidden_size)) * hidden_size}."
+        )
+    return {**fields, MLP_RATIO_FIELD: intermediate_size // hidden_size}
 
 
 def check_classifier_size(checkpoint: dict, num_labels: int, ignore_mismatched_sizes: bool) -> None:
@@ -66,30 +159,31 @@ def build_trilevel_config(
     scratch: Mapping[str, object] | None = None,
     overrides: Mapping[str, object] | None = None,
     ignore_mismatched_sizes: bool = False,
+    model_family: str | None = None,
     **hub_kwargs,
 ) -> TriLevelViTConfig:
-    """The model's config, with the data's label names (saved with the checkpoint, used by pipelines).
+    """The model's config, of its family's config class (`model_family_of`), with the data's label names (saved with
+    the checkpoint, used by pipelines).
 
-    From `config_name` if given, else from `model_name_or_path`'s config, else `TriLevelViTConfig(**scratch)`;
-    `overrides` (e.g. keep rates given on a command line) win over all three. A checkpoint's classifier must fit
-    `label_names` unless `ignore_mismatched_sizes`.
+    From `config_name` if given, else from `model_name_or_path`'s config, else the `model_family` config class built
+    from `scratch` (`scratch_fields`); `overrides` (e.g. keep rates given on a command line) win over all three. A
+    checkpoint's classifier must fit `label_names` unless `ignore_mismatched_sizes`.
     """
     labels = {  # num_labels follows from id2label
         "id2label": dict(enumerate(label_names)),
         "label2id": {name: index for index, name in enumerate(label_names)},
     }
     overrides = dict(overrides or {})
+    family = model_family_of(model_name_or_path, config_name, model_family, **hub_kwargs)
     if model_name_or_path is not None:
         checkpoint = read_vit_config(model_name_or_path, "model_name_or_path", **hub_kwargs)
         check_classifier_size(checkpoint, len(label_names), ignore_mismatched_sizes)
-    if config_name is not None:
-        read_vit_config(config_name, "config_name", **hub_kwargs)
     source = config_name or model_name_or_path
     if source is None:
-        return TriLevelViTConfig(**{**(scratch or {}), **overrides}, **labels)
+        return family.config_class(**{**scratch_fields(family, scratch or {}), **overrides}, **labels)
     argument = "config_name" if config_name is not None else "model_name_or_path"
     try:
-        config = TriLevelViTConfig.from_pretrained(source, **hub_kwargs, **labels, **overrides)
+        config = family.config_class.from_pretrained(source, **hub_kwargs, **labels, **overrides)
     except StrictDataclassError as error:  # not a ValueError: the config's type checks (`@strict`)
         raise invalid_config_error(error, argument, source, **hub_kwargs) from error
     config.check_trilevel_fields()  # from_pretrained sets keyword arguments after the config validated itself
@@ -102,6 +196,7 @@ def check_config_overrides(
     model_name_or_path: str | None = None,
     config_name: str | None = None,
     scratch: Mapping[str, object] | None = None,
+    model_family: str | None = None,
     **hub_kwargs,
 ) -> TriLevelViTConfig:
     """Refuse `overrides` (e.g. `token_selector`, `token_keep_mass` from a command line) that the config they change
@@ -109,17 +204,18 @@ def check_config_overrides(
     check a bad field would only fail after the data loaded.
 
     The config is the one `build_trilevel_config` starts from (`config_name`, else `model_name_or_path`'s, else
-    `scratch`), so combinations are checked too: `token_selector="learned"` against a checkpoint without pruning
-    layers. Raises the config's `ValueError`, which names the field. Returns the checked config (with the
-    checkpoint's labels, not yet the data's).
+    `scratch` in the `model_family`), so combinations are checked too: `token_selector="learned"` against a
+    checkpoint without pruning layers, `model_family` against a folder of another family. Raises the config's
+    `ValueError`, which names the field. Returns the checked config (with the checkpoint's labels, not yet the
+    data's).
     """
+    family = model_family_of(model_name_or_path, config_name, model_family, **hub_kwargs)
     source = config_name or model_name_or_path
     if source is None:
-        return TriLevelViTConfig(**{**(scratch or {}), **overrides})
+        return family.config_class(**{**scratch_fields(family, scratch or {}), **overrides})
     argument = "config_name" if config_name is not None else "model_name_or_path"
-    read_vit_config(source, argument, **hub_kwargs)
     try:
-        config = TriLevelViTConfig.from_pretrained(source, **hub_kwargs, **overrides)
+        config = family.config_class.from_pretrained(source, **hub_kwargs, **overrides)
     except StrictDataclassError as error:
         raise invalid_config_error(error, argument, source, **hub_kwargs) from error
     config.check_trilevel_fields()
@@ -176,36 +272,64 @@ def _config_file(source: str) -> str:
     return str(path / "config.json") if path.is_dir() else str(path) if path.is_file() else f"{source}/config.json"
 
 
-CLASSIFIER_PREFIX = "classifier."  # the only weights `ignore_mismatched_sizes` may replace
+CLASSIFIER_PREFIX = "classifier."  # ViT's head; a family's heads are whatever lies outside its base model
 
 
 Mismatch = tuple[str, tuple[int, ...], tuple[int, ...], str]  # model's name, saved shape, model's shape, saved name
 
 
-def by_model_name(saved_shapes: Mapping[str, tuple[int, ...]], model_type: str, prefix: str = "vit") -> dict:
-    """`{model's name: (saved name, shape)}` of a checkpoint's weights: ViT's v4 names renamed by transformers'
-    conversion mapping for `model_type`, a base model's save (no `prefix.`) given the prefix."""
+def meta_model(config: TriLevelViTConfig) -> PreTrainedModel:
+    """The image classifier of `config`'s family, built on the meta device (no memory, no initialisation): its
+    weight names and shapes are what a checkpoint's are compared with."""
+    with torch.device("meta"):
+        return config_family(config).classifier_class(copy.deepcopy(config))
+
+
+def head_prefixes(model: PreTrainedModel) -> tuple[str, ...]:
+    """`('classifier.',)`, DeiT's `('cls_classifier.', 'distillation_classifier.')`: the name prefixes of the weights
+    outside the base model, the heads `ignore_mismatched_sizes` may replace."""
+    names = {name.split(".")[0] for name in model.state_dict() if not name.startswith(f"{model.base_model_prefix}.")}
+    return tuple(f"{name}." for name in sorted(names))
+
+
+def is_head_weight(name: str, config: TriLevelViTConfig) -> bool:
+    """Whether the model's weight `name` belongs to a classifier head of `config`'s family, not to its base model."""
+    return not name.startswith(f"{config_family(config).classifier_class.base_model_prefix}.")
+
+
+def by_model_name(
+    saved_shapes: Mapping[str, tuple[int, ...]],
+    model_type: str,
+    prefix: str = "vit",
+    heads: tuple[str, ...] = (CLASSIFIER_PREFIX,),
+) -> dict:
+    """`{model's name: (saved name, shape)}` of a checkpoint's weights: v4 names renamed by transformers' conversion
+    mapping for `model_type`, a base model's save (no `prefix.`) given the prefix. `heads` are the name prefixes of
+    the weights outside the base model (`head_prefixes`), which keep their names."""
     renamings = get_checkpoint_conversion_mapping(model_type) or []
     found = {}
     for saved_name, shape in saved_shapes.items():
         key = saved_name
         for renaming in renamings:
             key, _ = renaming.rename_source_key(key)
-        key = key if key.startswith(f"{prefix}.") or key.startswith(CLASSIFIER_PREFIX) else f"{prefix}.{key}"
+        key = key if key.startswith((f"{prefix}.", *heads)) else f"{prefix}.{key}"
         found[key] = (saved_name, tuple(shape))
     return found
 
 
+def model_names(saved_shapes: Mapping[str, tuple[int, ...]], model: PreTrainedModel) -> dict:
+    """`by_model_name` for the names of `model` (a family's classifier): its prefix and heads."""
+    return by_model_name(saved_shapes, model.config.model_type, model.base_model_prefix, head_prefixes(model))
+
+
 def mismatched_weights(saved_shapes: Mapping[str, tuple[int, ...]], config: TriLevelViTConfig) -> list[Mismatch]:
     """`(name, saved shape, model shape, saved name)` for each weight whose saved shape differs from that of the
-    model `config` describes, names as the model's (`vit.layers.0.attention.q_proj.weight`, `classifier.weight`), in
-    the model's order. `saved_shapes` may use a checkpoint's names (ViT's v4 names, a base model's without `vit.`);
-    weights only one side has are not compared. The model is built on the meta device: no memory, no
-    initialisation."""
-    with torch.device("meta"):
-        model = TriLevelViTForImageClassification(copy.deepcopy(config))
+    model `config` describes (its family's classifier class), names as the model's
+    (`vit.layers.0.attention.q_proj.weight`, `classifier.weight`), in the model's order. `saved_shapes` may use a
+    checkpoint's names (v4 names, a base model's without its prefix); weights only one side has are not compared."""
+    model = meta_model(config)
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    saved = by_model_name(saved_shapes, config.model_type, model.base_model_prefix)
+    saved = model_names(saved_shapes, model)
     return [
         (name, saved[name][1], shape, saved[name][0])
         for name, shape in expected.items()
@@ -244,7 +368,7 @@ def check_checkpoint_weights(
     if saved_shapes is None:
         return
     mismatches = mismatched_weights(saved_shapes, config)
-    body = [found for found in mismatches if not found[0].startswith(CLASSIFIER_PREFIX)]
+    body = [found for found in mismatches if not is_head_weight(found[0], config)]
     if body:
         described = f"`{config_argument}`" if config_argument else "its config.json"
         cause = mismatch_cause(saved_shapes, config, body)
@@ -281,8 +405,8 @@ def mismatch_cause(
 ) -> str:
     """The likely cause of a body mismatch: per-layer sizes (a slimmed folder whose config lost or changed them),
     else the config's shape fields."""
-    layer_parts = (".attention.", ".mlp.fc1.", ".mlp.fc2.")
-    if all(".layers." in name and any(part in name for part in layer_parts) for name, *_ in mismatches):
+    block_weights = layer_block_weights(meta_model(config))
+    if all(name in block_weights for name, *_ in mismatches):
         sizes = saved_layer_sizes(saved_shapes, config)
         configured = {name: getattr(config, name, None) for name in PER_LAYER_FIELDS}
         fields = " and ".join(f"`{name}`" for name in PER_LAYER_FIELDS)
@@ -301,15 +425,34 @@ def mismatch_cause(
     )
 
 
+def layer_sized_weights(model: PreTrainedModel) -> list[tuple[str, str]]:
+    """Per layer, the names of its query and first MLP weights, whose rows are its heads' channels and its neurons
+    (`vit.layers.0.attention.q_proj.weight`, DINOv2's `dinov2.encoder.layer.0...`, CLIP's `...self_attn.q_proj...`).
+
+    Found by module, not by name: every TriLevel family's base model lists its layers as `layers`, and each layer
+    exposes its `attention` (with `q_proj`) and `mlp` (with `fc1`), as structured sparsity and slimming read them."""
+    names = {module: name for name, module in model.named_modules()}
+    layers: nn.ModuleList = model.base_model.layers
+    return [(f"{names[layer.attention.q_proj]}.weight", f"{names[layer.mlp.fc1]}.weight") for layer in layers]
+
+
+def layer_block_weights(model: PreTrainedModel) -> set[str]:
+    """The names of every weight in the layers' attention and MLP blocks: those per-layer sizes shape."""
+    names = {module: name for name, module in model.named_modules()}
+    blocks = [block for layer in model.base_model.layers for block in (layer.attention, layer.mlp)]
+    return {f"{names[block]}.{name}" for block in blocks for name, _ in block.named_parameters()}
+
+
 def saved_layer_sizes(saved_shapes: Mapping[str, tuple[int, ...]], config: TriLevelViTConfig) -> dict[str, list]:
     """`{num_attention_heads_per_layer: [...], intermediate_size_per_layer: [...]}` read from the saved q and fc1
-    weights (heads of `hidden_size / num_attention_heads` channels), or {} when a layer's weights are missing."""
-    shapes = {name: shape for name, (_, shape) in by_model_name(saved_shapes, config.model_type).items()}
+    weights (heads of `hidden_size / num_attention_heads` channels), or {} when a layer's weights are missing. The
+    names are those of `config`'s family (`layer_sized_weights`: the weights slimming cuts)."""
+    model = meta_model(config)
+    shapes = {name: shape for name, (_, shape) in model_names(saved_shapes, model).items()}
     head_dim = config.hidden_size // config.num_attention_heads
     heads, neurons = [], []
-    for index in range(config.num_hidden_layers):
-        query = shapes.get(f"vit.layers.{index}.attention.q_proj.weight")
-        fc1 = shapes.get(f"vit.layers.{index}.mlp.fc1.weight")
+    for query_name, fc1_name in layer_sized_weights(model):
+        query, fc1 = shapes.get(query_name), shapes.get(fc1_name)
         if query is None or fc1 is None or not query or query[0] % head_dim:
             return {}
         heads.append(query[0] // head_dim)
@@ -324,18 +467,20 @@ def load_trilevel_model(
     ignore_mismatched_sizes: bool = False,
     config_argument: str | None = None,
     **hub_kwargs,
-) -> TriLevelViTForImageClassification:
-    """A new model for `config`, or the checkpoint's weights (TriLevel, ViT or DeiT) in this package's classes.
+) -> PreTrainedModel:
+    """A new model for `config`, or the checkpoint's weights (TriLevel or plain) in this package's classes: the
+    image classifier of `config`'s family (`hf_trilevel.modeling.FAMILY_CLASSES`).
 
     A local folder's weights are checked first (`check_checkpoint_weights`); `config_argument` names the flag the
     config came from when it is not the checkpoint's own (`config_name`)."""
+    classifier_class = config_family(config).classifier_class
     if model_name_or_path is None:
-        return TriLevelViTForImageClassification(config)
+        return classifier_class(config)
     check_checkpoint_weights(
         model_name_or_path, config, ignore_mismatched_sizes=ignore_mismatched_sizes, config_argument=config_argument
     )
     try:
-        return TriLevelViTForImageClassification.from_pretrained(
+        return classifier_class.from_pretrained(
             model_name_or_path, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes, **hub_kwargs
         )
     except OSError as error:
@@ -378,14 +523,21 @@ def build_image_processor(
 
 __all__ = [
     "CHECKPOINT_MODEL_TYPES",
+    "DEFAULT_MODEL_FAMILY",
+    "accepted_model_types",
     "build_image_processor",
     "build_trilevel_config",
     "check_checkpoint_weights",
     "check_classifier_size",
     "check_config_overrides",
+    "config_family",
+    "family_named",
+    "family_names",
     "load_trilevel_model",
     "merge_text",
     "mismatched_weights",
+    "model_family_of",
     "read_vit_config",
+    "scratch_fields",
     "selector_text",
 ]

@@ -27,6 +27,8 @@ from ..training.weight_files import read_trilevel_config
 from ..weight_sparsity.slimming import slim, structured_unit_masks
 from .model import check_checkpoint_weights
 
+# The model types slimmed here: TriLevel ViT folders only so far (`read_trilevel_config` refuses the other families).
+SLIMMED_MODEL_TYPES = (TriLevelViTConfig.model_type,)
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 # What slimming leaves true: the processor's preprocessing, and (same logits) the run's results and arguments.
 COPIED_FILES = (IMAGE_PROCESSOR_FILE, *RESULT_FILES, TRAINING_ARGS_JSON)
@@ -110,4 +112,4 @@ def _num_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-__all__ = ["slim_folder"]
+__all__ = ["SLIMMED_MODEL_TYPES", "slim_folder"]
