@@ -443,3 +443,27 @@ def test_weight_sparsity_masks_the_towers_weights_and_slim_cuts_pruned_heads_and
         assert slimmed.config.num_attention_heads_per_layer == [1] * 4
         assert slimmed.config.intermediate_size_per_layer == [32] * 4
         torch.testing.assert_close(slimmed(images(2)).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_times_the_classifier_against_transformers_with_the_familys_presets(family, tmp_path, capsys):
+    from hf_trilevel.cli import main
+    from hf_trilevel.evaluation.flops import flops_speedup_limit
+
+    name, spec, _, _ = family
+    path = tmp_path / "bench.json"
+    arguments = ["bench", "inference", "--family", name, "--hidden-size", "32", "--num-hidden-layers", "4",
+                 "--num-attention-heads", "2", "--intermediate-size", "64", "--image-size", "32", "--patch-size", "4",
+                 "--num-labels", "5", "--batch-size", "2", "--repeats", "2", "--warmup", "1", "--no-progress",
+                 "--keep-rates", "1", "0.5", "--attention-keep-rates", "1", "--token-merge-r", "0", "2",
+                 "--json", str(path)]  # fmt: skip
+    assert main(arguments) == 0
+    assert f"{spec.classifier.__name__} against TriLevel" in capsys.readouterr().out
+    results = {row["setting"]: row for row in json.loads(path.read_text())["results"]}
+    assert list(results) == [f"dense {'CLIP' if name == 'clip' else 'SigLIP'} (transformers)", "keep 1",
+                             "keep 1, merge r=2", "keep 0.5", "keep 0.5, merge r=2"]  # fmt: skip
+    config = spec.trilevel_vision_config(**VISION, num_labels=5, token_keep_rate=0.5)
+    assert results["keep 0.5"]["flops_limit"] == pytest.approx(flops_speedup_limit(config))
+    assert results["keep 0.5"]["mean_kept_tokens"] == [32, 16, 8]
+    with pytest.raises(SystemExit):  # a preset of another family names the family it needs
+        main(["bench", "inference", "--preset", f"{name}-base" if name == "siglip" else "clip-b32", "--no-progress"])
+    assert f"add --family {name}" in capsys.readouterr().err

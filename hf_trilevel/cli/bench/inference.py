@@ -49,7 +49,7 @@ import torch
 
 from ...evaluation.formatting import markdown_table
 from ...evaluation.patches import num_patches
-from .families import FAMILIES, PLANNED_FAMILIES
+from .families import FAMILIES
 from .measure import Measurement, TimingPlan, measure_settings, random_batch, timing_plan, weights_note
 from .models import trilevel_config
 from .onnx_runs import onnx_versions
@@ -212,8 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_shape_arguments(parser)
     parser.add_argument("--family", default="vit", metavar="FAMILY",
                         help=f"model family: {', '.join(FAMILIES)} (dense: transformers' "
-                             f"{', '.join(f.dense_name for f in FAMILIES.values())}); "
-                             f"{', '.join(PLANNED_FAMILIES)} are to come")  # fmt: skip
+                             f"{', '.join(f.dense_name for f in FAMILIES.values())})")  # fmt: skip
     add_setting_arguments(parser, keep_rates=[1.0, 0.7, 0.5], attention=[1.0, 0.3])
     add_slimming_arguments(parser)
     group = parser.add_argument_group("equal token budget (adaptive against fixed rate)")

@@ -39,7 +39,17 @@ PRESETS: dict[str, dict[str, int]] = {
         "intermediate_size": 3072,
         "patch_size": 14,
     },
-}
+    # CLIP's and SigLIP's released vision towers (`--family clip` / `--family siglip`).
+    "clip-b32": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+                 "patch_size": 32},
+    "clip-b16": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    "clip-l14": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
+                 "patch_size": 14},
+    "siglip-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                    "intermediate_size": 3072},
+    "siglip-so400m": {"hidden_size": 1152, "num_hidden_layers": 27, "num_attention_heads": 16,
+                      "intermediate_size": 4304, "patch_size": 14, "image_size": 384},
+}  # fmt: skip
 PRESET_IMAGE = {"image_size": 224, "patch_size": 16, "num_labels": 1000}
 SHAPE_FIELDS = ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "intermediate_size", "num_labels")  # fmt: skip
