@@ -244,7 +244,7 @@ def test_keep_rates_are_the_vision_towers_and_forwarded_by_the_composite_config(
 
 
 def test_saved_folders_keep_transformers_key_names_and_load_both_ways(family, tmp_path):
-    name, spec, folder, classifier_folder = family
+    _, spec, folder, classifier_folder = family
     pixel_values, input_ids = images(2), torch.tensor([[2, 4, 5, 3]])
     model = spec.trilevel_model.from_pretrained(folder, token_keep_rate=0.7).eval()
     model.save_pretrained(tmp_path / "image_text")
@@ -273,18 +273,18 @@ def test_saved_folders_keep_transformers_key_names_and_load_both_ways(family, tm
     reference = spec.vision_model.from_pretrained(classifier_folder).eval()
     with torch.no_grad():
         torch.testing.assert_close(tower(pixel_values).pooler_output, reference(pixel_values).pooler_output)
-    if name == "clip":  # vision folders written before transformers 5 hold the tower under `vision_model.`
-        legacy = tmp_path / "legacy"
-        reference.save_pretrained(legacy)
-        saved = load_file(legacy / "model.safetensors")  # transformers re-adds the prefix it stripped on loading
-        old = {f"vision_model.{key.removeprefix('vision_model.')}": value for key, value in saved.items()}
-        save_file(old, legacy / "model.safetensors", metadata={"format": "pt"})
-        loaded = spec.trilevel_vision_model.from_pretrained(legacy).eval()
-        fresh = spec.trilevel_vision_model(spec.trilevel_vision_config(**VISION)).eval()
-        assert fresh.load_state_dict(old, strict=True)  # plain load_state_dict strips the prefix too
-        with torch.no_grad():
-            torch.testing.assert_close(loaded(pixel_values).pooler_output, reference(pixel_values).pooler_output)
-            torch.testing.assert_close(fresh(pixel_values).pooler_output, reference(pixel_values).pooler_output)
+    # Vision folders written before transformers 5 hold the tower under `vision_model.`.
+    legacy = tmp_path / "legacy"
+    reference.save_pretrained(legacy)
+    saved = load_file(legacy / "model.safetensors")  # transformers re-adds the prefix it stripped on loading
+    old = {f"vision_model.{key.removeprefix('vision_model.')}": value for key, value in saved.items()}
+    save_file(old, legacy / "model.safetensors", metadata={"format": "pt"})
+    loaded = spec.trilevel_vision_model.from_pretrained(legacy).eval()
+    fresh = spec.trilevel_vision_model(spec.trilevel_vision_config(**VISION)).eval()
+    assert fresh.load_state_dict(old, strict=True)  # plain load_state_dict strips the prefix too
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values).pooler_output, reference(pixel_values).pooler_output)
+        torch.testing.assert_close(fresh(pixel_values).pooler_output, reference(pixel_values).pooler_output)
 
 
 def write_text_and_image_processors(folder: Path) -> None:

@@ -17,6 +17,7 @@ import transformers
 from torch import nn
 
 try:  # transformers 5 internals this file builds on; they move between major versions
+    from transformers.core_model_loading import PrefixChange
     from transformers.modeling_layers import GradientCheckpointingLayer
 except ImportError as error:
     raise ImportError(
@@ -26,6 +27,15 @@ except ImportError as error:
 
 from .vit_blocks import TriLevelViTAttention, TriLevelViTMLP
 from .vit_layer import TriLevelViTLayer
+
+
+def vision_model_prefix() -> list[PrefixChange]:
+    """The rule for vision-tower folders written before transformers 5, which hold the tower under `vision_model.`
+    (transformers strips it for its own CLIPVisionModel and SiglipVisionModel by class name). Each family registers it
+    for its tower (`from_pretrained`) and lists it as the tower's `_checkpoint_key_renames` (a plain
+    `load_state_dict`), each time a fresh object: transformers marks a rule used when it renames a key and reverses
+    used rules on save, so a rule shared with the plain-load hook would make a later save add the prefix twice."""
+    return [PrefixChange(prefix_to_remove="vision_model")]
 
 
 class TriLevelCLIPAttention(TriLevelViTAttention):
@@ -107,4 +117,4 @@ class ImageTextKeepRates:
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
-__all__ = ["EncoderLayers", "ImageTextKeepRates", "TriLevelCLIPAttention", "TriLevelCLIPLayer"]
+__all__ = ["EncoderLayers", "ImageTextKeepRates", "TriLevelCLIPAttention", "TriLevelCLIPLayer", "vision_model_prefix"]

@@ -29,7 +29,6 @@ from torch import nn
 try:  # transformers 5 internals this file builds on; they move between major versions
     from transformers import initialization as init
     from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-    from transformers.core_model_loading import PrefixChange
     from transformers.models.clip.modeling_clip import (
         CLIPModel,
         CLIPPreTrainedModel,
@@ -43,7 +42,7 @@ except ImportError as error:
         f"{transformers.__version__}. Install `transformers>=5,<6` to load this checkpoint. ({error})"
     ) from error
 
-from .clip_layer import EncoderLayers, ImageTextKeepRates, TriLevelCLIPLayer
+from .clip_layer import EncoderLayers, ImageTextKeepRates, TriLevelCLIPLayer, vision_model_prefix
 from .configuration_trilevel_clip import TriLevelCLIPConfig, TriLevelCLIPVisionConfig
 from .modeling_trilevel_vit import (
     TriLevelViTImageClassifierOutput,
@@ -52,10 +51,7 @@ from .modeling_trilevel_vit import (
     TriLevelViTPreTrainedModel,
 )
 
-# Vision folders written before transformers 5 hold the tower under `vision_model.` (transformers strips it for its
-# own CLIPVisionModel by class name; the same rule, by our class name, for ours).
-_VISION_PREFIX = [PrefixChange(prefix_to_remove="vision_model")]
-register_checkpoint_conversion_mapping("TriLevelCLIPVisionModel", _VISION_PREFIX, overwrite=True)
+register_checkpoint_conversion_mapping("TriLevelCLIPVisionModel", vision_model_prefix(), overwrite=True)
 
 CLIP_VISION_AUTO_MAP = {
     "AutoConfig": "configuration_trilevel_clip.TriLevelCLIPVisionConfig",
@@ -98,7 +94,7 @@ class TriLevelCLIPVisionModel(TriLevelCLIPPreTrainedModel, TriLevelViTModel):
 
     layer_class = TriLevelCLIPLayer
     returns_patch_token_mean = True
-    _checkpoint_key_renames = _VISION_PREFIX
+    _checkpoint_key_renames = vision_model_prefix()
 
     @property
     def layers(self) -> nn.ModuleList:

@@ -46,13 +46,18 @@ from .modeling_trilevel_vit import (
 from .vit_blocks import TriLevelViTAttention, TriLevelViTMLP
 from .vit_layer import TriLevelViTLayer
 
+
 # DINOv2's own renamings (v4 attention names on disk, `q_proj`... in memory, layers under `encoder.layer` in both).
 # Renamings only: they reverse on save, so saved folders keep DINOv2's names and load into transformers' DINOv2
 # (the mapping's SwiGLU weight converters would not reverse, and SwiGLU is refused by the config).
-_DINOV2_RENAMES = [
-    rule for rule in get_checkpoint_conversion_mapping("Dinov2Model") if isinstance(rule, WeightRenaming)
-]
-register_checkpoint_conversion_mapping("trilevel_dinov2", _DINOV2_RENAMES, overwrite=True)
+# Two copies: transformers marks a rule used when it renames a key and reverses used rules on save, so the rules the
+# plain-load hook applies (`_checkpoint_key_renames`) must not be the registered objects.
+def _dinov2_renames() -> list[WeightRenaming]:
+    return [rule for rule in get_checkpoint_conversion_mapping("Dinov2Model") if isinstance(rule, WeightRenaming)]
+
+
+_DINOV2_RENAMES = _dinov2_renames()
+register_checkpoint_conversion_mapping("trilevel_dinov2", _dinov2_renames(), overwrite=True)
 
 DINOV2_AUTO_MAP = {
     "AutoConfig": "configuration_trilevel_dinov2.TriLevelDinov2Config",

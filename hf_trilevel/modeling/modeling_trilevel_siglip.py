@@ -27,6 +27,7 @@ from torch import nn
 
 try:  # transformers 5 internals this file builds on; they move between major versions
     from transformers import initialization as init
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
     from transformers.models.siglip.modeling_siglip import (
         SiglipModel,
         SiglipMultiheadAttentionPoolingHead,
@@ -41,7 +42,13 @@ except ImportError as error:
         f"{transformers.__version__}. Install `transformers>=5,<6` to load this checkpoint. ({error})"
     ) from error
 
-from .clip_layer import EncoderLayers, ImageTextKeepRates, TriLevelCLIPAttention, TriLevelCLIPLayer
+from .clip_layer import (
+    EncoderLayers,
+    ImageTextKeepRates,
+    TriLevelCLIPAttention,
+    TriLevelCLIPLayer,
+    vision_model_prefix,
+)
 from .configuration_trilevel_siglip import TriLevelSiglipConfig, TriLevelSiglipVisionConfig
 from .modeling_trilevel_vit import (
     TriLevelViTImageClassifierOutput,
@@ -50,6 +57,8 @@ from .modeling_trilevel_vit import (
     TriLevelViTPreTrainedModel,
 )
 from .vit_blocks import TriLevelViTMLP
+
+register_checkpoint_conversion_mapping("TriLevelSiglipVisionModel", vision_model_prefix(), overwrite=True)
 
 SIGLIP_VISION_AUTO_MAP = {
     "AutoConfig": "configuration_trilevel_siglip.TriLevelSiglipVisionConfig",
@@ -88,7 +97,7 @@ class TriLevelSiglipPreTrainedModel(TriLevelViTPreTrainedModel):
     input_modalities = ("image",)
     _no_split_modules = ["SiglipVisionEmbeddings", "TriLevelCLIPLayer", "TriLevelSiglipPoolingHead"]
     _trilevel_auto_map = SIGLIP_VISION_AUTO_MAP
-    _checkpoint_key_renames = []  # SigLIP's names in memory and on disk
+    _checkpoint_key_renames = []  # the head's keys are SigLIP's; the tower (below) strips an old `vision_model.`
 
     def _init_weights(self, module):
         """As transformers' SigLIP initialises its vision tower (LeCun normal, Xavier attention and MLP)."""
@@ -120,6 +129,7 @@ class TriLevelSiglipVisionModel(TriLevelSiglipPreTrainedModel, TriLevelViTModel)
     layer_class = TriLevelCLIPLayer
     returns_patch_token_mean = True
     pools_weighted_tokens = True
+    _checkpoint_key_renames = vision_model_prefix()
 
     @property
     def layers(self) -> nn.ModuleList:
