@@ -281,7 +281,7 @@ def test_saved_folders_keep_transformers_key_names_and_load_both_ways(family, tm
     save_file(old, legacy / "model.safetensors", metadata={"format": "pt"})
     loaded = spec.trilevel_vision_model.from_pretrained(legacy).eval()
     fresh = spec.trilevel_vision_model(spec.trilevel_vision_config(**VISION)).eval()
-    assert fresh.load_state_dict(old, strict=True)  # plain load_state_dict strips the prefix too
+    fresh.load_state_dict(old, strict=True)  # a plain load_state_dict strips the prefix too (strict: all keys)
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values).pooler_output, reference(pixel_values).pooler_output)
         torch.testing.assert_close(fresh(pixel_values).pooler_output, reference(pixel_values).pooler_output)
@@ -366,7 +366,7 @@ def test_analytic_flops_match_the_flop_counter(family, settings):
 
 def test_refusals_name_the_argument(family, tmp_path):
     name, spec, _, _ = family
-    with pytest.raises(ValueError, match="vision embeddings have no mask token"):
+    with pytest.raises(ValueError, match=r"`use_mask_token=True`: \w+VisionEmbeddings has no mask token"):
         spec.trilevel_vision_model(spec.trilevel_vision_config(**VISION), use_mask_token=True)
     tower = spec.trilevel_vision_model(spec.trilevel_vision_config(**VISION)).eval()
     with pytest.raises(ValueError, match="`bool_masked_pos` is not supported"):
@@ -432,6 +432,9 @@ def test_weight_sparsity_masks_the_towers_weights_and_slim_cuts_pruned_heads_and
     assert "vision_model.embeddings.patch_embedding.weight" in names and "classifier.weight" in names
     assert {f"vision_model.encoder.layers.0.self_attn.{p}_proj.weight" for p in ("q", "k", "v", "out")} <= names
     assert "vision_model.encoder.layers.3.mlp.fc2.weight" in names
+    assert not any(".head." in name for name in names)  # SigLIP's pooling head (unused by the classifier) stays dense
+    image_text = spec.trilevel_model(spec.trilevel_config(vision_config=VISION, text_config=TEXT))
+    assert not any(name.startswith("text_model.") for name in masked_weights(image_text))
     with torch.no_grad():  # head 1 of every layer and half the neurons pruned, as structured sparsity leaves them
         for layer in unit_layers(model):
             heads, neurons = torch.tensor([True, False]), torch.arange(layer.num_neurons) % 2 == 0
@@ -467,3 +470,41 @@ def test_bench_times_the_classifier_against_transformers_with_the_familys_preset
     with pytest.raises(SystemExit):  # a preset of another family names the family it needs
         main(["bench", "inference", "--preset", f"{name}-base" if name == "siglip" else "clip-b32", "--no-progress"])
     assert f"add --family {name}" in capsys.readouterr().err
+
+
+def test_siglip_tower_pools_merged_and_padded_tokens_as_the_patches_they_hold(family):
+    name, spec, folder, _ = family
+    if name != "siglip":
+        pytest.skip("CLIP pools its class token")
+    tower = spec.trilevel_vision_model.from_pretrained(folder, token_merge_r=3).eval()
+    with torch.no_grad():  # merged: the head over the final tokens, weighted, = the head over one copy per patch
+        out = tower(images(2), output_token_sources=True)
+        per_patch = out.last_hidden_state.gather(1, out.token_sources[..., None].expand(-1, -1, 32))
+        torch.testing.assert_close(out.pooler_output, tower.head(per_patch), rtol=1e-4, atol=1e-5)
+    adaptive = spec.trilevel_vision_model.from_pretrained(
+        folder, token_selector="adaptive", token_keep_rate=0.9, token_keep_mass=0.8, token_min_keep_rate=0.05,
+        token_fusion=True,
+    ).eval()  # fmt: skip
+    with torch.no_grad():  # per-image counts: padded slots weigh nothing, so each image pools as if alone
+        for layer in adaptive.layers:  # peaked attention: counts differ between images
+            layer.self_attn.q_proj.weight.mul_(2.0)
+            layer.self_attn.k_proj.weight.mul_(2.0)
+        pixel_values = images(4, seed=5)
+        together = adaptive(pixel_values, output_kept_token_indices=True)
+        assert len(set(together.kept_token_counts[0].tolist())) > 1
+        alone = torch.cat([adaptive(pixel_values[i : i + 1]).pooler_output for i in range(4)])
+    torch.testing.assert_close(together.pooler_output, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_siglip_classes_initialise_as_transformers_siglip(family):
+    name, spec, _, _ = family
+    if name != "siglip":
+        pytest.skip("SigLIP's own initialisation")
+    shape = {**VISION, "hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4}
+    torch.manual_seed(0)
+    ours = spec.trilevel_classifier(spec.trilevel_vision_config(**shape, num_labels=5)).state_dict()
+    theirs = spec.classifier(spec.image_text_config(vision_config=shape, text_config=TEXT, num_labels=5)).state_dict()
+    for key, tensor in theirs.items():
+        if key.startswith("vision_model.") or key.startswith("classifier."):
+            expected, got = tensor.float().std().item(), ours[key].float().std().item()
+            assert got == pytest.approx(expected, rel=0.15, abs=1e-6), key

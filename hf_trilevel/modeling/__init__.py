@@ -63,12 +63,17 @@ REMOTE_CODE_FILES = (
 FAMILY_CODE_FILES = {
     "deit": ("configuration_trilevel_deit.py", "modeling_trilevel_deit.py"),
     "dinov2": ("configuration_trilevel_dinov2.py", "modeling_trilevel_dinov2.py"),
-    "clip": ("clip_layer.py", "configuration_trilevel_clip.py", "image_text_config.py", "modeling_trilevel_clip.py"),
+    "clip": (
+        "configuration_trilevel_clip.py",
+        "image_text_config.py",
+        "modeling_trilevel_clip.py",
+        "vision_towers.py",
+    ),
     "siglip": (
-        "clip_layer.py",
         "configuration_trilevel_siglip.py",
         "image_text_config.py",
         "modeling_trilevel_siglip.py",
+        "vision_towers.py",
     ),
 }
 

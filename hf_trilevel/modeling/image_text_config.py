@@ -76,6 +76,8 @@ class CompositeConfigLoading:
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         vars(self).pop("model_type", None)  # a plain config.json's model type would shadow ours on the instance
+        # Sparsity fields given to the composite config were set on the vision config after it validated itself.
+        self.vision_config.check_trilevel_fields()
 
 
 __all__ = ["VISION_SPARSITY_FIELDS", "CompositeConfigLoading", "forward_vision_fields"]

@@ -3,7 +3,7 @@
 CLIP's vision tower is a pre-norm ViT with three differences around the layers, not in them: a norm
 (`pre_layrnorm`) before the first layer, tokens returned un-normed (`last_hidden_state`), and the pooled output
 (what the projection turns into `image_embeds`) the class token normed by `post_layernorm`. `TriLevelCLIPVisionModel`
-supplies those through the encoder's seams and reuses the reduction; the layer is `clip_layer.TriLevelCLIPLayer`.
+supplies those through the encoder's seams and reuses the reduction; the layer is `vision_towers.TriLevelCLIPLayer`.
 CLIP has one class token, so token dropping ranks patches by its attention, as for ViT.
 
 * `TriLevelCLIPVisionModel`: `CLIPVisionModel` (`pooler_output` = normed class token).
@@ -35,20 +35,23 @@ try:  # transformers 5 internals this file builds on; they move between major ve
         CLIPTextModel,
         CLIPVisionEmbeddings,
     )
-    from transformers.utils.generic import can_return_tuple
 except ImportError as error:
     raise ImportError(
         f"The TriLevel CLIP code needs transformers 5 (tested with 5.25); this environment has "
         f"{transformers.__version__}. Install `transformers>=5,<6` to load this checkpoint. ({error})"
     ) from error
 
-from .clip_layer import EncoderLayers, ImageTextKeepRates, TriLevelCLIPLayer, vision_model_prefix
 from .configuration_trilevel_clip import TriLevelCLIPConfig, TriLevelCLIPVisionConfig
 from .modeling_trilevel_vit import (
-    TriLevelViTImageClassifierOutput,
     TriLevelViTModel,
-    TriLevelViTModelOutput,
     TriLevelViTPreTrainedModel,
+)
+from .vision_towers import (
+    EncoderLayersTower,
+    ImageTextKeepRates,
+    PatchMeanImageClassifier,
+    TriLevelCLIPLayer,
+    vision_model_prefix,
 )
 
 register_checkpoint_conversion_mapping("TriLevelCLIPVisionModel", vision_model_prefix(), overwrite=True)
@@ -87,41 +90,24 @@ class TriLevelCLIPPreTrainedModel(TriLevelViTPreTrainedModel):
             init.copy_(module.position_ids, torch.arange(module.num_positions).expand((1, -1)))
 
 
-class TriLevelCLIPVisionModel(TriLevelCLIPPreTrainedModel, TriLevelViTModel):
+class TriLevelCLIPVisionModel(EncoderLayersTower, TriLevelCLIPPreTrainedModel, TriLevelViTModel):
     """The TriLevel CLIP vision tower: `CLIPVisionModel` with token and attention sparsity at
     `config.token_prune_layers`. `last_hidden_state` is un-normed (as CLIP's), `pooler_output` the normed class token,
     and `patch_token_mean` the patch tokens' mean over the original patches (what the classifier reads)."""
 
+    embeddings_class = CLIPVisionEmbeddings
     layer_class = TriLevelCLIPLayer
     returns_patch_token_mean = True
     _checkpoint_key_renames = vision_model_prefix()
 
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.encoder.layers
-
-    def set_layers(self, layers: nn.ModuleList) -> None:
-        self.encoder = EncoderLayers(layers)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embedding
-
-    def patch_projection(self) -> nn.Module:
-        return self.embeddings.patch_embedding
-
     def build_embeddings(self, config: TriLevelCLIPVisionConfig, use_mask_token: bool) -> nn.Module:
-        if use_mask_token:
-            raise ValueError("`use_mask_token=True`: CLIP's vision embeddings have no mask token.")
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # part of the input side
-        return CLIPVisionEmbeddings(config)
+        return super().build_embeddings(config, use_mask_token)
 
     def embed(
         self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate_pos_encoding: bool | None
     ) -> torch.Tensor:
-        if bool_masked_pos is not None:
-            raise ValueError("`bool_masked_pos` is not supported: CLIP's vision embeddings have no mask token.")
-        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
-        return self.pre_layrnorm(hidden_states)
+        return self.pre_layrnorm(super().embed(pixel_values, bool_masked_pos, interpolate_pos_encoding))
 
     def build_output_modules(self, config: TriLevelCLIPVisionConfig, add_pooling_layer: bool) -> None:
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -132,49 +118,11 @@ class TriLevelCLIPVisionModel(TriLevelCLIPPreTrainedModel, TriLevelViTModel):
         return hidden_states, self.post_layernorm(hidden_states[:, 0])
 
 
-class TriLevelCLIPForImageClassification(TriLevelCLIPPreTrainedModel):
+class TriLevelCLIPForImageClassification(PatchMeanImageClassifier, TriLevelCLIPPreTrainedModel):
     """TriLevel CLIP vision tower with `CLIPForImageClassification`'s head: a linear classifier on the mean of the
     (un-normed) patch tokens, taken over the original patches when tokens were dropped, fused or merged."""
 
-    def __init__(self, config: TriLevelCLIPVisionConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.vision_model = TriLevelCLIPVisionModel(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        self.post_init()
-
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        output_kept_token_indices: bool | None = None,
-        output_token_importance: bool | None = None,
-        output_token_sources: bool | None = None,
-        **kwargs,
-    ) -> TriLevelViTImageClassifierOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `[batch]`, *optional*):
-            Class indices for the loss (as in `CLIPForImageClassification`); the selectors' `auxiliary_loss`, if
-            any, is added to it.
-        output_kept_token_indices, output_token_importance, output_token_sources (`bool`, *optional*):
-            See [`TriLevelViTModel.forward`].
-        """
-        outputs: TriLevelViTModelOutput = self.vision_model(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_kept_token_indices=output_kept_token_indices,
-            output_token_importance=output_token_importance,
-            output_token_sources=output_token_sources,
-            **kwargs,
-        )
-        logits = self.classifier(outputs.patch_token_mean)
-        return TriLevelViTImageClassifierOutput(
-            loss=self.task_loss(labels, logits, outputs.auxiliary_loss, **kwargs),
-            logits=logits,
-            **outputs.head_fields(),
-        )
+    tower_class = TriLevelCLIPVisionModel
 
 
 class TriLevelCLIPModel(ImageTextKeepRates, CLIPModel):

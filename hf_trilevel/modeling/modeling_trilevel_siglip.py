@@ -1,6 +1,6 @@
 """TriLevel SigLIP: the vision tower of transformers' SigLIP with the TriLevel token and attention levels.
 
-SigLIP's vision tower has no class token. Its layers are CLIP's (`clip_layer.TriLevelCLIPLayer`), its tokens are
+SigLIP's vision tower has no class token. Its layers are CLIP's (`vision_towers.TriLevelCLIPLayer`), its tokens are
 normed after the last layer (`last_hidden_state`), and the pooled output comes from an attention-pooling head: a
 learned probe attends over every token, then a norm and an MLP. With tokens dropped, fused or merged, the head weighs
 each token by the original patches it stands for (`log(size)` added to the probe's attention logits, ToMe's
@@ -35,30 +35,30 @@ try:  # transformers 5 internals this file builds on; they move between major ve
         SiglipTextModel,
         SiglipVisionEmbeddings,
     )
-    from transformers.utils.generic import can_return_tuple
 except ImportError as error:
     raise ImportError(
         f"The TriLevel SigLIP code needs transformers 5 (tested with 5.25); this environment has "
         f"{transformers.__version__}. Install `transformers>=5,<6` to load this checkpoint. ({error})"
     ) from error
 
-from .clip_layer import (
-    EncoderLayers,
+from .configuration_trilevel_siglip import TriLevelSiglipConfig, TriLevelSiglipVisionConfig
+from .modeling_trilevel_vit import (
+    TriLevelViTModel,
+    TriLevelViTPreTrainedModel,
+)
+from .token_selectors import ZeroInitLinear
+from .vision_towers import (
+    EncoderLayersTower,
     ImageTextKeepRates,
-    TriLevelCLIPAttention,
+    PatchMeanImageClassifier,
     TriLevelCLIPLayer,
     vision_model_prefix,
 )
-from .configuration_trilevel_siglip import TriLevelSiglipConfig, TriLevelSiglipVisionConfig
-from .modeling_trilevel_vit import (
-    TriLevelViTImageClassifierOutput,
-    TriLevelViTModel,
-    TriLevelViTModelOutput,
-    TriLevelViTPreTrainedModel,
-)
-from .vit_blocks import TriLevelViTMLP
 
 register_checkpoint_conversion_mapping("TriLevelSiglipVisionModel", vision_model_prefix(), overwrite=True)
+
+# The attribute naming a linear's SigLIP initialisation (`mark_init_roles`; unmarked linears: LeCun normal).
+INIT_ROLE = "trilevel_init_role"
 
 SIGLIP_VISION_AUTO_MAP = {
     "AutoConfig": "configuration_trilevel_siglip.TriLevelSiglipVisionConfig",
@@ -80,7 +80,7 @@ class TriLevelSiglipPoolingHead(SiglipMultiheadAttentionPoolingHead):
         if token_weights is None:
             return super().forward(hidden_state)
         # A float key-padding mask is added to the probe's attention logits: log(size), -inf for empty slots.
-        log_weights = token_weights.to(hidden_state.dtype).log()
+        log_weights = token_weights.float().log().to(hidden_state.dtype)
         probe = self.probe.repeat(hidden_state.shape[0], 1, 1)  # a copy: a view of a parameter trips module hooks
         hidden_state = self.attention(probe, hidden_state, hidden_state, key_padding_mask=log_weights)[0]
         hidden_state = hidden_state + self.mlp(self.layernorm(hidden_state))
@@ -100,67 +100,63 @@ class TriLevelSiglipPreTrainedModel(TriLevelViTPreTrainedModel):
     _checkpoint_key_renames = []  # the head's keys are SigLIP's; the tower (below) strips an old `vision_model.`
 
     def _init_weights(self, module):
-        """As transformers' SigLIP initialises its vision tower (LeCun normal, Xavier attention and MLP)."""
+        """As transformers' SigLIP initialises its vision tower: Xavier attention and MLP weights (`INIT_ROLE` marks
+        them), LeCun normal for every other linear and convolution, SigLIP's position embeddings, probe and head.
+
+        transformers initialises a custom model module by module, each holding parameters of its own, so the roles
+        are read from the linears themselves, not from their attention or MLP parents (which hold none)."""
         super()._init_weights(module)
         if isinstance(module, SiglipVisionEmbeddings):
             init.normal_(module.position_embedding.weight, std=self.config.hidden_size**-0.5)
-            init.lecun_normal_(module.patch_embedding.weight)
-            init.zeros_(module.patch_embedding.bias)
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
-        elif isinstance(module, TriLevelCLIPAttention):
-            for linear in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
-                init.xavier_uniform_(linear.weight)
-                init.zeros_(linear.bias)
-        elif isinstance(module, TriLevelViTMLP):
-            for linear in (module.fc1, module.fc2):
-                init.xavier_uniform_(linear.weight)
-                init.normal_(linear.bias, std=1e-6)
         elif isinstance(module, SiglipMultiheadAttentionPoolingHead):
             init.xavier_uniform_(module.probe)
             init.xavier_uniform_(module.attention.in_proj_weight)
             init.zeros_(module.attention.in_proj_bias)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)) and not isinstance(module, ZeroInitLinear):
+            role = getattr(module, INIT_ROLE, None)
+            if role == "classifier":
+                init.normal_(module.weight, std=self.config.hidden_size**-0.5)
+            elif role is not None:
+                init.xavier_uniform_(module.weight)
+            else:
+                init.lecun_normal_(module.weight)
+            if module.bias is not None:
+                init.normal_(module.bias, std=1e-6) if role == "mlp" else init.zeros_(module.bias)
 
 
-class TriLevelSiglipVisionModel(TriLevelSiglipPreTrainedModel, TriLevelViTModel):
+def mark_init_roles(attentions: list[nn.Module], mlps: list[nn.Module], classifier: nn.Module | None = None) -> None:
+    """Tag the linears whose SigLIP initialisation differs from LeCun normal (`INIT_ROLE`): the layers' attention
+    projections and every MLP (Xavier; an MLP's biases near zero), the classifier (normal, std hidden**-0.5)."""
+    for attention in attentions:
+        for linear in (attention.q_proj, attention.k_proj, attention.v_proj, attention.output_projection):
+            setattr(linear, INIT_ROLE, "attention")
+    for mlp in mlps:
+        for linear in (mlp.fc1, mlp.fc2):
+            setattr(linear, INIT_ROLE, "mlp")
+    if isinstance(classifier, nn.Linear):
+        setattr(classifier, INIT_ROLE, "classifier")
+
+
+class TriLevelSiglipVisionModel(EncoderLayersTower, TriLevelSiglipPreTrainedModel, TriLevelViTModel):
     """The TriLevel SigLIP vision tower: `SiglipVisionModel` with token and attention sparsity at
     `config.token_prune_layers`. `last_hidden_state` is normed, `pooler_output` the attention-pooling head's output
     (with `vision_use_head`), `patch_token_mean` every token's mean over the original patches."""
 
+    embeddings_class = SiglipVisionEmbeddings
     layer_class = TriLevelCLIPLayer
     returns_patch_token_mean = True
     pools_weighted_tokens = True
     _checkpoint_key_renames = vision_model_prefix()
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.encoder.layers
-
-    def set_layers(self, layers: nn.ModuleList) -> None:
-        self.encoder = EncoderLayers(layers)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embedding
-
-    def patch_projection(self) -> nn.Module:
-        return self.embeddings.patch_embedding
-
-    def build_embeddings(self, config: TriLevelSiglipVisionConfig, use_mask_token: bool) -> nn.Module:
-        if use_mask_token:
-            raise ValueError("`use_mask_token=True`: SigLIP's vision embeddings have no mask token.")
-        return SiglipVisionEmbeddings(config)
-
-    def embed(
-        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate_pos_encoding: bool | None
-    ) -> torch.Tensor:
-        if bool_masked_pos is not None:
-            raise ValueError("`bool_masked_pos` is not supported: SigLIP's vision embeddings have no mask token.")
-        return self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
 
     def build_output_modules(self, config: TriLevelSiglipVisionConfig, add_pooling_layer: bool) -> None:
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.use_head = config.vision_use_head
         if self.use_head:
             self.head = TriLevelSiglipPoolingHead(config)
+        # Before `post_init` initialises them: the layers' attention and MLPs and the head's MLP take SigLIP's schemes.
+        mlps = [layer.mlp for layer in self.layers] + ([self.head.mlp] if self.use_head else [])
+        mark_init_roles([layer.self_attn for layer in self.layers], mlps)
 
     def output_tokens(
         self, hidden_states: torch.Tensor, token_weights: torch.Tensor | None
@@ -169,49 +165,15 @@ class TriLevelSiglipVisionModel(TriLevelSiglipPreTrainedModel, TriLevelViTModel)
         return sequence_output, self.head(sequence_output, token_weights) if self.use_head else None
 
 
-class TriLevelSiglipForImageClassification(TriLevelSiglipPreTrainedModel):
+class TriLevelSiglipForImageClassification(PatchMeanImageClassifier, TriLevelSiglipPreTrainedModel):
     """TriLevel SigLIP vision tower with `SiglipForImageClassification`'s head: a linear classifier on the mean of
     every (normed) token, taken over the original patches when tokens were dropped, fused or merged."""
 
-    def __init__(self, config: TriLevelSiglipVisionConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.vision_model = TriLevelSiglipVisionModel(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        self.post_init()
+    tower_class = TriLevelSiglipVisionModel
 
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        output_kept_token_indices: bool | None = None,
-        output_token_importance: bool | None = None,
-        output_token_sources: bool | None = None,
-        **kwargs,
-    ) -> TriLevelViTImageClassifierOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `[batch]`, *optional*):
-            Class indices for the loss (as in `SiglipForImageClassification`); the selectors' `auxiliary_loss`, if
-            any, is added to it.
-        output_kept_token_indices, output_token_importance, output_token_sources (`bool`, *optional*):
-            See [`TriLevelViTModel.forward`].
-        """
-        outputs: TriLevelViTModelOutput = self.vision_model(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_kept_token_indices=output_kept_token_indices,
-            output_token_importance=output_token_importance,
-            output_token_sources=output_token_sources,
-            **kwargs,
-        )
-        logits = self.classifier(outputs.patch_token_mean)
-        return TriLevelViTImageClassifierOutput(
-            loss=self.task_loss(labels, logits, outputs.auxiliary_loss, **kwargs),
-            logits=logits,
-            **outputs.head_fields(),
-        )
+    def post_init(self):
+        mark_init_roles([], [], self.classifier)  # before the weights are initialised
+        super().post_init()
 
 
 class TriLevelSiglipModel(ImageTextKeepRates, SiglipModel):

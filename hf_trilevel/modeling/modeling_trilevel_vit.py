@@ -349,9 +349,10 @@ def patch_token_weights(
     num_prefix_tokens: int,
     num_patches: int,
 ) -> torch.Tensor | None:
-    """`[batch, tokens - prefix]`: how many of the `num_patches` original patches each token after the prefix stands
-    for (a merged token its size, a trailing fused token every patch no real token holds, a padded slot 0), in the
-    hidden states' dtype; None when nothing was dropped or merged (each token is one patch)."""
+    """`[batch, tokens - prefix]` float32: how many of the `num_patches` original patches each token after the prefix
+    stands for (a merged token its size, a trailing fused token every patch no real token holds, a padded slot 0);
+    None when nothing was dropped or merged (each token is one patch). float32 whatever the model's dtype: bfloat16
+    holds whole numbers exactly only up to 256."""
     kept = patch_positions.shape[1]
     has_fused_token = hidden_states.shape[1] > num_prefix_tokens + kept
     # An exported graph's kept width may be data-dependent (per-image counts), so it is not compared there: weights
@@ -359,10 +360,10 @@ def patch_token_weights(
     if token_sizes is None and not has_fused_token and not torch.compiler.is_exporting() and kept == num_patches:
         return None
     if token_sizes is None:
-        sizes = hidden_states.new_ones(patch_positions.shape)
+        sizes = hidden_states.new_ones(patch_positions.shape, dtype=torch.float32)
     else:
-        sizes = token_sizes[:, num_prefix_tokens : num_prefix_tokens + kept].to(hidden_states.dtype)
-    sizes = sizes * (patch_positions >= 0).to(hidden_states.dtype)
+        sizes = token_sizes[:, num_prefix_tokens : num_prefix_tokens + kept].float()
+    sizes = sizes * (patch_positions >= 0)
     if has_fused_token:
         fused = (num_patches - sizes.sum(dim=1, keepdim=True)).clamp_min(0)
         sizes = torch.cat([sizes, fused], dim=1)
@@ -377,8 +378,8 @@ def patch_token_mean(
     patches = sequence_output[:, num_prefix_tokens:]
     if token_weights is None:
         return patches.mean(dim=1)  # nothing dropped or merged: the dense model's mean, bit for bit
-    weights = token_weights.to(patches.dtype)
-    return (weights.unsqueeze(-1) * patches).sum(dim=1) / weights.sum(dim=1, keepdim=True)
+    weights = token_weights / token_weights.sum(dim=1, keepdim=True)  # float32 shares, then the model's dtype
+    return (weights.to(patches.dtype).unsqueeze(-1) * patches).sum(dim=1)
 
 
 def scatter_importance(importance: torch.Tensor, positions: torch.Tensor, num_patches: int) -> torch.Tensor:

@@ -31,6 +31,9 @@ MASKED_MODULE = re.compile(
     r"|(^|\.)embeddings\.patch_embedding$|(^|\.)self_attn\.(q|k|v|out)_proj$"
     r"|^(cls_|distillation_)?classifier$"
 )
+#: Modules outside the vision tower's layers that SViTE leaves dense although their names match: an image-text
+#: model's text tower and SigLIP's attention-pooling head (which its image classifier does not even read).
+UNMASKED_MODULE = re.compile(r"(^|\.)(text_model|head)\.")
 PATTERNS = ("unstructured", "2:4")
 GROUP = 4  # 2:4: two of every four consecutive inputs
 GROUP_KEPT = 2
@@ -41,7 +44,9 @@ def masked_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     found = {
         f"{name}.weight": module.weight
         for name, module in model.named_modules()
-        if MASKED_MODULE.search(name) and isinstance(module, (nn.Linear, nn.Conv2d))
+        if MASKED_MODULE.search(name)
+        and not UNMASKED_MODULE.search(name)
+        and isinstance(module, (nn.Linear, nn.Conv2d))
     }
     if not found:
         raise ValueError(
