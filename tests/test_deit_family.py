@@ -311,20 +311,34 @@ def test_bench_refuses_an_unknown_family_and_a_folder_of_another_family(deit_fol
 @pytest.mark.parametrize(
     ("command", "message"),
     [
-        (["export", "onnx"], "holds a 'trilevel_deit' model: this command handles TriLevel ViT folders"),
-        (["slim"], "holds a 'trilevel_deit' model: this command handles TriLevel ViT folders"),
-        (["card"], "holds a 'trilevel_deit' model: model cards are written for TriLevel ViT folders only so far"),
+        (["export", "onnx"], "holds no preprocessor_config.json"),  # past the family check, at the next one
+        (["slim"], "has no structured masks"),  # loaded and slimmed as DeiT: a dense model has nothing to cut
     ],
 )
-def test_commands_that_handle_vit_folders_only_refuse_a_family_folder_by_name(deit_folder, tmp_path, capsys, command,
-                                                                              message):  # fmt: skip
+def test_commands_take_a_trilevel_deit_folder_and_refuse_a_plain_one_naming_the_deit_class(
+    deit_folder, tmp_path, capsys, command, message
+):
     folder = tmp_path / "model"
     trilevel(deit_folder).save_pretrained(folder)
-    arguments = [*command, str(folder)] + ([] if command == ["card"] else [str(tmp_path / "out")])
-    with pytest.raises(SystemExit) as exit_info:
-        main(arguments)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    plain = (
+        "holds a 'deit' config, not a TriLevel one ('trilevel_deit'); load it with "
+        "hf_trilevel.TriLevelDeiTForImageClassificationWithTeacher.from_pretrained and save it first"
+    )
+    for source, expected in ((folder, message), (deit_folder, plain)):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, str(source), str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        assert expected in capsys.readouterr().err
+
+
+def test_card_of_a_trilevel_deit_folder_describes_both_prefix_tokens(deit_folder, tmp_path):
+    folder = tmp_path / "model"
+    trilevel(deit_folder, token_keep_rate=0.5).save_pretrained(folder)
+    assert main(["card", str(folder)]) == 0
+    card = (folder / "README.md").read_text()
+    assert "A **TriLevel DeiT** for image classification" in card
+    assert "scored by the attention of the class and distillation tokens (their rows averaged)" in card
+    assert "(64 tokens + class and distillation tokens)" in card and "loads this repository's TriLevelDeiTFor" in card
 
 
 def test_a_folder_of_another_family_is_refused_not_loaded_with_random_weights(tmp_path):

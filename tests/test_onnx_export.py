@@ -14,6 +14,7 @@ from transformers import ViTImageProcessorPil
 
 import hf_trilevel
 from hf_trilevel.cli import main
+from hf_trilevel.modeling import FAMILY_CLASSES
 from hf_trilevel.serving import OnnxExportError, check_onnx_matches, export_onnx, onnx_export
 from hf_trilevel.serving import folder as serving_folder
 from hf_trilevel.weight_sparsity.slimming import slim
@@ -163,7 +164,8 @@ def no_export(monkeypatch):
         raise AssertionError("export work started before the arguments were checked")
 
     monkeypatch.setattr(serving_folder, "export_onnx", fail)
-    monkeypatch.setattr(serving_folder.TriLevelViTForImageClassification, "from_pretrained", fail)
+    for family in FAMILY_CLASSES.values():
+        monkeypatch.setattr(family.classifier_class, "from_pretrained", fail)
 
 
 def test_folder_that_is_not_a_folder_is_a_usage_error(tmp_path, capsys, no_export):

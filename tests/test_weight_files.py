@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from hf_trilevel.modeling import FAMILY_CLASSES
 from hf_trilevel.recipe.model import check_checkpoint_weights, mismatched_weights
 from hf_trilevel.token_training.distillation import check_teacher_source
 from hf_trilevel.training.checkpoints import checkpoint_problem, latest_complete_checkpoint
@@ -19,6 +20,7 @@ from hf_trilevel.training.weight_files import (
     SAFETENSORS_INDEX,
     folder_weight_shapes,
     folder_weights_problem,
+    read_trilevel_config,
     safetensors_problem,
     safetensors_shapes,
 )
@@ -237,3 +239,14 @@ def test_a_missing_teacher_folder_is_named_as_a_folder_not_a_repo_id(tmp_path, m
         check_teacher_source(name)
     assert "Repo id" not in str(raised.value)
     check_teacher_source("google/vit-base-patch16-224")  # a Hub id stays one
+
+
+@pytest.mark.parametrize("model_type", [name for name in FAMILY_CLASSES if name != "trilevel_vit"])
+def test_a_family_folder_is_read_only_by_callers_that_load_every_family(tmp_path, model_type):
+    """The default stays TriLevel ViT: `serving.export_folder` and `recipe.slim_folder` load the ViT classes, which
+    would load another family's folder with missing weights; the commands pass every family."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(ValueError, match=f"FOLDER {tmp_path} holds a '{model_type}' model, which this loader does not"):
+        read_trilevel_config(tmp_path / "config.json", "FOLDER", tmp_path)
+    read = read_trilevel_config(tmp_path / "config.json", "FOLDER", tmp_path, model_types=FAMILY_CLASSES)
+    assert read == {"model_type": model_type}

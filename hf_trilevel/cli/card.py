@@ -6,7 +6,8 @@
 The card is built from `config.json`, the `*_results.json` files, `training_args.json` (what `TriLevelTrainer`
 writes instead of a pickle) and `operating_points.json` (the operating-point table a dense/sparse run writes), through
 the same plain-data renderer as a live run's card (`hf_trilevel.model_card.write_model_card`, which finds each
-technique's section by its name in `hf_trilevel.model_card.techniques`).
+technique's section by its name in `hf_trilevel.model_card.techniques`). FOLDER may hold a classifier of any TriLevel
+family (`hf_trilevel.modeling.FAMILY_CLASSES`); its config loads with the family's config class.
 """
 
 import argparse

@@ -3,8 +3,9 @@ dynamic batch, output `logits`) with its config and image processor, checked aga
 
     hf-trilevel export onnx outputs/digits outputs/digits-onnx
 
-What is exported and checked: `hf_trilevel.serving` and docs/serving.md. A bad argument, a setting that does not
-export or match, and missing ONNX packages all exit 2 with a message naming the argument or the setting.
+FOLDER may hold the classifier of any TriLevel family (`hf_trilevel.modeling.FAMILY_CLASSES`). What is exported and
+checked: `hf_trilevel.serving` and docs/serving.md. A bad argument, a setting that does not export or match, and
+missing ONNX packages all exit 2 with a message naming the argument or the setting.
 """
 
 import argparse

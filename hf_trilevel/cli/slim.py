@@ -2,7 +2,8 @@
 
     hf-trilevel slim outputs/digits-structured outputs/digits-slim
 
-What is saved, and why the run's results carry over: `hf_trilevel.recipe.slimmed_folder`. IN_DIR is only read.
+IN_DIR may hold a model of any TriLevel family (`hf_trilevel.modeling.FAMILY_CLASSES`). What is saved, and why the
+run's results carry over: `hf_trilevel.recipe.slimmed_folder`. IN_DIR is only read.
 """
 
 import argparse

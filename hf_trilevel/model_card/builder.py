@@ -11,7 +11,9 @@ Two layers, so that a card never depends on how a run was driven:
   arguments, log history, datasets, `technique_settings()` and `technique_metrics()`). Pass it to the trainer as
   `TriLevelTrainer(card_writer=trainer_model_card)`, and `create_model_card` (so `push_to_hub` too) writes it; the
   trainer itself imports no card code.
-A folder saved earlier gets its card from `write_model_card` (`folder.py`, also `hf-trilevel card FOLDER`).
+A folder saved earlier gets its card from `write_model_card` (`folder.py`, also `hf-trilevel card FOLDER`). Every
+TriLevel family gets the same card; its family's parts (title, code files, class, prefix tokens) come from
+`sections.family_text`.
 """
 
 import math
@@ -30,7 +32,11 @@ from ..token_training.operating_points import checked_report, read_operating_poi
 from ..weight_sparsity.card import count_nonzero_weights, model_nonzero_weights, saved_nonzero_weights
 from .sections import (
     TRAINING_FIELDS,
+    code_files_text,
+    config_family,
+    family_text,
     fusion_text,
+    kept_rows_text,
     merging_text,
     prune_layers_text,
     results_rows,
@@ -81,7 +87,9 @@ def build_model_card(
     """Render the model card of a TriLevel checkpoint from plain data.
 
     Args:
-        config: the checkpoint's config; its keep rates are the setting the card describes.
+        config: the checkpoint's config, of any registered TriLevel family (`hf_trilevel.modeling.FAMILY_CLASSES`:
+            the card names the family, the class its usage snippet loads and the tokens before the patches); its keep
+            rates are the setting the card describes.
         metrics: measured numbers, with or without Trainer's `eval_` prefix: `accuracy` (a fraction in [0, 1]),
             `top5_accuracy`, `train_runtime` (seconds), `epoch`, `example_fraction_seen` (in (0, 1]),
             `measured_speedup` (inference speedup over dense, from `hf-trilevel bench inference`) with an optional
@@ -118,6 +126,7 @@ def build_model_card(
     """
     if not isinstance(config, TriLevelViTConfig):
         raise ValueError(f"`config` must be a TriLevelViTConfig, got {type(config).__name__}.")
+    family, text = config_family(config), family_text(config)
     if not isinstance(model_name, str) or not model_name.strip():
         raise ValueError(f"`model_name` must be a non-empty string, got {model_name!r}.")
     measured = normalize_metrics(metrics)
@@ -145,6 +154,11 @@ def build_model_card(
         card_data=card_data.to_yaml(),
         model_name=model_name,
         model_id=model_id or model_name,
+        family_title=text.title,
+        family_description=text.description,
+        code_files_text=code_files_text(config),
+        classifier_class=family.classifier_class.__name__,
+        kept_rows_text=kept_rows_text(config),
         origin=origin,
         prune_layers_text=prune_layers_text(config),
         token_method_text=token_method_text(config, training),

@@ -4,15 +4,20 @@ slimmed copy a structured run saves).
 The card is built from `config.json`, the `*_results.json` files, `training_args.json` (what `TriLevelTrainer`
 writes instead of a pickle) and `operating_points.json` (the operating-point table a dense/sparse run writes), through
 the same plain-data renderer as a live run's card (`build_model_card`).
+
+The config loads with the class of the folder's family (`hf_trilevel.modeling.FAMILY_CLASSES`): a TriLevel folder of
+any family, or a plain transformers folder its family's config class converts (`plain_model_type`, e.g. "vit" or
+"dinov2", shown as the TriLevel model it loads as). Image-text folders (CLIP's, SigLIP's) hold no classifier and are
+refused by name.
 """
 
 import json
 from pathlib import Path
 
+from ..modeling import FAMILY_CLASSES, family_of_model_type
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..token_training.operating_points import read_operating_points_report
 from ..training.trainer import TRAINING_ARGS_JSON
-from ..training.weight_files import FAMILY_MODEL_TYPES
 from ..weight_sparsity.card import saved_nonzero_weights
 from .builder import build_model_card
 from .sources import read_result_files, training_from_arguments
@@ -28,18 +33,13 @@ def write_model_card(
     `output` to `README.md` inside the folder. Returns the card's path.
 
     Raises:
-        ValueError: the folder has no `config.json`, its `operating_points.json` is malformed, or a value the card
-            needs is out of range.
+        ValueError: the folder has no `config.json`, it holds no TriLevel family's image classifier config, its
+            `operating_points.json` is malformed, or a value the card needs is out of range.
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ValueError(f"`folder` must be a saved TriLevel checkpoint folder with a config.json, got {folder}.")
-    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    if model_type in FAMILY_MODEL_TYPES:
-        raise ValueError(
-            f"{folder} holds a {model_type!r} model: model cards are written for TriLevel ViT folders only so far."
-        )
-    config = TriLevelViTConfig.from_pretrained(folder)
+    config = folder_config(folder)
     arguments_file = folder / TRAINING_ARGS_JSON
     if arguments_file.is_file():
         # The file holds the per-device batch size and not the number of processes: no total batch size.
@@ -52,4 +52,21 @@ def write_model_card(
     return path
 
 
-__all__ = ["write_model_card"]
+def folder_config(folder: Path) -> TriLevelViTConfig:
+    """The config of `folder`, loaded with its family's TriLevel config class. A model type that no family's config
+    class loads as its own (an image-text model, another architecture) raises a `ValueError` naming the folder."""
+    saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    model_type = saved.get("model_type") if isinstance(saved, dict) else None
+    family = family_of_model_type(model_type)
+    config_class = family.config_class if family is not None else None
+    if config_class is None or model_type not in (config_class.model_type, config_class.plain_model_type):
+        hint = (
+            f"load it with hf_trilevel.{family.classifier_class.__name__}.from_pretrained and save it first"
+            if family is not None
+            else f"cards are written for the TriLevel families {', '.join(map(repr, FAMILY_CLASSES))}"
+        )
+        raise ValueError(f"{folder} holds a {model_type!r} model, not an image classifier's config; {hint}.")
+    return config_class.from_pretrained(folder)
+
+
+__all__ = ["folder_config", "write_model_card"]

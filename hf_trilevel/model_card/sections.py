@@ -21,12 +21,20 @@ structurally slimmed checkpoint shows its real widths, and its FLOPs against the
 config without those methods is uniform. Weight sparsity (`WeightSparsity.card_settings()`, the
 `weight_sparsity` training entry) is described in the training section, and the share of non-zero weights a
 checkpoint holds (counted by `hf_trilevel.model_card.builder.model_nonzero_weights`) in its settings.
+
+Every registered family (`hf_trilevel.modeling.FAMILY_CLASSES`) gets the same card; what differs is read from its
+config and its `FamilyText`: the title, what the model is, the files its code lives in, the class the usage snippet's
+Auto class loads, and the tokens before the patches (`config.num_prefix_tokens`: ViT's class token, DeiT's class and
+distillation tokens, none for SigLIP), which rank the patches and keep their attention rows.
 """
+
+from dataclasses import dataclass
 
 from ..evaluation.flops import dense_config, flops_speedup_limit, forward_flops, full_width_config, layer_tokens
 from ..evaluation.formatting import format_duration, format_flops
 from ..evaluation.patches import num_patches
 from ..evaluation.token_counts import FIXED_COUNT_SELECTORS, KEPT_TOKENS_METRIC
+from ..modeling import FamilyClasses, family_of_model_type
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.token_reduction import token_schedule
 from ..modeling.value_checks import as_pair
@@ -46,6 +54,99 @@ RUN_FIELDS = {
 }
 # Every key of the card's `training` dict with its label: the run's, then each technique's (`TECHNIQUE_CARDS`).
 TRAINING_FIELDS = {**RUN_FIELDS, **{name: card.label for name, card in TECHNIQUE_CARDS.items()}}
+
+
+@dataclass(frozen=True)
+class FamilyText:
+    """How a card names a family: its title, what the model is (a noun phrase the card follows with "that skips
+    redundant work"), and its prefix tokens as a noun ("class token"; "" for a family without any)."""
+
+    title: str
+    description: str
+    prefix_tokens: str
+
+
+#: Each family's text by `FamilyClasses.name`; a family missing here gets `family_text`'s generic one.
+FAMILY_TEXTS = {
+    "vit": FamilyText("TriLevel ViT", "a 🤗 Transformers Vision Transformer", "class token"),
+    "deit-distilled": FamilyText(
+        "TriLevel DeiT",
+        "🤗 Transformers' distilled DeiT (a Vision Transformer whose class and distillation tokens each feed a "
+        "classifier head; the prediction averages their logits)",
+        "class and distillation tokens",
+    ),
+    "dinov2": FamilyText(
+        "TriLevel DINOv2",
+        "🤗 Transformers' DINOv2 (a Vision Transformer with LayerScale whose classifier reads the class token and the "
+        "mean of the patch tokens)",
+        "class token",
+    ),
+    "clip": FamilyText(
+        "TriLevel CLIP",
+        "the vision tower of 🤗 Transformers' CLIP (a linear classifier on the mean of its patch tokens)",
+        "class token",
+    ),
+    "siglip": FamilyText(
+        "TriLevel SigLIP",
+        "the vision tower of 🤗 Transformers' SigLIP (no class token; a linear classifier on the mean of its tokens)",
+        "",
+    ),
+}
+
+
+def config_family(config: TriLevelViTConfig) -> FamilyClasses:
+    """The registered family whose TriLevel config `config` is; a `ValueError` names `config` otherwise (a card
+    would have no class to load it with)."""
+    family = family_of_model_type(getattr(config, "model_type", None))
+    if family is None or not isinstance(config, family.config_class):
+        raise ValueError(
+            f"`config` must be the config of a registered TriLevel family (hf_trilevel.modeling.FAMILY_CLASSES), got "
+            f"{type(config).__name__} with model_type {getattr(config, 'model_type', None)!r}."
+        )
+    return family
+
+
+def family_text(config: TriLevelViTConfig) -> FamilyText:
+    """`FAMILY_TEXTS` of the config's family, or a generic text from its name and prefix-token count."""
+    family = config_family(config)
+    if family.name in FAMILY_TEXTS:
+        return FAMILY_TEXTS[family.name]
+    count = config.num_prefix_tokens
+    prefix = {0: "", 1: "class token"}.get(count, f"{count} prefix tokens")
+    return FamilyText(f"TriLevel {family.name}", f"a 🤗 Transformers {family.name} vision transformer", prefix)
+
+
+def code_files_text(config: TriLevelViTConfig) -> str:
+    """The family's own configuration and modeling files, which a saved checkpoint carries (with their siblings)."""
+    modules = (type(config).__module__, config_family(config).classifier_class.__module__)
+    return ", ".join(f"`{module.rpartition('.')[2]}.py`" for module in modules)
+
+
+def ranking_attention_text(config: TriLevelViTConfig) -> str:
+    """Whose attention ranks the patches (`token_reduction.class_token_attention`): the prefix tokens' rows, or the
+    mean query's for a family without prefix tokens."""
+    prefix = family_text(config).prefix_tokens
+    if not prefix:
+        return "the attention of the mean query (the average of every token's query: there is no class token)"
+    if config.num_prefix_tokens == 1:
+        return f"the {prefix}'s attention"
+    return f"the attention of the {prefix} (their rows averaged)"
+
+
+def kept_rows_text(config: TriLevelViTConfig) -> str:
+    """The rows and columns attention sparsity never cuts (`sparse_attention`: the prefix tokens')."""
+    prefix = family_text(config).prefix_tokens
+    if not prefix:
+        return "there is no class token: only the fused token, with `token_fusion`, keeps its whole row and column"
+    if config.num_prefix_tokens == 1:
+        return f"the {prefix}'s row and column always stay"
+    return f"the {prefix}' rows and columns always stay"
+
+
+def input_tokens_text(config: TriLevelViTConfig, patches: int) -> str:
+    """`64 tokens + class token`: the patch tokens and the prefix tokens before them."""
+    prefix = family_text(config).prefix_tokens
+    return f"{patches} tokens + {prefix}" if prefix else f"{patches} tokens, no class token"
 
 
 def table_rows(rows: list[tuple[str, str]]) -> str:
@@ -85,8 +186,8 @@ def selector_name(config: TriLevelViTConfig) -> str:
 
 def importance_text(config: TriLevelViTConfig) -> str:
     if getattr(config, "token_importance", "class_attention") == "learned":
-        return "learned scores: a small scorer per pruning layer added to the log of the class-token attention"
-    return "the class token's attention, averaged over heads"
+        return f"learned scores: a small scorer per pruning layer added to the log of {ranking_attention_text(config)}"
+    return f"{ranking_attention_text(config)}, averaged over heads"
 
 
 def token_method_text(config: TriLevelViTConfig, training: dict | None = None) -> str:
@@ -94,16 +195,16 @@ def token_method_text(config: TriLevelViTConfig, training: dict | None = None) -
     selector = selector_name(config)
     rate = "`ceil(n * token_keep_rate)`"
     compounds = "the rate compounds from one pruning layer to the next."
+    attention = ranking_attention_text(config)
     if selector == "class_attention":
         return (
-            "Every patch token is scored by the class token's attention, averaged over heads, and the top "
-            f"{rate} are kept; {compounds}"
+            f"Every patch token is scored by {attention}, averaged over heads, and the top {rate} are kept; {compounds}"
         )
     if selector == "learned":
         return (
             "Every patch token is scored by a small learned scorer of its pruning layer (LayerNorm → Linear(hidden, "
             "hidden/4) → GELU → Linear(hidden/4, 1), its last layer initialised at zero so that it starts from "
-            "class-attention ranking) added to the log of the class token's attention, and the top "
+            f"class-attention ranking) added to the log of {attention}, and the top "
             f"{rate} are kept; {compounds} In training the choice is a Gumbel top-k with a straight-through hard "
             "decision, so the scorer learns from the task loss while dropped tokens are removed all the same"
             f"{temperature_text((training or {}).get('token_selector_temperature'))}."
@@ -212,7 +313,7 @@ def settings_rows(
         (
             "input",
             f"{size_text(config.image_size)} px, {config.num_channels} channels, "
-            f"{size_text(config.patch_size)} patches ({patches} tokens + class token)",
+            f"{size_text(config.patch_size)} patches ({input_tokens_text(config, patches)})",
         ),
         ("classes", str(config.num_labels)),
     ]

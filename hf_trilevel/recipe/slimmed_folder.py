@@ -1,7 +1,8 @@
 """A saved TriLevel folder with its pruned heads and MLP neurons removed: `hf-trilevel slim`, and the slimmed copy a
 structured run saves (`--slim_output_dir`).
 
-The model is loaded from IN_DIR (the class its `config.json` names), slimmed with `hf_trilevel.slim` (pruned units
+The model is loaded from IN_DIR (the class of its family, `hf_trilevel.modeling.FAMILY_CLASSES`, that its
+`config.json` names: the classifier, or the family's base model), slimmed with `hf_trilevel.slim` (pruned units
 are the all-zero ones, see `hf_trilevel/weight_sparsity/slimming.py`) and saved to OUT_DIR as any TriLevel checkpoint
 is (safetensors, config with per-layer sizes, the remote code), with IN_DIR's image processor and a new model card.
 The slimmed model computes the masked one's logits, so IN_DIR's result files (`*_results.json`, less their FLOPs
@@ -17,17 +18,19 @@ from pathlib import Path
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
+from .. import modeling
 from ..model_card.folder import write_model_card
 from ..model_card.sources import RESULT_FILES
+from ..modeling import FAMILY_CLASSES, FamilyClasses
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
-from ..modeling.modeling_trilevel_vit import TriLevelViTForImageClassification, TriLevelViTModel
 from ..token_training.operating_points import OPERATING_POINTS_FILE
 from ..training.trainer import TRAINING_ARGS_JSON
 from ..training.weight_files import read_trilevel_config
 from ..weight_sparsity.slimming import slim, structured_unit_masks
 from .model import check_checkpoint_weights
 
-# The model types slimmed here: TriLevel ViT folders only so far (`read_trilevel_config` refuses the other families).
+# The model types a structured run slims itself (`--slim_output_dir`): TriLevel ViT folders only so far (the example's
+# guard); `hf-trilevel slim` and `slim_folder` take every family's folder.
 SLIMMED_MODEL_TYPES = (TriLevelViTConfig.model_type,)
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 # What slimming leaves true: the processor's preprocessing, and (same logits) the run's results and arguments.
@@ -41,9 +44,9 @@ def slim_folder(
     `card_kwargs` go to `write_model_card`, e.g. `dataset_name`); return the per-layer summary. Bad input raises
     `ValueError` naming IN_DIR or OUT_DIR."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    model_class = _model_class(in_dir)
+    family, model_class = _model_class(in_dir)
     _check_output(in_dir, out_dir, overwrite)
-    _check_weights(in_dir)
+    _check_weights(in_dir, family)
     try:
         model = model_class.from_pretrained(in_dir)
         slimmed = slim(model)
@@ -66,21 +69,25 @@ def slim_folder(
     return f"{_summary(model, slimmed)}\nwrote {out_dir} (model card {card})"
 
 
-def _model_class(in_dir: Path) -> type[nn.Module]:
-    """The TriLevel class IN_DIR was saved from; refuses a folder without a TriLevel `config.json`."""
+def _model_class(in_dir: Path) -> tuple[FamilyClasses, type[nn.Module]]:
+    """IN_DIR's family and the class it was saved from: the family's class its `architectures` names (a base model
+    stays a base model), else the family's classifier. Refuses a folder without a TriLevel `config.json`."""
     config_file = in_dir / "config.json"
     if not config_file.is_file():
         raise ValueError(f"IN_DIR must be a saved TriLevel checkpoint folder with a config.json, got {in_dir}.")
-    config = read_trilevel_config(config_file, "IN_DIR", in_dir)
-    if "TriLevelViTModel" in (config.get("architectures") or []):
-        return TriLevelViTModel
-    return TriLevelViTForImageClassification
+    config = read_trilevel_config(config_file, "IN_DIR", in_dir, model_types=FAMILY_CLASSES)
+    family = FAMILY_CLASSES[config["model_type"]]
+    for name in config.get("architectures") or []:
+        named = getattr(modeling, name, None)
+        if isinstance(named, type) and getattr(named, "config_class", None) is family.config_class:
+            return family, named
+    return family, family.classifier_class
 
 
-def _check_weights(in_dir: Path) -> None:
+def _check_weights(in_dir: Path, family: FamilyClasses) -> None:
     """IN_DIR's weight files must read whole and fit the model its config.json describes (headers only)."""
     try:
-        config = TriLevelViTConfig.from_pretrained(in_dir)
+        config = family.config_class.from_pretrained(in_dir)
         config.check_trilevel_fields()
     except (StrictDataclassError, ValueError, OSError) as error:
         raise ValueError(f"IN_DIR {in_dir}: {error}") from None

@@ -3,7 +3,10 @@
 OUTPUT_DIR receives `model.onnx` (see `onnx_export.py`), and FOLDER's `config.json` (labels, sizes, the settings
 the graph was exported with) and `preprocessor_config.json` (what turns an image into `pixel_values`), copied
 unchanged. Every check of the arguments runs before the model loads, and nothing is written to OUTPUT_DIR unless the
-exported graph matched PyTorch. FOLDER is only read.
+exported graph matched PyTorch. FOLDER is only read. FOLDER may hold the classifier of any TriLevel family
+(`hf_trilevel.modeling.FAMILY_CLASSES`); it loads with its family's classifier class, found by the `model_type` of
+its `config.json` (a DeiT or DINOv2 folder loaded as ViT would miss weights, and the graph would match that wrong
+model).
 """
 
 import shutil
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..modeling.modeling_trilevel_vit import TriLevelViTForImageClassification
+from ..modeling import FAMILY_CLASSES, FamilyClasses
 from ..training.weight_files import WeightFileError, folder_weight_shapes, read_trilevel_config
 from .onnx_export import ExportReport, export_onnx, require_onnx
 
@@ -27,29 +30,31 @@ def export_folder(folder: str | Path, output_dir: str | Path, *, overwrite: bool
     `OnnxExportError` naming it; missing ONNX packages raise `ImportError` naming `hf-trilevel[onnx]`.
     """
     folder, output_dir = Path(folder), Path(output_dir)
-    check_folder(folder)
+    family = check_folder(folder)
     check_output_dir(folder, output_dir, overwrite)
     require_onnx()
-    model = TriLevelViTForImageClassification.from_pretrained(folder, dtype=torch.float32).eval()
+    model = family.classifier_class.from_pretrained(folder, dtype=torch.float32).eval()
     report = export_onnx(model, output_dir / ONNX_FILE)
     for name in (CONFIG_FILE, IMAGE_PROCESSOR_FILE):
         shutil.copy2(folder / name, output_dir / name)
     return report
 
 
-def check_folder(folder: Path) -> None:
-    """FOLDER must be a saved TriLevel `...ForImageClassification` with readable weights and an image processor."""
+def check_folder(folder: Path) -> FamilyClasses:
+    """FOLDER must be a saved TriLevel image classifier (of any family) with readable weights and an image processor.
+    Returns its family."""
     if not folder.is_dir():
         raise ValueError(f"FOLDER {folder} is not a folder; give the folder a TriLevel model was saved to.")
     config_file = folder / CONFIG_FILE
     if not config_file.is_file():
         raise ValueError(f"FOLDER {folder} holds no config.json; it is not a saved model folder.")
-    config = read_trilevel_config(config_file, "FOLDER", folder)
+    config = read_trilevel_config(config_file, "FOLDER", folder, model_types=FAMILY_CLASSES)
+    family = FAMILY_CLASSES[config["model_type"]]
     architectures = config.get("architectures") or []
-    if not any("ForImageClassification" in name for name in architectures):
+    if family.classifier_class.__name__ not in architectures:
         raise ValueError(
             f"FOLDER {folder} holds {architectures or 'no architectures'}, not an image classifier; the ONNX graph "
-            "outputs `logits`, so export a TriLevelViTForImageClassification folder."
+            f"outputs `logits`, so export a {family.classifier_class.__name__} folder."
         )
     try:
         shapes = folder_weight_shapes(folder)
@@ -62,6 +67,7 @@ def check_folder(folder: Path) -> None:
             f"FOLDER {folder} holds no {IMAGE_PROCESSOR_FILE}; the ONNX model takes processed `pixel_values`, so "
             "save the image processor into FOLDER first (`ViTImageProcessor(...).save_pretrained(FOLDER)`)."
         )
+    return family
 
 
 def check_output_dir(folder: Path, output_dir: Path, overwrite: bool) -> None:

@@ -19,8 +19,10 @@ shard by shard, and every tensor the index maps must be in the shard it names.
 import json
 import math
 import struct
+from collections.abc import Collection
 from pathlib import Path
 
+from ..modeling import FAMILY_CLASSES, family_of_model_type
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 
 SAFETENSORS_WEIGHTS = "model.safetensors"  # transformers' SAFE_WEIGHTS_NAME
@@ -183,36 +185,51 @@ def folder_weights_problem(folder: str | Path) -> str | None:
     return None
 
 
-# The TriLevel families other than ViT (`hf_trilevel.modeling.FAMILY_CODE_FILES`), by model type.
-FAMILY_MODEL_TYPES = ("trilevel_deit", "trilevel_dinov2")
+#: What `read_trilevel_config` takes by default: TriLevel ViT folders, the ones `hf_trilevel.serving.export_folder`
+#: and `hf_trilevel.recipe.slimmed_folder.slim_folder` load (with the ViT classes, which would load another family's
+#: folder with missing weights). The commands that load each family's own class pass every family (`FAMILY_CLASSES`).
+VIT_MODEL_TYPES = (TriLevelViTConfig.model_type,)
 
 
-def read_trilevel_config(config_file: Path, argument: str, folder: Path) -> dict:
+def read_trilevel_config(
+    config_file: Path, argument: str, folder: Path, *, model_types: Collection[str] = VIT_MODEL_TYPES
+) -> dict:
     """The JSON of a saved folder's `config.json`, refused (`ValueError` naming `argument`, e.g. the command's
-    FOLDER) when it cannot be read or is not a TriLevel config: plain ViT folders must be loaded and saved first."""
+    FOLDER) when it cannot be read or its `model_type` is not one of `model_types`, the TriLevel model types the
+    caller loads. A plain transformers folder of a family ("vit", "dinov2", ...) is told to be loaded into the
+    family's TriLevel class and saved first: the tools read settings and per-layer sizes only TriLevel configs hold.
+    """
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, OSError) as error:
         raise ValueError(f"{argument} {folder}: config.json cannot be read as JSON ({error}).") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type in FAMILY_MODEL_TYPES:
+    if model_type in model_types:
+        return config
+    if model_type in FAMILY_CLASSES:
         raise ValueError(
-            f"{argument} {folder} holds a {model_type!r} model: this command handles TriLevel ViT folders "
-            f"('{TriLevelViTConfig.model_type}') only so far. From Python, `hf_trilevel.serving.export_onnx(model, "
-            "path)` and `hf_trilevel.slim(model)` take a loaded model of any TriLevel family."
+            f"{argument} {folder} holds a {model_type!r} model, which this loader does not take (it takes "
+            f"{', '.join(map(repr, model_types))}); the commands `hf-trilevel card`, `hf-trilevel export onnx` and "
+            "`hf-trilevel slim` take a folder of every TriLevel family, and from Python "
+            "`hf_trilevel.serving.export_onnx(model, path)` and `hf_trilevel.slim(model)` a loaded model of any."
         )
-    if model_type != TriLevelViTConfig.model_type:
+    family = family_of_model_type(model_type)
+    if family is not None:
         raise ValueError(
             f"{argument} {folder} holds a {model_type!r} config, not a TriLevel one "
-            f"('{TriLevelViTConfig.model_type}'); load it with "
-            "hf_trilevel.TriLevelViTForImageClassification.from_pretrained and save it first."
+            f"('{family.config_class.model_type}'); load it with "
+            f"hf_trilevel.{family.classifier_class.__name__}.from_pretrained and save it first."
         )
-    return config
+    raise ValueError(
+        f"{argument} {folder} holds a {model_type!r} config, not a TriLevel one (one of "
+        f"{', '.join(map(repr, model_types))}); save the model with a TriLevel class first."
+    )
 
 
 __all__ = [
     "SAFETENSORS_INDEX",
     "SAFETENSORS_WEIGHTS",
+    "VIT_MODEL_TYPES",
     "WeightFileError",
     "folder_weight_shapes",
     "folder_weights_problem",
