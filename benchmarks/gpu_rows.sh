@@ -12,7 +12,8 @@
 # physically slimmed shapes (fewer heads and MLP neurons per layer, as `hf-trilevel slim` leaves them) on PRESET and,
 # without SHAPE, on deit-tiny too; token merging (ToMe, r tokens per layer; MERGE_R: the inference values, the first
 # one also for training); batch-1 latency rows, eager and compiled (issue 26; onnxruntime runs on the CPU only;
-# slimmed shapes at batch 1 left out to keep the run short);
+# slimmed shapes at batch 1 left out to keep the run short); DeiT distilled, DINOv2, CLIP and SigLIP at their base
+# presets against their own transformers classifiers (issue 27; with SHAPE, that shape in every family);
 # and the data level's time to accuracy on the redundant digits (TTA: its run length and seeds).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
@@ -67,6 +68,13 @@ B1=(--device "$DEVICE" --dtype "$DTYPE" --batch-size 1 --repeats "$((REPEATS * 5
     --token-merge-r 0 "${MERGE_R[0]}" --json "$OUT/batch1_merging.json"
 "${BENCH[@]}" inference "${SHAPE_ARGS[@]}" "${B1[@]}" --keep-rates 1 0.7 0.5 --attention-keep-rates 1 --compile \
     --json "$OUT/batch1_compiled.json"
+echo "== other families, each against its own transformers classifier: keep rates (issue 27)"
+for FAMILY_PRESET in deit-distilled:deit-small dinov2:dinov2-base clip:clip-b16 siglip:siglip-base; do
+    FAMILY=${FAMILY_PRESET%%:*}
+    if [[ -z "$SHAPE" ]]; then FAMILY_SHAPE=(--preset "${FAMILY_PRESET#*:}"); else FAMILY_SHAPE=("${SHAPE_ARGS[@]}"); fi
+    "${BENCH[@]}" inference --family "$FAMILY" "${FAMILY_SHAPE[@]}" "${COMMON[@]}" --keep-rates 1 0.7 0.5 \
+        --attention-keep-rates 1 --json "$OUT/family_$FAMILY.json"
+done
 echo "== the data level against chance: time to accuracy on the redundant digits, every policy at one budget (issue 14)"
 read -r -a TTA_ARGS <<< "${TTA:---epochs 10 --seeds 0 1 2 3 4}"
 "${BENCH[@]}" train --time-to-accuracy --dataset digits-redundant --device "$DEVICE" --dtype "$DTYPE" --no-progress \
