@@ -31,6 +31,7 @@ from hf_trilevel.evaluation.metrics import build_compute_metrics
 from hf_trilevel.evaluation.patches import num_patches
 from hf_trilevel.image_data import RandomSource, attach_transforms, collate, eval_transforms, train_transforms
 from hf_trilevel.model_card import trainer_model_card
+from hf_trilevel.modeling import family_of_config
 from hf_trilevel.modeling.configuration_trilevel_vit import TriLevelViTConfig
 from hf_trilevel.modeling.value_checks import as_pair
 from hf_trilevel.recipe.arguments import DataArguments, ModelArguments
@@ -38,7 +39,6 @@ from hf_trilevel.recipe.checks import check_arguments, slim_output_dir
 from hf_trilevel.recipe.data import label_names, limit_splits, load_digits, load_user_dataset
 from hf_trilevel.recipe.model import (
     build_image_processor,
-    config_family,
     load_trilevel_model,
     merge_text,
     selector_text,
@@ -182,7 +182,7 @@ def describe(model: PreTrainedModel, dataset: dict, augmentation: str, training_
     config = model.config
     sizes = " / ".join(f"{len(data)} {split}" for split, data in dataset.items())
     text = (
-        f"TriLevel {config_family(config).name}: {model.num_parameters():,} parameters, "
+        f"TriLevel {family_of_config(config).name}: {model.num_parameters():,} parameters, "
         f"{config.num_hidden_layers} layers, "
         f"hidden {config.hidden_size}, {num_patches(config.image_size, config.patch_size)} patches; "
         f"token_keep_rate={config.token_keep_rate} at layers {config.token_prune_layers} "

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hf_trilevel.modeling import FAMILY_CLASSES
-from hf_trilevel.recipe.model import check_checkpoint_weights, mismatched_weights
+from hf_trilevel.recipe.weight_checks import check_checkpoint_weights, mismatched_weights
 from hf_trilevel.token_training.distillation import check_teacher_source
 from hf_trilevel.training.checkpoints import checkpoint_problem, latest_complete_checkpoint
 from hf_trilevel.training.weight_files import (

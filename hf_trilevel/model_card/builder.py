@@ -13,7 +13,7 @@ Two layers, so that a card never depends on how a run was driven:
   trainer itself imports no card code.
 A folder saved earlier gets its card from `write_model_card` (`folder.py`, also `hf-trilevel card FOLDER`). Every
 TriLevel family gets the same card; its family's parts (title, code files, class, prefix tokens) come from
-`sections.family_text`.
+`family_text.family_text`.
 """
 
 import math
@@ -25,18 +25,16 @@ from string import Template
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..example_pruning.card import method_text as example_text
+from ..modeling import family_of_config
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.value_checks import check_fraction, check_number
 from ..token_training.card import DENSE_SPARSE_TAG, operating_points_text, trained_keep_rates
 from ..token_training.operating_points import checked_report, read_operating_points_report
 from ..weight_sparsity.card import count_nonzero_weights, model_nonzero_weights, saved_nonzero_weights
+from .family_text import code_files_text, family_text, kept_rows_text
 from .sections import (
     TRAINING_FIELDS,
-    code_files_text,
-    config_family,
-    family_text,
     fusion_text,
-    kept_rows_text,
     merging_text,
     prune_layers_text,
     results_rows,
@@ -126,7 +124,7 @@ def build_model_card(
     """
     if not isinstance(config, TriLevelViTConfig):
         raise ValueError(f"`config` must be a TriLevelViTConfig, got {type(config).__name__}.")
-    family, text = config_family(config), family_text(config)
+    family, text = family_of_config(config), family_text(config)
     if not isinstance(model_name, str) or not model_name.strip():
         raise ValueError(f"`model_name` must be a non-empty string, got {model_name!r}.")
     measured = normalize_metrics(metrics)

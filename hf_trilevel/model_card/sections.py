@@ -28,18 +28,16 @@ Auto class loads, and the tokens before the patches (`config.num_prefix_tokens`:
 distillation tokens, none for SigLIP), which rank the patches and keep their attention rows.
 """
 
-from dataclasses import dataclass
-
 from ..evaluation.flops import dense_config, flops_speedup_limit, forward_flops, full_width_config, layer_tokens
 from ..evaluation.formatting import format_duration, format_flops
 from ..evaluation.patches import num_patches
 from ..evaluation.token_counts import FIXED_COUNT_SELECTORS, KEPT_TOKENS_METRIC
-from ..modeling import FamilyClasses, family_of_model_type
 from ..modeling.configuration_trilevel_vit import TriLevelViTConfig
 from ..modeling.token_reduction import token_schedule
 from ..modeling.value_checks import as_pair
 from ..token_training.card import temperature_text
 from ..weight_sparsity.card import nonzero_weights_text
+from .family_text import input_tokens_text, ranking_attention_text
 from .techniques import TECHNIQUE_CARDS, settings_cell, technique_rows, technique_sentences
 
 # Keys of the card's `training` dict that are not a technique's, with the label each gets in the hyperparameter table.
@@ -54,99 +52,6 @@ RUN_FIELDS = {
 }
 # Every key of the card's `training` dict with its label: the run's, then each technique's (`TECHNIQUE_CARDS`).
 TRAINING_FIELDS = {**RUN_FIELDS, **{name: card.label for name, card in TECHNIQUE_CARDS.items()}}
-
-
-@dataclass(frozen=True)
-class FamilyText:
-    """How a card names a family: its title, what the model is (a noun phrase the card follows with "that skips
-    redundant work"), and its prefix tokens as a noun ("class token"; "" for a family without any)."""
-
-    title: str
-    description: str
-    prefix_tokens: str
-
-
-#: Each family's text by `FamilyClasses.name`; a family missing here gets `family_text`'s generic one.
-FAMILY_TEXTS = {
-    "vit": FamilyText("TriLevel ViT", "a 🤗 Transformers Vision Transformer", "class token"),
-    "deit-distilled": FamilyText(
-        "TriLevel DeiT",
-        "🤗 Transformers' distilled DeiT (a Vision Transformer whose class and distillation tokens each feed a "
-        "classifier head; the prediction averages their logits)",
-        "class and distillation tokens",
-    ),
-    "dinov2": FamilyText(
-        "TriLevel DINOv2",
-        "🤗 Transformers' DINOv2 (a Vision Transformer with LayerScale whose classifier reads the class token and the "
-        "mean of the patch tokens)",
-        "class token",
-    ),
-    "clip": FamilyText(
-        "TriLevel CLIP",
-        "the vision tower of 🤗 Transformers' CLIP (a linear classifier on the mean of its patch tokens)",
-        "class token",
-    ),
-    "siglip": FamilyText(
-        "TriLevel SigLIP",
-        "the vision tower of 🤗 Transformers' SigLIP (no class token; a linear classifier on the mean of its tokens)",
-        "",
-    ),
-}
-
-
-def config_family(config: TriLevelViTConfig) -> FamilyClasses:
-    """The registered family whose TriLevel config `config` is; a `ValueError` names `config` otherwise (a card
-    would have no class to load it with)."""
-    family = family_of_model_type(getattr(config, "model_type", None))
-    if family is None or not isinstance(config, family.config_class):
-        raise ValueError(
-            f"`config` must be the config of a registered TriLevel family (hf_trilevel.modeling.FAMILY_CLASSES), got "
-            f"{type(config).__name__} with model_type {getattr(config, 'model_type', None)!r}."
-        )
-    return family
-
-
-def family_text(config: TriLevelViTConfig) -> FamilyText:
-    """`FAMILY_TEXTS` of the config's family, or a generic text from its name and prefix-token count."""
-    family = config_family(config)
-    if family.name in FAMILY_TEXTS:
-        return FAMILY_TEXTS[family.name]
-    count = config.num_prefix_tokens
-    prefix = {0: "", 1: "class token"}.get(count, f"{count} prefix tokens")
-    return FamilyText(f"TriLevel {family.name}", f"a 🤗 Transformers {family.name} vision transformer", prefix)
-
-
-def code_files_text(config: TriLevelViTConfig) -> str:
-    """The family's own configuration and modeling files, which a saved checkpoint carries (with their siblings)."""
-    modules = (type(config).__module__, config_family(config).classifier_class.__module__)
-    return ", ".join(f"`{module.rpartition('.')[2]}.py`" for module in modules)
-
-
-def ranking_attention_text(config: TriLevelViTConfig) -> str:
-    """Whose attention ranks the patches (`token_reduction.class_token_attention`): the prefix tokens' rows, or the
-    mean query's for a family without prefix tokens."""
-    prefix = family_text(config).prefix_tokens
-    if not prefix:
-        return "the attention of the mean query (the average of every token's query: there is no class token)"
-    if config.num_prefix_tokens == 1:
-        return f"the {prefix}'s attention"
-    return f"the attention of the {prefix} (their rows averaged)"
-
-
-def kept_rows_text(config: TriLevelViTConfig) -> str:
-    """The rows and columns attention sparsity never cuts (`sparse_attention`: the prefix tokens')."""
-    prefix = family_text(config).prefix_tokens
-    if not prefix:
-        return "there is no class token: only the fused token, with `token_fusion`, keeps its whole row and column"
-    if config.num_prefix_tokens == 1:
-        return f"the {prefix}'s row and column always stay"
-    return f"the {prefix}' rows and columns always stay"
-
-
-def input_tokens_text(config: TriLevelViTConfig, patches: int) -> str:
-    """`64 tokens + class token`: the patch tokens and the prefix tokens before them."""
-    prefix = family_text(config).prefix_tokens
-    return f"{patches} tokens + {prefix}" if prefix else f"{patches} tokens, no class token"
 
 
 def table_rows(rows: list[tuple[str, str]]) -> str:

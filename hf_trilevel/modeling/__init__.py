@@ -122,6 +122,19 @@ def family_of_model_type(model_type: str | None) -> FamilyClasses | None:
     return next((family for family in FAMILY_CLASSES.values() if model_type in family.model_types), None)
 
 
+def family_of_config(config) -> FamilyClasses:
+    """The family whose TriLevel config class `config` is; a `ValueError` naming its type otherwise (a tool would have
+    no class to build or load it with)."""
+    family = family_of_model_type(getattr(config, "model_type", None))
+    if family is None or not isinstance(config, family.config_class):
+        raise ValueError(
+            f"`config` must be the config of a registered TriLevel family (`hf_trilevel.modeling.FAMILY_CLASSES`: "
+            f"{', '.join(FAMILY_CLASSES)}), got a {type(config).__name__} with model_type "
+            f"{getattr(config, 'model_type', None)!r}."
+        )
+    return family
+
+
 __all__ = [
     "FAMILY_CLASSES",
     "FAMILY_CODE_FILES",
@@ -154,5 +167,6 @@ __all__ = [
     "TriLevelViTModel",
     "TriLevelViTModelOutput",
     "TriLevelViTPreTrainedModel",
+    "family_of_config",
     "family_of_model_type",
 ]

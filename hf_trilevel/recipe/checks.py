@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import PretrainedConfig, TrainingArguments
 
+from ..modeling import family_of_config
 from ..modeling.token_selectors import BUILT_IN_TOKEN_SELECTORS
 from ..training.checkpoints import (
     check_resumable,
@@ -22,9 +23,10 @@ from ..training.checkpoints import (
 from ..training.trainer import check_hub_strategy
 from ..weight_sparsity.arguments import WeightSparsityArguments
 from .arguments import SELECTOR_SETTINGS, ModelArguments, RunArguments
-from .model import check_checkpoint_weights, check_config_overrides, config_family
+from .model import check_config_overrides
 from .processes import launched_on_several_processes
 from .slimmed_folder import SLIMMED_MODEL_TYPES
+from .weight_checks import check_checkpoint_weights
 
 # Files that mark a folder as holding the results of an earlier run.
 SAVED_RUN_FILES = (
@@ -138,7 +140,7 @@ def check_slim_family(slim_dir: str | None, config: PretrainedConfig) -> None:
     `hf-trilevel slim` and the card of a saved folder) handles TriLevel ViT folders only so far; another family's run
     is refused before it trains rather than after, when the copy could not be written."""
     if slim_dir is not None and config.model_type not in SLIMMED_MODEL_TYPES:
-        family = config_family(config).name
+        family = family_of_config(config).name
         raise ValueError(
             f"`slim_output_dir` saves slimmed copies of {', '.join(map(repr, SLIMMED_MODEL_TYPES))} models only so "
             f"far; this run's model is a {config.model_type!r} ({family}) one. Drop `slim_output_dir` (the structured "

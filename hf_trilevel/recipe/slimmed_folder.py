@@ -27,7 +27,7 @@ from ..token_training.operating_points import OPERATING_POINTS_FILE
 from ..training.trainer import TRAINING_ARGS_JSON
 from ..training.weight_files import read_trilevel_config
 from ..weight_sparsity.slimming import slim, structured_unit_masks
-from .model import check_checkpoint_weights
+from .weight_checks import check_checkpoint_weights
 
 # The model types a structured run slims itself (`--slim_output_dir`): TriLevel ViT folders only so far (the example's
 # guard); `hf-trilevel slim` and `slim_folder` take every family's folder.
