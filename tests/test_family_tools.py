@@ -11,7 +11,8 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from transformers import ViTImageProcessorPil
+from PIL import Image
+from transformers import ViTImageProcessorPil, pipeline
 
 from hf_trilevel.cli import main
 from hf_trilevel.evaluation.flops import dense_config, forward_flops
@@ -82,6 +83,21 @@ def test_card_counts_the_familys_flops_and_its_usage_loads_the_familys_class(sav
     assert ("no class token" in table_value(card, "input")) == (config.num_prefix_tokens == 0)
     if config.num_prefix_tokens == 0:  # nothing ranks or keeps by a token the family does not have
         assert "class token's" not in card and "class-token" not in card
+
+
+def test_image_classification_pipeline_runs_the_familys_sparse_classifier(saved):
+    family, folder = saved
+    image = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype("uint8"))
+    classify = pipeline("image-classification", model=str(folder), trust_remote_code=True, top_k=None)
+    assert type(classify.model) is family.classifier_class
+    model = family.classifier_class.from_pretrained(folder).eval()
+    assert model.config.token_keep_rate < 1.0  # the pipeline runs the sparse model the folder holds
+    pixel_values = classify.image_processor(images=image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = model(pixel_values).logits.softmax(-1)[0]
+    scores = {entry["label"]: entry["score"] for entry in classify(image)}
+    for index, label in model.config.id2label.items():
+        assert scores[label] == pytest.approx(expected[int(index)].item(), abs=1e-6)
 
 
 def test_export_onnx_writes_a_graph_that_computes_the_family_classifiers_logits(saved, tmp_path, capsys):
