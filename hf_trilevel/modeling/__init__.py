@@ -81,7 +81,9 @@ FAMILY_CODE_FILES = {
 @dataclass(frozen=True)
 class FamilyClasses:
     """A TriLevel family as a tool that starts from a saved folder needs it: its config class, the image-classification
-    class the example trains, and the `model_type`s of the folders it loads (its own and transformers' plain ones)."""
+    class the example trains, and the `model_type`s of the folders it loads besides its own (`plain_model_types`:
+    transformers' own types, and for CLIP and SigLIP also the image-text types, TriLevel or not, whose vision config it
+    reads)."""
 
     name: str
     config_class: type

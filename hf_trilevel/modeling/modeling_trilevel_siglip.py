@@ -190,7 +190,7 @@ class TriLevelSiglipModel(ImageTextKeepRates, SiglipModel):
         "SiglipTextEmbeddings",
         "SiglipEncoderLayer",
         "SiglipVisionEmbeddings",
-        "SiglipMultiheadAttentionPoolingHead",
+        "TriLevelSiglipPoolingHead",
         "TriLevelCLIPLayer",
     ]
 
